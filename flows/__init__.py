@@ -1,0 +1,1 @@
+"""Prefect flows of trackset and the ``trackset`` command line."""

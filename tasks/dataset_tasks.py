@@ -1,0 +1,25 @@
+"""Tasks that run once per flow run: registering videos and the final statistics."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from trackset.dataset_statistics import write_dataset_statistics
+from trackset.layout import DatasetLayout
+from trackset.registration import Registration, register_videos
+from trackset.settings import Settings
+
+
+@task(name="register-videos", cache_policy=NO_CACHE)
+def register_videos_task(settings: Settings) -> Registration:
+    """Discover source videos, give new ones ids in the manifest, and list what needs work."""
+    registration = register_videos(settings)
+    get_run_logger().info(registration.describe())
+    return registration
+
+
+@task(name="aggregate-statistics", cache_policy=NO_CACHE)
+def aggregate_statistics_task(settings: Settings) -> dict[str, object]:
+    """Sequential final task: statistics over every video of the dataset, old and new."""
+    return write_dataset_statistics(DatasetLayout(settings.paths.dataset_dir), settings.statistics.std_floor)

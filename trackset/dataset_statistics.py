@@ -1,0 +1,20 @@
+"""The sequential final step: statistics over every video of the dataset directory.
+
+It reads the small per-video partials (never the H5 files), merges them in sorted video-id
+order and writes ``normalization_stats.yaml`` atomically. Because it always covers the
+whole directory, a resumed run or a nightly refresh with nothing new rewrites the same
+statistics, never only the newly processed videos (a defect of the script pipeline).
+"""
+
+from __future__ import annotations
+
+from trackset.layout import DatasetLayout
+from trackset.statistics import VideoPartials, aggregate, normalization_stats, write_stats_yaml
+
+
+def write_dataset_statistics(dataset: DatasetLayout, std_floor: float) -> dict[str, object]:
+    """Merge the partials of every video in ``dataset`` and write the statistics YAML."""
+    partials = [VideoPartials.read(dataset.partials(video_id)) for video_id in dataset.partial_ids()]
+    stats = normalization_stats(aggregate(partials), std_floor)
+    write_stats_yaml(dataset.stats_yaml, stats)
+    return stats

@@ -1,0 +1,264 @@
+"""Turn one video's intermediates into the per-video HDF5 layout of FORMATS.md.
+
+Everything is vectorised over windows, steps and points; the only Python loop is over the
+``frame_{t:04d}`` groups when writing, because HDF5 groups are created one at a time.
+The statistics' per-video moments are computed from the very float32 values written, so
+the merged statistics describe the dataset exactly.
+
+Files are byte-reproducible: no timestamps (``track_times=False``), a fixed creation
+order, and no run metadata inside (DECISIONS.md "Determinism").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+
+from trackset import geometry
+from trackset.errors import BadInputError
+from trackset.intermediates import HAND_SIDES, DepthCamera, HandPoses, Tracks3d
+from trackset.layout import atomic_path
+from trackset.settings import H5Settings
+from trackset.statistics import Moments
+
+# Depth moments are accumulated over frame chunks so a long video never needs a float64
+# copy of all its pixels at once.
+_DEPTH_CHUNK_FRAMES = 32
+
+
+@dataclass
+class HandWindows:
+    """One hand's per-window arrays for the windows where it is valid at every step."""
+
+    valid: np.ndarray  # (W,) bool
+    query_uvd: np.ndarray  # (W,3)
+    uvd_displacements: np.ndarray  # (W,L,3)
+    query_rot_6d: np.ndarray  # (W,6)
+    rot_displacements: np.ndarray  # (W,L,6)
+
+
+@dataclass
+class VideoArrays:
+    """All arrays of one video's H5 file, in float32/uint8 as written."""
+
+    video: np.ndarray  # (T,3,S,S) uint8
+    depth: np.ndarray  # (T,S,S) float32
+    intrinsics: np.ndarray  # (3,3) float32
+    starts: np.ndarray  # (W,) window starts with a full window
+    query_coords: list[np.ndarray]  # per window (N_w,3)
+    displacements: list[np.ndarray]  # per window (L,N_w,3)
+    poses: np.ndarray  # (W,L,9)
+    hands: dict[str, HandWindows] = field(default_factory=dict)
+    num_track_ts: int = 10
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.video.shape[0])
+
+
+def resize_rgb(frames: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """Centre square crop and Lanczos resize of ``(T,H,W,3)`` frames to ``(T,3,S,S)``.
+
+    cv2's INTER_LANCZOS4 is what the script pipeline used, so pixels stay comparable.
+    """
+    t, h, w, _ = frames.shape
+    x0, y0, crop = geometry.center_crop_box(h, w)
+    out = np.empty((t, size, size, 3), dtype=np.uint8)
+    for i in range(t):  # one C call per frame; cv2 resizes at most 4 channels per call
+        out[i] = cv2.resize(
+            np.ascontiguousarray(frames[i, y0 : y0 + crop, x0 : x0 + crop]),
+            (size, size),
+            interpolation=cv2.INTER_LANCZOS4,
+        )
+    return out.transpose(0, 3, 1, 2).copy(), (x0, y0, crop)
+
+
+def resize_depth(depths: np.ndarray, box: tuple[int, int, int], size: int, lo: float, hi: float) -> np.ndarray:
+    """Crop, nearest-resize and clip depth; non-finite or non-positive becomes 0 (invalid).
+
+    Nearest sampling takes source index ``floor(i * crop / S)`` like cv2's INTER_NEAREST.
+
+    Examples:
+        >>> d = np.arange(16, dtype=np.float32).reshape(1, 4, 4) / 4
+        >>> resize_depth(d, (0, 0, 4), 2, 0.1, 2.5)[0].tolist()
+        [[0.0, 0.5], [2.0, 2.5]]
+    """
+    x0, y0, crop = box
+    idx = (np.arange(size) * crop) // size
+    sampled = depths[:, y0 + idx][:, :, x0 + idx].astype(np.float32)
+    valid = np.isfinite(sampled) & (sampled > 0)
+    return np.where(valid, np.clip(sampled, lo, hi), np.float32(0)).astype(np.float32)
+
+
+def _window_intrinsics(depth: DepthCamera, starts: np.ndarray, box: tuple[int, int, int], size: int) -> np.ndarray:
+    """Camera-0 intrinsics of each window after crop and resize, ``(W,3,3)``."""
+    x0, y0, crop = box
+    k = depth.intrinsics[starts].astype(np.float64).copy()
+    k[:, 0, 2] -= x0
+    k[:, 1, 2] -= y0
+    k[:, :2] *= size / crop
+    return k
+
+
+def _project(points: np.ndarray, k: np.ndarray, size: int) -> np.ndarray:
+    """Project ``(W,L,N,3)`` camera-0 points with per-window ``(W,3,3)`` K to ``(u,v,d)``."""
+    z = points[..., 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x_px = (k[:, None, None, 0, 0] * points[..., 0] + k[:, None, None, 0, 1] * points[..., 1]) / z + k[
+            :, None, None, 0, 2
+        ]
+        y_px = k[:, None, None, 1, 1] * points[..., 1] / z + k[:, None, None, 1, 2]
+    return np.stack([x_px / size, y_px / size, z], axis=-1)
+
+
+def _full_windows(tracks: Tracks3d, num_frames: int, length: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Windows that start a full window of ``length`` steps, sorted by start."""
+    chosen: dict[int, np.ndarray] = {}
+    for (start, end), points in zip(tracks.windows, tracks.tracks):
+        if end - start >= length and start + length <= num_frames:
+            chosen.setdefault(start, points[:length])
+    starts = np.array(sorted(chosen), dtype=np.int64)
+    return starts, [chosen[int(s)] for s in starts]
+
+
+def _stack_padded(windows: list[np.ndarray], length: int) -> np.ndarray:
+    """``(W,L,Nmax,3)`` float64 with NaN padding where windows have fewer points."""
+    n_max = max((w.shape[1] for w in windows), default=0)
+    out = np.full((len(windows), length, n_max, 3), np.nan)
+    for i, points in enumerate(windows):  # per-window copy into the padded block
+        out[i, :, : points.shape[1]] = points
+    return out
+
+
+def _hand_windows(
+    hand_valid: np.ndarray, wrist: np.ndarray, rel_poses: np.ndarray, frames: np.ndarray, k: np.ndarray, size: int
+) -> HandWindows:
+    """Wrist of one hand in each window's camera 0 (W0 = E_s E_{s+k}^-1 W_{s+k}), as uvd and 6D."""
+    valid = hand_valid[frames].all(axis=1) if frames.size else np.zeros(0, dtype=bool)
+    w0 = rel_poses[valid] @ wrist[frames[valid]]
+    uvd = _project(w0[:, :, None, :3, 3], k[valid], size)[:, :, 0]
+    rot = w0[..., :3, :3]
+    rel = rot @ np.swapaxes(rot[:, :1], -1, -2)
+    return HandWindows(
+        valid=valid,
+        query_uvd=uvd[:, 0].astype(np.float32),
+        uvd_displacements=(uvd - uvd[:, :1]).astype(np.float32),
+        query_rot_6d=geometry.rotation_to_6d(rot[:, 0]).astype(np.float32),
+        rot_displacements=geometry.rotation_to_6d(rel).astype(np.float32),
+    )
+
+
+def build_arrays(
+    video_id: str,
+    frames: np.ndarray,
+    depth: DepthCamera,
+    tracks: Tracks3d,
+    hands: HandPoses | None,
+    settings: H5Settings,
+    window_length: int,
+) -> VideoArrays:
+    """Compute every array of a video's H5 file from its intermediates (FORMATS.md)."""
+    num_frames = frames.shape[0]
+    if depth.num_frames != num_frames or depth.depths.shape[1:] != frames.shape[1:3]:
+        raise BadInputError(
+            video_id,
+            "h5_build",
+            None,
+            f"depth is {depth.depths.shape} but frames are {frames.shape[:3]} (T,H,W): intermediates disagree",
+        )
+    size = settings.target_size
+    video, box = resize_rgb(frames, size)
+    depth_img = resize_depth(depth.depths, box, size, settings.depth_min_m, settings.depth_max_m)
+    root_k = _window_intrinsics(depth, np.zeros(1, dtype=np.int64), box, size)[0]
+
+    starts, window_points = _full_windows(tracks, num_frames, window_length)
+    k = _window_intrinsics(depth, starts, box, size)
+    rel_poses = geometry.window_relative_poses(depth.extrinsics, starts, window_length)
+    frames_idx = geometry.window_frame_indices(starts, window_length)
+
+    points = _stack_padded(window_points, window_length)
+    uvd = _project(points, k, size)
+    with np.errstate(invalid="ignore"):
+        in_image = (uvd[..., 0] >= 0) & (uvd[..., 0] <= 1) & (uvd[..., 1] >= 0) & (uvd[..., 1] <= 1) & (uvd[..., 2] > 0)
+    keep = in_image.all(axis=1)  # (W,N): in image at every step (NaN padding fails)
+    uvd32 = uvd.astype(np.float32)
+    query = uvd32[:, 0].copy()
+    query[..., 2] = np.clip(query[..., 2], settings.depth_min_m, settings.depth_max_m)
+    disp = uvd32 - uvd32[:, :1]
+    query_coords = [query[w][keep[w]] for w in range(len(starts))]
+    displacements = [disp[w][:, keep[w]] for w in range(len(starts))]
+
+    hand_windows: dict[str, HandWindows] = {}
+    if hands is not None:
+        for side in HAND_SIDES:
+            hand = hands.side(side)
+            hand_windows[side] = _hand_windows(hand.valid, hand.wrist_pose, rel_poses, frames_idx, k, size)
+
+    return VideoArrays(
+        video=video,
+        depth=depth_img,
+        intrinsics=root_k.astype(np.float32),
+        starts=starts,
+        query_coords=query_coords,
+        displacements=displacements,
+        poses=geometry.pose_to_9d(rel_poses).astype(np.float32),
+        hands=hand_windows,
+        num_track_ts=window_length,
+    )
+
+
+def video_moments(arrays: VideoArrays) -> dict[str, Moments]:
+    """Per-video moments of every statistic, from the values as written (FORMATS.md rules)."""
+    disp_rows = [d.reshape(-1, 3) for d in arrays.displacements]
+    displacement = Moments.of(np.concatenate(disp_rows) if disp_rows else np.zeros((0, 3), np.float32))
+    depth = Moments.empty(1)
+    for start in range(0, arrays.num_frames, _DEPTH_CHUNK_FRAMES):
+        chunk = arrays.depth[start : start + _DEPTH_CHUNK_FRAMES]
+        depth = Moments.merge(depth, Moments.of(chunk[chunk > 0].reshape(-1, 1)))
+    query_depth = np.concatenate([q[:, 2] for q in arrays.query_coords]) if arrays.query_coords else np.zeros(0)
+    depth = Moments.merge(depth, Moments.of(query_depth[query_depth > 0].reshape(-1, 1)))
+    pose = Moments.of(arrays.poses.reshape(-1, 9))
+    uvd_rows = [h.uvd_displacements.reshape(-1, 3) for h in arrays.hands.values()]
+    rot_rows = [h.rot_displacements.reshape(-1, 6) for h in arrays.hands.values()]
+    return {
+        "displacement": displacement,
+        "depth": depth,
+        "pose": pose,
+        "hand_uvd": Moments.of(np.concatenate(uvd_rows) if uvd_rows else np.zeros((0, 3), np.float32)),
+        "hand_rot": Moments.of(np.concatenate(rot_rows) if rot_rows else np.zeros((0, 6), np.float32)),
+    }
+
+
+def write_h5(path: Path, arrays: VideoArrays, compression: str = "none") -> None:
+    """Write the FORMATS.md layout atomically and byte-reproducibly."""
+    big = {} if compression == "none" else {"compression": compression}
+    plain = {"track_times": False}
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        size = arrays.video.shape[-1]
+        video_chunks = {"chunks": (1, 3, size, size)} if big else {}
+        depth_chunks = {"chunks": (1, size, size)} if big else {}
+        f.create_dataset("root/video", data=arrays.video, **plain, **big, **video_chunks)
+        f.create_dataset("root/depth", data=arrays.depth, **plain, **big, **depth_chunks)
+        f.create_dataset("root/intrinsics", data=arrays.intrinsics, **plain)
+        group = f.create_group("root/tracks")
+        # Row of each window in a hand's arrays, which hold only the windows where it is valid.
+        hand_rows = {side: np.cumsum(hand.valid) - 1 for side, hand in arrays.hands.items()}
+        for w, start in enumerate(arrays.starts):
+            frame = group.create_group(f"frame_{int(start):04d}")
+            frame.create_dataset("query_coords", data=arrays.query_coords[w], **plain)
+            frame.create_dataset("displacements", data=arrays.displacements[w], **plain)
+            frame.create_dataset("poses", data=arrays.poses[w], **plain)
+            for side, hand in arrays.hands.items():
+                if hand.valid[w]:
+                    index = int(hand_rows[side][w])
+                    frame.create_dataset(f"{side}_wrist_query_uvd", data=hand.query_uvd[index], **plain)
+                    frame.create_dataset(f"{side}_wrist_uvd_displacements", data=hand.uvd_displacements[index], **plain)
+                    frame.create_dataset(f"{side}_wrist_query_rot_6d", data=hand.query_rot_6d[index], **plain)
+                    frame.create_dataset(f"{side}_wrist_rot_displacements", data=hand.rot_displacements[index], **plain)
+        f.create_dataset("root/num_frames", data=arrays.num_frames, **plain)
+        f.create_dataset("root/num_track_ts", data=arrays.num_track_ts, **plain)
+        f.create_dataset("root/track_type", data="3d", **plain)

@@ -1,0 +1,65 @@
+"""Which videos a run must process: register sources in the manifest, skip what is current.
+
+A video needs work when its H5 is missing or was built from other inputs or settings. A
+quarantined video (it did not fit alone on a GPU) is skipped, with its reason, until its
+content or the settings change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from trackset.layout import DatasetLayout
+from trackset.manifest import Manifest
+from trackset.run_report import VideoFailure
+from trackset.settings import Settings
+from trackset.stages.base import VideoRef, stage_fingerprints
+from trackset.stages.h5_build import H5BuildStage
+
+
+def quarantine_fingerprint(settings: Settings, content_hash: str) -> str:
+    """What must change to release a quarantined video: its outputs' settings or the cluster."""
+    parts = (
+        stage_fingerprints(settings, content_hash)["h5_build"],
+        settings.cluster.fingerprint(),
+        settings.synthetic.fingerprint(),
+    )
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Registration:
+    """The videos of the dataset and what this run has to do with them."""
+
+    videos: list[VideoRef] = field(default_factory=list)
+    pending: list[VideoRef] = field(default_factory=list)
+    quarantined: list[VideoFailure] = field(default_factory=list)
+    new: int = 0
+    changed: int = 0
+    missing: int = 0
+
+    def describe(self) -> str:
+        return (
+            f"{len(self.videos)} videos ({self.new} new, {self.changed} changed, {self.missing} missing); "
+            f"{len(self.pending)} to process, {len(self.quarantined)} quarantined"
+        )
+
+
+def register_videos(settings: Settings) -> Registration:
+    """Update the manifest from ``paths.videos_dir`` and decide what needs processing."""
+    dataset = DatasetLayout(settings.paths.dataset_dir)
+    manifest = Manifest.load(dataset.manifest)
+    result = manifest.register(settings.paths.videos_dir, settings.paths.video_extensions)
+    entries = sorted(result.new + result.changed + result.unchanged, key=lambda e: e.video_id)
+    h5 = H5BuildStage(settings)
+    registration = Registration(new=len(result.new), changed=len(result.changed), missing=len(result.missing))
+    for entry in entries:
+        video = VideoRef(entry.video_id, entry.source_path(settings.paths.videos_dir), entry.sha256)
+        registration.videos.append(video)
+        reason = manifest.quarantined(entry.video_id, entry.sha256, quarantine_fingerprint(settings, entry.sha256))
+        if reason is not None:
+            registration.quarantined.append(VideoFailure(entry.video_id, "quarantine", reason, "quarantined", 0))
+        elif not h5.is_done(video):
+            registration.pending.append(video)
+    return registration

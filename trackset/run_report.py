@@ -1,0 +1,140 @@
+"""What a run did, per video and stage, in forms a terminal, a table artifact and markdown use.
+
+Pure data: the flow fills it, the CLI prints it, Prefect artifacts render it. Nothing is
+dropped silently: every video ends a run either done, skipped (already current), failed
+with its reason, or quarantined with its reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from trackset.errors import VideoError
+from trackset.stages.base import Stage, StageRecord, VideoRef
+
+FailureKind = Literal["error", "out_of_memory", "quarantined"]
+
+
+@dataclass(frozen=True)
+class VideoFailure:
+    """A video that did not get through a stage, and why."""
+
+    video_id: str
+    stage: str
+    reason: str
+    kind: FailureKind = "error"
+    attempts: int = 1
+
+
+def run_isolated(stage: Stage, video: VideoRef) -> StageRecord | VideoFailure:
+    """Run one video; a typed video error becomes a failure record instead of stopping a shard.
+
+    Other exceptions propagate, so the task's retry policy sees them.
+    """
+    try:
+        return stage.run(video)
+    except VideoError as exc:
+        return VideoFailure(video.video_id, stage.name, str(exc))
+
+
+def stage_table(records: list[StageRecord], failures: list[VideoFailure]) -> list[dict[str, object]]:
+    """Rows of the ``stage-<stage>`` table artifact (DECISIONS.md columns), sorted by video."""
+    rows: list[dict[str, object]] = [
+        {
+            "video": r.video_id,
+            "status": r.status,
+            "seconds": round(r.seconds, 3),
+            "peak memory (MiB)": None if r.peak_bytes is None else round(r.peak_bytes / 2**20, 1),
+            "worker": r.worker,
+            "GPU": r.gpu,
+            "attempts": int(r.info.get("attempts", 1)),
+        }
+        for r in records
+    ]
+    rows += [
+        {
+            "video": f.video_id,
+            "status": f"{f.kind}: {f.reason}",
+            "seconds": None,
+            "peak memory (MiB)": None,
+            "worker": None,
+            "GPU": None,
+            "attempts": f.attempts,
+        }
+        for f in failures
+    ]
+    return sorted(rows, key=lambda row: str(row["video"]))
+
+
+@dataclass
+class StageOutcome:
+    """Records and failures of one stage over the videos it was given."""
+
+    stage: str
+    records: list[StageRecord] = field(default_factory=list)
+    failures: list[VideoFailure] = field(default_factory=list)
+
+    @property
+    def succeeded(self) -> list[str]:
+        return sorted(r.video_id for r in self.records)
+
+    def seconds(self) -> float:
+        return sum(r.seconds for r in self.records)
+
+
+@dataclass
+class RunSummary:
+    """The whole run: what was found, what each stage did, failures, statistics, where."""
+
+    dataset_dir: str
+    videos_total: int
+    videos_pending: int
+    stages: list[StageOutcome] = field(default_factory=list)
+    statistics: dict[str, object] = field(default_factory=dict)
+    extra_failures: list[VideoFailure] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[VideoFailure]:
+        return [f for outcome in self.stages for f in outcome.failures] + self.extra_failures
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    def to_markdown(self) -> str:
+        """The ``run-summary`` artifact: counts, failures with reasons, statistics, output."""
+        lines = [
+            "# trackset run summary",
+            "",
+            f"- videos in dataset: **{self.videos_total}**",
+            f"- videos processed this run: **{self.videos_pending}**",
+            f"- failures: **{len(self.failures)}**",
+            f"- output: `{self.dataset_dir}`",
+            "",
+            "## Stages",
+            "",
+            "| stage | done | skipped | failed | seconds |",
+            "|---|---|---|---|---|",
+        ]
+        for outcome in self.stages:
+            done = sum(r.status == "done" for r in outcome.records)
+            skipped = sum(r.status == "skipped" for r in outcome.records)
+            lines.append(f"| {outcome.stage} | {done} | {skipped} | {len(outcome.failures)} | {outcome.seconds():.1f} |")
+        if self.failures:
+            lines += ["", "## Failures", "", "| video | stage | kind | reason |", "|---|---|---|---|"]
+            lines += [f"| {f.video_id} | {f.stage} | {f.kind} | {f.reason.replace('|', '/')} |" for f in self.failures]
+        if self.statistics:
+            lines += ["", "## Statistics", "", "| key | value |", "|---|---|"]
+            for key, value in self.statistics.items():
+                if key.endswith("num_samples") or key.endswith("_mean") or key.endswith("_std") or key == "std_floored":
+                    lines.append(f"| {key} | {_short(value)} |")
+        return "\n".join(lines) + "\n"
+
+
+def _short(value: object) -> str:
+    """Compact rendering of a statistic for markdown."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_short(v) for v in value) + "]"
+    return str(value)

@@ -1,0 +1,64 @@
+"""H5 build stage: one ``<vid>.hdf5`` and its statistics partials per video, on CPU.
+
+Completion lives in the dataset directory, not in the work directory: the partials file
+holds the H5's fingerprint. A user may delete terabytes of intermediates once the dataset
+is built, and a later run must still recognise every finished video.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from trackset.h5_layout import build_arrays, video_moments, write_h5
+from trackset.intermediates import read_depth_camera, read_frames, read_hand_poses, read_tracks_3d
+from trackset.stages.base import Stage, StageName, VideoRef, stage_fingerprints
+from trackset.statistics import VideoPartials
+
+
+class H5BuildStage(Stage):
+    """Build a video's H5 file and partial moments from its intermediates."""
+
+    name: ClassVar[StageName] = "h5_build"
+
+    def outputs(self, video_id: str) -> list[Path]:
+        return [self.dataset.h5(video_id), self.dataset.partials(video_id)]
+
+    def fingerprint(self, video: VideoRef) -> str:
+        return stage_fingerprints(self.settings, video.content_hash)[self.name]
+
+    def is_done(self, video: VideoRef) -> bool:
+        """True when the H5 exists and its partials carry the current fingerprint."""
+        h5_path, partials_path = self.outputs(video.video_id)
+        if not h5_path.is_file() or not partials_path.is_file():
+            return False
+        try:
+            return VideoPartials.read(partials_path).fingerprint == self.fingerprint(video)
+        except ValueError:
+            return False
+
+    def process(self, video: VideoRef) -> dict[str, float | int | str]:
+        vid = video.video_id
+        frames, meta = read_frames(self.work, vid)
+        depth = read_depth_camera(self.work.vipe(vid), vid, num_frames=meta.num_frames)
+        tracks = read_tracks_3d(self.work.tracks_3d(vid), vid, meta.num_frames)
+        hands_path = self.work.hand_poses(vid)
+        hands = read_hand_poses(hands_path, vid, meta.num_frames) if hands_path.is_file() else None
+        arrays = build_arrays(
+            vid, frames, depth, tracks, hands, self.settings.h5, self.settings.tracks_3d.window_length
+        )
+        moments = video_moments(arrays)
+        h5_path, partials_path = self.outputs(vid)
+        write_h5(h5_path, arrays, self.settings.h5.compression)
+        # Partials are written last: their fingerprint is what marks the video complete.
+        VideoPartials(video_id=vid, fingerprint=self.fingerprint(video), **moments).write(partials_path)
+        points = sum(q.shape[0] for q in arrays.query_coords)
+        return {
+            "frames": arrays.num_frames,
+            "windows": len(arrays.starts),
+            "tracks_per_frame": round(points / max(len(arrays.starts), 1), 1),
+            "hands": int(hands is not None),
+        }
+
+    def mark_done(self, video: VideoRef) -> None:
+        """Nothing to add: the partials file written by :meth:`process` is the marker."""
