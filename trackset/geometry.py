@@ -113,17 +113,17 @@ def center_crop_box(height: int, width: int) -> tuple[int, int, int]:
 
 
 def crop_resize_intrinsics(intrinsics: np.ndarray, x0: int, y0: int, crop: int, target: int) -> np.ndarray:
-    """K after a crop at ``(x0, y0)`` of side ``crop`` and a resize to ``target``.
+    """K (any leading shape) after a crop at ``(x0, y0)`` of side ``crop`` and a resize to ``target``.
 
     Examples:
         >>> K = np.array([[400.0, 0, 256], [0, 400.0, 192], [0, 0, 1]])
-        >>> crop_resize_intrinsics(K, 64, 0, 384, 256)[0].tolist()
-        [266.6666666666667, 0.0, 128.0]
+        >>> crop_resize_intrinsics(K, 64, 0, 384, 256)[0].round(6).tolist()
+        [266.666667, 0.0, 128.0]
     """
     out = np.array(intrinsics, dtype=np.float64, copy=True)
-    out[0, 2] -= x0
-    out[1, 2] -= y0
-    out[:2] *= target / crop
+    out[..., 0, 2] -= x0
+    out[..., 1, 2] -= y0
+    out[..., :2, :] *= target / crop
     return out
 
 

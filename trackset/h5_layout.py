@@ -94,16 +94,6 @@ def resize_depth(depths: np.ndarray, box: tuple[int, int, int], size: int, lo: f
     return np.where(valid, np.clip(sampled, lo, hi), np.float32(0)).astype(np.float32)
 
 
-def _window_intrinsics(depth: DepthCamera, starts: np.ndarray, box: tuple[int, int, int], size: int) -> np.ndarray:
-    """Camera-0 intrinsics of each window after crop and resize, ``(W,3,3)``."""
-    x0, y0, crop = box
-    k = depth.intrinsics[starts].astype(np.float64).copy()
-    k[:, 0, 2] -= x0
-    k[:, 1, 2] -= y0
-    k[:, :2] *= size / crop
-    return k
-
-
 def _project(points: np.ndarray, k: np.ndarray, size: int) -> np.ndarray:
     """Project ``(W,L,N,3)`` camera-0 points with per-window ``(W,3,3)`` K to ``(u,v,d)``."""
     z = points[..., 2]
@@ -173,10 +163,10 @@ def build_arrays(
     size = settings.target_size
     video, box = resize_rgb(frames, size)
     depth_img = resize_depth(depth.depths, box, size, settings.depth_min_m, settings.depth_max_m)
-    root_k = _window_intrinsics(depth, np.zeros(1, dtype=np.int64), box, size)[0]
+    root_k = geometry.crop_resize_intrinsics(depth.intrinsics[0], *box, size)
 
     starts, window_points = _full_windows(tracks, num_frames, window_length)
-    k = _window_intrinsics(depth, starts, box, size)
+    k = geometry.crop_resize_intrinsics(depth.intrinsics[starts], *box, size)  # window camera-0 K
     rel_poses = geometry.window_relative_poses(depth.extrinsics, starts, window_length)
     frames_idx = geometry.window_frame_indices(starts, window_length)
 

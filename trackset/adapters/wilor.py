@@ -1,0 +1,305 @@
+"""WiLoR (github.com/rolpotamias/WiLoR) as the hand pose backend.
+
+Driven as WiLoR's ``demo.py`` drives it: the Ultralytics YOLO hand detector
+(``pretrained_models/detector.pt``; class 1 = right hand), ``ViTDetDataset`` crops,
+``WiLoR`` forward passes, and ``cam_crop_to_full`` to place each hand in the full image.
+Per frame and side, the most confident detection is kept.
+
+The wrist position does not come from WiLoR's weak-perspective depth, which is only
+relative: the wrist's 2D projection is back-projected with the depth stage's metric depth
+plus ``hands.wrist_depth_offset_m``; then jumps faster than ``hands.max_wrist_speed_m_s`` are
+dropped and gaps up to ``hands.max_gap_frames`` interpolated (:mod:`trackset.hand_filters`).
+
+Left hands: WiLoR mirrors a left-hand crop and predicts a right hand, and mirrors the
+x coordinates of its joints and vertices back (as ``demo.py`` does). Rotations must be
+mirrored back too, ``R_left = M · R · M`` with ``M = diag(-1, 1, 1)``, or a left wrist turns
+the wrong way. The script pipeline stored the mirrored rotation and also rotated the
+(already oriented) joints by it a second time; trackset does neither.
+
+Weights: ``hands.weights_dir`` is a folder laid out like a WiLoR checkout:
+``pretrained_models/{wilor_final.ckpt, model_config.yaml, detector.pt}`` and
+``mano_data/{MANO_RIGHT.pkl, mano_mean_params.npz}`` (MANO is licensed separately).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trackset.adapters import DOCS, release_cuda_memory, require_modules, torch_device, unavailable
+from trackset.hand_filters import (
+    backproject_wrist,
+    drop_fast_jumps,
+    gap_plan,
+    interpolate_gaps,
+    slerp_rotations,
+)
+from trackset.intermediates import DepthCamera, FramesMeta, Hand, HandPoses
+from trackset.settings import Settings
+from trackset.stages.base import VideoRef
+
+STAGE = "hands"
+INSTALL = "a checkout of github.com/rolpotamias/WiLoR on PYTHONPATH with its requirements.txt installed"
+
+DETECTION_CONFIDENCE = 0.75  # YOLO threshold of the script pipeline
+RESCALE_FACTOR = 2.0  # WiLoR's padding of the detected box (demo default)
+DETECTOR_BATCH = 32  # frames per YOLO call
+WILOR_BATCH = 64  # hand crops per WiLoR forward pass
+MIRROR = np.diag([-1.0, 1.0, 1.0])
+
+
+def weight_files(weights_dir: Path) -> dict[str, Path]:
+    """The files WiLoR needs under ``hands.weights_dir``."""
+    models, mano = Path(weights_dir) / "pretrained_models", Path(weights_dir) / "mano_data"
+    return {
+        "checkpoint": models / "wilor_final.ckpt",
+        "config": models / "model_config.yaml",
+        "detector": models / "detector.pt",
+        "mano": mano / "MANO_RIGHT.pkl",
+        "mano_mean": mano / "mano_mean_params.npz",
+    }
+
+
+def check_available(settings: Settings) -> None:
+    """Raise ModelUnavailableError (one line) when WiLoR, Ultralytics or a weight file is missing."""
+    require_modules(STAGE, ("wilor", "ultralytics"), INSTALL)
+    weights_dir = settings.hands.weights_dir
+    if weights_dir is None:
+        raise unavailable(STAGE, f"WiLoR's weights: set hands.weights_dir (see {DOCS})")
+    for path in weight_files(weights_dir).values():
+        if not path.is_file():
+            raise unavailable(
+                STAGE, f"{path.name} under hands.weights_dir = {weights_dir}: {path} is missing (see {DOCS})"
+            )
+
+
+def best_per_side(confidence: np.ndarray, is_right: np.ndarray) -> tuple[int | None, int | None]:
+    """Index of the most confident left and right detection of one frame (None if absent).
+
+    Examples:
+        >>> best_per_side(np.array([0.8, 0.9, 0.95]), np.array([1, 1, 0]))
+        (2, 1)
+        >>> best_per_side(np.array([0.8]), np.array([1]))
+        (None, 0)
+    """
+    best: list[int | None] = []
+    for right in (0, 1):
+        indices = np.flatnonzero(np.asarray(is_right) == right)
+        best.append(int(indices[np.argmax(confidence[indices])]) if indices.size else None)
+    return best[0], best[1]
+
+
+def unmirror(rotations: np.ndarray, is_right: np.ndarray) -> np.ndarray:
+    """Rotations ``(n, ..., 3, 3)`` of mirrored (left) predictions back to the image: ``M R M``.
+
+    Examples:
+        >>> R = np.array([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]])  # +90 deg about z
+        >>> unmirror(R[None], np.array([0]))[0].tolist()  # a left hand turns the other way
+        [[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
+    """
+    mirrored = MIRROR @ rotations @ MIRROR
+    left = (np.asarray(is_right) == 0).reshape((-1,) + (1,) * (rotations.ndim - 1))
+    return np.where(left, mirrored, rotations)
+
+
+def project_full_image(points: np.ndarray, focal: np.ndarray, image_size: np.ndarray) -> np.ndarray:
+    """Pixels of camera points ``(n, 3)`` under WiLoR's full-image camera.
+
+    That camera has focal ``focal (n,)`` and its principal point at the image centre
+    (``image_size (n, 2)`` is width, height), as in WiLoR's ``demo.py``.
+
+    Examples:
+        >>> project_full_image(np.array([[0.1, 0.0, 1.0]]), np.array([500.0]), np.array([[640.0, 480.0]])).tolist()
+        [[370.0, 240.0]]
+    """
+    return focal[:, None] * points[:, :2] / points[:, 2:3] + image_size / 2.0
+
+
+class WiLoRBackend:
+    """Per-frame wrist poses, MANO hand poses and joints of both hands, from WiLoR."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._model: Any = None
+        self._cfg: Any = None
+        self._detector: Any = None
+        self._dataset: Any = None
+        self._cam_crop_to_full: Any = None
+        self._device = "cpu"
+
+    def load(self) -> None:
+        """Load the detector and WiLoR once per worker.
+
+        This is WiLoR's ``load_wilor`` with one change: the MANO files are taken from
+        ``hands.weights_dir`` instead of ``./mano_data`` in the working directory, which a
+        worker process does not control.
+        """
+        check_available(self.settings)
+        from ultralytics import YOLO
+        from wilor.configs import get_config
+        from wilor.datasets.vitdet_dataset import ViTDetDataset
+        from wilor.models import WiLoR
+        from wilor.utils.renderer import cam_crop_to_full
+
+        files = weight_files(self.settings.hands.weights_dir)  # type: ignore[arg-type]
+        cfg = get_config(str(files["config"]), update_cachedir=True)
+        cfg.defrost()
+        if "vit" in cfg.MODEL.BACKBONE.TYPE and "BBOX_SHAPE" not in cfg.MODEL:
+            cfg.MODEL.BBOX_SHAPE = [192, 256]  # the ViT backbone's crop aspect, as load_wilor sets it
+        if "PRETRAINED_WEIGHTS" in cfg.MODEL.BACKBONE:
+            cfg.MODEL.BACKBONE.pop("PRETRAINED_WEIGHTS")
+        cfg.MANO.DATA_DIR = cfg.MANO.MODEL_PATH = str(files["mano"].parent)
+        cfg.MANO.MEAN_PARAMS = str(files["mano_mean"])
+        cfg.freeze()
+        self._device = torch_device()
+        self._model = WiLoR.load_from_checkpoint(str(files["checkpoint"]), strict=False, cfg=cfg).to(self._device)
+        self._model.eval()
+        self._detector = YOLO(str(files["detector"])).to(self._device)
+        self._cfg, self._dataset, self._cam_crop_to_full = cfg, ViTDetDataset, cam_crop_to_full
+
+    def infer(self, video: VideoRef, frames: np.ndarray, meta: FramesMeta, depth: DepthCamera) -> HandPoses:
+        if self._model is None:
+            raise RuntimeError("WiLoRBackend.infer called before load()")
+        frames_bgr = [np.ascontiguousarray(frame[:, :, ::-1]) for frame in frames]
+        detections = self._detect(frames_bgr)
+        outputs = self._reconstruct(frames_bgr, detections)
+        left, right = (self._track_side(outputs, is_right, depth, meta.fps, len(frames)) for is_right in (0, 1))
+        return HandPoses(left, right, np.asarray(depth.intrinsics[0], np.float64), len(frames))
+
+    def _detect(self, frames_bgr: list[np.ndarray]) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """``(frame, boxes (k, 4) xyxy, is_right (k,))`` with at most one box per side and frame."""
+        found = []
+        for first in range(0, len(frames_bgr), DETECTOR_BATCH):
+            chunk = frames_bgr[first : first + DETECTOR_BATCH]
+            for offset, result in enumerate(self._detector(chunk, conf=DETECTION_CONFIDENCE, verbose=False)):
+                boxes = result.boxes
+                xyxy = boxes.xyxy.detach().cpu().numpy().reshape(-1, 4)
+                confidence = boxes.conf.detach().cpu().numpy().reshape(-1)
+                is_right = boxes.cls.detach().cpu().numpy().reshape(-1).round().astype(np.int64)
+                keep = [i for i in best_per_side(confidence, is_right) if i is not None]
+                if keep:
+                    found.append((first + offset, xyxy[keep], is_right[keep]))
+        return found
+
+    def _reconstruct(
+        self, frames_bgr: list[np.ndarray], detections: list[tuple[int, np.ndarray, np.ndarray]]
+    ) -> dict[str, np.ndarray]:
+        """WiLoR on every kept detection, as arrays over detections, in image orientation."""
+        import torch
+        from torch.utils.data import default_collate
+
+        frame_of, items = [], []
+        for frame, boxes, is_right in detections:
+            crops = self._dataset(self._cfg, frames_bgr[frame], boxes, is_right, rescale_factor=RESCALE_FACTOR)
+            items.extend(crops[i] for i in range(len(crops)))
+            frame_of.extend([frame] * len(crops))
+        if not items:
+            return _no_hands()
+        parts: dict[str, list[np.ndarray]] = {}
+        for first in range(0, len(items), WILOR_BATCH):
+            batch = default_collate(items[first : first + WILOR_BATCH])
+            with torch.inference_mode():
+                out = self._model({k: v.to(self._device) if torch.is_tensor(v) else v for k, v in batch.items()})
+            n = batch["img"].shape[0]
+            mano = out["pred_mano_params"]
+            for key, value, shape in (
+                ("global_orient", mano["global_orient"], (n, 3, 3)),
+                ("hand_pose", mano["hand_pose"], (n, 15, 3, 3)),
+                ("betas", mano["betas"], (n, 10)),
+                ("keypoints", out["pred_keypoints_3d"], (n, 21, 3)),
+                ("pred_cam", out["pred_cam"], (n, 3)),
+                ("box_center", batch["box_center"], (n, 2)),
+                ("box_size", batch["box_size"], (n,)),
+                ("img_size", batch["img_size"], (n, 2)),
+                ("right", batch["right"], (n,)),
+            ):
+                parts.setdefault(key, []).append(value.detach().float().cpu().numpy().reshape(shape))
+        arrays = {key: np.concatenate(chunks) for key, chunks in parts.items()}
+        right = arrays["right"].round().astype(np.int64)
+        sign = 2.0 * right - 1.0  # +1 right, -1 left: undo the crop mirroring of left hands
+        pred_cam = arrays["pred_cam"].copy()
+        pred_cam[:, 1] *= sign
+        focal = self._cfg.EXTRA.FOCAL_LENGTH / self._cfg.MODEL.IMAGE_SIZE * arrays["img_size"].max(axis=1)
+        inputs = (pred_cam, arrays["box_center"], arrays["box_size"], arrays["img_size"], focal)
+        cam_t = self._cam_crop_to_full(*(torch.from_numpy(a.astype(np.float32)) for a in inputs)).numpy()
+        keypoints = arrays["keypoints"].copy()
+        keypoints[:, :, 0] *= sign[:, None]
+        return {
+            "frame": np.asarray(frame_of, np.int64),
+            "right": right,
+            "wrist_px": project_full_image(keypoints[:, 0] + cam_t, focal, arrays["img_size"]),
+            "wrist_rotation": unmirror(arrays["global_orient"], right),
+            "hand_pose": unmirror(arrays["hand_pose"], right),
+            "joints_offset": keypoints - keypoints[:, :1],  # joints relative to the wrist, camera axes
+            "betas": arrays["betas"],
+        }
+
+    def _track_side(
+        self, outputs: dict[str, np.ndarray], right: int, depth: DepthCamera, fps: float, num_frames: int
+    ) -> Hand:
+        """One hand's arrays over the video: back-project, filter, interpolate (NaN where invalid)."""
+        settings = self.settings.hands
+        mine = np.flatnonzero(outputs["right"] == right)
+        frames = outputs["frame"][mine]
+        uv = np.full((num_frames, 2), np.nan)
+        uv[frames] = outputs["wrist_px"][mine]
+        positions, valid = backproject_wrist(uv, depth.depths, depth.intrinsics, settings.wrist_depth_offset_m)
+        valid = drop_fast_jumps(positions, valid, fps, settings.max_wrist_speed_m_s)
+
+        wrist = np.full((num_frames, 4, 4), np.nan)
+        hand_pose = np.full((num_frames, 15, 3, 3), np.nan)
+        joints = np.full((num_frames, 21, 3), np.nan)
+        betas = np.full((num_frames, 10), np.nan)
+        wrist[frames] = np.eye(4)
+        wrist[frames, :3, :3] = outputs["wrist_rotation"][mine]
+        wrist[:, :3, 3] = positions
+        hand_pose[frames] = outputs["hand_pose"][mine]
+        joints[frames] = outputs["joints_offset"][mine]
+        betas[frames] = outputs["betas"][mine]
+        joints += positions[:, None]
+        median_betas = np.median(betas[valid], axis=0) if valid.any() else np.full(10, np.nan)
+
+        filled_wrist, filled = interpolate_gaps(wrist, valid, settings.max_gap_frames)
+        gap, before, after, weight = gap_plan(valid, settings.max_gap_frames)
+        if gap.size:
+            # Finger rotations by slerp; joints move rigidly with the interpolated wrist, their
+            # offsets in the wrist's own frame interpolated linearly.
+            hand_pose[gap] = slerp_rotations(hand_pose[before], hand_pose[after], weight[:, None])
+            w = weight[:, None, None]
+            local = (1 - w) * _in_wrist_frame(joints[before], wrist[before]) + w * _in_wrist_frame(
+                joints[after], wrist[after]
+            )
+            joints[gap] = np.einsum("gij,gkj->gki", filled_wrist[gap, :3, :3], local) + filled_wrist[gap, None, :3, 3]
+        for array in (filled_wrist, hand_pose, joints):
+            array[~filled] = np.nan
+        return Hand(
+            valid=filled,
+            wrist_pose=filled_wrist.astype(np.float32),
+            hand_pose=hand_pose.astype(np.float32),
+            joints_3d=joints.astype(np.float32),
+            betas=median_betas.astype(np.float32),
+        )
+
+    def unload(self) -> None:
+        self._model = self._detector = None
+        release_cuda_memory()
+
+
+def _in_wrist_frame(points: np.ndarray, poses: np.ndarray) -> np.ndarray:
+    """Points ``(n, k, 3)`` in camera axes expressed in their wrist's frame: ``Rᵀ (p - t)``."""
+    return np.einsum("nji,nkj->nki", poses[:, :3, :3], points - poses[:, None, :3, 3])
+
+
+def _no_hands() -> dict[str, np.ndarray]:
+    """The per-detection arrays of a video where the detector found nothing."""
+    return {
+        "frame": np.zeros(0, np.int64),
+        "right": np.zeros(0, np.int64),
+        "wrist_px": np.zeros((0, 2)),
+        "wrist_rotation": np.zeros((0, 3, 3)),
+        "hand_pose": np.zeros((0, 15, 3, 3)),
+        "joints_offset": np.zeros((0, 21, 3)),
+        "betas": np.zeros((0, 10)),
+    }
