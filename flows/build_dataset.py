@@ -19,18 +19,13 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.process_stage import process_stage
+from flows.stage_runs import run_stage
 from tasks.dataset_tasks import aggregate_statistics_task, register_videos_task
 from trackset.errors import TracksetError
 from trackset.run_report import RunSummary
 from trackset.settings import Settings, load_settings
-from trackset.stages.base import STAGE_ORDER, VideoRef
-from trackset.worker_cache import release_stages
-
-# Stages cheap enough per video that several videos share one task.
-SHARDED_STAGES = frozenset({"preprocess", "h5_build"})
+from trackset.stages.base import STAGE_ORDER
 
 
 def resolve_settings(
@@ -41,21 +36,11 @@ def resolve_settings(
     dataset_dir: str | None = None,
 ) -> Settings:
     """Settings with flow parameters on top (they win over env and file)."""
-    merged: dict[str, Any] = {key: dict(value) if isinstance(value, dict) else value for key, value in (overrides or {}).items()}
+    merged: dict[str, Any] = dict(overrides or {})
     paths = {k: v for k, v in (("videos_dir", videos_dir), ("work_dir", work_dir), ("dataset_dir", dataset_dir)) if v}
     if paths:
         merged["paths"] = {**merged.get("paths", {}), **paths}
     return load_settings(settings_path, merged)
-
-
-def run_stage(stage: str, videos: list[VideoRef], settings: Settings):
-    """Run one stage on the thread runner and free its models when it ends."""
-    runner = ThreadPoolTaskRunner(max_workers=settings.cluster.cpu_workers)
-    shard_size = settings.h5.shard_size if stage in SHARDED_STAGES else None
-    try:
-        return process_stage.with_options(task_runner=runner)(stage, videos, settings, shard_size)
-    finally:
-        release_stages(stage)
 
 
 class VideosFailedError(TracksetError):

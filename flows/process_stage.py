@@ -1,53 +1,82 @@
 """Subflow ``process-stage``: run one stage over a list of videos on the runner it is given.
 
 The caller picks the task runner with ``process_stage.with_options(task_runner=...)``:
-threads for cheap CPU stages, a GPU-pinned Dask cluster sized by the memory profile for
-GPU stages. Progress is published as videos finish (``progress-<stage>``), and a table
-of every video (``stage-<stage>``) when the stage ends.
+threads or CPU workers for cheap stages, a GPU-pinned Dask cluster sized by the memory
+profile for GPU stages. GPU tasks are submitted under ``dask.annotate(resources={"GPU":
+1})`` so they only land on GPU workers. Progress is published as videos finish, into the
+stage's ``progress-<stage>`` artifact shared by every subflow of that stage.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+from dataclasses import dataclass
+from uuid import UUID
+
+import dask
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import update_progress_artifact
 from prefect.futures import PrefectFuture, as_completed
 
 from tasks.retry import is_out_of_memory
 from tasks.stage_tasks import configured, process_shard, process_video
-from trackset.run_report import StageOutcome, VideoFailure, stage_table
+from trackset.run_report import StageOutcome, VideoFailure
 from trackset.settings import Settings
-from trackset.stages.base import StageRecord, VideoRef, stage_slug
+from trackset.stages.base import GPU_STAGES, StageRecord, VideoRef
+
+
+@dataclass
+class StageProgress:
+    """The ``progress-<stage>`` artifact and how many of the stage's videos are finished."""
+
+    artifact_id: UUID
+    total: int
+    done: int = 0
+
+    def report(self, finished_now: int) -> None:
+        """Publish ``done + finished_now``; the caller adds a subflow's videos to ``done`` after it."""
+        update_progress_artifact(self.artifact_id, 100.0 * (self.done + finished_now) / max(self.total, 1))
 
 
 def _shards(videos: list[VideoRef], size: int) -> list[list[VideoRef]]:
     return [videos[i : i + size] for i in range(0, len(videos), size)]
 
 
-@flow(name="process-stage", flow_run_name="process-{stage}")
-def process_stage(
-    stage: str, videos: list[VideoRef], settings: Settings, shard_size: int | None = None
-) -> StageOutcome:
-    """Run ``stage`` on ``videos``: one task per video, or per shard when ``shard_size`` is set.
+def _failure(stage: str, video: VideoRef, exc: object, message: str | None, retries: int) -> VideoFailure:
+    """A failed task as a failure record; out-of-memory is marked so the caller can shrink."""
+    if isinstance(exc, BaseException):
+        kind = "out_of_memory" if is_out_of_memory(exc) else "error"
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    else:
+        kind, reason = "error", message or "task failed"
+    return VideoFailure(video.video_id, stage, reason, kind, 1 if kind == "out_of_memory" else retries + 1)
 
-    Out-of-memory failures are returned as ``out_of_memory`` failures, not raised, so the
-    caller can re-run them on fewer workers per GPU (DECISIONS.md).
+
+def run_stage_tasks(
+    stage: str,
+    videos: list[VideoRef],
+    settings: Settings,
+    shard_size: int | None = None,
+    progress: StageProgress | None = None,
+) -> StageOutcome:
+    """Submit ``stage`` for ``videos`` to the current flow's runner and collect the outcome.
+
+    A plain function, not a flow, so ``process-stage`` and ``profile-memory`` both run the
+    tasks on their own runner (a flow called inside a flow would bring its own).
     """
     logger = get_run_logger()
     outcome = StageOutcome(stage)
-    if not videos:
-        return outcome
-    progress = create_progress_artifact(
-        0.0, key=f"progress-{stage_slug(stage)}", description=f"Videos through {stage}, percent of {len(videos)}"
-    )
     futures: dict[PrefectFuture, list[VideoRef]] = {}
-    if shard_size:
-        task_ = configured(process_shard, stage, settings)
-        for index, shard in enumerate(_shards(videos, shard_size)):
-            futures[task_.submit(stage, index, shard, settings)] = shard
-    else:
-        task_ = configured(process_video, stage, settings)
-        for video in videos:
-            futures[task_.submit(stage, video, settings)] = [video]
+    placement = dask.annotate(resources={"GPU": 1}) if stage in GPU_STAGES else nullcontext()
+    with placement:
+        if shard_size:
+            task_ = configured(process_shard, stage, settings)
+            for index, shard in enumerate(_shards(videos, shard_size)):
+                futures[task_.submit(stage, index, shard, settings)] = shard
+        else:
+            task_ = configured(process_video, stage, settings)
+            for video in videos:
+                futures[task_.submit(stage, video, settings)] = [video]
 
     finished = 0
     for future in as_completed(list(futures)):
@@ -56,31 +85,31 @@ def process_stage(
         if state.is_completed():
             results = state.result()
             for result in results if isinstance(results, list) else [results]:
-                if isinstance(result, StageRecord):
-                    outcome.records.append(result)
-                else:
-                    outcome.failures.append(result)
+                target = outcome.records if isinstance(result, StageRecord) else outcome.failures
+                target.append(result)
         else:
             exc = state.result(raise_on_failure=False)
-            kind = "out_of_memory" if isinstance(exc, BaseException) and is_out_of_memory(exc) else "error"
-            reason = f"{type(exc).__name__}: {exc}".splitlines()[0] if isinstance(exc, BaseException) else state.message
-            attempts = settings.retry.retries + 1 if kind == "error" else 1
-            outcome.failures += [VideoFailure(v.video_id, stage, reason, kind, attempts) for v in batch]
+            outcome.failures += [_failure(stage, v, exc, state.message, settings.retry.retries) for v in batch]
         finished += len(batch)
-        update_progress_artifact(progress, 100.0 * finished / len(videos))
+        if progress is not None:
+            progress.report(finished)
 
     for failure in outcome.failures:
         logger.warning("%s failed for video %s (%s): %s", stage, failure.video_id, failure.kind, failure.reason)
-    create_table_artifact(
-        stage_table(outcome.records, outcome.failures),
-        key=f"stage-{stage_slug(stage)}",
-        description=f"Every video of stage {stage} in this run: status, time, peak memory, worker, GPU",
-    )
-    logger.info(
-        "%s: %d done, %d skipped, %d failed",
-        stage,
-        sum(r.status == "done" for r in outcome.records),
-        sum(r.status == "skipped" for r in outcome.records),
-        len(outcome.failures),
-    )
     return outcome
+
+
+@flow(name="process-stage", flow_run_name="process-{stage}")
+def process_stage(
+    stage: str,
+    videos: list[VideoRef],
+    settings: Settings,
+    shard_size: int | None = None,
+    progress: StageProgress | None = None,
+) -> StageOutcome:
+    """Run ``stage`` on ``videos``: one task per video, or per shard when ``shard_size`` is set.
+
+    Out-of-memory failures come back as ``out_of_memory`` failures, not raised, so the
+    caller can re-run them on fewer workers per GPU (DECISIONS.md).
+    """
+    return run_stage_tasks(stage, videos, settings, shard_size, progress)

@@ -144,6 +144,7 @@ class FakeGpu(_Section):
 class ClusterSettings(_Section):
     """GPU inventory, Dask cluster shape and profiling."""
 
+    runner: Literal["dask", "threads"] = "dask"
     gpus: Literal["auto"] | list[int] = "auto"
     fake_gpus: list[FakeGpu] = [FakeGpu(), FakeGpu()]
     max_workers_per_gpu: int = Field(4, ge=1)

@@ -19,9 +19,10 @@ import os
 import socket
 import time
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from trackset.layout import DatasetLayout, WorkLayout, write_text_atomic
 from trackset.settings import Settings
@@ -148,6 +149,10 @@ class Stage(ABC):
     def process(self, video: VideoRef) -> dict[str, float | int | str]:
         """Write this stage's outputs for ``video`` atomically; return small info numbers."""
 
+    def memory_probe(self) -> AbstractContextManager[Any]:
+        """Measures one video's peak device memory (``.peak_bytes``); CPU stages measure none."""
+        return nullcontext()
+
     def marker_path(self, video_id: str) -> Path:
         return self.work.marker(self.name, video_id)
 
@@ -172,7 +177,8 @@ class Stage(ABC):
         if self.is_done(video):
             return StageRecord(video.video_id, self.name, "skipped", worker=worker_name())
         start = time.perf_counter()
-        info = self.process(video)
+        with self.memory_probe() as probe:
+            info = self.process(video)
         seconds = time.perf_counter() - start
         self.mark_done(video)
         return StageRecord(
@@ -180,6 +186,7 @@ class Stage(ABC):
             self.name,
             "done",
             seconds=seconds,
+            peak_bytes=getattr(probe, "peak_bytes", None),
             worker=worker_name(),
             gpu=os.environ.get("CUDA_VISIBLE_DEVICES"),
             outputs=[str(p) for p in self.outputs(video.video_id)],
