@@ -1,0 +1,68 @@
+"""3D tracks stage (TAPIP3D's role): ``tracks_3d/<vid>.pt`` per video, on a GPU.
+
+The backend gives, per sliding window, the 3D positions of its query points at every step
+in the window's camera 0. The camera motion written beside them (``window_poses``) is never
+taken from the backend: the stage computes it from the depth stage's extrinsics with the
+FORMATS.md convention, ``E_s @ inv(E_{s+k})``, so every backend gets the same, correct
+composition (the script pipeline's ``inv(E_s) @ E_{s+k}`` is a known defect).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from trackset.errors import BadInputError
+from trackset.geometry import window_relative_poses
+from trackset.intermediates import Tracks3d, read_depth_camera, read_frames, write_tracks_3d
+from trackset.stages.backends import Tracks3dBackend
+from trackset.stages.base import StageName, StageResources, VideoRef
+from trackset.stages.model_stage import ModelStage
+from trackset.synthetic.backends import SyntheticTracks3d
+
+
+class Tracks3dStage(ModelStage[Tracks3dBackend]):
+    """Sliding-window 3D point tracks and the camera motion of each window."""
+
+    name: ClassVar[StageName] = "tracks_3d"
+    resources: ClassVar[StageResources] = StageResources(cpus=1, gpu_memory_gb=8)
+    real_backend: ClassVar[str] = "trackset.adapters.tapip3d:TAPIP3DBackend"
+    synthetic_backend: ClassVar[type[Any]] = SyntheticTracks3d
+
+    def outputs(self, video_id: str) -> list[Path]:
+        return [self.work.tracks_3d(video_id)]
+
+    def process(self, video: VideoRef) -> dict[str, float | int | str]:
+        vid = video.video_id
+        frames, meta = read_frames(self.work, vid)
+        depth = read_depth_camera(self.work.vipe(vid), vid, num_frames=meta.num_frames)
+        tracks = self.loaded_backend().infer(video, frames, meta, depth)
+        path = self.work.tracks_3d(vid)
+        self.check_result(video, path, tracks, meta.num_frames)
+        length = self.settings.tracks_3d.window_length
+        starts = np.array([start for start, _ in tracks.windows], dtype=np.int64)
+        poses = window_relative_poses(depth.extrinsics, starts, length)
+        write_tracks_3d(path, vid, tracks, list(poses))
+        return {
+            "frames": meta.num_frames,
+            "windows": len(tracks.windows),
+            "points": int(sum(points.shape[1] for points in tracks.tracks)),
+        }
+
+    def check_result(self, video: VideoRef, path: Path, tracks: Tracks3d, num_frames: int) -> None:
+        """Every window is a full window of the configured length with finite points."""
+        length = self.settings.tracks_3d.window_length
+        if tracks.num_frames != num_frames or len(tracks.windows) != len(tracks.tracks):
+            reason = (f"backend returned {len(tracks.tracks)} track windows for {len(tracks.windows)} ranges "
+                      f"over {tracks.num_frames} frames; the video has {num_frames}")
+            raise BadInputError(video.video_id, self.name, path, reason)
+        for index, ((start, end), points) in enumerate(zip(tracks.windows, tracks.tracks)):
+            if end - start != length or not 0 <= start < end <= num_frames:
+                reason = f"window {index} = ({start}, {end}) is not a full window of {length} frames"
+                raise BadInputError(video.video_id, self.name, path, reason)
+            self.check_shape(video, path, f"tracks[{index}]", points, (length, points.shape[1], 3))
+            if not np.isfinite(points).all():
+                raise BadInputError(video.video_id, self.name, path, f"backend returned non-finite tracks[{index}]")
+        self.check_shape(video, path, "intrinsics", np.asarray(tracks.intrinsics), (3, 3))
