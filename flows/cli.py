@@ -25,6 +25,16 @@ from trackset.run_report import RunSummary
 
 console = Console()
 
+# What the demo's synthetic models pretend to hold on the (fake) GPUs, after the measured
+# footprints of the real models (FORMATS.md: ViPE ~13 GB to load, +1-4 GB per video), so
+# the memory profile and the cluster sizing have something real to size. On a CPU machine
+# this is bookkeeping on the fake GPUs, not host memory.
+DEMO_COSTS = {
+    "depth_camera": {"model_mb": 13_000, "per_video_mb": 1_000, "per_frame_mb": 16},
+    "tracks_3d": {"model_mb": 6_000, "per_video_mb": 500, "per_frame_mb": 8},
+    "hands": {"model_mb": 3_000, "per_video_mb": 200, "per_frame_mb": 4},
+}
+
 
 def parse_assignments(assignments: list[str]) -> dict[str, Any]:
     """``["h5.target_size=128"]`` -> ``{"h5": {"target_size": 128}}`` (values parsed as YAML).
@@ -98,7 +108,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not any(videos.glob("*.mp4")):
         console.print(f"making a synthetic corpus of {args.videos} videos in {videos}")
         make_corpus(videos, num_videos=args.videos, num_frames=args.frames, seed=args.seed)
-    overrides = {"paths": {"videos_dir": str(videos), "work_dir": str(out / "work"), "dataset_dir": str(out / "dataset")}}
+    overrides = {
+        "paths": {"videos_dir": str(videos), "work_dir": str(out / "work"), "dataset_dir": str(out / "dataset")},
+        "synthetic": DEMO_COSTS,
+    }
     return _run(None, overrides)
 
 

@@ -1,0 +1,166 @@
+"""Worker specs pin Nanny workers to GPUs round-robin, checked as data and inside real workers."""
+
+from __future__ import annotations
+
+import os
+from unittest.mock import patch
+
+import pytest
+
+from trackset.worker_spec import (
+    CLUSTER_CLASS,
+    cluster_kwargs,
+    cpu_cluster_kwargs,
+    cpu_worker_spec,
+    gpu_worker_spec,
+    scheduler_spec,
+    visible_gpu_index,
+)
+
+
+def _check_env_value(spec: dict, name: str, gpu: int) -> None:
+    env = spec[name]["options"]["env"]
+    assert env["CUDA_VISIBLE_DEVICES"] == str(gpu)
+    assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"  # CUDA index == NVML index
+
+
+@pytest.mark.parametrize("gpus", [[0], [0, 1], [3, 1, 2], [7]])
+@pytest.mark.parametrize("workers_per_gpu", [1, 2, 3])
+def test_gpu_worker_spec_round_robin(gpus, workers_per_gpu):
+    spec = gpu_worker_spec(gpus, workers_per_gpu)
+    assert len(spec) == len(gpus) * workers_per_gpu
+    for i, name in enumerate(spec):
+        gpu = gpus[i % len(gpus)]
+        assert name == f"gpu{gpu}-w{i // len(gpus)}"
+        _check_env_value(spec, name, gpu)
+        options = spec[name]["options"]
+        assert spec[name]["cls"] == "distributed.Nanny"
+        assert (options["resources"], options["host"], options["nthreads"]) == ({"GPU": 1}, "127.0.0.1", 1)
+        assert "preload" not in options
+
+
+def test_gpu_worker_spec_exact_entry():
+    spec = gpu_worker_spec([0, 1], 2, env={"OMP_NUM_THREADS": "1"}, preload=["trackset.some_setup"])
+    assert list(spec) == ["gpu0-w0", "gpu1-w0", "gpu0-w1", "gpu1-w1"]
+    assert spec["gpu1-w1"] == {
+        "cls": "distributed.Nanny",
+        "options": {
+            "env": {"CUDA_VISIBLE_DEVICES": "1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "OMP_NUM_THREADS": "1"},
+            "resources": {"GPU": 1},
+            "host": "127.0.0.1",
+            "nthreads": 1,
+            "preload": ["trackset.some_setup"],
+        },
+    }
+
+
+def test_entries_share_no_mutable_state():
+    spec = gpu_worker_spec([0, 1], 1, env={"A": "1"}, preload=["m"])
+    spec["gpu0-w0"]["options"]["env"]["A"] = "changed"
+    spec["gpu0-w0"]["options"]["preload"].append("other")
+    assert spec["gpu1-w0"]["options"]["env"]["A"] == "1" and spec["gpu1-w0"]["options"]["preload"] == ["m"]
+
+
+@pytest.mark.parametrize(
+    ("gpus", "workers_per_gpu", "env", "message"),
+    [
+        ([], 1, None, "at least one GPU"),
+        ([0, 0], 1, None, "must not repeat"),
+        ([0], 0, None, "workers_per_gpu must be at least 1"),
+        ([0], 1, {"CUDA_VISIBLE_DEVICES": "1"}, "must not set CUDA_VISIBLE_DEVICES"),
+    ],
+)
+def test_gpu_worker_spec_rejects(gpus, workers_per_gpu, env, message):
+    with pytest.raises(ValueError, match=message):
+        gpu_worker_spec(gpus, workers_per_gpu, env=env)
+
+
+@pytest.mark.parametrize("n_workers", [1, 3])
+def test_cpu_worker_spec_hides_gpus(n_workers):
+    spec = cpu_worker_spec(n_workers, env={"X": "y"})
+    assert list(spec) == [f"cpu-w{k}" for k in range(n_workers)]
+    for entry in spec.values():
+        assert entry == {
+            "cls": "distributed.Nanny",
+            "options": {"env": {"CUDA_VISIBLE_DEVICES": "", "X": "y"}, "host": "127.0.0.1", "nthreads": 1},
+        }
+    with pytest.raises(ValueError):
+        cpu_worker_spec(0)
+
+
+def test_scheduler_and_cluster_kwargs():
+    assert scheduler_spec() == {
+        "cls": "distributed.Scheduler",
+        "options": {"host": "127.0.0.1", "dashboard_address": ":0"},
+    }
+    kwargs = cluster_kwargs([1, 0], 1, preload=["p"])
+    assert kwargs == {"workers": gpu_worker_spec([1, 0], 1, preload=["p"]), "scheduler": scheduler_spec()}
+    assert "asynchronous" not in kwargs  # prefect-dask sets it and rejects it in cluster_kwargs
+    assert list(cpu_cluster_kwargs(2)["workers"]) == ["cpu-w0", "cpu-w1"]
+
+
+def test_prefect_dask_accepts_the_kwargs_and_keeps_them_on_duplicate():
+    # The runner is re-created per flow run from these kwargs, so they must survive duplicate().
+    prefect_dask = pytest.importorskip("prefect_dask")
+    runner = prefect_dask.DaskTaskRunner(cluster_class=CLUSTER_CLASS, cluster_kwargs=cluster_kwargs([0, 1], 2))
+    copy = runner.duplicate()
+    assert copy.cluster_kwargs == cluster_kwargs([0, 1], 2) and copy == runner
+    assert copy.resolved_cluster_class.__name__ == "SpecCluster"
+
+
+@pytest.mark.parametrize(("visible", "expected"), [("0", 0), ("5", 5), (" 2 , 3", 2)])
+def test_visible_gpu_index(visible, expected):
+    with patch.dict(os.environ, {"CUDA_VISIBLE_DEVICES": visible}):
+        assert visible_gpu_index() == expected
+
+
+def test_visible_gpu_index_default_and_errors():
+    with patch.dict(os.environ, {}, clear=False):
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        assert visible_gpu_index(default=4) == 4
+    for bad in ("", "GPU-8e0a3f2c-0000-0000-0000-000000000000"):
+        with patch.dict(os.environ, {"CUDA_VISIBLE_DEVICES": bad}), pytest.raises(ValueError):
+            visible_gpu_index()
+
+
+# -- one real cluster ------------------------------------------------------------------------
+
+
+def where_am_i() -> tuple[str, str, str, int]:
+    """Run inside a worker: its name, the GPU it was pinned to, its device order, its GPU index."""
+    from distributed import get_worker
+
+    return (
+        str(get_worker().name),
+        os.environ["CUDA_VISIBLE_DEVICES"],
+        os.environ["CUDA_DEVICE_ORDER"],
+        visible_gpu_index(),
+    )
+
+
+@pytest.mark.timeout(120)
+def test_spec_cluster_pins_workers_round_robin():
+    import dask
+    from distributed import Client, SpecCluster
+
+    spec = gpu_worker_spec([0, 1], 2)
+    with SpecCluster(workers=spec, scheduler=scheduler_spec()) as cluster, Client(cluster) as client:
+        client.wait_for_workers(len(spec), timeout=90)
+        info = client.scheduler_info(n_workers=-1)
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        by_name = {worker["name"]: address for address, worker in info["workers"].items()}
+        assert set(by_name) == set(spec)
+        assert all(address.startswith("tcp://127.0.0.1:") for address in by_name.values())
+        assert all(worker["resources"] == {"GPU": 1} for worker in info["workers"].values())
+
+        # One task per worker, placed the way GPU stages submit: annotated with the resource.
+        with dask.annotate(resources={"GPU": 1}):
+            futures = [client.submit(where_am_i, workers=[by_name[name]], pure=False) for name in spec]
+        seen = client.gather(futures)
+
+    assert seen == [
+        ("gpu0-w0", "0", "PCI_BUS_ID", 0),
+        ("gpu1-w0", "1", "PCI_BUS_ID", 1),
+        ("gpu0-w1", "0", "PCI_BUS_ID", 0),
+        ("gpu1-w1", "1", "PCI_BUS_ID", 1),
+    ]

@@ -1,0 +1,204 @@
+"""Dask cluster specs that pin workers to GPUs, several per GPU, as plain dicts.
+
+dask-cuda cannot run several workers per GPU (PLATFORM-NOTES.md), so trackset describes a
+``distributed.SpecCluster`` of ``Nanny`` workers itself: worker ``i`` gets
+``CUDA_VISIBLE_DEVICES=gpus[i % n]`` through ``Nanny(env=...)`` and one ``GPU`` resource.
+The specs are pure data with qualified class names as strings, so they can travel through
+``prefect_dask.DaskTaskRunner(cluster_class=CLUSTER_CLASS, cluster_kwargs=...)`` (which
+re-creates the cluster for each flow run and compares runners by their kwargs) and be
+logged or serialised; ``SpecCluster`` imports the strings itself.
+
+Before::
+
+    DaskTaskRunner(cluster=LocalCluster(n_workers=4))  # dropped when the runner is duplicated
+
+After::
+
+    DaskTaskRunner(cluster_class=CLUSTER_CLASS, cluster_kwargs=cluster_kwargs([0, 1], 2))
+
+Everything binds to 127.0.0.1, otherwise scheduler and workers listen on the host address.
+Submit GPU work inside ``with dask.annotate(resources={"GPU": 1})``: resources are only
+honoured for annotated (or ``resources=``) submissions.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+CLUSTER_CLASS = "distributed.SpecCluster"
+"""``cluster_class`` for ``DaskTaskRunner`` together with :func:`cluster_kwargs`."""
+
+HOST = "127.0.0.1"
+"""Where scheduler and workers listen: this machine only, never the host's public address."""
+
+# CUDA numbers GPUs fastest-first by default, NVML in PCI bus order; pinning by PCI order
+# makes the index in CUDA_VISIBLE_DEVICES the same GPU that NVML sized and samples.
+_GPU_ORDER = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+
+
+def gpu_worker_name(gpu: int, k: int) -> str:
+    """Name of the ``k``-th worker on GPU ``gpu``; Dask reports it as the worker's name.
+
+    Examples:
+        >>> gpu_worker_name(1, 0)
+        'gpu1-w0'
+    """
+    return f"gpu{gpu}-w{k}"
+
+
+def _nanny(options: dict[str, Any], preload: list[str] | None) -> dict[str, Any]:
+    """A spec entry for one ``Nanny`` on 127.0.0.1 with one thread.
+
+    One thread per worker: a GPU worker's memory was sized for one video at a time, and
+    the fake device accounts memory per process.
+    """
+    options = {**options, "host": HOST, "nthreads": 1}
+    if preload:
+        options["preload"] = list(preload)
+    return {"cls": "distributed.Nanny", "options": options}
+
+
+def _check_env(env: dict[str, str] | None) -> dict[str, str]:
+    """A copy of the extra worker environment, refusing what would break GPU pinning."""
+    env = dict(env or {})
+    if "CUDA_VISIBLE_DEVICES" in env:
+        # Overriding it would silently undo the pinning this module exists for.
+        raise ValueError("env must not set CUDA_VISIBLE_DEVICES: worker specs pin each worker's GPU")
+    return env
+
+
+def gpu_worker_spec(
+    gpus: list[int],
+    workers_per_gpu: int,
+    *,
+    env: dict[str, str] | None = None,
+    preload: list[str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """``workers_per_gpu`` Nanny workers on each GPU of ``gpus``, pinned round-robin.
+
+    Worker ``i`` runs on ``gpus[i % len(gpus)]`` and the dict keeps that order, so the
+    first ``n`` workers cover every GPU once and ``SpecCluster.scale`` (which drops the
+    last entries) shrinks all GPUs evenly.
+
+    Args:
+        gpus: GPU indices (NVML / PCI order), each used once.
+        workers_per_gpu: workers per GPU, from :func:`trackset.sizing.plan_workers_per_gpu`.
+        env: extra environment variables for every worker (not ``CUDA_VISIBLE_DEVICES``).
+        preload: modules each worker imports at start (``Nanny(preload=...)``).
+
+    Examples:
+        >>> spec = gpu_worker_spec([0, 1], 2)
+        >>> list(spec)
+        ['gpu0-w0', 'gpu1-w0', 'gpu0-w1', 'gpu1-w1']
+        >>> spec["gpu1-w0"]["options"]["env"]["CUDA_VISIBLE_DEVICES"], spec["gpu1-w0"]["options"]["resources"]
+        ('1', {'GPU': 1})
+    """
+    if not gpus:
+        raise ValueError("gpus must name at least one GPU")
+    if len(set(gpus)) != len(gpus):
+        raise ValueError(f"gpus must not repeat an index, got {gpus}")
+    if workers_per_gpu < 1:
+        raise ValueError(f"workers_per_gpu must be at least 1, got {workers_per_gpu}")
+    extra = _check_env(env)
+    spec = {}
+    for k in range(workers_per_gpu):
+        for gpu in gpus:
+            worker_env = {"CUDA_VISIBLE_DEVICES": str(gpu), **_GPU_ORDER, **extra}
+            spec[gpu_worker_name(gpu, k)] = _nanny({"env": worker_env, "resources": {"GPU": 1}}, preload)
+    return spec
+
+
+def cpu_worker_spec(
+    n_workers: int,
+    *,
+    env: dict[str, str] | None = None,
+    preload: list[str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """``n_workers`` CPU-only Nanny workers named ``cpu-w<k>``.
+
+    They see no GPU (``CUDA_VISIBLE_DEVICES=""``): a CPU stage that touches CUDA by
+    accident would otherwise put a context on GPU 0 and eat memory the GPU workers were
+    sized to use.
+
+    Examples:
+        >>> spec = cpu_worker_spec(2)
+        >>> list(spec), spec["cpu-w0"]["options"]["env"]
+        (['cpu-w0', 'cpu-w1'], {'CUDA_VISIBLE_DEVICES': ''})
+    """
+    if n_workers < 1:
+        raise ValueError(f"n_workers must be at least 1, got {n_workers}")
+    worker_env = {"CUDA_VISIBLE_DEVICES": "", **_check_env(env)}
+    return {f"cpu-w{k}": _nanny({"env": dict(worker_env)}, preload) for k in range(n_workers)}
+
+
+def scheduler_spec() -> dict[str, Any]:
+    """A scheduler on 127.0.0.1 with its dashboard on a free port (many runs may coexist).
+
+    Examples:
+        >>> scheduler_spec()["options"]
+        {'host': '127.0.0.1', 'dashboard_address': ':0'}
+    """
+    return {"cls": "distributed.Scheduler", "options": {"host": HOST, "dashboard_address": ":0"}}
+
+
+def cluster_kwargs(
+    gpus: list[int],
+    workers_per_gpu: int,
+    *,
+    env: dict[str, str] | None = None,
+    preload: list[str] | None = None,
+) -> dict[str, Any]:
+    """``cluster_kwargs`` of a GPU-pinned ``SpecCluster`` for ``DaskTaskRunner``.
+
+    ``asynchronous`` is absent on purpose: prefect-dask sets it and rejects it here.
+
+    Examples:
+        >>> kwargs = cluster_kwargs([0], 2)
+        >>> sorted(kwargs), list(kwargs["workers"])
+        (['scheduler', 'workers'], ['gpu0-w0', 'gpu0-w1'])
+    """
+    return {
+        "workers": gpu_worker_spec(gpus, workers_per_gpu, env=env, preload=preload),
+        "scheduler": scheduler_spec(),
+    }
+
+
+def cpu_cluster_kwargs(
+    n_workers: int,
+    *,
+    env: dict[str, str] | None = None,
+    preload: list[str] | None = None,
+) -> dict[str, Any]:
+    """``cluster_kwargs`` of a CPU-only ``SpecCluster`` for ``DaskTaskRunner``.
+
+    Examples:
+        >>> list(cpu_cluster_kwargs(3)["workers"])
+        ['cpu-w0', 'cpu-w1', 'cpu-w2']
+    """
+    return {"workers": cpu_worker_spec(n_workers, env=env, preload=preload), "scheduler": scheduler_spec()}
+
+
+def visible_gpu_index(default: int = 0) -> int:
+    """This process's GPU: the first entry of ``CUDA_VISIBLE_DEVICES``, else ``default``.
+
+    The worker specs above pin each GPU worker with a single index, so the first entry is
+    the worker's physical GPU and its NVML index. Read it inside tasks or worker setup,
+    never at import time: ``Nanny(env=...)`` applies after the worker imports its modules.
+
+    Raises:
+        ValueError: the variable is set but empty (a CPU worker) or not an index (a UUID).
+
+    Examples:
+        >>> from unittest.mock import patch
+        >>> with patch.dict(os.environ, {"CUDA_VISIBLE_DEVICES": "3,1"}):
+        ...     visible_gpu_index()
+        3
+    """
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return default
+    first = value.split(",")[0].strip()
+    if not first.isdigit():
+        raise ValueError(f"CUDA_VISIBLE_DEVICES={value!r}: expected a GPU index as its first entry")
+    return int(first)
