@@ -80,6 +80,7 @@ def run_stage_tasks(
 
     finished = 0
     for future in as_completed(list(futures)):
+        future.wait()  # the future's own final state; the API's copy may still say RUNNING
         state = future.state
         batch = futures[future]
         if state.is_completed():

@@ -174,7 +174,7 @@ def test_depth_nearest_crop_clip_and_invalid(arrays):
     raw = cv2.resize(depth.depths[0, :, 64:448], (S, S), interpolation=cv2.INTER_NEAREST)
     expected = np.where(np.isfinite(raw) & (raw > 0), np.clip(raw, 0.1, 2.5), 0)
     np.testing.assert_array_equal(arrays.depth[0], expected.astype(np.float32))
-    assert set(np.unique(arrays.depth).tolist()) == {0.0, 0.1, 1.0, 2.5}
+    assert set(np.unique(arrays.depth).tolist()) == {0.0, float(np.float32(0.1)), 1.0, 2.5}
 
 
 def test_moments_count_every_value_written(arrays):

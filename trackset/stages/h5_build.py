@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
+import cv2
+
 from trackset.h5_layout import build_arrays, video_moments, write_h5
 from trackset.intermediates import read_depth_camera, read_frames, read_hand_poses, read_tracks_3d
 from trackset.stages.base import Stage, StageName, VideoRef, stage_fingerprints
@@ -23,6 +25,11 @@ class H5BuildStage(Stage):
 
     def outputs(self, video_id: str) -> list[Path]:
         return [self.dataset.h5(video_id), self.dataset.partials(video_id)]
+
+    def setup(self) -> None:
+        """One OpenCV thread per worker: parallelism comes from workers, not from cv2's pool,
+        which would oversubscribe the cores when several workers resize at once."""
+        cv2.setNumThreads(1)
 
     def fingerprint(self, video: VideoRef) -> str:
         return stage_fingerprints(self.settings, video.content_hash)[self.name]

@@ -1,0 +1,403 @@
+"""The append-only manifest: which source file is which video id, and with what content.
+
+``manifest.jsonl`` in the dataset directory holds one JSON object per line (FORMATS.md,
+"Conventions"). A ``kind: "video"`` line maps a source file (its path relative to the
+videos directory) to a 5-digit id, a sha256 of its bytes and the ``(size, mtime_ns)`` it was
+hashed at; the latest line of a path wins. A ``kind: "quarantine"`` line records a video
+that did not fit alone on a GPU, with the inputs and settings it failed with (DECISIONS.md,
+"Out-of-memory policy").
+
+Rules that keep outputs stable:
+
+- an id, once given, is never changed or reused, even after its file disappears;
+- a new path gets the next id (highest id ever given + 1), a changed hash keeps the id;
+- lines are only ever appended (one ``write`` + ``fsync`` per batch, under an exclusive
+  ``flock`` so two runs cannot hand out the same id); the only bytes ever removed are an
+  incomplete last line left by a crash mid-append;
+- a path is keyed by name: a moved file is a new video and its old path is reported missing.
+
+Ids, never file names, name the outputs, so an odd or hostile file name only ever gets an id.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO
+
+from trackset.layout import check_video_id, format_video_id
+
+logger = logging.getLogger(__name__)
+
+_CHUNK_BYTES = 1 << 20
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def discover_videos(videos_dir: Path, extensions: Iterable[str]) -> list[Path]:
+    """Every video file under ``videos_dir``, recursively, sorted by relative POSIX path.
+
+    Only regular files count: symlinks are skipped (with a warning when their name matches),
+    since a link could lead outside ``videos_dir``; so are hidden files and directories
+    (names starting with ``.``: editor swap files, ``.git``, partial downloads).
+
+    Args:
+        videos_dir: the root of the source videos.
+        extensions: file name endings to accept, case-insensitive, with or without the dot.
+
+    Raises:
+        FileNotFoundError: when ``videos_dir`` is not a directory; a mistyped path must not
+            look like a dataset whose videos all went missing.
+    """
+    root = Path(videos_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"videos directory not found: {root}")
+    suffixes = tuple(_normalise_extension(ext) for ext in extensions)
+    found: list[tuple[str, Path]] = []
+    for folder, dirnames, filenames in os.walk(root, onerror=_raise):
+        dirnames[:] = [name for name in dirnames if not name.startswith(".")]
+        for name in dirnames:
+            if Path(folder, name).is_symlink():  # os.walk does not follow it
+                logger.warning("skipping symlinked folder %s: only regular files are registered", Path(folder, name))
+        for name in filenames:
+            if name.startswith(".") or not name.lower().endswith(suffixes):
+                continue
+            path = Path(folder, name)
+            if path.is_symlink():
+                logger.warning("skipping symlink %s: only regular files are registered", path)
+            elif path.is_file():
+                found.append((path.relative_to(root).as_posix(), path))
+    return [path for _, path in sorted(found)]
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks so memory stays flat on huge videos.
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     _ = (Path(tmp) / "a").write_bytes(b"abc")
+        ...     file_sha256(Path(tmp) / "a")[:16]
+        'ba7816bf8f01cfea'
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One source file's id and content, as recorded on a ``kind: "video"`` line.
+
+    Attributes:
+        video_id: 5-digit id naming every output of this video.
+        source: path relative to the videos directory, POSIX separators.
+        sha256: hex sha256 of the file's bytes.
+        size: size in bytes when hashed.
+        mtime_ns: modification time in ns when hashed; with ``size``, lets an unchanged file
+            skip re-hashing.
+        kind: always ``"video"``.
+    """
+
+    video_id: str
+    source: str
+    sha256: str
+    size: int
+    mtime_ns: int
+    kind: str = "video"
+
+    def __post_init__(self) -> None:
+        check_video_id(self.video_id)
+        if self.kind != "video":
+            raise ValueError(f"manifest entry kind must be 'video', got {self.kind!r}")
+        if not isinstance(self.source, str) or not self.source:
+            raise ValueError(f"source must be a non-empty string, got {self.source!r}")
+        if not isinstance(self.sha256, str) or not _SHA256.match(self.sha256):
+            raise ValueError(f"sha256 must be 64 lowercase hex digits, got {self.sha256!r}")
+        for name in ("size", "mtime_ns"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or (name == "size" and value < 0):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+
+    def source_path(self, videos_dir: Path) -> Path:
+        """The source file under ``videos_dir``, refusing any path that resolves outside it.
+
+        The manifest is a plain file that anyone can edit; this check is what stops a line
+        like ``"source": "../../etc/passwd"`` (or a symlink) from reaching a decoder.
+
+        Examples:
+            >>> entry = ManifestEntry("00000", "../../evil.mp4", "0" * 64, 1, 0)
+            >>> entry.source_path(Path("/data/videos"))
+            Traceback (most recent call last):
+            ...
+            ValueError: manifest source '../../evil.mp4' of video 00000 resolves outside /data/videos
+        """
+        root = Path(videos_dir).resolve()
+        path = (root / self.source).resolve()
+        if not path.is_relative_to(root) or path == root:
+            raise ValueError(f"manifest source {self.source!r} of video {self.video_id} resolves outside {root}")
+        return path
+
+
+@dataclass(frozen=True)
+class QuarantineRecord:
+    """A video skipped until its content (``sha256``) or ``settings_fingerprint`` changes."""
+
+    video_id: str
+    sha256: str
+    settings_fingerprint: str
+    stage: str
+    reason: str
+    kind: str = "quarantine"
+
+    def __post_init__(self) -> None:
+        check_video_id(self.video_id)
+        if self.kind != "quarantine":
+            raise ValueError(f"quarantine record kind must be 'quarantine', got {self.kind!r}")
+        for name in ("sha256", "settings_fingerprint", "stage", "reason"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class RegisterResult:
+    """What :meth:`Manifest.register` found, each list sorted by video id."""
+
+    new: list[ManifestEntry] = field(default_factory=list)
+    changed: list[ManifestEntry] = field(default_factory=list)
+    unchanged: list[ManifestEntry] = field(default_factory=list)
+    missing: list[ManifestEntry] = field(default_factory=list)
+
+
+class Manifest:
+    """In-memory view of ``manifest.jsonl`` that appends, never rewrites.
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     videos = Path(tmp, "videos")
+        ...     (videos / "kitchen").mkdir(parents=True)
+        ...     _ = (videos / "kitchen" / "take 1.MP4").write_bytes(b"frames")
+        ...     manifest = Manifest.load(Path(tmp, "dataset", "manifest.jsonl"))
+        ...     result = manifest.register(videos, [".mp4"])
+        ...     [(e.video_id, e.source) for e in result.new]
+        [('00000', 'kitchen/take 1.MP4')]
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._by_source: dict[str, ManifestEntry] = {}
+        self._source_of_id: dict[str, str] = {}
+        self._quarantines: list[QuarantineRecord] = []
+        self._max_id = -1
+        self._valid_bytes = 0  # end of the last complete line
+        self._needs_newline = False  # last record is complete but its "\n" was cut off
+
+    @classmethod
+    def load(cls, path: Path) -> Manifest:
+        """Read the manifest at ``path``; a missing file is an empty manifest.
+
+        Raises:
+            ValueError: naming the file and line for any malformed line except an incomplete
+                last one (a crash mid-append), which is ignored with a warning.
+        """
+        manifest = cls(path)
+        manifest._reload()
+        return manifest
+
+    def entries(self) -> list[ManifestEntry]:
+        """The current entry of every source ever registered (missing ones too), by id."""
+        return sorted(self._by_source.values(), key=lambda entry: entry.video_id)
+
+    def register(self, videos_dir: Path, extensions: Iterable[str]) -> RegisterResult:
+        """Give every video under ``videos_dir`` an id and record new or changed content.
+
+        A file whose ``(size, mtime_ns)`` match its entry keeps its recorded hash without
+        being read, which keeps a nightly refresh over terabytes cheap. A file that was only
+        touched (same hash, new mtime) gets a fresh line, so the next run skips hashing it.
+
+        Returns:
+            The entries found new, changed, unchanged (same content), and missing (recorded
+            but gone; their ids stay reserved).
+        """
+        files = discover_videos(videos_dir, extensions)
+        root = Path(videos_dir)
+        with self._append_lock() as handle:
+            new: list[ManifestEntry] = []
+            changed: list[ManifestEntry] = []
+            unchanged: list[ManifestEntry] = []
+            appended: list[ManifestEntry] = []
+            seen: set[str] = set()
+            next_id = self._max_id + 1
+            for path in files:
+                source = path.relative_to(root).as_posix()
+                seen.add(source)
+                # Stat before hashing: if the file changes while being read, the recorded
+                # mtime is the older one and the next run hashes it again.
+                info = path.stat()
+                previous = self._by_source.get(source)
+                if previous is not None and (previous.size, previous.mtime_ns) == (info.st_size, info.st_mtime_ns):
+                    unchanged.append(previous)
+                    continue
+                sha = file_sha256(path)
+                if previous is None:
+                    entry = ManifestEntry(format_video_id(next_id), source, sha, info.st_size, info.st_mtime_ns)
+                    next_id += 1
+                    new.append(entry)
+                else:
+                    entry = ManifestEntry(previous.video_id, source, sha, info.st_size, info.st_mtime_ns)
+                    (unchanged if sha == previous.sha256 else changed).append(entry)
+                appended.append(entry)
+            self._append(handle, appended)
+        missing = [entry for source, entry in self._by_source.items() if source not in seen]
+        return RegisterResult(*(_sorted_by_id(group) for group in (new, changed, unchanged, missing)))
+
+    def quarantine(
+        self, video_id: str, sha256: str, settings_fingerprint: str, stage: str, reason: str
+    ) -> QuarantineRecord:
+        """Record that ``video_id`` is skipped until its content or settings change."""
+        record = QuarantineRecord(video_id, sha256, settings_fingerprint, stage, reason)
+        with self._append_lock() as handle:
+            self._append(handle, [record])
+        return record
+
+    def quarantined(self, video_id: str, sha256: str, settings_fingerprint: str) -> str | None:
+        """The reason ``video_id`` is quarantined with this content and settings, else ``None``.
+
+        A new hash or settings fingerprint no longer matches the record, which releases it.
+        """
+        key = (video_id, sha256, settings_fingerprint)
+        for record in reversed(self._quarantines):  # the latest record's reason
+            if (record.video_id, record.sha256, record.settings_fingerprint) == key:
+                return record.reason
+        return None
+
+    @contextmanager
+    def _append_lock(self) -> Iterator[IO[bytes]]:
+        """Open for appending under an exclusive lock, with the state reloaded from disk.
+
+        Reloading under the lock picks up lines another run appended since :meth:`load`, so
+        ids handed out here cannot collide with theirs. The lock is released on close.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "ab") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            self._reload()
+            yield handle
+
+    def _append(self, handle: IO[bytes], records: list[ManifestEntry] | list[QuarantineRecord]) -> None:
+        """Append ``records`` with a single write, then flush and fsync them."""
+        if not records:
+            return
+        if os.fstat(handle.fileno()).st_size > self._valid_bytes:
+            # Drop an incomplete record left by a crash, or new lines would be glued to it.
+            os.ftruncate(handle.fileno(), self._valid_bytes)
+        prefix = b"\n" if self._needs_newline else b""
+        data = b"".join(_encode(record) for record in records)
+        handle.write(prefix + data)
+        handle.flush()
+        os.fsync(handle.fileno())
+        for record in records:
+            self._apply(record, where=str(self.path))
+        self._valid_bytes += len(prefix) + len(data)
+        self._needs_newline = False
+
+    def _reload(self) -> None:
+        """Parse the whole file into fresh state (see :meth:`load` for the rules)."""
+        self._by_source, self._source_of_id, self._quarantines, self._max_id = {}, {}, [], -1
+        self._valid_bytes, self._needs_newline = 0, False
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return
+        lines = data.split(b"\n")
+        # The text after the last "\n" is empty unless the last append was cut short.
+        tail = lines.pop()
+        offset = 0
+        for number, line in enumerate(lines, start=1):
+            offset += len(line) + 1
+            if line.strip():
+                self._apply(self._parse(line, number), where=f"{self.path}:{number}")
+        self._valid_bytes = offset
+        if not tail:
+            return
+        try:
+            record = self._parse(tail, len(lines) + 1)
+        except ValueError:
+            logger.warning(
+                "ignoring truncated last line %d of %s (an interrupted append); it is dropped on the next append",
+                len(lines) + 1,
+                self.path,
+            )
+            return
+        # A JSON object only parses once its closing brace is there: the record is complete.
+        self._apply(record, where=f"{self.path}:{len(lines) + 1}")
+        self._valid_bytes = len(data)
+        self._needs_newline = True
+
+    def _parse(self, line: bytes, number: int) -> ManifestEntry | QuarantineRecord:
+        """One line as a record; ``ValueError`` naming the file and line otherwise."""
+        try:
+            obj = json.loads(line.decode("utf-8"))
+            if not isinstance(obj, dict):
+                raise ValueError("not a JSON object")
+            kind = obj.get("kind")
+            if kind == "video":
+                return ManifestEntry(**obj)
+            if kind == "quarantine":
+                return QuarantineRecord(**obj)
+            raise ValueError(f"unknown kind {kind!r}")
+        except (ValueError, TypeError) as exc:  # TypeError: missing or unexpected fields
+            raise ValueError(f"{self.path}:{number}: malformed manifest line: {exc}") from None
+
+    def _apply(self, record: ManifestEntry | QuarantineRecord, where: str) -> None:
+        """Fold one record into the state, refusing lines that would move an id or a path."""
+        if isinstance(record, QuarantineRecord):
+            self._quarantines.append(record)
+            return
+        previous = self._by_source.get(record.source)
+        if previous is not None and previous.video_id != record.video_id:
+            raise ValueError(
+                f"{where}: source {record.source!r} has id {record.video_id} but was recorded as {previous.video_id}"
+            )
+        owner = self._source_of_id.get(record.video_id, record.source)
+        if owner != record.source:
+            raise ValueError(f"{where}: id {record.video_id} of {record.source!r} already belongs to {owner!r}")
+        self._by_source[record.source] = record
+        self._source_of_id[record.video_id] = record.source
+        self._max_id = max(self._max_id, int(record.video_id))
+
+
+def _encode(record: ManifestEntry | QuarantineRecord) -> bytes:
+    """One line: sorted keys and ASCII-only escapes, so any file name (even one holding a
+    newline or undecodable bytes) stays on its line and round-trips."""
+    return (json.dumps(asdict(record), sort_keys=True, separators=(",", ":")) + "\n").encode("ascii")
+
+
+def _sorted_by_id(entries: list[ManifestEntry]) -> list[ManifestEntry]:
+    return sorted(entries, key=lambda entry: entry.video_id)
+
+
+def _normalise_extension(extension: str) -> str:
+    """Lower-case with a leading dot.
+
+    Examples:
+        >>> _normalise_extension("MP4"), _normalise_extension(".Mov")
+        ('.mp4', '.mov')
+    """
+    extension = extension.lower()
+    return extension if extension.startswith(".") else f".{extension}"
+
+
+def _raise(error: OSError) -> None:
+    """``os.walk`` error handler: an unreadable folder must fail loudly, not hide videos."""
+    raise error
