@@ -12,6 +12,7 @@ Exit status: 0 when every video landed, 1 when some failed (listed), 2 on bad se
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -158,7 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Defaults for the temporary Prefect server a flow starts when no PREFECT_API_URL is set: a
+# busy 2-core machine needs more than Prefect's 20 s to start it, and telemetry has no
+# network to reach. Explicit environment values win.
+EPHEMERAL_SERVER_DEFAULTS = {
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    for key, value in EPHEMERAL_SERVER_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
