@@ -162,9 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
 # Defaults for the temporary Prefect server a flow starts when no PREFECT_API_URL is set: a
 # busy 2-core machine needs more than Prefect's 20 s to start it, and telemetry has no
 # network to reach. Explicit environment values win.
+# Dask's per-worker INFO lines (start, connect, close) drown the run's own log in a terminal.
 EPHEMERAL_SERVER_DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DASK_LOGGING__DISTRIBUTED": "warning",
 }
 
 

@@ -11,11 +11,22 @@ a flow run.
 
 from __future__ import annotations
 
+from prefect.client.orchestration import get_client
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
 from trackset.settings import Settings
 from trackset.worker_spec import CLUSTER_CLASS, cluster_kwargs, cpu_cluster_kwargs
+
+
+def worker_env() -> dict[str, str]:
+    """Environment every Dask worker needs: the API of the server this flow run reports to.
+
+    Without it, a worker of a flow started without ``PREFECT_API_URL`` (the CLI demo) would
+    start a temporary server of its own and record its task runs where nobody looks.
+    """
+    with get_client(sync_client=True) as client:
+        return {"PREFECT_API_URL": str(client.api_url).rstrip("/")}
 
 
 def cpu_runner(settings: Settings) -> TaskRunner:
@@ -24,7 +35,8 @@ def cpu_runner(settings: Settings) -> TaskRunner:
         return ThreadPoolTaskRunner(max_workers=settings.cluster.cpu_workers)
     if settings.cluster.scheduler_address:
         return DaskTaskRunner(address=settings.cluster.scheduler_address)
-    return DaskTaskRunner(cluster_class=CLUSTER_CLASS, cluster_kwargs=cpu_cluster_kwargs(settings.cluster.cpu_workers))
+    kwargs = cpu_cluster_kwargs(settings.cluster.cpu_workers, env=worker_env())
+    return DaskTaskRunner(cluster_class=CLUSTER_CLASS, cluster_kwargs=kwargs)
 
 
 def gpu_runner(settings: Settings, gpus: list[int], workers_per_gpu: int) -> TaskRunner:
@@ -33,4 +45,5 @@ def gpu_runner(settings: Settings, gpus: list[int], workers_per_gpu: int) -> Tas
         return ThreadPoolTaskRunner(max_workers=len(gpus) * workers_per_gpu)
     if settings.cluster.scheduler_address:
         return DaskTaskRunner(address=settings.cluster.scheduler_address)
-    return DaskTaskRunner(cluster_class=CLUSTER_CLASS, cluster_kwargs=cluster_kwargs(gpus, workers_per_gpu))
+    kwargs = cluster_kwargs(gpus, workers_per_gpu, env=worker_env())
+    return DaskTaskRunner(cluster_class=CLUSTER_CLASS, cluster_kwargs=kwargs)
