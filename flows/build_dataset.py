@@ -21,7 +21,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.stage_runs import run_stage
-from tasks.dataset_tasks import aggregate_statistics_task, register_videos_task
+from tasks.dataset_tasks import aggregate_statistics_task, import_intermediates_task, register_videos_task
 from trackset.errors import TracksetError
 from trackset.run_report import RunSummary
 from trackset.settings import Settings, load_settings
@@ -54,6 +54,7 @@ def build_dataset(
     videos_dir: str | None = None,
     work_dir: str | None = None,
     dataset_dir: str | None = None,
+    import_dir: str | None = None,
 ) -> RunSummary:
     """Process new or changed videos and rewrite the statistics of the whole dataset.
 
@@ -61,18 +62,25 @@ def build_dataset(
         settings_path: settings YAML; ``None`` uses defaults and ``TRACKSET_*`` variables.
         overrides: nested settings that win over the file and the environment.
         videos_dir, work_dir, dataset_dir: shortcuts for the ``paths`` settings.
+        import_dir: build from the script pipeline's intermediates in this directory instead
+            of from videos: only the H5 build and the statistics run (trackset.importer).
     """
     logger = get_run_logger()
-    settings = resolve_settings(settings_path, overrides, videos_dir, work_dir, dataset_dir)
-    registration = register_videos_task(settings)
+    settings = resolve_settings(settings_path, overrides, videos_dir, import_dir or work_dir, dataset_dir)
+    if import_dir:
+        registration = import_intermediates_task(settings)
+        stages: tuple[str, ...] = ("h5_build",)
+    else:
+        registration = register_videos_task(settings)
+        stages = STAGE_ORDER
     summary = RunSummary(
         dataset_dir=str(settings.paths.dataset_dir),
         videos_total=len(registration.videos),
         videos_pending=len(registration.pending),
-        extra_failures=list(registration.quarantined),
+        extra_failures=list(registration.excluded),
     )
     alive = list(registration.pending)
-    for stage in STAGE_ORDER:
+    for stage in stages:
         outcome = run_stage(stage, alive, settings)
         summary.stages.append(outcome)
         succeeded = set(outcome.succeeded)

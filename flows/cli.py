@@ -5,6 +5,7 @@ Commands::
     trackset demo [--out DIR]                 # synthetic corpus -> full flow -> summary
     trackset run --settings settings.yaml [--set h5.target_size=128 ...]
     trackset make-corpus OUT [--videos 6 --frames 40 --seed 0]
+    trackset import-intermediates DIR [--dataset-dir D]   # the script pipeline's outputs
 
 Exit status: 0 when every video landed, 1 when some failed (listed), 2 on bad settings.
 """
@@ -92,11 +93,11 @@ def print_summary(summary: RunSummary) -> None:
     console.print(f"statistics: {(dataset / 'normalization_stats.yaml').resolve()}")
 
 
-def _run(settings_path: str | None, overrides: dict[str, Any]) -> int:
+def _run(settings_path: str | None, overrides: dict[str, Any], import_dir: str | None = None) -> int:
     from flows.build_dataset import build_dataset, resolve_settings
 
     resolve_settings(settings_path, overrides)  # fail in one line before Prefect starts
-    summary = build_dataset(settings_path=settings_path, overrides=overrides)
+    summary = build_dataset(settings_path=settings_path, overrides=overrides, import_dir=import_dir)
     print_summary(summary)
     return 1 if summary.failures else 0
 
@@ -118,6 +119,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     return _run(args.settings, parse_assignments(args.set))
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    overrides = parse_assignments(args.set)
+    if args.dataset_dir:
+        overrides.setdefault("paths", {})["dataset_dir"] = args.dataset_dir
+    return _run(args.settings, overrides, import_dir=args.dir)
 
 
 def cmd_make_corpus(args: argparse.Namespace) -> int:
@@ -147,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--settings", default="settings.yaml", help="settings YAML")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     run.set_defaults(func=cmd_run)
+
+    imports = sub.add_parser("import-intermediates", help="build the dataset from the script pipeline's intermediates")
+    imports.add_argument("dir", help="directory with frames/, vipe/, tracks_3d/, hand_poses/")
+    imports.add_argument("--dataset-dir", help="where the H5 files go (default: paths.dataset_dir)")
+    imports.add_argument("--settings", default=None, help="settings YAML")
+    imports.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    imports.set_defaults(func=cmd_import)
 
     corpus = sub.add_parser("make-corpus", help="write synthetic videos with ground truth")
     corpus.add_argument("out")

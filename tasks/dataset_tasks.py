@@ -7,7 +7,7 @@ from prefect.cache_policies import NO_CACHE
 
 from trackset.dataset_statistics import write_dataset_statistics
 from trackset.layout import DatasetLayout
-from trackset.registration import Registration, register_videos
+from trackset.registration import Registration, import_intermediates, register_videos
 from trackset.settings import Settings
 
 
@@ -15,6 +15,14 @@ from trackset.settings import Settings
 def register_videos_task(settings: Settings) -> Registration:
     """Discover source videos, give new ones ids in the manifest, and list what needs work."""
     registration = register_videos(settings)
+    get_run_logger().info(registration.describe())
+    return registration
+
+
+@task(name="import-intermediates", cache_policy=NO_CACHE)
+def import_intermediates_task(settings: Settings) -> Registration:
+    """Register the script pipeline's videos found in the work directory (``import_dir``)."""
+    registration = import_intermediates(settings)
     get_run_logger().info(registration.describe())
     return registration
 

@@ -261,6 +261,23 @@ class Manifest:
         missing = [entry for source, entry in self._by_source.items() if source not in seen]
         return RegisterResult(*(_sorted_by_id(group) for group in (new, changed, unchanged, missing)))
 
+    def register_import(self, video_id: str, source: str, sha256: str) -> ManifestEntry:
+        """Record a video imported from existing intermediates under the id it already has.
+
+        The script pipeline named every intermediate by its id, so imports keep those ids.
+        An id that already belongs to another source is refused (``ValueError``), and an
+        unchanged import appends nothing.
+        """
+        check_video_id(video_id)
+        with self._append_lock() as handle:
+            previous = self._by_source.get(source)
+            if previous is not None and previous.sha256 == sha256:
+                return previous
+            entry = ManifestEntry(video_id, source, sha256, 0, 0)
+            self._apply(entry, where=f"import into {self.path}")  # refuses a taken id before writing
+            self._append(handle, [entry])
+            return entry
+
     def quarantine(
         self, video_id: str, sha256: str, settings_fingerprint: str, stage: str, reason: str
     ) -> QuarantineRecord:

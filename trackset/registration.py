@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from trackset.importer import register_imports, scan_intermediates
 from trackset.layout import DatasetLayout
 from trackset.manifest import Manifest
 from trackset.run_report import VideoFailure
@@ -34,7 +36,7 @@ class Registration:
 
     videos: list[VideoRef] = field(default_factory=list)
     pending: list[VideoRef] = field(default_factory=list)
-    quarantined: list[VideoFailure] = field(default_factory=list)
+    excluded: list[VideoFailure] = field(default_factory=list)  # quarantined, or incomplete imports
     new: int = 0
     changed: int = 0
     missing: int = 0
@@ -42,7 +44,7 @@ class Registration:
     def describe(self) -> str:
         return (
             f"{len(self.videos)} videos ({self.new} new, {self.changed} changed, {self.missing} missing); "
-            f"{len(self.pending)} to process, {len(self.quarantined)} quarantined"
+            f"{len(self.pending)} to process, {len(self.excluded)} excluded"
         )
 
 
@@ -59,7 +61,25 @@ def register_videos(settings: Settings) -> Registration:
         registration.videos.append(video)
         reason = manifest.quarantined(entry.video_id, entry.sha256, quarantine_fingerprint(settings, entry.sha256))
         if reason is not None:
-            registration.quarantined.append(VideoFailure(entry.video_id, "quarantine", reason, "quarantined", 0))
+            registration.excluded.append(VideoFailure(entry.video_id, "quarantine", reason, "quarantined", 0))
         elif not h5.is_done(video):
             registration.pending.append(video)
+    return registration
+
+
+def import_intermediates(settings: Settings) -> Registration:
+    """Register the script pipeline's intermediates in ``paths.work_dir`` (trackset.importer).
+
+    Ids with missing frames or tracks are reported as failures, never silently dropped.
+    """
+    root = Path(settings.paths.work_dir)
+    dataset = DatasetLayout(settings.paths.dataset_dir)
+    scan = scan_intermediates(root)
+    register_imports(root, dataset, scan.videos)
+    h5 = H5BuildStage(settings)
+    registration = Registration(videos=list(scan.videos), new=len(scan.videos))
+    registration.pending = [video for video in scan.videos if not h5.is_done(video)]
+    registration.excluded = [
+        VideoFailure(name, "import", f"{root}: {reason}") for name, reason in sorted(scan.skipped.items())
+    ]
     return registration

@@ -1,0 +1,75 @@
+"""Build the dataset from intermediates the script pipeline already computed.
+
+Users of the script pipeline hold terabytes of ``frames/<vid>/<n>.png``, ``vipe/<vid>.npz``,
+``tracks_3d/<vid>.pt`` and ``hand_poses/<vid>.pt``. That directory has exactly the layout
+of trackset's work directory, so an import points the work directory at it (read only:
+the H5 stage writes nothing there) and runs only the H5 build and the statistics. Videos
+keep their ids. Camera motion is recomputed from ``vipe`` extrinsics with the FORMATS.md
+convention; the stored ``window_poses`` (computed E_s^-1 E_{s+k} by the scripts) are ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trackset.layout import DatasetLayout, WorkLayout
+from trackset.manifest import Manifest
+from trackset.stages.base import VideoRef
+
+_VIDEO_ID = re.compile(r"^\d{5}$")
+
+
+@dataclass
+class ImportScan:
+    """Videos found in an intermediates directory, and ids skipped with the reason."""
+
+    videos: list[VideoRef] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def intermediate_files(work: WorkLayout, video_id: str) -> list[Path]:
+    """The files a video's H5 is built from (frames as PNGs or ``frames.npy``)."""
+    frames = work.frames_dir(video_id)
+    frame_files = sorted(frames.glob("*.png")) or [work.frames_npy(video_id)]
+    optional_hands = [work.hand_poses(video_id)] if work.hand_poses(video_id).is_file() else []
+    return [*frame_files, work.vipe(video_id), work.tracks_3d(video_id), *optional_hands]
+
+
+def content_fingerprint(root: Path, files: list[Path]) -> str:
+    """Hash of the files' relative names, sizes and modification times.
+
+    Cheap on terabytes (no file is read) and changes whenever an intermediate is rewritten,
+    which is what makes an import rebuild exactly the videos whose inputs changed.
+    """
+    digest = hashlib.sha256()
+    for path in files:
+        info = path.stat()
+        digest.update(f"{path.relative_to(root).as_posix()}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def scan_intermediates(root: Path) -> ImportScan:
+    """Every video id with a depth file; ids missing frames or tracks are skipped, with why."""
+    work = WorkLayout(root)
+    scan = ImportScan()
+    for npz in sorted((root / "vipe").glob("*.npz")):
+        video_id = npz.stem
+        if not _VIDEO_ID.match(video_id):
+            scan.skipped[npz.name] = "not a 5-digit video id"
+            continue
+        if not (work.frames_dir(video_id).is_dir() and work.tracks_3d(video_id).is_file()):
+            scan.skipped[video_id] = "frames/ or tracks_3d/ missing"
+            continue
+        sha = content_fingerprint(root, intermediate_files(work, video_id))
+        scan.videos.append(VideoRef(video_id, root / "vipe" / npz.name, sha))
+    return scan
+
+
+def register_imports(root: Path, dataset: DatasetLayout, videos: list[VideoRef]) -> None:
+    """Record imported videos in the dataset's manifest under their own ids."""
+    manifest = Manifest.load(dataset.manifest)
+    for video in videos:
+        manifest.register_import(video.video_id, f"import:{root.resolve().as_posix()}/{video.video_id}", video.content_hash)
