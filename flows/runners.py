@@ -35,7 +35,7 @@ def cpu_runner(settings: Settings) -> TaskRunner:
         return ThreadPoolTaskRunner(max_workers=settings.cluster.cpu_workers)
     if settings.cluster.scheduler_address:
         return DaskTaskRunner(address=settings.cluster.scheduler_address)
-    kwargs = cpu_cluster_kwargs(settings.cluster.cpu_workers, env=worker_env())
+    kwargs = cpu_cluster_kwargs(settings.cluster.cpu_workers, env=worker_env(), preload=settings.cluster.worker_preload)
     return DaskTaskRunner(cluster_class=CLUSTER_CLASS, cluster_kwargs=kwargs)
 
 
@@ -45,5 +45,5 @@ def gpu_runner(settings: Settings, gpus: list[int], workers_per_gpu: int) -> Tas
         return ThreadPoolTaskRunner(max_workers=len(gpus) * workers_per_gpu)
     if settings.cluster.scheduler_address:
         return DaskTaskRunner(address=settings.cluster.scheduler_address)
-    kwargs = cluster_kwargs(gpus, workers_per_gpu, env=worker_env())
+    kwargs = cluster_kwargs(gpus, workers_per_gpu, env=worker_env(), preload=settings.cluster.worker_preload)
     return DaskTaskRunner(cluster_class=CLUSTER_CLASS, cluster_kwargs=kwargs)

@@ -152,6 +152,7 @@ class ClusterSettings(_Section):
     profiling_videos: int = Field(2, ge=1)
     scheduler_address: str | None = None
     cpu_workers: int = Field(2, ge=1)
+    worker_preload: list[str] = []
 
 
 class RetrySettings(_Section):

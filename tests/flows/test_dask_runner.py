@@ -1,0 +1,85 @@
+"""GPU stages on the GPU-pinned Dask runner, with the fake 2-GPU inventory (slow suite).
+
+These start real Dask clusters of spawned Nanny workers: pinning and placement are checked
+from inside the worker processes, through what each task recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+
+from flows.build_dataset import build_dataset
+from trackset.synthetic.corpus import make_corpus
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+# ~14 GiB per depth worker on two 32 GiB fake GPUs: floor(0.9 * 32 / 14.3) = 2 workers per GPU.
+DEPTH_COST = {"model_mb": 13_000, "per_video_mb": 1_000, "per_frame_mb": 16}
+
+
+def overrides(root: Path, **extra) -> dict:
+    base = {
+        "paths": {"videos_dir": str(root / "videos"), "work_dir": str(root / "work"), "dataset_dir": str(root / "dataset")},
+        "cluster": {"runner": "dask", "profiling_videos": 2},
+        "synthetic": {"depth_camera": DEPTH_COST},
+        "retry": {"retries": 1, "retry_delay_s": 0.1},
+    }
+    for key, value in extra.items():
+        base[key] = {**base.get(key, {}), **value}
+    return base
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("dask-corpus")
+    make_corpus(root, 6, seed=7, num_frames=12)
+    return root
+
+
+def stage(summary, name):
+    return next(o for o in summary.stages if o.stage == name)
+
+
+async def artifact_keys(keys: list[str]) -> set[str]:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async with get_client() as client:
+        found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+    return {a.key for a in found}
+
+
+def test_gpu_tasks_run_pinned_round_robin_on_gpu_workers_sized_by_profile(corpus, tmp_path):
+    (tmp_path / "videos").symlink_to(corpus)
+    summary = build_dataset(overrides=overrides(tmp_path))
+    assert not summary.failures
+    depth = stage(summary, "depth_camera")
+    assert len(depth.records) == 6
+    for record in depth.records:
+        # Worker gpu{g}-w{k} saw CUDA_VISIBLE_DEVICES=g inside its own process.
+        assert record.worker.startswith(f"gpu{record.gpu}-w"), (record.worker, record.gpu)
+        assert record.peak_bytes == (13_000 + 1_000 + 16 * 12) * 2**20
+    assert {r.gpu for r in depth.records} == {"0", "1"}
+    workers = {r.worker for r in depth.records}
+    assert workers <= {f"gpu{g}-w{k}" for g in (0, 1) for k in (0, 1)}
+    assert any(w.endswith("-w1") for w in workers)  # the sized cluster had 2 workers per GPU
+    assert all(r.worker.startswith("cpu-w") for r in stage(summary, "h5_build").records)
+    keys = ["memory-profile-depth-camera", "stage-depth-camera", "progress-depth-camera", "run-summary"]
+    assert asyncio.run(artifact_keys(keys)) == set(keys)
+
+
+def test_a_worker_that_cannot_load_its_model_does_not_stop_the_others(corpus, tmp_path):
+    (tmp_path / "videos").symlink_to(corpus)
+    preload = str(Path(__file__).with_name("preload_broken_gpu1.py"))
+    summary = build_dataset(overrides=overrides(tmp_path, cluster={"worker_preload": [preload]}))
+    depth = stage(summary, "depth_camera")
+    assert depth.records, "the GPU 0 workers kept processing"
+    assert all(r.gpu == "0" for r in depth.records)
+    assert depth.failures, "the GPU 1 workers' videos are reported, not lost"
+    assert all("weights unreadable on worker gpu1-" in f.reason for f in depth.failures)
+    landed = sorted(p.stem for p in (tmp_path / "dataset").glob("*.hdf5"))
+    assert landed == sorted(r.video_id for r in depth.records)
+    assert len(landed) + len(depth.failures) == 6
