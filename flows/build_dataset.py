@@ -22,6 +22,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.stage_runs import run_stage
 from tasks.dataset_tasks import aggregate_statistics_task, import_intermediates_task, register_videos_task
+from trackset.adapters import check_real_backends
 from trackset.errors import TracksetError
 from trackset.run_report import RunSummary
 from trackset.settings import Settings, load_settings
@@ -67,6 +68,8 @@ def build_dataset(
     """
     logger = get_run_logger()
     settings = resolve_settings(settings_path, overrides, videos_dir, import_dir or work_dir, dataset_dir)
+    if not import_dir:
+        check_real_backends(settings)  # a missing model fails the run before any video
     if import_dir:
         registration = import_intermediates_task(settings)
         stages: tuple[str, ...] = ("h5_build",)

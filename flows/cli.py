@@ -22,7 +22,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from trackset.errors import SettingsError
+from trackset.errors import ModelUnavailableError, SettingsError
 from trackset.run_report import RunSummary
 
 console = Console()
@@ -95,8 +95,11 @@ def print_summary(summary: RunSummary) -> None:
 
 def _run(settings_path: str | None, overrides: dict[str, Any], import_dir: str | None = None) -> int:
     from flows.build_dataset import build_dataset, resolve_settings
+    from trackset.adapters import check_real_backends
 
-    resolve_settings(settings_path, overrides)  # fail in one line before Prefect starts
+    settings = resolve_settings(settings_path, overrides)  # fail in one line before Prefect starts
+    if import_dir is None:
+        check_real_backends(settings)
     summary = build_dataset(settings_path=settings_path, overrides=overrides, import_dir=import_dir)
     print_summary(summary)
     return 1 if summary.failures else 0
@@ -191,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except SettingsError as exc:
+    except (SettingsError, ModelUnavailableError) as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         return 2
 

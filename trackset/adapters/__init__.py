@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from trackset.errors import ModelUnavailableError
+from trackset.settings import Settings
 
 DOCS = "docs/real-models.md"
 
@@ -74,3 +75,24 @@ def torch_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# The adapter module of each GPU stage; imported only for stages set to ``backend: real``.
+ADAPTER_MODULES = {
+    "depth_camera": "trackset.adapters.vipe",
+    "tracks_3d": "trackset.adapters.tapip3d",
+    "hands": "trackset.adapters.wilor",
+}
+
+
+def check_real_backends(settings: Settings) -> None:
+    """Fail before any video is touched when a stage set to ``backend: real`` cannot load.
+
+    Raises:
+        ModelUnavailableError: one line naming the missing package or file and the setting.
+    """
+    from importlib import import_module
+
+    for stage, module in ADAPTER_MODULES.items():
+        if getattr(settings, stage).backend == "real":
+            import_module(module).check_available(settings)
