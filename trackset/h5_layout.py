@@ -89,7 +89,7 @@ def resize_depth(depths: np.ndarray, box: tuple[int, int, int], size: int, lo: f
     """
     x0, y0, crop = box
     idx = (np.arange(size) * crop) // size
-    sampled = depths[:, y0 + idx][:, :, x0 + idx].astype(np.float32)
+    sampled = depths[:, y0 + idx[:, None], x0 + idx[None, :]].astype(np.float32)  # one gather, then cast
     valid = np.isfinite(sampled) & (sampled > 0)
     return np.where(valid, np.clip(sampled, lo, hi), np.float32(0)).astype(np.float32)
 

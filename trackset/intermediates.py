@@ -236,8 +236,14 @@ def write_depth_camera(path: Path, result: DepthCamera) -> None:
         )
 
 
-def read_depth_camera(path: Path, video_id: str, num_frames: int | None = None) -> DepthCamera:
-    """Read and validate ``vipe/<vid>.npz``; depth is returned as float32 metres."""
+def read_depth_camera(
+    path: Path, video_id: str, num_frames: int | None = None, depth_dtype: type[np.floating] | None = np.float32
+) -> DepthCamera:
+    """Read and validate ``vipe/<vid>.npz``; depth in metres as ``depth_dtype``.
+
+    ``depth_dtype=None`` keeps the stored float16: the H5 stage samples a third of the
+    pixels first and converts only those, instead of the whole video.
+    """
     stage = "depth_camera"
     if not path.is_file():
         raise BadInputError(video_id, stage, path, "file is missing")
@@ -254,7 +260,8 @@ def read_depth_camera(path: Path, video_id: str, num_frames: int | None = None) 
     for key, arr in (("intrinsics", intrinsics), ("extrinsics", extrinsics)):
         if not np.isfinite(arr).all():
             raise check.fail(f"'{key}' has non-finite values")
-    return DepthCamera(depths.astype(np.float32), intrinsics.astype(np.float64), extrinsics.astype(np.float64))
+    depths = depths if depth_dtype is None else depths.astype(depth_dtype)
+    return DepthCamera(depths, intrinsics.astype(np.float64), extrinsics.astype(np.float64))
 
 
 def write_tracks_3d(path: Path, video_name: str, tracks: Tracks3d, window_poses: list[np.ndarray]) -> None:

@@ -47,7 +47,7 @@ class H5BuildStage(Stage):
     def process(self, video: VideoRef) -> dict[str, float | int | str]:
         vid = video.video_id
         frames, meta = read_frames(self.work, vid)
-        depth = read_depth_camera(self.work.vipe(vid), vid, num_frames=meta.num_frames)
+        depth = read_depth_camera(self.work.vipe(vid), vid, num_frames=meta.num_frames, depth_dtype=None)
         tracks = read_tracks_3d(self.work.tracks_3d(vid), vid, meta.num_frames)
         hands_path = self.work.hand_poses(vid)
         hands = read_hand_poses(hands_path, vid, meta.num_frames) if hands_path.is_file() else None
