@@ -6,6 +6,7 @@ Commands::
     trackset run --settings settings.yaml [--set h5.target_size=128 ...]
     trackset make-corpus OUT [--videos 6 --frames 40 --seed 0]
     trackset import-intermediates DIR [--dataset-dir D]   # the script pipeline's outputs
+    trackset validate DATASET_DIR [--deep]     # layout, ranges, statistics vs partials
 
 Exit status: 0 when every video landed, 1 when some failed (listed), 2 on bad settings.
 """
@@ -20,6 +21,7 @@ from typing import Any
 
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from trackset.errors import ModelUnavailableError, SettingsError
@@ -131,6 +133,27 @@ def cmd_import(args: argparse.Namespace) -> int:
     return _run(args.settings, overrides, import_dir=args.dir)
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from trackset.settings import load_settings
+    from trackset.validate import validate_dataset
+
+    settings = load_settings(args.settings)
+    report = validate_dataset(Path(args.dataset_dir), settings.h5, settings.statistics.std_floor, deep=args.deep)
+    table = Table(title=f"validate {args.dataset_dir}")
+    for column in ("file", "status", "detail"):
+        table.add_column(column)
+    for file, status, detail in report.rows():
+        style = "green" if status == "ok" else "red"
+        # Details hold ranges like "[0, 1]", which rich would read as markup.
+        table.add_row(escape(file), f"[{style}]{status}[/{style}]", escape(detail))
+    console.print(table)
+    if report.ok:
+        console.print("dataset is valid")
+        return 0
+    console.print(f"[red]{len(report.problems)} problem(s)[/red]")
+    return 1
+
+
 def cmd_make_corpus(args: argparse.Namespace) -> int:
     from trackset.synthetic.corpus import make_corpus
 
@@ -165,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     imports.add_argument("--settings", default=None, help="settings YAML")
     imports.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     imports.set_defaults(func=cmd_import)
+
+    validate = sub.add_parser("validate", help="check every H5, the partials and normalization_stats.yaml")
+    validate.add_argument("dataset_dir", help="the dataset directory")
+    validate.add_argument("--settings", default=None, help="settings YAML the dataset was built with")
+    validate.add_argument("--deep", action="store_true", help="also recompute each video's moments from its H5 (slow)")
+    validate.set_defaults(func=cmd_validate)
 
     corpus = sub.add_parser("make-corpus", help="write synthetic videos with ground truth")
     corpus.add_argument("out")

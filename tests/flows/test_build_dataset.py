@@ -254,3 +254,17 @@ def test_a_bad_video_fails_alone(built, corpus, tmp_path):
     assert sorted(good) == [f"{i:05d}.hdf5" for i in range(NUM_VIDEOS)]
     for name, data in good.items():
         assert data == (built[0] / "dataset" / name).read_bytes()
+
+
+def test_validate_cli_clean_then_one_corrupted_file(built, tmp_path, capsys):
+    from flows.cli import main
+
+    assert main(["validate", str(built[0] / "dataset")]) == 0
+    copy = tmp_path / "dataset"
+    shutil.copytree(built[0] / "dataset", copy)
+    h5 = copy / "00001.hdf5"
+    h5.write_bytes(h5.read_bytes()[: h5.stat().st_size // 2])
+    capsys.readouterr()
+    assert main(["validate", str(copy)]) == 1
+    failing = [line for line in capsys.readouterr().out.splitlines() if "FAIL" in line]
+    assert len(failing) == 1 and "00001.hdf5" in failing[0]

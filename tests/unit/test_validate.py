@@ -1,0 +1,346 @@
+"""``validate_dataset`` on a tiny hand-built dataset: clean passes, each corruption is named.
+
+The dataset is three short videos built the way the H5 stage builds them (``build_arrays``,
+``write_h5``, partials from ``video_moments``) plus the statistics YAML of
+``write_dataset_statistics``. It is built once per module; each corruption test works on a
+copy.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from trackset.dataset_statistics import write_dataset_statistics
+from trackset.h5_layout import build_arrays, video_moments, write_h5
+from trackset.intermediates import DepthCamera, Hand, HandPoses, Tracks3d
+from trackset.layout import DatasetLayout
+from trackset.settings import H5Settings
+from trackset.statistics import VideoPartials
+from trackset.validate import Problem, ValidationReport, validate_dataset
+
+T, L, H, W, S = 8, 4, 24, 32, 16
+FX, CX, CY = 20.0, 16.0, 12.0
+STD_FLOOR = 1e-6
+SETTINGS = H5Settings(target_size=S)
+VIDEOS = ("00000", "00001", "00002")
+
+
+def make_video(seed: int, with_hand: bool) -> tuple[np.ndarray, DepthCamera, Tracks3d, HandPoses | None]:
+    """A camera sliding along +x and turning slightly about y; slowly moving points in view."""
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 256, (T, H, W, 3), dtype=np.uint8)
+    depths = rng.uniform(0.5, 2.0, (T, H, W)).astype(np.float32)
+    depths[:, :2] = 3.0  # clipped to depth_max_m
+    depths[:, 2:4] = 0.0  # invalid
+    k = np.array([[FX, 0, CX], [0, FX, CY], [0, 0, 1]])
+    extrinsics = np.tile(np.eye(4), (T, 1, 1))
+    for t in range(T):
+        angle = 0.01 * t
+        c, s = np.cos(angle), np.sin(angle)
+        extrinsics[t, :3, :3] = [[c, 0, s], [0, 1, 0], [-s, 0, c]]
+        extrinsics[t, :3, 3] = [-0.01 * t, 0.0, 0.0]
+    z = rng.uniform(1.0, 2.0, 12)
+    world = np.stack([rng.uniform(-0.2, 0.2, 12) * z, rng.uniform(-0.2, 0.2, 12) * z, z], axis=1)
+    velocity = rng.uniform(-0.005, 0.005, (12, 3))  # metres per frame
+    windows, tracks = [], []
+    for start in range(T - L + 1):
+        # Points at every step of the window, in the camera of its first frame.
+        at_step = world[None] + velocity[None] * (start + np.arange(L))[:, None, None]
+        windows.append((start, start + L))
+        tracks.append(at_step @ extrinsics[start, :3, :3].T + extrinsics[start, :3, 3])
+    hands = None
+    if with_hand:
+        wrist = np.tile(np.eye(4), (T, 1, 1))
+        wrist[:, :3, 3] = [0.05, 0.02, 0.8]
+        nan_hand = Hand(
+            np.zeros(T, bool),
+            np.full((T, 4, 4), np.nan),
+            np.full((T, 15, 3, 3), np.nan),
+            np.full((T, 21, 3), np.nan),
+            np.full(10, np.nan),
+        )
+        left = Hand(np.ones(T, bool), wrist, np.zeros((T, 15, 3, 3)), np.zeros((T, 21, 3)), np.zeros(10))
+        hands = HandPoses(left, nan_hand, k, T)
+    depth = DepthCamera(depths, np.tile(k, (T, 1, 1)), extrinsics)
+    return frames, depth, Tracks3d(windows, tracks, k, T, L, 1), hands
+
+
+def build_dataset(root: Path) -> None:
+    layout = DatasetLayout(root)
+    for index, video_id in enumerate(VIDEOS):
+        frames, depth, tracks, hands = make_video(index, with_hand=index != 2)
+        arrays = build_arrays(video_id, frames, depth, tracks, hands, SETTINGS, L)
+        write_h5(layout.h5(video_id), arrays)
+        VideoPartials(video_id=video_id, fingerprint="test", **video_moments(arrays)).write(layout.partials(video_id))
+    write_dataset_statistics(layout, STD_FLOOR)
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("clean") / "dataset"
+    build_dataset(root)
+    return root
+
+
+@pytest.fixture
+def dataset(clean, tmp_path) -> Path:
+    """A private copy of the clean dataset to corrupt."""
+    return Path(shutil.copytree(clean, tmp_path / "dataset"))
+
+
+def validate(root: Path, deep: bool = False) -> ValidationReport:
+    return validate_dataset(root, SETTINGS, STD_FLOOR, deep=deep)
+
+
+def problem_files(report: ValidationReport) -> set[str]:
+    return {p.file for p in report.problems}
+
+
+def test_clean_dataset_is_valid(clean):
+    report = validate(clean, deep=True)
+    assert report.ok, report.problems
+    assert [row[0] for row in report.rows()] == [*(f"{v}.hdf5" for v in VIDEOS), "normalization_stats.yaml"]
+    assert {row[1] for row in report.rows()} == {"ok"}
+    assert report.rows()[0][2] == f"{T} frames, {T - L + 1} windows, {12 * (T - L + 1)} tracks, left hand in 5"
+
+
+def test_clean_dataset_has_the_cases_the_checks_need(clean):
+    """Guards the fixture: clipped depths, zeros, hands in some windows, a real rotation."""
+    with h5py.File(clean / "00000.hdf5") as f:
+        depth = f["root/depth"][()]
+        assert (depth == 0).any() and (depth == np.float32(2.5)).any()
+        assert "left_wrist_query_uvd" in f["root/tracks/frame_0000"]
+        assert f["root/tracks/frame_0001/poses"][1, 0] != 1.0  # rotated camera
+    with h5py.File(clean / "00002.hdf5") as f:
+        assert "left_wrist_query_uvd" not in f["root/tracks/frame_0000"]
+
+
+# --- corruptions: (name, function of the dataset dir, file that must be named, check) ------
+
+
+def truncate(root: Path) -> None:
+    path = root / "00001.hdf5"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def garbage(root: Path) -> None:
+    (root / "00001.hdf5").write_bytes(b"not an hdf5 file" * 100)
+
+
+def edit_h5(video_id: str, edit: Callable[[h5py.File], None]) -> Callable[[Path], None]:
+    def corrupt(root: Path) -> None:
+        with h5py.File(root / f"{video_id}.hdf5", "r+") as f:
+            edit(f)
+
+    return corrupt
+
+
+def set_value(path: str, index: tuple[int, ...], value: float) -> Callable[[h5py.File], None]:
+    def edit(f: h5py.File) -> None:
+        f[path][index] = value
+
+    return edit
+
+
+def delete(path: str) -> Callable[[h5py.File], None]:
+    def edit(f: h5py.File) -> None:
+        del f[path]
+
+    return edit
+
+
+def retype(path: str, dtype: str) -> Callable[[h5py.File], None]:
+    def edit(f: h5py.File) -> None:
+        data = f[path][()]
+        del f[path]
+        f.create_dataset(path, data=data.astype(dtype))
+
+    return edit
+
+
+def replace(path: str, data: object) -> Callable[[h5py.File], None]:
+    def edit(f: h5py.File) -> None:
+        del f[path]
+        f.create_dataset(path, data=data)
+
+    return edit
+
+
+def window_beyond_end(f: h5py.File) -> None:
+    f.copy(f["root/tracks/frame_0000"], f"root/tracks/frame_{T - L + 1:04d}")
+
+
+def change_stats_mean(root: Path) -> None:
+    path = root / "normalization_stats.yaml"
+    stats = yaml.safe_load(path.read_text())
+    stats["displacement_mean"][0] += 1e-6
+    path.write_text(yaml.safe_dump(stats, sort_keys=False))
+
+
+def drop_partials(root: Path) -> None:
+    (root / "partials" / "00001.json").unlink()
+
+
+CORRUPTIONS = [
+    ("truncated H5", truncate, "00001.hdf5", "open"),
+    ("not an H5 file", garbage, "00001.hdf5", "open"),
+    (
+        "NaN in displacements",
+        edit_h5("00002", set_value("root/tracks/frame_0002/displacements", (2, 0, 1), np.nan)),
+        "00002.hdf5",
+        "finite",
+    ),
+    (
+        "u out of range",
+        edit_h5("00000", set_value("root/tracks/frame_0001/query_coords", (3, 0), 1.5)),
+        "00000.hdf5",
+        "range",
+    ),
+    ("missing dataset", edit_h5("00001", delete("root/depth")), "00001.hdf5", "layout"),
+    ("missing window dataset", edit_h5("00001", delete("root/tracks/frame_0003/poses")), "00001.hdf5", "layout"),
+    ("wrong dtype", edit_h5("00000", retype("root/tracks/frame_0000/displacements", "float64")), "00000.hdf5", "dtype"),
+    ("frame group beyond T-L", edit_h5("00002", window_beyond_end), "00002.hdf5", "windows"),
+    ("stats mean changed", change_stats_mean, "normalization_stats.yaml", "stats"),
+    ("partials missing", drop_partials, "00001.hdf5", "partials"),
+    ("depth beyond clip range", edit_h5("00000", set_value("root/depth", (1, 5, 5), 2.6)), "00000.hdf5", "range"),
+    ("NaN in depth", edit_h5("00000", set_value("root/depth", (1, 5, 5), np.nan)), "00000.hdf5", "finite"),
+    (
+        "query depth out of range",
+        edit_h5("00000", set_value("root/tracks/frame_0000/query_coords", (0, 2), 0.05)),
+        "00000.hdf5",
+        "range",
+    ),
+    (
+        "displacement step 0 non-zero",
+        edit_h5("00001", set_value("root/tracks/frame_0000/displacements", (0, 1, 0), 1e-7)),
+        "00001.hdf5",
+        "step0",
+    ),
+    (
+        "pose step 0 not identity",
+        edit_h5("00001", set_value("root/tracks/frame_0004/poses", (0, 6), 0.01)),
+        "00001.hdf5",
+        "step0",
+    ),
+    (
+        "point leaves the image",
+        edit_h5("00000", set_value("root/tracks/frame_0001/displacements", (2, 4, 1), 2.0)),
+        "00000.hdf5",
+        "range",
+    ),
+    (
+        "point behind the camera",
+        edit_h5("00000", set_value("root/tracks/frame_0001/displacements", (3, 4, 2), -5.0)),
+        "00000.hdf5",
+        "range",
+    ),
+    (
+        "incomplete hand set",
+        edit_h5("00000", delete("root/tracks/frame_0002/left_wrist_query_rot_6d")),
+        "00000.hdf5",
+        "hands",
+    ),
+    ("wrong track type", edit_h5("00001", replace("root/track_type", "2d")), "00001.hdf5", "value"),
+    ("num_frames disagrees", edit_h5("00002", replace("root/num_frames", T + 1)), "00002.hdf5", "value"),
+    (
+        "intrinsics shape",
+        edit_h5("00002", replace("root/intrinsics", np.eye(4, dtype=np.float32))),
+        "00002.hdf5",
+        "shape",
+    ),
+]
+
+
+@pytest.mark.parametrize(("corrupt", "file", "check"), [c[1:] for c in CORRUPTIONS], ids=[c[0] for c in CORRUPTIONS])
+def test_corruption_is_detected_and_names_the_file(dataset, corrupt, file, check):
+    corrupt(dataset)
+    report = validate(dataset)
+    assert not report.ok
+    assert any(p.file == file and p.check == check for p in report.problems), report.problems
+    # The other H5 files are still checked and stay clean.
+    others = {f"{v}.hdf5" for v in VIDEOS} - {file}
+    assert not problem_files(report) & others, report.problems
+    assert "FAIL" in {row[1] for row in report.rows() if row[0] == file}
+    h5_rows = [row[0] for row in report.rows() if row[0].endswith(".hdf5")]
+    assert h5_rows == sorted(h5_rows)  # rows keep the checking order, failing files included
+
+
+def test_partials_without_h5_name_the_partials(dataset):
+    (dataset / "00002.hdf5").unlink()
+    report = validate(dataset)
+    assert Problem("partials/00002.json", "partials", "no 00002.hdf5 for these partials") in report.problems
+
+
+def test_malformed_partials_name_the_partials_file(dataset):
+    (dataset / "partials" / "00000.json").write_text("{}")
+    report = validate(dataset)
+    assert {(p.file, p.check) for p in report.problems} == {
+        ("partials/00000.json", "partials"),
+        ("normalization_stats.yaml", "stats"),  # not comparable without every partials file
+    }
+
+
+def test_deep_recomputes_moments_from_the_h5(dataset):
+    """A changed value that stays valid passes the fast checks; only deep mode finds it."""
+    with h5py.File(dataset / "00001.hdf5", "r+") as f:
+        f["root/tracks/frame_0002/displacements"][1, 0, 2] += 0.001
+    assert validate(dataset).ok
+    report = validate(dataset, deep=True)
+    assert {(p.file, p.check) for p in report.problems} == {("00001.hdf5", "moments")}
+    assert "displacement mean[2]" in report.problems[0].detail
+
+
+def test_deep_detects_a_different_sample_count(dataset):
+    with h5py.File(dataset / "00000.hdf5", "r+") as f:
+        f["root/depth"][0, 8, 8] = 0.0  # one valid depth pixel fewer
+    report = validate(dataset, deep=True)
+    assert [(p.file, p.check) for p in report.problems] == [("00000.hdf5", "moments")]
+    assert "depth:" in report.problems[0].detail
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (lambda s: s.pop("pose_std"), "missing keys: pose_std"),
+        (lambda s: s.update(depth_num_samples=s["depth_num_samples"] + 1), "depth_num_samples"),
+        (lambda s: s.update(hand_uvd_disp_mean=None), "hand_uvd_disp_mean: None in the file"),
+        (lambda s: s.update(extra_key=1), "keys not written by trackset: extra_key"),
+        (lambda s: s.update(std_floored=["depth_std"]), "std_floored"),
+    ],
+    ids=["missing key", "count", "None", "extra key", "std_floored"],
+)
+def test_stats_yaml_edits(dataset, edit, fragment):
+    path = dataset / "normalization_stats.yaml"
+    stats = yaml.safe_load(path.read_text())
+    edit(stats)
+    path.write_text(yaml.safe_dump(stats, sort_keys=False))
+    report = validate(dataset)
+    assert [p.file for p in report.problems] == ["normalization_stats.yaml"]
+    assert fragment in report.problems[0].detail
+
+
+def test_stats_yaml_missing(dataset):
+    (dataset / "normalization_stats.yaml").unlink()
+    assert validate(dataset).problems == [Problem("normalization_stats.yaml", "stats", "missing")]
+
+
+def test_many_bad_windows_make_one_line(dataset):
+    with h5py.File(dataset / "00000.hdf5", "r+") as f:
+        for start in range(T - L + 1):
+            f[f"root/tracks/frame_{start:04d}/query_coords"][0, 1] = -0.5
+    report = validate(dataset)
+    lines = [p.detail for p in report.problems]
+    assert len(lines) == 1 and f"in {T - L + 1} windows" in lines[0] and "frame_0000" in lines[0]
+
+
+def test_not_a_directory_and_empty_directory(tmp_path):
+    assert validate(tmp_path / "absent").problems == [Problem(str(tmp_path / "absent"), "open", "not a directory")]
+    report = validate(tmp_path)
+    assert {(p.file, p.check) for p in report.problems} == {(".", "layout"), ("normalization_stats.yaml", "stats")}
