@@ -60,6 +60,22 @@ def parse_assignments(assignments: list[str]) -> dict[str, Any]:
     return out
 
 
+STATISTICS_ROWS = (
+    ("displacement", "displacement_num_samples"),
+    ("depth", "depth_num_samples"),
+    ("pose", "pose_num_samples"),
+    ("hand_uvd_disp", "hand_pose_num_samples"),
+    ("hand_rot_disp", "hand_pose_num_samples"),
+)
+
+
+def _rounded(value: object) -> str:
+    """A statistic for the terminal: 4 significant digits, lists kept as lists."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_rounded(v) for v in value) + "]"
+    return "none" if value is None else f"{value:.4g}"
+
+
 def print_summary(summary: RunSummary) -> None:
     """Videos, frames, tracks per frame, seconds per stage and output paths."""
     h5 = next((s for s in summary.stages if s.stage == "h5_build"), None)
@@ -88,6 +104,16 @@ def print_summary(summary: RunSummary) -> None:
             f"{outcome.seconds():.2f}",
         )
     console.print(stages)
+    statistics = Table(title="Dataset statistics (normalization_stats.yaml)")
+    for column in ("statistic", "samples", "mean", "std"):
+        statistics.add_column(column)
+    for name, count_key in STATISTICS_ROWS:
+        stats = summary.statistics
+        if f"{name}_mean" in stats:
+            statistics.add_row(
+                name, str(stats.get(count_key)), _rounded(stats[f"{name}_mean"]), _rounded(stats[f"{name}_std"])
+            )
+    console.print(statistics)
     for failure in summary.failures:
         console.print(f"[red]failed[/red] {failure.video_id} {failure.stage} ({failure.kind}): {failure.reason}")
     dataset = Path(summary.dataset_dir)
