@@ -98,6 +98,7 @@ def _run_gpu_stage(stage: str, videos: list[VideoRef], settings: Settings, progr
         outcome.failures += [VideoFailure(v.video_id, stage, str(exc)) for v in videos]
         return outcome
     progress.done += len(head)
+    _note_packing(profile.outcome, 1)
     _merge(outcome, profile.outcome)
     _quarantine(stage, _take_oom(outcome), settings, outcome, "out of memory alone on a GPU while profiling")
 
@@ -107,6 +108,7 @@ def _run_gpu_stage(stage: str, videos: list[VideoRef], settings: Settings, progr
         logger.info("%s: %d videos on %d GPUs x %d workers", stage, len(pending), len(gpu_ids), workers)
         run = process_stage.with_options(task_runner=gpu_runner(settings, gpu_ids, workers))
         part = run(stage, pending, settings, None, progress)
+        _note_packing(part, workers)
         progress.done += len(pending)
         oom = _take_oom(part)
         _merge(outcome, part)
@@ -122,6 +124,12 @@ def _run_gpu_stage(stage: str, videos: list[VideoRef], settings: Settings, progr
         progress.done -= len(pending)
         workers = smaller
     return outcome
+
+
+def _note_packing(outcome: StageOutcome, workers_per_gpu: int) -> None:
+    """Record on each video the workers per GPU it ran with (profiled, planned or shrunk)."""
+    for record in outcome.records:
+        record.info["workers_per_gpu"] = workers_per_gpu
 
 
 def _take_oom(outcome: StageOutcome) -> list[VideoFailure]:
