@@ -103,7 +103,11 @@ def build_dataset(
         len(summary.failures),
     )
     if summary.failures and settings.run.fail_on_video_error:
-        raise VideosFailedError(f"{len(summary.failures)} videos failed; see the run-summary artifact")
+        listed = "\n".join(f"  {f.video_id} {f.stage} ({f.kind}): {f.reason}" for f in summary.failures[:10])
+        more = f"\n  ... and {len(summary.failures) - 10} more" if len(summary.failures) > 10 else ""
+        raise VideosFailedError(
+            f"{len(summary.failures)} video(s) failed (run.fail_on_video_error is set); the others landed:\n{listed}{more}"
+        )
     return summary
 
 

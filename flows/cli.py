@@ -122,13 +122,17 @@ def print_summary(summary: RunSummary) -> None:
 
 
 def _run(settings_path: str | None, overrides: dict[str, Any], import_dir: str | None = None) -> int:
-    from flows.build_dataset import build_dataset, resolve_settings
+    from flows.build_dataset import VideosFailedError, build_dataset, resolve_settings
     from trackset.adapters import check_real_backends
 
     settings = resolve_settings(settings_path, overrides)  # fail in one line before Prefect starts
     if import_dir is None:
         check_real_backends(settings)
-    summary = build_dataset(settings_path=settings_path, overrides=overrides, import_dir=import_dir)
+    try:
+        summary = build_dataset(settings_path=settings_path, overrides=overrides, import_dir=import_dir)
+    except VideosFailedError as exc:  # run.fail_on_video_error: the rest landed, the run failed
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        return 1
     print_summary(summary)
     return 1 if summary.failures else 0
 
@@ -250,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (SettingsError, ModelUnavailableError) as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         return 2
 
 

@@ -20,6 +20,7 @@ from prefect.futures import PrefectFuture, as_completed
 
 from tasks.retry import is_out_of_memory
 from tasks.stage_tasks import configured, process_shard, process_video
+from trackset.errors import TracksetError
 from trackset.run_report import StageOutcome, VideoFailure
 from trackset.settings import Settings
 from trackset.stages.base import GPU_STAGES, StageRecord, VideoRef
@@ -49,7 +50,9 @@ def _failure(stage: str, video: VideoRef, exc: object, message: str | None, retr
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
     else:
         kind, reason = "error", message or "task failed"
-    return VideoFailure(video.video_id, stage, reason, kind, 1 if kind == "out_of_memory" else retries + 1)
+    # Typed errors and out-of-memory are never retried in place (tasks/retry.py): one attempt.
+    final_at_once = kind == "out_of_memory" or isinstance(exc, TracksetError)
+    return VideoFailure(video.video_id, stage, reason, kind, 1 if final_at_once else retries + 1)
 
 
 def run_stage_tasks(

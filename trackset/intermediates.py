@@ -299,6 +299,11 @@ def read_tracks_3d(path: Path, video_id: str, num_frames: int) -> Tracks3d:
     stored_frames = int(data.get("num_frames", num_frames))
     if stored_frames != num_frames:
         raise check.fail(f"num_frames is {stored_frames} but the video has {num_frames} frames (from another video?)")
+    # Both trackset and the script pipeline name the file's video by its id (the script's
+    # ``npz_path.stem``): a file of another video of the same length is caught here.
+    name = data.get("video_name", video_id)
+    if not isinstance(name, str) or name != video_id:
+        raise check.fail(f"video_name is {name!r}, not {video_id!r} (a file from another video?)")
     windows: list[tuple[int, int]] = []
     tracks: list[np.ndarray] = []
     for index, (window, raw) in enumerate(zip(raw_windows, raw_tracks)):

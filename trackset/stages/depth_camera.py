@@ -73,7 +73,8 @@ class DepthCameraStage(ModelStage[DepthCameraBackend]):
         frames, meta = read_frames(self.work, vid)
         result = self.loaded_backend().infer(video, frames, meta)
         path = self.work.vipe(vid)
-        self.check_result(video, path, result, frames.shape[:3])
+        # A bad backend result is about the source video: name it, not the output never written.
+        self.check_result(video, Path(video.source), result, frames.shape[:3])
         fraction = self.check_usable(video, result.depths)
         write_depth_camera(path, result)
         return {"frames": result.num_frames, "flat_fraction": round(fraction, 4)}

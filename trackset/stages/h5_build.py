@@ -46,6 +46,10 @@ class H5BuildStage(Stage):
 
     def process(self, video: VideoRef) -> dict[str, float | int | str]:
         vid = video.video_id
+        # A stale H5 would be read by training but left out of the statistics: drop it (its
+        # partials first) before rebuilding, so a failed rebuild leaves nothing that looks done.
+        for stale in reversed(self.outputs(vid)):
+            stale.unlink(missing_ok=True)
         frames, meta = read_frames(self.work, vid)
         depth = read_depth_camera(self.work.vipe(vid), vid, num_frames=meta.num_frames, depth_dtype=None)
         tracks = read_tracks_3d(self.work.tracks_3d(vid), vid, meta.num_frames)

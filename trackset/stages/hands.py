@@ -37,7 +37,7 @@ class HandsStage(ModelStage[HandsBackend]):
         depth = read_depth_camera(self.work.vipe(vid), vid, num_frames=meta.num_frames)
         hands = self.loaded_backend().infer(video, frames, meta, depth)
         path = self.work.hand_poses(vid)
-        self.check_result(video, path, hands, meta.num_frames)
+        self.check_result(video, Path(video.source), hands, meta.num_frames)  # names the source
         write_hand_poses(path, hands)
         valid_frames = {f"{side}_valid_frames": int(hands.side(side).valid.sum()) for side in HAND_SIDES}
         return {"frames": meta.num_frames, **valid_frames}

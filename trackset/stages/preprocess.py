@@ -366,15 +366,24 @@ def _declared_duration(container: av.container.InputContainer, stream: av.video.
 
     The container's own duration is the longest of its streams, so it stands for the
     video's only when the video is the sole stream (audio often outlasts video).
+
+    A frame count in the header (AVI's ``dwLength``, MP4's sample table) declares a length
+    too, and the longer of the two counts: FFmpeg derives an AVI stream's duration from the
+    frames it could index, so a copy cut before its index declares only what is left, while
+    its header still counts every frame the file was written with.
     """
+    declared: float | None = None
     if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
-    tag = stream.metadata.get("DURATION")
-    if tag:
-        return parse_duration_tag(tag)
-    if container.duration is not None and len(container.streams) == 1:
-        return container.duration / av.time_base
-    return None
+        declared = float(stream.duration * stream.time_base)
+    elif tag := stream.metadata.get("DURATION"):
+        declared = parse_duration_tag(tag)
+    elif container.duration is not None and len(container.streams) == 1:
+        declared = container.duration / av.time_base
+    rate = stream.average_rate
+    if stream.frames and rate:
+        by_count = stream.frames / float(rate)
+        declared = by_count if declared is None else max(declared, by_count)
+    return declared
 
 
 def _reason(exc: BaseException) -> str:

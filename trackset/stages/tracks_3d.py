@@ -40,7 +40,7 @@ class Tracks3dStage(ModelStage[Tracks3dBackend]):
         depth = read_depth_camera(self.work.vipe(vid), vid, num_frames=meta.num_frames)
         tracks = self.loaded_backend().infer(video, frames, meta, depth)
         path = self.work.tracks_3d(vid)
-        self.check_result(video, path, tracks, meta.num_frames)
+        self.check_result(video, Path(video.source), tracks, meta.num_frames)  # names the source
         length = self.settings.tracks_3d.window_length
         starts = np.array([start for start, _ in tracks.windows], dtype=np.int64)
         poses = window_relative_poses(depth.extrinsics, starts, length)
