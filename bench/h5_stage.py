@@ -5,9 +5,12 @@
 Intermediates of a synthetic corpus (``--frames`` frames at 512x384) are made once with the
 synthetic stages and cached under ``--out``. Then the H5 stage alone runs in fresh worker
 processes (spawned, one thread each, like Dask workers): once with one worker over all
-videos, once with two workers splitting them. Each worker reports its seconds per video
-and its peak RSS (VmHWM); peak RSS is also reported after half of a worker's videos, to
-show it does not grow with the number of videos. Prints a markdown table for BENCHMARKS.md.
+videos, once with two workers splitting them. Each worker imports and sets up the stage
+before the clock starts (a Dask worker does that once for thousands of videos), then the
+workers start together. Wall time runs from the first video's start to the last one's end.
+Each worker reports its seconds per video and its peak RSS (VmHWM); peak RSS is also
+reported after half of a worker's videos, to show it does not grow with the number of
+videos. Prints a markdown table for BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import multiprocessing
 import os
 import shutil
 import time
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 from trackset.memory_probe import read_vmhwm_bytes
@@ -27,10 +31,9 @@ from trackset.stages.base import VideoRef
 SCRIPT_PIPELINE_S_PER_VIDEO = 3.6  # PLATFORM-NOTES.md, same machine class
 
 
-def bench_settings(out: Path, dataset: str) -> Settings:
-    return load_settings(
-        overrides={"paths": {"videos_dir": str(out / "videos"), "work_dir": str(out / "work"), "dataset_dir": str(out / dataset)}}
-    )
+def bench_settings(out: Path, dataset: str, compression: str = "none") -> Settings:
+    paths = {"videos_dir": str(out / "videos"), "work_dir": str(out / "work"), "dataset_dir": str(out / dataset)}
+    return load_settings(overrides={"paths": paths, "h5": {"compression": compression}})
 
 
 def prepare(out: Path, videos: int, frames: int) -> list[VideoRef]:
@@ -54,13 +57,22 @@ def prepare(out: Path, videos: int, frames: int) -> list[VideoRef]:
     return refs
 
 
-def worker(args: tuple[Path, str, list[VideoRef]]) -> dict[str, object]:
-    """One worker process: build its videos' H5 files, report timings and peak RSS."""
-    out, dataset, refs = args
+def warm_up(out: Path, dataset: str, compression: str, ready: Barrier) -> None:
+    """Pool initializer: import and set up the stage, then wait until every worker has."""
     from trackset.worker_cache import get_stage
 
-    stage = get_stage("h5_build", bench_settings(out, dataset))
+    get_stage("h5_build", bench_settings(out, dataset, compression))
+    ready.wait()
+
+
+def worker(args: tuple[Path, str, str, list[VideoRef]]) -> dict[str, object]:
+    """One worker process: build its videos' H5 files, report timings and peak RSS."""
+    out, dataset, compression, refs = args
+    from trackset.worker_cache import get_stage
+
+    stage = get_stage("h5_build", bench_settings(out, dataset, compression))
     seconds, rss_half = [], None
+    first = time.perf_counter()
     for index, ref in enumerate(refs):
         start = time.perf_counter()
         record = stage.run(ref)
@@ -68,19 +80,31 @@ def worker(args: tuple[Path, str, list[VideoRef]]) -> dict[str, object]:
         seconds.append(time.perf_counter() - start)
         if index + 1 == max(1, len(refs) // 2):
             rss_half = read_vmhwm_bytes()
-    return {"pid": os.getpid(), "seconds": seconds, "rss_half": rss_half, "rss_end": read_vmhwm_bytes()}
+    return {
+        "pid": os.getpid(),
+        "seconds": seconds,
+        "first": first,
+        "last": time.perf_counter(),
+        "rss_half": rss_half,
+        "rss_end": read_vmhwm_bytes(),
+    }
 
 
-def run(out: Path, refs: list[VideoRef], workers: int) -> tuple[float, list[dict[str, object]]]:
-    dataset = f"dataset-{workers}w"
+def run(out: Path, refs: list[VideoRef], workers: int, compression: str) -> tuple[float, list[dict[str, object]]]:
+    """Wall seconds (first video start to last video end, over all workers) and worker reports.
+
+    ``perf_counter`` is the system-wide monotonic clock on Linux, so the workers' readings
+    compare.
+    """
+    dataset = f"dataset-{compression}-{workers}w"
     shutil.rmtree(out / dataset, ignore_errors=True)
+    os.sync()  # the previous configuration's writeback would otherwise run during this one
     chunks = [refs[i::workers] for i in range(workers)]
     context = multiprocessing.get_context("spawn")
-    with context.Pool(workers) as pool:
-        pool.map(abs, range(workers))  # start the processes before the clock
-        start = time.perf_counter()
-        results = pool.map(worker, [(out, dataset, chunk) for chunk in chunks])
-        wall = time.perf_counter() - start
+    ready = context.Barrier(workers)
+    with context.Pool(workers, initializer=warm_up, initargs=(out, dataset, compression, ready)) as pool:
+        results = pool.map(worker, [(out, dataset, compression, chunk) for chunk in chunks], chunksize=1)
+    wall = max(float(r["last"]) for r in results) - min(float(r["first"]) for r in results)
     return wall, results
 
 
@@ -89,28 +113,38 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=8)
     parser.add_argument("--frames", type=int, default=190)
     parser.add_argument("--out", type=Path, default=Path("/tmp/trackset-bench-h5"))
+    parser.add_argument(
+        "--compression", nargs="+", default=["none"], choices=["none", "lzf", "gzip"], help="h5.compression values to measure"
+    )
     args = parser.parse_args()
     refs = prepare(args.out, args.videos, args.frames)
-    rows = []
-    walls = {}
-    for workers in (1, 2):
-        wall, results = run(args.out, refs, workers)
-        walls[workers] = wall
-        per_video = [s for r in results for s in r["seconds"]]
-        rss_end = max(int(r["rss_end"]) for r in results) / 2**20
-        rss_half = max(int(r["rss_half"] or 0) for r in results) / 2**20
-        rows.append(
-            f"| {workers} | {len(refs)} | {wall:.2f} | {wall / len(refs):.3f} | {sum(per_video) / len(per_video):.3f} "
-            f"| {rss_half:.0f} | {rss_end:.0f} |"
-        )
     print(f"H5 stage, {len(refs)} videos x {args.frames} frames (512x384 -> 256), cpu_count={os.cpu_count()}")
-    print("| workers | videos | wall s | wall s/video | s/video in worker | peak RSS/worker after half (MiB) | peak RSS/worker at end (MiB) |")
-    print("|---|---|---|---|---|---|---|")
-    print("\n".join(rows))
-    speedup = walls[1] / walls[2]
-    print(f"\nspeedup 2 vs 1 workers: {speedup:.2f}x (parallel efficiency {speedup / 2:.0%})")
-    print(f"1 worker: {walls[1] / len(refs):.3f} s/video = {walls[1] / len(refs) / SCRIPT_PIPELINE_S_PER_VIDEO:.2f} of the script pipeline's {SCRIPT_PIPELINE_S_PER_VIDEO} s/video")
-
+    print(
+        "| compression | workers | videos | wall s | wall s/video | s/video in worker | H5 MiB/video "
+        "| peak RSS/worker after half (MiB) | peak RSS/worker at end (MiB) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    walls: dict[tuple[str, int], float] = {}
+    for compression in args.compression:
+        for workers in (1, 2):
+            wall, results = run(args.out, refs, workers, compression)
+            walls[compression, workers] = wall
+            per_video = [s for r in results for s in r["seconds"]]
+            rss_end = max(int(r["rss_end"]) for r in results) / 2**20
+            rss_half = max(int(r["rss_half"] or 0) for r in results) / 2**20
+            h5_bytes = sum(p.stat().st_size for p in (args.out / f"dataset-{compression}-{workers}w").glob("*.hdf5"))
+            print(
+                f"| {compression} | {workers} | {len(refs)} | {wall:.2f} | {wall / len(refs):.3f} "
+                f"| {sum(per_video) / len(per_video):.3f} | {h5_bytes / len(refs) / 2**20:.1f} | {rss_half:.0f} | {rss_end:.0f} |",
+                flush=True,
+            )
+    for compression in args.compression:
+        one, two = walls[compression, 1], walls[compression, 2]
+        print(
+            f"\n{compression}: speedup 2 vs 1 workers {one / two:.2f}x (parallel efficiency {one / two / 2:.0%}); "
+            f"1 worker {one / len(refs):.3f} s/video = {one / len(refs) / SCRIPT_PIPELINE_S_PER_VIDEO:.2f} "
+            f"of the script pipeline's {SCRIPT_PIPELINE_S_PER_VIDEO} s/video"
+        )
 
 if __name__ == "__main__":
     main()

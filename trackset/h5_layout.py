@@ -47,6 +47,7 @@ class VideoArrays:
 
     video: np.ndarray  # (T,3,S,S) uint8
     depth: np.ndarray  # (T,S,S) float32
+    depth_moments: Moments  # of the valid pixels of ``depth``, computed with it (resize_depth)
     intrinsics: np.ndarray  # (3,3) float32
     starts: np.ndarray  # (W,) window starts with a full window
     query_coords: list[np.ndarray]  # per window (N_w,3)
@@ -63,35 +64,68 @@ class VideoArrays:
 def resize_rgb(frames: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int, int]]:
     """Centre square crop and Lanczos resize of ``(T,H,W,3)`` frames to ``(T,3,S,S)``.
 
-    cv2's INTER_LANCZOS4 is what the script pipeline used, so pixels stay comparable.
+    cv2's INTER_LANCZOS4 is what the script pipeline used, so pixels stay comparable. Each
+    frame is transposed into its slot of the output as it is resized: a transposed copy of
+    the whole video afterwards would cost another pass over tens of MB.
     """
     t, h, w, _ = frames.shape
     x0, y0, crop = geometry.center_crop_box(h, w)
-    out = np.empty((t, size, size, 3), dtype=np.uint8)
+    out = np.empty((t, 3, size, size), dtype=np.uint8)
     for i in range(t):  # one C call per frame; cv2 resizes at most 4 channels per call
-        out[i] = cv2.resize(
+        resized = cv2.resize(
             np.ascontiguousarray(frames[i, y0 : y0 + crop, x0 : x0 + crop]),
             (size, size),
             interpolation=cv2.INTER_LANCZOS4,
         )
-    return out.transpose(0, 3, 1, 2).copy(), (x0, y0, crop)
+        out[i] = resized.transpose(2, 0, 1)
+    return out, (x0, y0, crop)
 
 
-def resize_depth(depths: np.ndarray, box: tuple[int, int, int], size: int, lo: float, hi: float) -> np.ndarray:
-    """Crop, nearest-resize and clip depth; non-finite or non-positive becomes 0 (invalid).
+def _clip_valid(depth: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """float32 depth clipped to ``[lo, hi]``; non-finite or non-positive becomes 0 (invalid)."""
+    with np.errstate(invalid="ignore"):
+        valid = np.isfinite(depth) & (depth > 0)
+    return np.where(valid, np.clip(depth, lo, hi), np.float32(0)).astype(np.float32)
+
+
+def resize_depth(
+    depths: np.ndarray, box: tuple[int, int, int], size: int, lo: float, hi: float
+) -> tuple[np.ndarray, Moments]:
+    """Crop, nearest-resize and clip depth, and the moments of its valid (non-zero) pixels.
 
     Nearest sampling takes source index ``floor(i * crop / S)`` like cv2's INTER_NEAREST.
+    float16 depth (what the depth stage stores) goes through a 65,536-entry table indexed by
+    bit pattern: one lookup replaces the cast, the clip and the validity test, and a
+    histogram of the patterns gives the moments exactly without a float64 copy of the
+    pixels. Other dtypes take the direct route, with the same values.
 
     Examples:
         >>> d = np.arange(16, dtype=np.float32).reshape(1, 4, 4) / 4
-        >>> resize_depth(d, (0, 0, 4), 2, 0.1, 2.5)[0].tolist()
-        [[0.0, 0.5], [2.0, 2.5]]
+        >>> image, moments = resize_depth(d, (0, 0, 4), 2, 0.1, 2.5)
+        >>> image[0].tolist(), moments.count, moments.mean.tolist()
+        ([[0.0, 0.5], [2.0, 2.5]], 3, [1.6666666666666667])
+        >>> image16, moments16 = resize_depth(d.astype(np.float16), (0, 0, 4), 2, 0.1, 2.5)
+        >>> bool((image16 == image).all()), moments16 == moments
+        (True, True)
     """
     x0, y0, crop = box
     idx = (np.arange(size) * crop) // size
-    sampled = depths[:, y0 + idx[:, None], x0 + idx[None, :]].astype(np.float32)  # one gather, then cast
-    valid = np.isfinite(sampled) & (sampled > 0)
-    return np.where(valid, np.clip(sampled, lo, hi), np.float32(0)).astype(np.float32)
+    # Rows, then columns, in the stored dtype: the result is C-contiguous, which h5py writes
+    # several times faster than the transposed strides of a 2-D fancy index.
+    sampled = np.take(np.take(depths, y0 + idx, axis=1), x0 + idx, axis=2)
+    if sampled.dtype == np.float16:
+        bits = sampled.view(np.uint16)
+        table = _clip_valid(np.arange(2**16, dtype=np.uint16).view(np.float16).astype(np.float32), lo, hi)
+        counts = np.zeros(2**16, dtype=np.int64)
+        np.add.at(counts, bits.ravel(), 1)  # bincount would first cast every pixel to int64
+        counts[table == 0] = 0  # invalid pixels are not samples
+        return table[bits], Moments.of_counts(table, counts)
+    image = _clip_valid(sampled.astype(np.float32), lo, hi)
+    moments = Moments.empty(1)
+    for start in range(0, image.shape[0], _DEPTH_CHUNK_FRAMES):
+        chunk = image[start : start + _DEPTH_CHUNK_FRAMES]
+        moments = Moments.merge(moments, Moments.of(chunk[chunk > 0]))
+    return image, moments
 
 
 def _project(points: np.ndarray, k: np.ndarray, size: int) -> np.ndarray:
@@ -162,7 +196,7 @@ def build_arrays(
         )
     size = settings.target_size
     video, box = resize_rgb(frames, size)
-    depth_img = resize_depth(depth.depths, box, size, settings.depth_min_m, settings.depth_max_m)
+    depth_img, depth_moments = resize_depth(depth.depths, box, size, settings.depth_min_m, settings.depth_max_m)
     root_k = geometry.crop_resize_intrinsics(depth.intrinsics[0], *box, size)
 
     starts, window_points = _full_windows(tracks, num_frames, window_length)
@@ -191,6 +225,7 @@ def build_arrays(
     return VideoArrays(
         video=video,
         depth=depth_img,
+        depth_moments=depth_moments,
         intrinsics=root_k.astype(np.float32),
         starts=starts,
         query_coords=query_coords,
@@ -205,12 +240,8 @@ def video_moments(arrays: VideoArrays) -> dict[str, Moments]:
     """Per-video moments of every statistic, from the values as written (FORMATS.md rules)."""
     disp_rows = [d.reshape(-1, 3) for d in arrays.displacements]
     displacement = Moments.of(np.concatenate(disp_rows) if disp_rows else np.zeros((0, 3), np.float32))
-    depth = Moments.empty(1)
-    for start in range(0, arrays.num_frames, _DEPTH_CHUNK_FRAMES):
-        chunk = arrays.depth[start : start + _DEPTH_CHUNK_FRAMES]
-        depth = Moments.merge(depth, Moments.of(chunk[chunk > 0].reshape(-1, 1)))
     query_depth = np.concatenate([q[:, 2] for q in arrays.query_coords]) if arrays.query_coords else np.zeros(0)
-    depth = Moments.merge(depth, Moments.of(query_depth[query_depth > 0].reshape(-1, 1)))
+    depth = Moments.merge(arrays.depth_moments, Moments.of(query_depth[query_depth > 0].reshape(-1, 1)))
     pose = Moments.of(arrays.poses.reshape(-1, 9))
     uvd_rows = [h.uvd_displacements.reshape(-1, 3) for h in arrays.hands.values()]
     rot_rows = [h.rot_displacements.reshape(-1, 6) for h in arrays.hands.values()]
@@ -221,6 +252,31 @@ def video_moments(arrays: VideoArrays) -> dict[str, Moments]:
         "hand_uvd": Moments.of(np.concatenate(uvd_rows) if uvd_rows else np.zeros((0, 3), np.float32)),
         "hand_rot": Moments.of(np.concatenate(rot_rows) if rot_rows else np.zeros((0, 6), np.float32)),
     }
+
+
+class _SmallDatasetWriter:
+    """Creates the ~1,000 small float32 datasets of a video's window groups.
+
+    ``Group.create_dataset`` rebuilds property lists and re-checks its arguments on every
+    call, which is half of the time spent on the windows. These datasets all share one
+    dtype and the same creation properties, so they are made once and reused with h5py's
+    low-level API. Each is what ``create_dataset(..., track_times=False)`` makes: contiguous,
+    little-endian float32, no timestamps.
+    """
+
+    def __init__(self) -> None:
+        self._type = h5py.h5t.py_create(np.dtype("<f4"))
+        self._dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        self._dcpl.set_obj_track_times(False)
+        self._lcpl = h5py.h5p.create(h5py.h5p.LINK_CREATE)
+        self._lcpl.set_char_encoding(h5py.h5t.CSET_UTF8)  # as h5py names links
+
+    def write(self, group: h5py.Group, name: str, data: np.ndarray) -> None:
+        array = np.ascontiguousarray(data, dtype="<f4")
+        space = h5py.h5s.create_simple(array.shape)
+        dataset = h5py.h5d.create(group.id, name.encode(), self._type, space, dcpl=self._dcpl, lcpl=self._lcpl)
+        dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, array)
+        dataset.close()
 
 
 def write_h5(path: Path, arrays: VideoArrays, compression: str = "none") -> None:
@@ -235,20 +291,21 @@ def write_h5(path: Path, arrays: VideoArrays, compression: str = "none") -> None
         f.create_dataset("root/depth", data=arrays.depth, **plain, **big, **depth_chunks)
         f.create_dataset("root/intrinsics", data=arrays.intrinsics, **plain)
         group = f.create_group("root/tracks")
+        small = _SmallDatasetWriter()
         # Row of each window in a hand's arrays, which hold only the windows where it is valid.
         hand_rows = {side: np.cumsum(hand.valid) - 1 for side, hand in arrays.hands.items()}
         for w, start in enumerate(arrays.starts):
             frame = group.create_group(f"frame_{int(start):04d}")
-            frame.create_dataset("query_coords", data=arrays.query_coords[w], **plain)
-            frame.create_dataset("displacements", data=arrays.displacements[w], **plain)
-            frame.create_dataset("poses", data=arrays.poses[w], **plain)
+            small.write(frame, "query_coords", arrays.query_coords[w])
+            small.write(frame, "displacements", arrays.displacements[w])
+            small.write(frame, "poses", arrays.poses[w])
             for side, hand in arrays.hands.items():
                 if hand.valid[w]:
                     index = int(hand_rows[side][w])
-                    frame.create_dataset(f"{side}_wrist_query_uvd", data=hand.query_uvd[index], **plain)
-                    frame.create_dataset(f"{side}_wrist_uvd_displacements", data=hand.uvd_displacements[index], **plain)
-                    frame.create_dataset(f"{side}_wrist_query_rot_6d", data=hand.query_rot_6d[index], **plain)
-                    frame.create_dataset(f"{side}_wrist_rot_displacements", data=hand.rot_displacements[index], **plain)
+                    small.write(frame, f"{side}_wrist_query_uvd", hand.query_uvd[index])
+                    small.write(frame, f"{side}_wrist_uvd_displacements", hand.uvd_displacements[index])
+                    small.write(frame, f"{side}_wrist_query_rot_6d", hand.query_rot_6d[index])
+                    small.write(frame, f"{side}_wrist_rot_displacements", hand.rot_displacements[index])
         f.create_dataset("root/num_frames", data=arrays.num_frames, **plain)
         f.create_dataset("root/num_track_ts", data=arrays.num_track_ts, **plain)
         f.create_dataset("root/track_type", data="3d", **plain)

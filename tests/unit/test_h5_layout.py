@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 
-from trackset.h5_layout import build_arrays, video_moments, write_h5
+from trackset.h5_layout import build_arrays, resize_depth, video_moments, write_h5
 from trackset.intermediates import DepthCamera, Hand, HandPoses, Tracks3d
 from trackset.settings import H5Settings
 
@@ -175,6 +175,28 @@ def test_depth_nearest_crop_clip_and_invalid(arrays):
     expected = np.where(np.isfinite(raw) & (raw > 0), np.clip(raw, 0.1, 2.5), 0)
     np.testing.assert_array_equal(arrays.depth[0], expected.astype(np.float32))
     assert set(np.unique(arrays.depth).tolist()) == {0.0, float(np.float32(0.1)), 1.0, 2.5}
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_depth_table_and_direct_routes_agree_with_numpy(dtype):
+    """float16 depth goes through a bit-pattern table, other dtypes directly: same pixels, same moments."""
+    rng = np.random.default_rng(3)
+    raw = rng.uniform(-0.5, 3.5, (5, 48, 64)).astype(np.float16)  # below, inside and above [0.1, 2.5]
+    raw[0, :4] = np.nan
+    raw[1, :4] = np.inf
+    raw[2, :4] = 0
+    box = (8, 0, 48)
+    image, moments = resize_depth(raw.astype(dtype), box, 32, 0.1, 2.5)
+    rows = np.arange(32) * 48 // 32  # floor(i * crop / S), written out here
+    expected = raw[:, rows][:, :, 8 + rows].astype(np.float32)
+    with np.errstate(invalid="ignore"):
+        expected = np.where(np.isfinite(expected) & (expected > 0), np.clip(expected, 0.1, 2.5), 0).astype(np.float32)
+    np.testing.assert_array_equal(image, expected)
+    assert image.dtype == np.float32 and image.flags.c_contiguous  # h5py writes strided arrays slowly
+    values = expected[expected > 0].astype(np.float64)
+    assert moments.count == values.size
+    np.testing.assert_allclose(moments.mean, [values.mean()], rtol=1e-12, atol=0)
+    np.testing.assert_allclose(moments.variance, [values.var()], rtol=1e-12, atol=0)
 
 
 def test_moments_count_every_value_written(arrays):

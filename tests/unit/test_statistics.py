@@ -354,3 +354,29 @@ def test_yaml_converts_numpy_values_and_writes_null(tmp_path):
     path = tmp_path / "stats.yaml"
     write_stats_yaml(path, {"a": np.float32(0.5), "b": np.arange(3), "c": None, "d": [np.float64(1 / 3)]})
     assert path.read_text() == "a: 0.5\nb: [0, 1, 2]\nc: null\nd: [0.3333333333333333]\n"
+
+
+def test_moments_of_counts_equal_moments_of_the_expanded_samples():
+    rng = np.random.default_rng(5)
+    values = rng.normal(1.5, 0.4, 300).astype(np.float32)
+    counts = rng.integers(0, 5000, 300)
+    expanded = np.repeat(values.astype(np.float64), counts)
+    moments = Moments.of_counts(values, counts)
+    assert moments.count == expanded.size
+    np.testing.assert_allclose(moments.mean, [expanded.mean()], rtol=1e-12, atol=0)
+    np.testing.assert_allclose(moments.variance, [expanded.var()], rtol=1e-12, atol=0)
+    assert Moments.of_counts(values, np.zeros(300, np.int64)) == Moments.empty(1)
+
+
+@pytest.mark.parametrize(
+    ("values", "counts", "message"),
+    [
+        ([1.0, 2.0], [1, -1], "non-negative"),
+        ([1.0, np.inf], [1, 1], "finite"),
+        ([1.0, 2.0], [1.0, 1.0], "integer counts"),
+        ([1.0, 2.0], [1], "one shape"),
+    ],
+)
+def test_moments_of_counts_rejects_bad_histograms(values, counts, message):
+    with pytest.raises(ValueError, match=message):
+        Moments.of_counts(np.array(values), np.array(counts))
