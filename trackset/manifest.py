@@ -169,13 +169,24 @@ class QuarantineRecord:
 
 
 @dataclass(frozen=True)
+class UnreadableSource:
+    """A video file registration could not stat or hash, and why (``strerror`` of the OSError)."""
+
+    source: str  # relative to the videos directory
+    path: Path
+    video_id: str | None  # its id when the manifest already knows the file, else None
+    reason: str
+
+
+@dataclass(frozen=True)
 class RegisterResult:
-    """What :meth:`Manifest.register` found, each list sorted by video id."""
+    """What :meth:`Manifest.register` found, each list sorted by video id (unreadable: by source)."""
 
     new: list[ManifestEntry] = field(default_factory=list)
     changed: list[ManifestEntry] = field(default_factory=list)
     unchanged: list[ManifestEntry] = field(default_factory=list)
     missing: list[ManifestEntry] = field(default_factory=list)
+    unreadable: list[UnreadableSource] = field(default_factory=list)
 
 
 class Manifest:
@@ -225,9 +236,13 @@ class Manifest:
         being read, which keeps a nightly refresh over terabytes cheap. A file that was only
         touched (same hash, new mtime) gets a fresh line, so the next run skips hashing it.
 
+        A file that cannot be read (no permission, an I/O error) gets no new line and is
+        returned as unreadable instead of stopping the registration of every other file; it
+        is registered by the first run that can read it.
+
         Returns:
             The entries found new, changed, unchanged (same content), and missing (recorded
-            but gone; their ids stay reserved).
+            but gone; their ids stay reserved), and the unreadable files.
         """
         files = discover_videos(videos_dir, extensions)
         root = Path(videos_dir)
@@ -236,19 +251,25 @@ class Manifest:
             changed: list[ManifestEntry] = []
             unchanged: list[ManifestEntry] = []
             appended: list[ManifestEntry] = []
+            unreadable: list[UnreadableSource] = []
             seen: set[str] = set()
             next_id = self._max_id + 1
             for path in files:
                 source = path.relative_to(root).as_posix()
                 seen.add(source)
-                # Stat before hashing: if the file changes while being read, the recorded
-                # mtime is the older one and the next run hashes it again.
-                info = path.stat()
                 previous = self._by_source.get(source)
-                if previous is not None and (previous.size, previous.mtime_ns) == (info.st_size, info.st_mtime_ns):
-                    unchanged.append(previous)
+                try:
+                    # Stat before hashing: if the file changes while being read, the recorded
+                    # mtime is the older one and the next run hashes it again.
+                    info = path.stat()
+                    if previous is not None and (previous.size, previous.mtime_ns) == (info.st_size, info.st_mtime_ns):
+                        unchanged.append(previous)
+                        continue
+                    sha = file_sha256(path)
+                except OSError as exc:
+                    reason = exc.strerror or str(exc)
+                    unreadable.append(UnreadableSource(source, path, previous.video_id if previous else None, reason))
                     continue
-                sha = file_sha256(path)
                 if previous is None:
                     entry = ManifestEntry(format_video_id(next_id), source, sha, info.st_size, info.st_mtime_ns)
                     next_id += 1
@@ -259,7 +280,7 @@ class Manifest:
                 appended.append(entry)
             self._append(handle, appended)
         missing = [entry for source, entry in self._by_source.items() if source not in seen]
-        return RegisterResult(*(_sorted_by_id(group) for group in (new, changed, unchanged, missing)))
+        return RegisterResult(*(_sorted_by_id(group) for group in (new, changed, unchanged, missing)), unreadable)
 
     def register_import(self, video_id: str, source: str, sha256: str) -> ManifestEntry:
         """Record a video imported from existing intermediates under the id it already has.

@@ -11,6 +11,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trackset.errors import BadInputError
 from trackset.importer import register_imports, scan_intermediates
 from trackset.layout import DatasetLayout
 from trackset.manifest import Manifest
@@ -36,7 +37,7 @@ class Registration:
 
     videos: list[VideoRef] = field(default_factory=list)
     pending: list[VideoRef] = field(default_factory=list)
-    excluded: list[VideoFailure] = field(default_factory=list)  # quarantined, or incomplete imports
+    excluded: list[VideoFailure] = field(default_factory=list)  # quarantined, unreadable, incomplete imports
     new: int = 0
     changed: int = 0
     missing: int = 0
@@ -56,6 +57,9 @@ def register_videos(settings: Settings) -> Registration:
     entries = sorted(result.new + result.changed + result.unchanged, key=lambda e: e.video_id)
     h5 = H5BuildStage(settings)
     registration = Registration(new=len(result.new), changed=len(result.changed), missing=len(result.missing))
+    for source in result.unreadable:
+        error = BadInputError(source.video_id or "(not registered)", "register", source.path, f"unreadable: {source.reason}")
+        registration.excluded.append(VideoFailure(source.video_id or source.source, "register", str(error)))
     for entry in entries:
         video = VideoRef(entry.video_id, entry.source_path(settings.paths.videos_dir), entry.sha256)
         registration.videos.append(video)

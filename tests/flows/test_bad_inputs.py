@@ -523,12 +523,6 @@ def test_restoring_the_bad_intermediates_recovers_the_clean_bytes(bad_intermedia
 # -- unreadable sources ----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=PermissionError,
-    reason="registration hashes every new source and an unreadable one stops the whole run "
-    "(trackset/manifest.py Manifest.register; fix described in the report)",
-)
 def test_an_unreadable_new_source_fails_alone(baseline, tmp_path, monkeypatch):
     """A source nobody may read (mode 000) fails alone; as root, non-root reading is emulated."""
     root = tmp_path
@@ -543,8 +537,10 @@ def test_an_unreadable_new_source_fails_alone(baseline, tmp_path, monkeypatch):
     finally:
         source.chmod(0o644)
     [failure] = summary.failures
-    assert "zz_unreadable.mp4" in failure.reason and "permission denied" in failure.reason.lower()
+    assert (failure.video_id, failure.stage) == ("zz_unreadable.mp4", "register")
+    assert_names_everything(failure, "(not registered)", "register", "zz_unreadable.mp4", "permission denied")
     assert digests(root / "dataset") == baseline[1]
+    assert "zz_unreadable.mp4" not in manifest_ids(root / "dataset")  # registered once it can be read
 
 
 def test_a_known_source_that_becomes_unreadable_fails_alone(baseline, tmp_path, monkeypatch):

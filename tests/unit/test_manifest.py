@@ -311,3 +311,35 @@ def test_two_runs_loaded_together_never_hand_out_one_id_twice(videos, manifest_p
     assert _ids(result.new) == {"b.mp4": "00001"}
     assert _ids(result.unchanged) == {"a.mp4": "00000"}
     assert len(manifest_path.read_bytes().splitlines()) == 2
+
+
+def test_an_unreadable_file_is_returned_not_raised_and_registers_once_readable(videos, manifest_path, monkeypatch):
+    _write(videos / "a.mp4", b"a")
+    _write(videos / "c.mp4", b"c")
+    first = _register(manifest_path, videos)
+    _write(videos / "b.mp4", b"b")  # new, unreadable
+    _write(videos / "c.mp4", b"c2")  # known and changed, unreadable
+    _write(videos / "d.mp4", b"d")  # new, readable
+    real_sha = manifest_module.file_sha256
+
+    def sha_or_denied(path: Path) -> str:
+        if path.name in ("b.mp4", "c.mp4"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_sha(path)
+
+    monkeypatch.setattr(manifest_module, "file_sha256", sha_or_denied)
+    second = _register(manifest_path, videos)
+    assert _ids(first.new) == {"a.mp4": "00000", "c.mp4": "00001"}
+    assert [(u.source, u.video_id, u.reason) for u in second.unreadable] == [
+        ("b.mp4", None, "Permission denied"),
+        ("c.mp4", "00001", "Permission denied"),
+    ]
+    assert second.unreadable[0].path == videos / "b.mp4"
+    assert _ids(second.new) == {"d.mp4": "00002"}
+    assert _ids(second.unchanged) == {"a.mp4": "00000"}
+    assert second.changed == second.missing == []  # unreadable is neither changed nor gone
+
+    monkeypatch.setattr(manifest_module, "file_sha256", real_sha)
+    third = _register(manifest_path, videos)
+    assert _ids(third.new) == {"b.mp4": "00003"} and _ids(third.changed) == {"c.mp4": "00001"}
+    assert third.unreadable == []
