@@ -65,7 +65,9 @@ def run_stage_tasks(
     """Submit ``stage`` for ``videos`` to the current flow's runner and collect the outcome.
 
     A plain function, not a flow, so ``process-stage`` and ``profile-memory`` both run the
-    tasks on their own runner (a flow called inside a flow would bring its own).
+    tasks on their own runner (a flow called inside a flow would bring its own). A shard
+    that still fails after its retries, other than by a typed error, is split into one task
+    per video, so a transient fault of one video (a full disk, say) fails that video alone.
     """
     logger = get_run_logger()
     outcome = StageOutcome(stage)
@@ -82,6 +84,7 @@ def run_stage_tasks(
                 futures[task_.submit(stage, video, settings)] = [video]
 
     finished = 0
+    isolate: list[VideoRef] = []
     for future in as_completed(list(futures)):
         future.wait()  # the future's own final state; the API's copy may still say RUNNING
         state = future.state
@@ -93,13 +96,24 @@ def run_stage_tasks(
                 target.append(result)
         else:
             exc = state.result(raise_on_failure=False)
-            outcome.failures += [_failure(stage, v, exc, state.message, settings.retry.retries) for v in batch]
+            if len(batch) > 1 and not isinstance(exc, TracksetError):
+                # One video's transient error (a full disk, an I/O error) failed the whole
+                # shard after its retries; rerun its videos one per task so it fails alone.
+                logger.warning("%s: a shard of %d videos failed (%s); rerunning them one per task", stage, len(batch), exc)
+                isolate += batch
+            else:
+                outcome.failures += [_failure(stage, v, exc, state.message, settings.retry.retries) for v in batch]
         finished += len(batch)
         if progress is not None:
             progress.report(finished)
 
     for failure in outcome.failures:
         logger.warning("%s failed for video %s (%s): %s", stage, failure.video_id, failure.kind, failure.reason)
+    if isolate:
+        # Videos the shard finished before failing are current now and come back as skipped.
+        single = run_stage_tasks(stage, isolate, settings)
+        outcome.records += single.records
+        outcome.failures += single.failures
     return outcome
 
 

@@ -62,7 +62,13 @@ class H5BuildStage(Stage):
         h5_path, partials_path = self.outputs(vid)
         write_h5(h5_path, arrays, self.settings.h5.compression)
         # Partials are written last: their fingerprint is what marks the video complete.
-        VideoPartials(video_id=vid, fingerprint=self.fingerprint(video), **moments).write(partials_path)
+        try:
+            VideoPartials(video_id=vid, fingerprint=self.fingerprint(video), **moments).write(partials_path)
+        except BaseException:
+            # Without its partials the H5 would be read by training but left out of the
+            # statistics (a full disk, say): take it back, so the video is simply not done.
+            h5_path.unlink(missing_ok=True)
+            raise
         points = sum(q.shape[0] for q in arrays.query_coords)
         return {
             "frames": arrays.num_frames,
