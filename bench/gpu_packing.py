@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from flows import run_history
 from flows.cli import EPHEMERAL_SERVER_DEFAULTS
 from trackset.sizing import GIB, shrink
 from trackset.stages.base import STAGE_ORDER, StageRecord
@@ -66,7 +67,7 @@ from trackset.synthetic.corpus import encode_scene, video_seed
 from trackset.synthetic.scene import SceneSpec
 
 if TYPE_CHECKING:
-    from prefect.client.schemas.objects import FlowRun
+    from prefect.client.schemas.objects import FlowRun, TaskRun
 
     from trackset.run_report import RunSummary, StageOutcome
 
@@ -76,8 +77,6 @@ MIB = 2**20
 # short, long); the rest mixes lengths, and its longest video (64) exceeds every profiled one.
 DEFAULT_LENGTHS = "20,22,58,60,40,64,18,56,42,62,24,60,38,20,44"
 WIDTH, HEIGHT, H5_SIZE, FPS = 128, 96, 64, 10.0
-# Task runs of Dask workers reach the API through events; allow them this long to land.
-API_SETTLE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -212,46 +211,9 @@ def outcome_of(summary: RunSummary, stage: str) -> StageOutcome:
     return next(o for o in summary.stages if o.stage == stage)
 
 
-def depth_subflows(parent_id: UUID) -> list[FlowRun]:
-    """The depth stage's profiling and run subflows of one flow run, in start order."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterName,
-        FlowRunFilterParentFlowRunId,
-    )
-    from prefect.client.schemas.sorting import FlowRunSort
-
-    with get_client(sync_client=True) as client:
-        return client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id]),
-                name=FlowRunFilterName(any_=[f"profile-{STAGE}", f"process-{STAGE}"]),
-            ),
-            sort=FlowRunSort.START_TIME_ASC,
-        )
-
-
-def processing_span_s(subflow: FlowRun) -> float:
-    """First task start to last task end in ``subflow``: its work without the cluster's start and stop.
-
-    Waits up to ``API_SETTLE_S`` for every task run to have both times, since the Dask
-    workers' task runs reach the API as events, possibly after the flow returned.
-    """
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
-
-    expected = len(subflow.parameters["videos"])
-    deadline = time.monotonic() + API_SETTLE_S
-    with get_client(sync_client=True) as client:
-        while True:
-            runs = client.read_task_runs(task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[subflow.id])))
-            timed = [r for r in runs if r.start_time and r.end_time]
-            if len(timed) >= expected:
-                return (max(r.end_time for r in timed) - min(r.start_time for r in timed)).total_seconds()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{subflow.name}: {len(timed)} of {expected} task runs timed in the API")
-            time.sleep(1.0)
+def processing_span_s(task_runs: list[TaskRun]) -> float:
+    """First task start to last task end: a subflow's work without the cluster's start and stop."""
+    return (max(r.end_time for r in task_runs) - min(r.start_time for r in task_runs)).total_seconds()
 
 
 def planned_workers(profile_run_id: UUID) -> int | None:
@@ -284,13 +246,13 @@ def workers_seen(records: list[StageRecord]) -> int:
     return max((len(workers) for workers in per_gpu.values()), default=0)
 
 
-def read_rounds(subflows: list[FlowRun], records: dict[str, StageRecord]) -> list[Round]:
-    """Each subflow as a round; a record belongs to the last round its video ran in."""
+def read_rounds(subflows: list[FlowRun], task_runs: list[list[TaskRun]], records: dict[str, StageRecord]) -> list[Round]:
+    """Each subflow (with its task runs) as a round; a record belongs to the last round its video ran in."""
     rounds: list[Round] = []
     workers: int | None = 1
     for index, run in enumerate(subflows):
-        ids = [v["video_id"] for v in run.parameters["videos"]]
-        later = {v["video_id"] for r in subflows[index + 1 :] for v in r.parameters["videos"]}
+        ids = run_history.video_ids(task_runs[index])
+        later = {v for runs in task_runs[index + 1 :] for v in run_history.video_ids(runs)}
         if index == 1:
             workers = planned_workers(subflows[0].id)
         elif index > 1 and workers is not None:
@@ -300,7 +262,7 @@ def read_rounds(subflows: list[FlowRun], records: dict[str, StageRecord]) -> lis
                 "profile" if index == 0 else f"run {index}",
                 len(ids),
                 (run.end_time - run.start_time).total_seconds(),
-                processing_span_s(run),
+                processing_span_s(task_runs[index]),
                 workers,
                 workers_seen([records[v] for v in ids if v in records and v not in later]),
             )
@@ -332,9 +294,10 @@ def run_config(config: Config, overrides: dict[str, Any], video_ids: list[str], 
         raise RuntimeError(f"{config.name}: no video got through {STAGE}: {depth.failures}")
     profiled = video_ids[: config.profiling_videos]
     observed_id = max(records, key=lambda v: records[v].peak_bytes or 0)
-    subflows = depth_subflows(state.state_details.flow_run_id)
-    rounds = read_rounds(subflows, records)
-    rerun_ids = {v["video_id"] for run in subflows[2:] for v in run.parameters["videos"]}
+    subflows = run_history.stage_subflows(state.state_details.flow_run_id, [STAGE])
+    task_runs = [run_history.settled_task_runs(run, run_history.subflow_videos(run)) for run in subflows]
+    rounds = read_rounds(subflows, task_runs, records)
+    rerun_ids = {v for runs in task_runs[2:] for v in run_history.video_ids(runs)}
     quarantined = [f for f in depth.failures if f.kind == "quarantined"]
     after_profile = [records[v] for v in video_ids[config.profiling_videos :] if v in records]
     return Result(

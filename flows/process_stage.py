@@ -24,6 +24,7 @@ from trackset.errors import TracksetError
 from trackset.run_report import StageOutcome, VideoFailure
 from trackset.settings import Settings
 from trackset.stages.base import GPU_STAGES, StageRecord, VideoRef
+from trackset.worklist import WorkList
 
 
 @dataclass
@@ -120,14 +121,16 @@ def run_stage_tasks(
 @flow(name="process-stage", flow_run_name="process-{stage}")
 def process_stage(
     stage: str,
-    videos: list[VideoRef],
+    work: WorkList,
     settings: Settings,
     shard_size: int | None = None,
     progress: StageProgress | None = None,
 ) -> StageOutcome:
-    """Run ``stage`` on ``videos``: one task per video, or per shard when ``shard_size`` is set.
+    """Run ``stage`` on the videos of ``work``: one task per video, or per shard of ``shard_size``.
 
-    Out-of-memory failures come back as ``out_of_memory`` failures, not raised, so the
-    caller can re-run them on fewer workers per GPU (DECISIONS.md).
+    The videos come as a work list file, not a parameter: Prefect ships a flow's parameters
+    with each of its tasks (trackset.worklist). Out-of-memory failures come back as
+    ``out_of_memory`` failures, not raised, so the caller can re-run them on fewer workers
+    per GPU (DECISIONS.md).
     """
-    return run_stage_tasks(stage, videos, settings, shard_size, progress)
+    return run_stage_tasks(stage, work.load(), settings, shard_size, progress)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact
+from prefect.task_runners import TaskRunner
 
 from flows.process_stage import StageProgress, process_stage
 from flows.profile_memory import profile_memory
@@ -27,6 +28,7 @@ from trackset.settings import Settings
 from trackset.sizing import PeakExceedsGpuError, shrink
 from trackset.stages.base import GPU_STAGES, StageRecord, VideoRef, stage_slug, worker_name
 from trackset.worker_cache import release_stages, stage_class
+from trackset.worklist import WorkList
 
 # Stages cheap enough per video that several videos share one task.
 SHARDED_STAGES = frozenset({"preprocess", "h5_build"})
@@ -51,8 +53,7 @@ def run_stage(stage: str, videos: list[VideoRef], settings: Settings) -> StageOu
                 _merge(outcome, _run_gpu_stage(stage, todo, settings, progress))
             else:
                 shard_size = settings.h5.shard_size if stage in SHARDED_STAGES else None
-                run = process_stage.with_options(task_runner=cpu_runner(settings))
-                _merge(outcome, run(stage, todo, settings, shard_size, progress))
+                _merge(outcome, _process(stage, todo, settings, cpu_runner(settings), shard_size, progress))
         finally:
             release_stages(stage)  # models cached in this process (thread runner) free their memory
     create_table_artifact(
@@ -61,6 +62,19 @@ def run_stage(stage: str, videos: list[VideoRef], settings: Settings) -> StageOu
         description=f"Every video of {stage} in this run: status, seconds, peak memory, worker, GPU, attempts",
     )
     return outcome
+
+
+def _process(
+    stage: str,
+    videos: list[VideoRef],
+    settings: Settings,
+    runner: TaskRunner,
+    shard_size: int | None,
+    progress: StageProgress,
+) -> StageOutcome:
+    """One ``process-stage`` subflow on ``runner``, its videos handed over as a work list."""
+    with WorkList.written(stage, videos) as work:
+        return process_stage.with_options(task_runner=runner)(stage, work, settings, shard_size, progress)
 
 
 def _merge(into: StageOutcome, part: StageOutcome) -> None:
@@ -74,10 +88,8 @@ def _run_gpu_stage(stage: str, videos: list[VideoRef], settings: Settings, progr
     outcome = StageOutcome(stage)
     if settings.cluster.runner == "threads" or settings.cluster.scheduler_address:
         # One process or a cluster shaped elsewhere: nothing to size, nothing to shrink.
-        part = process_stage.with_options(task_runner=gpu_runner(settings, [0], settings.cluster.cpu_workers))(
-            stage, videos, settings, None, progress
-        )
-        _merge(outcome, part)
+        runner = gpu_runner(settings, [0], settings.cluster.cpu_workers)
+        _merge(outcome, _process(stage, videos, settings, runner, None, progress))
         _quarantine(stage, _take_oom(outcome), settings, outcome, "out of memory on a cluster trackset cannot resize")
         return outcome
 
@@ -106,8 +118,7 @@ def _run_gpu_stage(stage: str, videos: list[VideoRef], settings: Settings, progr
     pending = rest
     while pending:
         logger.info("%s: %d videos on %d GPUs x %d workers", stage, len(pending), len(gpu_ids), workers)
-        run = process_stage.with_options(task_runner=gpu_runner(settings, gpu_ids, workers))
-        part = run(stage, pending, settings, None, progress)
+        part = _process(stage, pending, settings, gpu_runner(settings, gpu_ids, workers), None, progress)
         _note_packing(part, workers)
         progress.done += len(pending)
         oom = _take_oom(part)

@@ -13,7 +13,6 @@ compares what lands with one clean build of the same corpus (the module's baseli
 from __future__ import annotations
 
 import errno
-import hashlib
 import io
 import json
 import os
@@ -30,6 +29,8 @@ import yaml
 from prefect.settings import get_current_settings
 
 from flows.build_dataset import build_dataset
+from flows.run_history import settled_task_runs, stage_subflows, subflow_videos, video_ids
+from tests.flows.helpers import digests, merge_sections
 from trackset import h5_layout, intermediates
 from trackset import statistics as statistics_module
 from trackset.synthetic.corpus import make_corpus
@@ -50,19 +51,11 @@ def overrides(root: Path, **extra) -> dict:
         "h5": {"target_size": S},
         "tracks_3d": {"points_per_window": 32},
     }
-    for key, value in extra.items():
-        base[key] = {**base.get(key, {}), **value}
-    return base
+    return merge_sections(base, extra)
 
 
 def vid(index: int) -> str:
     return f"{index:05d}"
-
-
-def digests(dataset: Path) -> dict[str, str]:
-    """sha256 of every H5 file and of the statistics."""
-    files = sorted(dataset.glob("*.hdf5")) + [dataset / "normalization_stats.yaml"]
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files if p.is_file()}
 
 
 def h5_digests(dataset: Path) -> dict[str, str]:
@@ -295,19 +288,8 @@ STORM_FRAMES = {"a_short": 8, "b_short": 8, "c_long": 24, "d_long": 24, "e_long"
 
 def depth_rounds(flow_run_id) -> list[list[str]]:
     """Video ids of each ``process-depth_camera`` subflow of a flow run, in start order."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, FlowRunFilterParentFlowRunId
-    from prefect.client.schemas.sorting import FlowRunSort
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id]),
-                name=FlowRunFilterName(any_=["process-depth_camera"]),
-            ),
-            sort=FlowRunSort.START_TIME_ASC,
-        )
-    return [sorted(v["video_id"] for v in run.parameters["videos"]) for run in runs]
+    runs = [run for run in stage_subflows(flow_run_id, ["depth_camera"]) if run.name.startswith("process-")]
+    return [video_ids(settled_task_runs(run, subflow_videos(run))) for run in runs]
 
 
 def test_an_out_of_memory_storm_shrinks_lands_what_fits_and_quarantines_the_rest(tmp_path):
