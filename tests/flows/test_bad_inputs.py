@@ -35,6 +35,7 @@ import yaml
 
 from flows.build_dataset import VideosFailedError, build_dataset
 from flows.cli import main
+from tests.flows.helpers import digests, merge_sections
 from trackset.synthetic.backends import SyntheticDepthCamera
 from trackset.synthetic.corpus import make_corpus, sidecar_path
 
@@ -57,9 +58,7 @@ def overrides(root: Path, **extra) -> dict:
         "h5": {"target_size": S},
         "tracks_3d": {"points_per_window": 48},
     }
-    for key, value in extra.items():
-        base[key] = {**base.get(key, {}), **value}
-    return base
+    return merge_sections(base, extra)
 
 
 def vid(index: int) -> str:
@@ -68,12 +67,6 @@ def vid(index: int) -> str:
 
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def digests(dataset: Path) -> dict[str, str]:
-    """sha256 of every H5 file and of the statistics."""
-    files = sorted(dataset.glob("*.hdf5")) + [dataset / "normalization_stats.yaml"]
-    return {p.name: sha(p) for p in files}
 
 
 def manifest_ids(dataset: Path) -> dict[str, str]:

@@ -6,7 +6,6 @@ the implementation's helpers: expected poses and wrist projections are computed 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 import yaml
 
 from flows.build_dataset import build_dataset
+from tests.flows.helpers import digests, merge_sections
 from trackset.synthetic.corpus import load_scene_for, make_corpus
 from trackset.synthetic.scene import STATIC_ID
 
@@ -36,9 +36,7 @@ def overrides(root: Path, **extra) -> dict:
         "cluster": {"runner": "threads", "cpu_workers": 2},
         "retry": {"retries": 0},
     }
-    for key, value in extra.items():
-        base[key] = {**base.get(key, {}), **value}
-    return base
+    return merge_sections(base, extra)
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +53,6 @@ def built(corpus, tmp_path_factory):
     shutil.copytree(corpus, root / "videos")
     summary = build_dataset(overrides=overrides(root))
     return root, summary
-
-
-def digests(dataset: Path) -> dict[str, str]:
-    files = sorted(dataset.glob("*.hdf5")) + [dataset / "normalization_stats.yaml"]
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 def manifest_sources(dataset: Path) -> dict[str, str]:

@@ -13,6 +13,7 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from flows.build_dataset import build_dataset
+from tests.flows.helpers import merge_sections
 from trackset.synthetic.corpus import make_corpus
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -28,9 +29,7 @@ def overrides(root: Path, **extra) -> dict:
         "synthetic": {"depth_camera": DEPTH_COST},
         "retry": {"retries": 1, "retry_delay_s": 0.1},
     }
-    for key, value in extra.items():
-        base[key] = {**base.get(key, {}), **value}
-    return base
+    return merge_sections(base, extra)
 
 
 @pytest.fixture(scope="module")
