@@ -1,6 +1,7 @@
 """Benchmark of the H5 build stage: seconds per video, peak RSS per worker, 1 vs 2 workers.
 
     .venv/bin/python bench/h5_stage.py --videos 8 --frames 190 --out /tmp/trackset-bench-h5
+    .venv/bin/python bench/h5_stage.py --videos 8 --frames 190 --out /tmp/trackset-bench-h5 --phases
 
 Intermediates of a synthetic corpus (``--frames`` frames at 512x384) are made once with the
 synthetic stages and cached under ``--out``. Then the H5 stage alone runs in fresh worker
@@ -10,7 +11,8 @@ before the clock starts (a Dask worker does that once for thousands of videos), 
 workers start together. Wall time runs from the first video's start to the last one's end.
 Each worker reports its seconds per video and its peak RSS (VmHWM); peak RSS is also
 reported after half of a worker's videos, to show it does not grow with the number of
-videos. Prints a markdown table for BENCHMARKS.md.
+videos. Prints a markdown table for BENCHMARKS.md. ``--phases`` instead times each step of
+the stage (reads, resizes, moments, write) over the videos in this process.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import multiprocessing
 import os
 import shutil
 import time
+from collections.abc import Callable
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
+from typing import Any
 
 from trackset.memory_probe import read_vmhwm_bytes
 from trackset.settings import Settings, load_settings
@@ -108,6 +112,57 @@ def run(out: Path, refs: list[VideoRef], workers: int, compression: str) -> tupl
     return wall, results
 
 
+# Steps of one video in the H5 stage, timed by --phases where the stage looks them up.
+PHASES = {
+    "trackset.stages.h5_build": (
+        "read_frames", "read_depth_camera", "read_tracks_3d", "read_hand_poses", "build_arrays", "video_moments", "write_h5"
+    ),
+    "trackset.h5_layout": ("resize_rgb", "resize_depth"),
+}
+
+
+def phases(out: Path, refs: list[VideoRef]) -> None:
+    """Seconds per video of each step of the stage, in this process (one worker, warmed up).
+
+    ``build_arrays`` includes ``resize_rgb`` and ``resize_depth``; the frames are memory-mapped,
+    so reading them is paid inside ``resize_rgb``.
+    """
+    import importlib
+
+    from trackset.worker_cache import get_stage
+
+    spent: dict[str, float] = {}
+
+    def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.perf_counter() - start
+
+        return wrapper
+
+    for module_name, names in PHASES.items():
+        module = importlib.import_module(module_name)
+        for name in names:
+            setattr(module, name, timed(name, getattr(module, name)))
+    dataset = "dataset-phases"
+    shutil.rmtree(out / dataset, ignore_errors=True)
+    os.sync()
+    stage = get_stage("h5_build", bench_settings(out, dataset))
+    start = time.perf_counter()
+    for ref in refs:
+        stage.run(ref)
+    total = time.perf_counter() - start
+    print(f"Steps of the H5 stage, one worker, {len(refs)} videos: seconds per video")
+    print("| step | s/video |")
+    print("|---|---|")
+    for name in (n for names in PHASES.values() for n in names):
+        print(f"| {name} | {spent.get(name, 0.0) / len(refs):.3f} |")
+    print(f"| whole stage (run) | {total / len(refs):.3f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=8)
@@ -116,8 +171,12 @@ def main() -> None:
     parser.add_argument(
         "--compression", nargs="+", default=["none"], choices=["none", "lzf", "gzip"], help="h5.compression values to measure"
     )
+    parser.add_argument("--phases", action="store_true", help="time the steps of one video instead")
     args = parser.parse_args()
     refs = prepare(args.out, args.videos, args.frames)
+    if args.phases:
+        phases(args.out, refs)
+        return
     print(f"H5 stage, {len(refs)} videos x {args.frames} frames (512x384 -> 256), cpu_count={os.cpu_count()}")
     print(
         "| compression | workers | videos | wall s | wall s/video | s/video in worker | H5 MiB/video "
