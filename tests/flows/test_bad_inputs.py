@@ -35,7 +35,7 @@ import yaml
 
 from flows.build_dataset import VideosFailedError, build_dataset
 from flows.cli import main
-from tests.flows.helpers import digests, merge_sections
+from tests.flows.helpers import SMALL_H, SMALL_S, SMALL_W, digests, merge_sections, small_build, vid
 from trackset.synthetic.backends import SyntheticDepthCamera
 from trackset.synthetic.corpus import make_corpus, sidecar_path
 
@@ -43,26 +43,14 @@ from trackset.synthetic.corpus import make_corpus, sidecar_path
 pytestmark = pytest.mark.slow
 
 SEED, FRAMES, SHORT_FRAMES = 2, 20, 14
-W, H, S = 128, 96, 64
+W, H, S = SMALL_W, SMALL_H, SMALL_S
 NUM_CLIPS = 11  # clip_000 .. clip_010 (ids 00000 .. 00010), then short/clip_000 (00011)
 SHORT_ID = f"{NUM_CLIPS:05d}"
 
 
 def overrides(root: Path, **extra) -> dict:
-    base = {
-        "paths": {"videos_dir": str(root / "videos"), "work_dir": str(root / "work"), "dataset_dir": str(root / "dataset")},
-        "cluster": {"runner": "threads", "cpu_workers": 2},
-        # One retry, at once: typed errors must still run once only (checked below).
-        "retry": {"retries": 1, "retry_delay_s": 0.0, "retry_jitter_factor": 0.0},
-        "preprocess": {"width": W, "height": H},
-        "h5": {"target_size": S},
-        "tracks_3d": {"points_per_window": 48},
-    }
-    return merge_sections(base, extra)
+    return merge_sections(small_build(root, points_per_window=48), extra)
 
-
-def vid(index: int) -> str:
-    return f"{index:05d}"
 
 
 def sha(path: Path) -> str:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from flows.build_dataset import build_dataset
-from tests.flows.helpers import digests, merge_sections
+from tests.flows.helpers import digests, merge_sections, paths_under
 from trackset.synthetic.corpus import load_scene_for, make_corpus
 from trackset.synthetic.scene import STATIC_ID
 
@@ -32,7 +32,7 @@ STATS_KEYS = [
 
 def overrides(root: Path, **extra) -> dict:
     base = {
-        "paths": {"videos_dir": str(root / "videos"), "work_dir": str(root / "work"), "dataset_dir": str(root / "dataset")},
+        "paths": paths_under(root),
         "cluster": {"runner": "threads", "cpu_workers": 2},
         "retry": {"retries": 0},
     }

@@ -13,7 +13,7 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from flows.build_dataset import build_dataset
-from tests.flows.helpers import merge_sections
+from tests.flows.helpers import merge_sections, paths_under
 from trackset.synthetic.corpus import make_corpus
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -24,7 +24,7 @@ DEPTH_COST = {"model_mb": 13_000, "per_video_mb": 1_000, "per_frame_mb": 16}
 
 def overrides(root: Path, **extra) -> dict:
     base = {
-        "paths": {"videos_dir": str(root / "videos"), "work_dir": str(root / "work"), "dataset_dir": str(root / "dataset")},
+        "paths": paths_under(root),
         "cluster": {"runner": "dask", "profiling_videos": 2},
         "synthetic": {"depth_camera": DEPTH_COST},
         "retry": {"retries": 1, "retry_delay_s": 0.1},

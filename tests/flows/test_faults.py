@@ -30,7 +30,7 @@ from prefect.settings import get_current_settings
 
 from flows.build_dataset import build_dataset
 from flows.run_history import settled_task_runs, stage_subflows, subflow_videos, video_ids
-from tests.flows.helpers import digests, merge_sections
+from tests.flows.helpers import SMALL_H, SMALL_S, SMALL_W, digests, merge_sections, small_build, vid
 from trackset import h5_layout, intermediates
 from trackset import statistics as statistics_module
 from trackset.synthetic.corpus import make_corpus
@@ -38,24 +38,13 @@ from trackset.synthetic.corpus import make_corpus
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 NUM_VIDEOS, FRAMES, SEED = 6, 12, 7
-W, H, S = 128, 96, 64
+W, H, S = SMALL_W, SMALL_H, SMALL_S
 STAGES = ("preprocess", "depth_camera", "tracks_3d", "hands", "h5_build")
 
 
 def overrides(root: Path, **extra) -> dict:
-    base = {
-        "paths": {"videos_dir": str(root / "videos"), "work_dir": str(root / "work"), "dataset_dir": str(root / "dataset")},
-        "cluster": {"runner": "threads", "cpu_workers": 2},
-        "retry": {"retries": 1, "retry_delay_s": 0.0, "retry_jitter_factor": 0.0},
-        "preprocess": {"width": W, "height": H},
-        "h5": {"target_size": S},
-        "tracks_3d": {"points_per_window": 32},
-    }
-    return merge_sections(base, extra)
+    return merge_sections(small_build(root, points_per_window=32), extra)
 
-
-def vid(index: int) -> str:
-    return f"{index:05d}"
 
 
 def h5_digests(dataset: Path) -> dict[str, str]:

@@ -20,6 +20,7 @@ import torch
 
 from flows.build_dataset import build_dataset
 from flows.cli import main as cli_main
+from tests.flows.helpers import paths_under
 from trackset.synthetic.corpus import make_corpus
 
 NUM_VIDEOS, NUM_FRAMES = 2, 14
@@ -27,7 +28,7 @@ NUM_VIDEOS, NUM_FRAMES = 2, 14
 
 def run_overrides(root: Path) -> dict:
     return {
-        "paths": {"videos_dir": str(root / "videos"), "work_dir": str(root / "work"), "dataset_dir": str(root / "dataset")},
+        "paths": paths_under(root),
         "cluster": {"runner": "threads"},
     }
 
