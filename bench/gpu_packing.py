@@ -16,7 +16,7 @@ What it does:
    per video and the profile's prediction is tested rather than assumed. The first three
    videos are short, short, long; the longest video of all comes later.
 2. Builds every intermediate once with the thread runner and no simulated cost (outputs do
-   not depend on the runner or the costs, see ``stage_fingerprints``).
+   not depend on the runner or the costs, see ``trackset.stages.config``).
 3. For each configuration, deletes only the depth stage's and the H5 build's outputs and runs
    the real ``build-dataset`` flow on the Dask runner, so depth_camera is the only stage doing
    real work (plus the cheap H5 rebuild, the same in every configuration):
@@ -59,10 +59,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from flows import run_history
+import run_history
 from flows.cli import EPHEMERAL_SERVER_DEFAULTS
 from trackset.sizing import GIB, shrink
-from trackset.stages.base import STAGE_ORDER, StageRecord
+from trackset.domain import STAGE_ORDER, StageRecord
 from trackset.synthetic.corpus import encode_scene, video_seed
 from trackset.synthetic.scene import SceneSpec
 
@@ -197,11 +197,11 @@ def invalidate_depth(overrides: dict[str, Any], video_ids: list[str]) -> None:
     H5 files must go too, or registration finds every video current and runs nothing.
     """
     from trackset.settings import load_settings
-    from trackset.worker_cache import stage_class
+    from trackset.stages.registry import build_stage
 
     settings = load_settings(overrides=overrides)
     for stage in (STAGE, "h5_build"):
-        checker = stage_class(stage)(settings)
+        checker = build_stage(stage, settings)
         for video_id in video_ids:
             for path in (checker.marker_path(video_id), *checker.outputs(video_id)):
                 path.unlink(missing_ok=True)

@@ -30,7 +30,8 @@ from typing import Any
 
 from trackset.memory_probe import read_vmhwm_bytes
 from trackset.settings import Settings, load_settings
-from trackset.stages.base import VideoRef
+from trackset.stages.registry import stage_config
+from trackset.domain import VideoRef
 
 SCRIPT_PIPELINE_S_PER_VIDEO = 3.6  # PLATFORM-NOTES.md, same machine class
 
@@ -54,7 +55,7 @@ def prepare(out: Path, videos: int, frames: int) -> list[VideoRef]:
     ]
     settings = bench_settings(out, "unused")
     for stage in ("preprocess", "depth_camera", "tracks_3d", "hands"):
-        runner = get_stage(stage, settings)
+        runner = get_stage(stage, stage_config(stage, settings))
         for ref in refs:
             runner.run(ref)
         release_stages(stage)
@@ -65,7 +66,7 @@ def warm_up(out: Path, dataset: str, compression: str, ready: Barrier) -> None:
     """Pool initializer: import and set up the stage, then wait until every worker has."""
     from trackset.worker_cache import get_stage
 
-    get_stage("h5_build", bench_settings(out, dataset, compression))
+    get_stage("h5_build", stage_config("h5_build", bench_settings(out, dataset, compression)))
     ready.wait()
 
 
@@ -74,7 +75,7 @@ def worker(args: tuple[Path, str, str, list[VideoRef]]) -> dict[str, object]:
     out, dataset, compression, refs = args
     from trackset.worker_cache import get_stage
 
-    stage = get_stage("h5_build", bench_settings(out, dataset, compression))
+    stage = get_stage("h5_build", stage_config("h5_build", bench_settings(out, dataset, compression)))
     seconds, rss_half = [], None
     first = time.perf_counter()
     for index, ref in enumerate(refs):
@@ -150,7 +151,7 @@ def phases(out: Path, refs: list[VideoRef]) -> None:
     dataset = "dataset-phases"
     shutil.rmtree(out / dataset, ignore_errors=True)
     os.sync()
-    stage = get_stage("h5_build", bench_settings(out, dataset))
+    stage = get_stage("h5_build", stage_config("h5_build", bench_settings(out, dataset)))
     start = time.perf_counter()
     for ref in refs:
         stage.run(ref)

@@ -100,7 +100,7 @@ class PeakSampler(threading.Thread):
 
 def stage_walls(flow_run_id: Any) -> dict[str, list[dict[str, Any]]]:
     """Each stage's subflows (profiling and runs): wall seconds and videos, from the Prefect API."""
-    from flows.run_history import stage_subflows, subflow_videos
+    from run_history import stage_subflows, subflow_videos
 
     walls: dict[str, list[dict[str, Any]]] = {}
     for run in stage_subflows(flow_run_id):
@@ -119,7 +119,7 @@ def child(size: int, out: Path) -> dict[str, Any]:
         os.environ.setdefault(key, value)
     from flows.build_dataset import build_dataset
     from trackset.settings import load_settings
-    from trackset.stages.base import GPU_STAGES
+    from trackset.stages.registry import GPU_STAGES
 
     settings = overrides(out)
     sampler = PeakSampler()

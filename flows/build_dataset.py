@@ -23,10 +23,10 @@ from prefect.artifacts import create_markdown_artifact
 from flows.stage_runs import run_stage
 from tasks.dataset_tasks import aggregate_statistics_task, import_intermediates_task, register_videos_task
 from trackset.adapters import check_real_backends
+from trackset.domain import STAGE_ORDER
 from trackset.errors import TracksetError
 from trackset.run_report import RunSummary
 from trackset.settings import Settings, load_settings
-from trackset.stages.base import STAGE_ORDER
 
 
 def resolve_settings(
@@ -106,7 +106,8 @@ def build_dataset(
         listed = "\n".join(f"  {f.video_id} {f.stage} ({f.kind}): {f.reason}" for f in summary.failures[:10])
         more = f"\n  ... and {len(summary.failures) - 10} more" if len(summary.failures) > 10 else ""
         raise VideosFailedError(
-            f"{len(summary.failures)} video(s) failed (run.fail_on_video_error is set); the others landed:\n{listed}{more}"
+            f"{len(summary.failures)} video(s) failed (run.fail_on_video_error is set); "
+            f"the others landed:\n{listed}{more}"
         )
     return summary
 

@@ -60,15 +60,6 @@ def parse_assignments(assignments: list[str]) -> dict[str, Any]:
     return out
 
 
-STATISTICS_ROWS = (
-    ("displacement", "displacement_num_samples"),
-    ("depth", "depth_num_samples"),
-    ("pose", "pose_num_samples"),
-    ("hand_uvd_disp", "hand_pose_num_samples"),
-    ("hand_rot_disp", "hand_pose_num_samples"),
-)
-
-
 def _rounded(value: object) -> str:
     """A statistic for the terminal: 4 significant digits, lists kept as lists."""
     if isinstance(value, list):
@@ -107,7 +98,9 @@ def print_summary(summary: RunSummary) -> None:
     statistics = Table(title="Dataset statistics (normalization_stats.yaml)")
     for column in ("statistic", "samples", "mean", "std"):
         statistics.add_column(column)
-    for name, count_key in STATISTICS_ROWS:
+    from trackset.statistics import STATISTIC_KEYS  # here: numpy stays out of the CLI's start-up
+
+    for _, name, count_key in STATISTIC_KEYS:
         stats = summary.statistics
         if f"{name}_mean" in stats:
             statistics.add_row(
@@ -188,7 +181,11 @@ def cmd_make_corpus(args: argparse.Namespace) -> int:
     from trackset.synthetic.corpus import make_corpus
 
     paths = make_corpus(
-        Path(args.out), num_videos=args.videos, num_frames=args.frames, seed=args.seed, codec=args.codec,
+        Path(args.out),
+        num_videos=args.videos,
+        num_frames=args.frames,
+        seed=args.seed,
+        codec=args.codec,
         container=args.container,
     )
     for path in paths:

@@ -2,9 +2,11 @@
 
 The caller picks the task runner with ``process_stage.with_options(task_runner=...)``:
 threads or CPU workers for cheap stages, a GPU-pinned Dask cluster sized by the memory
-profile for GPU stages. GPU tasks are submitted under ``dask.annotate(resources={"GPU":
-1})`` so they only land on GPU workers. Progress is published as videos finish, into the
-stage's ``progress-<stage>`` artifact shared by every subflow of that stage.
+profile for GPU stages; the profiling run of a GPU stage is the same subflow named
+``profile-memory``. GPU tasks are submitted under ``dask.annotate(resources={"GPU": 1})``
+so they only land on GPU workers. Progress is published as videos finish, into the stage's
+``progress-<stage>`` artifact shared by every subflow of that stage; the count of videos
+finished before this subflow is the caller's (:class:`ProgressReport` only reports).
 """
 
 from __future__ import annotations
@@ -20,24 +22,28 @@ from prefect.futures import PrefectFuture, as_completed
 
 from tasks.retry import is_out_of_memory
 from tasks.stage_tasks import configured, process_shard, process_video
+from trackset.domain import StageRecord, VideoFailure, VideoRef
 from trackset.errors import TracksetError
-from trackset.run_report import StageOutcome, VideoFailure
-from trackset.settings import Settings
-from trackset.stages.base import GPU_STAGES, StageRecord, VideoRef
+from trackset.run_report import StageOutcome
+from trackset.settings import RetrySettings
+from trackset.stages.config import StageConfig
+from trackset.stages.registry import GPU_STAGES
 from trackset.worklist import WorkList
 
 
-@dataclass
-class StageProgress:
-    """The ``progress-<stage>`` artifact and how many of the stage's videos are finished."""
+@dataclass(frozen=True)
+class ProgressReport:
+    """Where a subflow reports progress: the ``progress-<stage>`` artifact, the stage's total
+    and how many of its videos were finished before this subflow started."""
 
     artifact_id: UUID
     total: int
-    done: int = 0
+    done_before: int = 0
 
     def report(self, finished_now: int) -> None:
-        """Publish ``done + finished_now``; the caller adds a subflow's videos to ``done`` after it."""
-        update_progress_artifact(self.artifact_id, 100.0 * (self.done + finished_now) / max(self.total, 1))
+        """Publish ``done_before + finished_now`` of ``total``."""
+        done = min(self.done_before + finished_now, self.total)
+        update_progress_artifact(self.artifact_id, 100.0 * done / max(self.total, 1))
 
 
 def _shards(videos: list[VideoRef], size: int) -> list[list[VideoRef]]:
@@ -59,16 +65,16 @@ def _failure(stage: str, video: VideoRef, exc: object, message: str | None, retr
 def run_stage_tasks(
     stage: str,
     videos: list[VideoRef],
-    settings: Settings,
+    config: StageConfig,
+    retry: RetrySettings,
     shard_size: int | None = None,
-    progress: StageProgress | None = None,
+    progress: ProgressReport | None = None,
 ) -> StageOutcome:
     """Submit ``stage`` for ``videos`` to the current flow's runner and collect the outcome.
 
-    A plain function, not a flow, so ``process-stage`` and ``profile-memory`` both run the
-    tasks on their own runner (a flow called inside a flow would bring its own). A shard
-    that still fails after its retries, other than by a typed error, is split into one task
-    per video, so a transient fault of one video (a full disk, say) fails that video alone.
+    A shard that still fails after its retries, other than by a typed error, is split into
+    one task per video, so a transient fault of one video (a full disk, say) fails that
+    video alone.
     """
     logger = get_run_logger()
     outcome = StageOutcome(stage)
@@ -76,13 +82,13 @@ def run_stage_tasks(
     placement = dask.annotate(resources={"GPU": 1}) if stage in GPU_STAGES else nullcontext()
     with placement:
         if shard_size:
-            task_ = configured(process_shard, stage, settings)
+            task_ = configured(process_shard, stage, retry)
             for index, shard in enumerate(_shards(videos, shard_size)):
-                futures[task_.submit(stage, index, shard, settings)] = shard
+                futures[task_.submit(stage, index, shard, config)] = shard
         else:
-            task_ = configured(process_video, stage, settings)
+            task_ = configured(process_video, stage, retry)
             for video in videos:
-                futures[task_.submit(stage, video, settings)] = [video]
+                futures[task_.submit(stage, video, config)] = [video]
 
     finished = 0
     isolate: list[VideoRef] = []
@@ -100,10 +106,12 @@ def run_stage_tasks(
             if len(batch) > 1 and not isinstance(exc, TracksetError):
                 # One video's transient error (a full disk, an I/O error) failed the whole
                 # shard after its retries; rerun its videos one per task so it fails alone.
-                logger.warning("%s: a shard of %d videos failed (%s); rerunning them one per task", stage, len(batch), exc)
+                logger.warning(
+                    "%s: a shard of %d videos failed (%s); rerunning them one per task", stage, len(batch), exc
+                )
                 isolate += batch
             else:
-                outcome.failures += [_failure(stage, v, exc, state.message, settings.retry.retries) for v in batch]
+                outcome.failures += [_failure(stage, v, exc, state.message, retry.retries) for v in batch]
         finished += len(batch)
         if progress is not None:
             progress.report(finished)
@@ -112,7 +120,7 @@ def run_stage_tasks(
         logger.warning("%s failed for video %s (%s): %s", stage, failure.video_id, failure.kind, failure.reason)
     if isolate:
         # Videos the shard finished before failing are current now and come back as skipped.
-        single = run_stage_tasks(stage, isolate, settings)
+        single = run_stage_tasks(stage, isolate, config, retry)
         outcome.records += single.records
         outcome.failures += single.failures
     return outcome
@@ -122,9 +130,10 @@ def run_stage_tasks(
 def process_stage(
     stage: str,
     work: WorkList,
-    settings: Settings,
+    config: StageConfig,
+    retry: RetrySettings,
     shard_size: int | None = None,
-    progress: StageProgress | None = None,
+    progress: ProgressReport | None = None,
 ) -> StageOutcome:
     """Run ``stage`` on the videos of ``work``: one task per video, or per shard of ``shard_size``.
 
@@ -133,4 +142,4 @@ def process_stage(
     ``out_of_memory`` failures, not raised, so the caller can re-run them on fewer workers
     per GPU (DECISIONS.md).
     """
-    return run_stage_tasks(stage, work.load(), settings, shard_size, progress)
+    return run_stage_tasks(stage, work.load(), config, retry, shard_size, progress)

@@ -27,6 +27,6 @@ def retry_on_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any
         state.result()
     except TracksetError:
         return False
-    except Exception as exc:  # noqa: BLE001 - deciding by type is the point here
+    except Exception as exc:
         return not is_out_of_memory(exc)
     return False

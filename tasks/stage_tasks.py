@@ -1,6 +1,8 @@
 """The Prefect tasks that run a stage: one video per task (GPU stages) or a shard (cheap ones).
 
-Bodies stay thin: the worker-cached stage does the work and returns a small record.
+Bodies stay thin: the worker-cached stage does the work and returns a small record. A task
+receives the stage's own config (:mod:`trackset.stages.config`), never the whole settings,
+so the worker's model cache survives changes to knobs the stage does not read.
 Prefect's own cache is off (``NO_CACHE``) on purpose: completion lives in marker and
 partials files beside the outputs, so a reset Prefect database or deleted outputs can
 never make a run skip work that is not on disk.
@@ -8,15 +10,18 @@ never make a run skip work that is not on disk.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
 from prefect.tasks import exponential_backoff
 
 from tasks.retry import retry_on_transient
-from trackset.run_report import VideoFailure, run_isolated
-from trackset.settings import Settings
-from trackset.stages.base import GPU_STAGES, StageRecord, VideoRef, stage_slug
+from trackset.domain import StageRecord, VideoFailure, VideoRef, stage_slug
+from trackset.settings import RetrySettings
+from trackset.stages.config import StageConfig
+from trackset.stages.registry import GPU_STAGES
 from trackset.worker_cache import get_stage
 
 
@@ -33,9 +38,9 @@ def _run_name(kind: str) -> str:
     cache_policy=NO_CACHE,
     retry_condition_fn=retry_on_transient,
 )
-def process_video(stage: str, video: VideoRef, settings: Settings) -> StageRecord:
+def process_video(stage: str, video: VideoRef, config: StageConfig) -> StageRecord:
     """Run ``stage`` on one video with this worker's cached model."""
-    record = get_stage(stage, settings).run(video)
+    record = get_stage(stage, config).run(video)
     record.info["attempts"] = task_run.run_count
     return record
 
@@ -46,15 +51,16 @@ def process_video(stage: str, video: VideoRef, settings: Settings) -> StageRecor
     cache_policy=NO_CACHE,
     retry_condition_fn=retry_on_transient,
 )
-def process_shard(stage: str, shard: int, videos: list[VideoRef], settings: Settings) -> list[StageRecord | VideoFailure]:
+def process_shard(
+    stage: str, shard: int, videos: list[VideoRef], config: StageConfig
+) -> list[StageRecord | VideoFailure]:
     """Run ``stage`` on a batch of videos; a bad video fails alone, transient errors retry the shard."""
-    runner = get_stage(stage, settings)
-    return [run_isolated(runner, video) for video in videos]
+    runner = get_stage(stage, config)
+    return [runner.run_isolated(video) for video in videos]
 
 
-def configured(task_: Task, stage: str, settings: Settings) -> Task:
+def configured(task_: Task[..., Any], stage: str, retry: RetrySettings) -> Task[..., Any]:
     """The task with this run's retry settings and the stage's tags (``gpu`` for GPU stages)."""
-    retry = settings.retry
     return task_.with_options(
         retries=retry.retries,
         retry_delay_seconds=exponential_backoff(backoff_factor=retry.retry_delay_s)(retry.retries)

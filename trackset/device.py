@@ -9,16 +9,18 @@ profiler, the sizing and the out-of-memory policy run unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
 
+from trackset.allocator import Allocator, TorchAllocator
 from trackset.fake_device import FakeDevice, current_fake_device, ledger_dir_for
 from trackset.gpu_inventory import GpuInventory, NvmlInventory, NvmlUnavailableError
 from trackset.memory_probe import VideoMemoryProbe
-from trackset.settings import Settings
-from trackset.synthetic.cost import Allocator, TorchAllocator
+from trackset.settings import FakeGpu
 from trackset.worker_spec import visible_gpu_index
 
 
@@ -44,7 +46,7 @@ class WorkerDevice:
             self.fake.release_all()
 
 
-def worker_device(settings: Settings) -> WorkerDevice:
+def worker_device(work_dir: Path, fake_gpus: Sequence[FakeGpu]) -> WorkerDevice:
     """The device of this worker process, read from ``CUDA_VISIBLE_DEVICES`` at call time.
 
     Call it inside worker code (stage ``setup``), never at import: Dask's Nanny sets the
@@ -57,5 +59,5 @@ def worker_device(settings: Settings) -> WorkerDevice:
         except NvmlUnavailableError:  # CUDA without NVML: the probe reads PyTorch's allocator only
             nvml = None
         return WorkerDevice("cuda", gpu, TorchAllocator(), nvml=nvml)
-    fake = current_fake_device(settings.cluster, ledger_dir_for(settings.paths.work_dir))
+    fake = current_fake_device(fake_gpus, ledger_dir_for(work_dir))
     return WorkerDevice("fake", fake.gpu_index, fake, fake)

@@ -31,7 +31,7 @@ import json
 import mmap
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 
 from trackset.layout import write_text_atomic
-from trackset.settings import ClusterSettings
+from trackset.settings import FakeGpu
 from trackset.sizing import gib_to_bytes
 from trackset.worker_spec import visible_gpu_index
 
@@ -139,9 +139,7 @@ class FakeDevice:
         >>> ledgers.cleanup()
     """
 
-    def __init__(
-        self, ledger_dir: Path, gpu_index: int, capacity_bytes: int, *, materialize: bool = False
-    ) -> None:
+    def __init__(self, ledger_dir: Path, gpu_index: int, capacity_bytes: int, *, materialize: bool = False) -> None:
         if gpu_index < 0:
             raise ValueError(f"gpu_index must be non-negative, got {gpu_index}")
         if capacity_bytes <= 0:
@@ -349,18 +347,19 @@ def _touched_buffer(nbytes: int) -> np.ndarray:
     return buffer
 
 
-def current_fake_device(
-    cluster: ClusterSettings, ledger_dir: Path, *, materialize: bool = False
-) -> FakeDevice:
+def current_fake_device(fake_gpus: Sequence[FakeGpu], ledger_dir: Path, *, materialize: bool = False) -> FakeDevice:
     """This worker's fake GPU: index from ``CUDA_VISIBLE_DEVICES`` (default 0), capacity from settings.
+
+    Args:
+        fake_gpus: the fake inventory (``cluster.fake_gpus``).
+        ledger_dir: the ledger directory shared by the workers (:func:`ledger_dir_for`).
+        materialize: see :class:`FakeDevice`.
 
     Raises:
         ValueError: the index has no entry in ``cluster.fake_gpus``.
     """
     index = visible_gpu_index()
-    if index >= len(cluster.fake_gpus):
-        raise ValueError(
-            f"CUDA_VISIBLE_DEVICES selects fake GPU {index}, but cluster.fake_gpus has {len(cluster.fake_gpus)}"
-        )
-    capacity = gib_to_bytes(cluster.fake_gpus[index].memory_gb)
+    if index >= len(fake_gpus):
+        raise ValueError(f"CUDA_VISIBLE_DEVICES selects fake GPU {index}, but cluster.fake_gpus has {len(fake_gpus)}")
+    capacity = gib_to_bytes(fake_gpus[index].memory_gb)
     return FakeDevice(ledger_dir, index, capacity, materialize=materialize)

@@ -70,22 +70,6 @@ def window_relative_poses(extrinsics: np.ndarray, starts: np.ndarray, window_len
     return extrinsics[starts][:, None] @ invert_rigid(extrinsics)[frames]
 
 
-def project_uvd(points_cam: np.ndarray, intrinsics: np.ndarray, image_size: int) -> np.ndarray:
-    """Project camera-frame points to ``(u, v, d)``: pixel / S and z in metres.
-
-    Examples:
-        >>> K = np.array([[100.0, 0, 128], [0, 100.0, 128], [0, 0, 1]])
-        >>> project_uvd(np.array([[0.0, 0.0, 2.0]]), K, 256).tolist()
-        [[0.5, 0.5, 2.0]]
-    """
-    points_cam = points_cam.astype(np.float64)
-    z = points_cam[..., 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x_px = intrinsics[0, 0] * points_cam[..., 0] / z + intrinsics[0, 1] * points_cam[..., 1] / z + intrinsics[0, 2]
-        y_px = intrinsics[1, 1] * points_cam[..., 1] / z + intrinsics[1, 2]
-    return np.stack([x_px / image_size, y_px / image_size, z], axis=-1)
-
-
 def rotation_to_6d(rotations: np.ndarray) -> np.ndarray:
     """Rotation matrices to 6D: column 0 then column 1 (the script pipeline's order).
 

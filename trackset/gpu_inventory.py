@@ -274,4 +274,3 @@ def detect_inventory(cluster: ClusterSettings, ledger_dir: Path | None = None) -
         return nvml
     nvml.close()
     return FakeInventory(cluster, ledger_dir, indices)
-

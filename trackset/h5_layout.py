@@ -19,15 +19,12 @@ import h5py
 import numpy as np
 
 from trackset import geometry
+from trackset import h5_schema as schema
 from trackset.errors import BadInputError
-from trackset.intermediates import HAND_SIDES, DepthCamera, HandPoses, Tracks3d
+from trackset.intermediates import DepthCamera, HandPoses, Tracks3d
 from trackset.layout import atomic_path
 from trackset.settings import H5Settings
-from trackset.statistics import Moments
-
-# Depth moments are accumulated over frame chunks so a long video never needs a float64
-# copy of all its pixels at once.
-_DEPTH_CHUNK_FRAMES = 32
+from trackset.statistics import Moments, per_video_moments
 
 
 @dataclass
@@ -39,6 +36,16 @@ class HandWindows:
     uvd_displacements: np.ndarray  # (W,L,3)
     query_rot_6d: np.ndarray  # (W,6)
     rot_displacements: np.ndarray  # (W,L,6)
+
+    def datasets(self) -> dict[str, np.ndarray]:
+        """The per-window arrays by their :data:`~trackset.h5_schema.HAND_SHAPES` suffix, in
+        the order they are written."""
+        return {
+            schema.HAND_QUERY_UVD: self.query_uvd,
+            schema.HAND_UVD_DISPLACEMENTS: self.uvd_displacements,
+            schema.HAND_QUERY_ROT_6D: self.query_rot_6d,
+            schema.HAND_ROT_DISPLACEMENTS: self.rot_displacements,
+        }
 
 
 @dataclass
@@ -122,8 +129,8 @@ def resize_depth(
         return table[bits], Moments.of_counts(table, counts)
     image = _clip_valid(sampled.astype(np.float32), lo, hi)
     moments = Moments.empty(1)
-    for start in range(0, image.shape[0], _DEPTH_CHUNK_FRAMES):
-        chunk = image[start : start + _DEPTH_CHUNK_FRAMES]
+    for start in range(0, image.shape[0], schema.DEPTH_CHUNK_FRAMES):
+        chunk = image[start : start + schema.DEPTH_CHUNK_FRAMES]
         moments = Moments.merge(moments, Moments.of(chunk[chunk > 0]))
     return image, moments
 
@@ -142,7 +149,7 @@ def _project(points: np.ndarray, k: np.ndarray, size: int) -> np.ndarray:
 def _full_windows(tracks: Tracks3d, num_frames: int, length: int) -> tuple[np.ndarray, list[np.ndarray]]:
     """Windows that start a full window of ``length`` steps, sorted by start."""
     chosen: dict[int, np.ndarray] = {}
-    for (start, end), points in zip(tracks.windows, tracks.tracks):
+    for (start, end), points in zip(tracks.windows, tracks.tracks, strict=True):
         if end - start >= length and start + length <= num_frames:
             chosen.setdefault(start, points[:length])
     starts = np.array(sorted(chosen), dtype=np.int64)
@@ -208,7 +215,7 @@ def build_arrays(
     uvd = _project(points, k, size)
     with np.errstate(invalid="ignore"):
         in_image = (uvd[..., 0] >= 0) & (uvd[..., 0] <= 1) & (uvd[..., 1] >= 0) & (uvd[..., 1] <= 1) & (uvd[..., 2] > 0)
-    keep = in_image.all(axis=1)  # (W,N): in image at every step (NaN padding fails)
+    keep = np.asarray(in_image.all(axis=1))  # (W,N): in image at every step (NaN padding fails)
     uvd32 = uvd.astype(np.float32)
     query = uvd32[:, 0].copy()
     query[..., 2] = np.clip(query[..., 2], settings.depth_min_m, settings.depth_max_m)
@@ -218,7 +225,7 @@ def build_arrays(
 
     hand_windows: dict[str, HandWindows] = {}
     if hands is not None:
-        for side in HAND_SIDES:
+        for side in schema.HAND_SIDES:
             hand = hands.side(side)
             hand_windows[side] = _hand_windows(hand.valid, hand.wrist_pose, rel_poses, frames_idx, k, size)
 
@@ -237,21 +244,20 @@ def build_arrays(
 
 
 def video_moments(arrays: VideoArrays) -> dict[str, Moments]:
-    """Per-video moments of every statistic, from the values as written (FORMATS.md rules)."""
-    disp_rows = [d.reshape(-1, 3) for d in arrays.displacements]
-    displacement = Moments.of(np.concatenate(disp_rows) if disp_rows else np.zeros((0, 3), np.float32))
-    query_depth = np.concatenate([q[:, 2] for q in arrays.query_coords]) if arrays.query_coords else np.zeros(0)
-    depth = Moments.merge(arrays.depth_moments, Moments.of(query_depth[query_depth > 0].reshape(-1, 1)))
-    pose = Moments.of(arrays.poses.reshape(-1, 9))
-    uvd_rows = [h.uvd_displacements.reshape(-1, 3) for h in arrays.hands.values()]
-    rot_rows = [h.rot_displacements.reshape(-1, 6) for h in arrays.hands.values()]
-    return {
-        "displacement": displacement,
-        "depth": depth,
-        "pose": pose,
-        "hand_uvd": Moments.of(np.concatenate(uvd_rows) if uvd_rows else np.zeros((0, 3), np.float32)),
-        "hand_rot": Moments.of(np.concatenate(rot_rows) if rot_rows else np.zeros((0, 6), np.float32)),
-    }
+    """Per-video moments of every statistic, from the values as written.
+
+    The rule is :func:`trackset.statistics.per_video_moments`, which ``validate --deep``
+    applies to the values it reads back; both pass the hands in ``HAND_SIDES`` order (the
+    order :func:`build_arrays` makes them in), so both sum the same rows in the same order.
+    """
+    return per_video_moments(
+        arrays.depth_moments,
+        arrays.query_coords,
+        arrays.displacements,
+        arrays.poses,
+        [hand.uvd_displacements for hand in arrays.hands.values()],
+        [hand.rot_displacements for hand in arrays.hands.values()],
+    )
 
 
 class _SmallDatasetWriter:
@@ -287,25 +293,23 @@ def write_h5(path: Path, arrays: VideoArrays, compression: str = "none") -> None
         size = arrays.video.shape[-1]
         video_chunks = {"chunks": (1, 3, size, size)} if big else {}
         depth_chunks = {"chunks": (1, size, size)} if big else {}
-        f.create_dataset("root/video", data=arrays.video, **plain, **big, **video_chunks)
-        f.create_dataset("root/depth", data=arrays.depth, **plain, **big, **depth_chunks)
-        f.create_dataset("root/intrinsics", data=arrays.intrinsics, **plain)
-        group = f.create_group("root/tracks")
+        f.create_dataset(schema.root_path(schema.VIDEO), data=arrays.video, **plain, **big, **video_chunks)
+        f.create_dataset(schema.root_path(schema.DEPTH), data=arrays.depth, **plain, **big, **depth_chunks)
+        f.create_dataset(schema.root_path(schema.INTRINSICS), data=arrays.intrinsics, **plain)
+        group = f.create_group(schema.root_path(schema.TRACKS))
         small = _SmallDatasetWriter()
         # Row of each window in a hand's arrays, which hold only the windows where it is valid.
         hand_rows = {side: np.cumsum(hand.valid) - 1 for side, hand in arrays.hands.items()}
         for w, start in enumerate(arrays.starts):
-            frame = group.create_group(f"frame_{int(start):04d}")
-            small.write(frame, "query_coords", arrays.query_coords[w])
-            small.write(frame, "displacements", arrays.displacements[w])
-            small.write(frame, "poses", arrays.poses[w])
+            frame = group.create_group(schema.window_group(start))
+            small.write(frame, schema.QUERY_COORDS, arrays.query_coords[w])
+            small.write(frame, schema.DISPLACEMENTS, arrays.displacements[w])
+            small.write(frame, schema.POSES, arrays.poses[w])
             for side, hand in arrays.hands.items():
                 if hand.valid[w]:
                     index = int(hand_rows[side][w])
-                    small.write(frame, f"{side}_wrist_query_uvd", hand.query_uvd[index])
-                    small.write(frame, f"{side}_wrist_uvd_displacements", hand.uvd_displacements[index])
-                    small.write(frame, f"{side}_wrist_query_rot_6d", hand.query_rot_6d[index])
-                    small.write(frame, f"{side}_wrist_rot_displacements", hand.rot_displacements[index])
-        f.create_dataset("root/num_frames", data=arrays.num_frames, **plain)
-        f.create_dataset("root/num_track_ts", data=arrays.num_track_ts, **plain)
-        f.create_dataset("root/track_type", data="3d", **plain)
+                    for suffix, values in hand.datasets().items():
+                        small.write(frame, schema.hand_key(side, suffix), values[index])
+        f.create_dataset(schema.root_path(schema.NUM_FRAMES), data=arrays.num_frames, **plain)
+        f.create_dataset(schema.root_path(schema.NUM_TRACK_TS), data=arrays.num_track_ts, **plain)
+        f.create_dataset(schema.root_path(schema.TRACK_TYPE), data=schema.TRACK_TYPE_3D, **plain)

@@ -110,9 +110,7 @@ def backproject_wrist(
     return positions, valid
 
 
-def drop_fast_jumps(
-    positions: np.ndarray, valid: np.ndarray, fps: float, max_speed_m_s: float = 1.0
-) -> np.ndarray:
+def drop_fast_jumps(positions: np.ndarray, valid: np.ndarray, fps: float, max_speed_m_s: float = 1.0) -> np.ndarray:
     """Invalidate frames that jump away faster than ``max_speed_m_s``.
 
     The reference is the **last kept valid frame**, not the previous frame: a frame is kept

@@ -11,15 +11,12 @@ convention; the stored ``window_poses`` (computed E_s^-1 E_{s+k} by the scripts)
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trackset.domain import VideoRef, is_video_id
 from trackset.layout import DatasetLayout, WorkLayout
 from trackset.manifest import Manifest
-from trackset.stages.base import VideoRef
-
-_VIDEO_ID = re.compile(r"^\d{5}$")
 
 
 @dataclass
@@ -57,8 +54,8 @@ def scan_intermediates(root: Path) -> ImportScan:
     scan = ImportScan()
     for npz in sorted((root / "vipe").glob("*.npz")):
         video_id = npz.stem
-        if not _VIDEO_ID.match(video_id):
-            scan.skipped[npz.name] = "not a 5-digit video id"
+        if not is_video_id(video_id):
+            scan.skipped[npz.name] = "not a video id (5 or more digits, zero-padded to 5)"
             continue
         if not (work.frames_dir(video_id).is_dir() and work.tracks_3d(video_id).is_file()):
             scan.skipped[video_id] = "frames/ or tracks_3d/ missing"
@@ -72,4 +69,5 @@ def register_imports(root: Path, dataset: DatasetLayout, videos: list[VideoRef])
     """Record imported videos in the dataset's manifest under their own ids."""
     manifest = Manifest.load(dataset.manifest)
     for video in videos:
-        manifest.register_import(video.video_id, f"import:{root.resolve().as_posix()}/{video.video_id}", video.content_hash)
+        source = f"import:{root.resolve().as_posix()}/{video.video_id}"
+        manifest.register_import(video.video_id, source, video.content_hash)

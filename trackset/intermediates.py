@@ -20,9 +20,8 @@ import numpy as np
 import torch
 
 from trackset.errors import BadInputError
+from trackset.h5_schema import HAND_SIDES
 from trackset.layout import WorkLayout, atomic_path, write_text_atomic
-
-HAND_SIDES = ("left", "right")
 
 
 @dataclass(frozen=True)
@@ -105,7 +104,7 @@ def _numpy_safe_globals() -> list[Any]:
     numpy 2 pickles name ``numpy._core``; files written under numpy 1.x name ``numpy.core``.
     Both spellings are admitted for the same two functions.
     """
-    from numpy._core.multiarray import _reconstruct, scalar  # type: ignore[attr-defined]
+    from numpy._core.multiarray import _reconstruct, scalar
 
     dtypes = [type(np.dtype(t)) for t in ("b1", "u1", "i4", "i8", "f2", "f4", "f8")]
     return [
@@ -167,7 +166,10 @@ class _Checker:
 
     def array(self, key: str, shape: tuple[int | None, ...], kinds: str, value: Any = None) -> np.ndarray:
         arr = as_array(self.get(key) if value is None else value)
-        if arr.ndim != len(shape) or any(want is not None and got != want for got, want in zip(arr.shape, shape)):
+        mismatch = arr.ndim != len(shape) or any(
+            want is not None and got != want for got, want in zip(arr.shape, shape, strict=True)
+        )
+        if mismatch:
             want = "(" + ",".join("?" if s is None else str(s) for s in shape) + ")"
             raise self.fail(f"'{key}' has shape {tuple(arr.shape)}, expected {want}")
         if arr.dtype.kind not in kinds:
@@ -306,7 +308,7 @@ def read_tracks_3d(path: Path, video_id: str, num_frames: int) -> Tracks3d:
         raise check.fail(f"video_name is {name!r}, not {video_id!r} (a file from another video?)")
     windows: list[tuple[int, int]] = []
     tracks: list[np.ndarray] = []
-    for index, (window, raw) in enumerate(zip(raw_windows, raw_tracks)):
+    for index, (window, raw) in enumerate(zip(raw_windows, raw_tracks, strict=True)):
         start, end = (int(x) for x in window)
         if not 0 <= start < end <= num_frames:
             raise check.fail(f"window {index} = ({start}, {end}) outside the video's {num_frames} frames")
@@ -315,6 +317,9 @@ def read_tracks_3d(path: Path, video_id: str, num_frames: int) -> Tracks3d:
         tracks.append(arr[0])
     intrinsics = check.array("intrinsics", (3, 3), "f")
     window_length = int(data.get("window_length", windows[0][1] - windows[0][0] if windows else 0))
+    resolution = [int(x) for x in data.get("resolution", (0, 0))]
+    if len(resolution) != 2:
+        raise check.fail(f"'resolution' is {resolution}, expected (height, width)")
     return Tracks3d(
         windows=windows,
         tracks=tracks,
@@ -323,7 +328,7 @@ def read_tracks_3d(path: Path, video_id: str, num_frames: int) -> Tracks3d:
         window_length=window_length,
         stride=int(data.get("stride", 1)),
         grid_size=int(data.get("grid_size", 0)),
-        resolution=tuple(int(x) for x in data.get("resolution", (0, 0))),  # type: ignore[arg-type]
+        resolution=(resolution[0], resolution[1]),
     )
 
 

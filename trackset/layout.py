@@ -1,49 +1,20 @@
 """Where every intermediate and output of a video lives.
 
-Paths are built from validated 5-digit video ids only, never from source file names, so no
-path can escape the work or dataset directory (FORMATS.md: "no path ever comes from a file
-name").
+Paths are built from validated video ids only (:func:`trackset.domain.check_video_id`), never
+from source file names, so no path can escape the work or dataset directory (FORMATS.md: "no
+path ever comes from a file name").
 """
 
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-_VIDEO_ID = re.compile(r"^\d{5}$")
-
-
-def check_video_id(video_id: str) -> str:
-    """Return ``video_id`` if it is a 5-digit id, else raise ``ValueError``.
-
-    Examples:
-        >>> check_video_id("00042")
-        '00042'
-        >>> check_video_id("../etc")
-        Traceback (most recent call last):
-        ...
-        ValueError: invalid video id '../etc': expected 5 digits
-    """
-    if not isinstance(video_id, str) or not _VIDEO_ID.match(video_id):
-        raise ValueError(f"invalid video id {video_id!r}: expected 5 digits")
-    return video_id
-
-
-def format_video_id(number: int) -> str:
-    """Format an integer as a video id.
-
-    Examples:
-        >>> format_video_id(7)
-        '00007'
-    """
-    if not 0 <= number <= 99999:
-        raise ValueError(f"video number {number} out of range 0..99999")
-    return f"{number:05d}"
+from trackset.domain import check_video_id, is_video_id, video_id_order
 
 
 @dataclass(frozen=True)
@@ -102,7 +73,7 @@ class DatasetLayout:
         folder = self.root / "partials"
         if not folder.is_dir():
             return []
-        return sorted(p.stem for p in folder.glob("*.json") if _VIDEO_ID.match(p.stem))
+        return sorted((p.stem for p in folder.glob("*.json") if is_video_id(p.stem)), key=video_id_order)
 
 
 @contextmanager

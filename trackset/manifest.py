@@ -2,7 +2,7 @@
 
 ``manifest.jsonl`` in the dataset directory holds one JSON object per line (FORMATS.md,
 "Conventions"). A ``kind: "video"`` line maps a source file (its path relative to the
-videos directory) to a 5-digit id, a sha256 of its bytes and the ``(size, mtime_ns)`` it was
+videos directory) to a video id (5 digits, more past 99,999), a sha256 of its bytes and the ``(size, mtime_ns)`` it was
 hashed at; the latest line of a path wins. A ``kind: "quarantine"`` line records a video
 that did not fit alone on a GPU, with the inputs and settings it failed with (DECISIONS.md,
 "Out-of-memory policy").
@@ -27,13 +27,13 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO
 
-from trackset.layout import check_video_id, format_video_id
+from trackset.domain import check_video_id, format_video_id, video_id_order
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class ManifestEntry:
     """One source file's id and content, as recorded on a ``kind: "video"`` line.
 
     Attributes:
-        video_id: 5-digit id naming every output of this video.
+        video_id: the id naming every output of this video (:func:`trackset.domain.format_video_id`).
         source: path relative to the videos directory, POSIX separators.
         sha256: hex sha256 of the file's bytes.
         size: size in bytes when hashed.
@@ -208,7 +208,7 @@ class Manifest:
         self.path = Path(path)
         self._by_source: dict[str, ManifestEntry] = {}
         self._source_of_id: dict[str, str] = {}
-        self._quarantines: list[QuarantineRecord] = []
+        self._quarantines: dict[str, list[QuarantineRecord]] = {}
         self._max_id = -1
         self._valid_bytes = 0  # end of the last complete line
         self._needs_newline = False  # last record is complete but its "\n" was cut off
@@ -227,7 +227,7 @@ class Manifest:
 
     def entries(self) -> list[ManifestEntry]:
         """The current entry of every source ever registered (missing ones too), by id."""
-        return sorted(self._by_source.values(), key=lambda entry: entry.video_id)
+        return sorted(self._by_source.values(), key=lambda entry: video_id_order(entry.video_id))
 
     def register(self, videos_dir: Path, extensions: Iterable[str]) -> RegisterResult:
         """Give every video under ``videos_dir`` an id and record new or changed content.
@@ -280,7 +280,9 @@ class Manifest:
                 appended.append(entry)
             self._append(handle, appended)
         missing = [entry for source, entry in self._by_source.items() if source not in seen]
-        return RegisterResult(*(_sorted_by_id(group) for group in (new, changed, unchanged, missing)), unreadable)
+        return RegisterResult(
+            _sorted_by_id(new), _sorted_by_id(changed), _sorted_by_id(unchanged), _sorted_by_id(missing), unreadable
+        )
 
     def register_import(self, video_id: str, source: str, sha256: str) -> ManifestEntry:
         """Record a video imported from existing intermediates under the id it already has.
@@ -308,14 +310,20 @@ class Manifest:
             self._append(handle, [record])
         return record
 
-    def quarantined(self, video_id: str, sha256: str, settings_fingerprint: str) -> str | None:
+    def quarantined(self, video_id: str, sha256: str, key_of: Callable[[str], str]) -> str | None:
         """The reason ``video_id`` is quarantined with this content and settings, else ``None``.
+
+        Args:
+            video_id: the video.
+            sha256: its content hash now.
+            key_of: the current quarantine key of a stage (its settings fingerprint now), asked
+                only for the stages that quarantined this video, so a dataset without
+                quarantines costs nothing here.
 
         A new hash or settings fingerprint no longer matches the record, which releases it.
         """
-        key = (video_id, sha256, settings_fingerprint)
-        for record in reversed(self._quarantines):  # the latest record's reason
-            if (record.video_id, record.sha256, record.settings_fingerprint) == key:
+        for record in reversed(self._quarantines.get(video_id, [])):  # the latest record's reason
+            if record.sha256 == sha256 and record.settings_fingerprint == key_of(record.stage):
                 return record.reason
         return None
 
@@ -351,7 +359,7 @@ class Manifest:
 
     def _reload(self) -> None:
         """Parse the whole file into fresh state (see :meth:`load` for the rules)."""
-        self._by_source, self._source_of_id, self._quarantines, self._max_id = {}, {}, [], -1
+        self._by_source, self._source_of_id, self._quarantines, self._max_id = {}, {}, {}, -1
         self._valid_bytes, self._needs_newline = 0, False
         try:
             data = self.path.read_bytes()
@@ -400,7 +408,7 @@ class Manifest:
     def _apply(self, record: ManifestEntry | QuarantineRecord, where: str) -> None:
         """Fold one record into the state, refusing lines that would move an id or a path."""
         if isinstance(record, QuarantineRecord):
-            self._quarantines.append(record)
+            self._quarantines.setdefault(record.video_id, []).append(record)
             return
         previous = self._by_source.get(record.source)
         if previous is not None and previous.video_id != record.video_id:
@@ -412,7 +420,7 @@ class Manifest:
             raise ValueError(f"{where}: id {record.video_id} of {record.source!r} already belongs to {owner!r}")
         self._by_source[record.source] = record
         self._source_of_id[record.video_id] = record.source
-        self._max_id = max(self._max_id, int(record.video_id))
+        self._max_id = max(self._max_id, video_id_order(record.video_id))
 
 
 def _encode(record: ManifestEntry | QuarantineRecord) -> bytes:
@@ -422,7 +430,7 @@ def _encode(record: ManifestEntry | QuarantineRecord) -> bytes:
 
 
 def _sorted_by_id(entries: list[ManifestEntry]) -> list[ManifestEntry]:
-    return sorted(entries, key=lambda entry: entry.video_id)
+    return sorted(entries, key=lambda entry: video_id_order(entry.video_id))
 
 
 def _normalise_extension(extension: str) -> str:

@@ -265,9 +265,7 @@ class VideoMemoryProbe:
         """
         pid = os.getpid()
         read = (lambda: inventory.process_used_bytes(gpu_index, pid)) if inventory is not None else None
-        return cls(
-            "cuda", read=read, context_bytes=cuda_context_bytes(inventory, gpu_index), interval_s=interval_s
-        )
+        return cls("cuda", read=read, context_bytes=cuda_context_bytes(inventory, gpu_index), interval_s=interval_s)
 
     @classmethod
     def for_fake(cls, device: FakeDevice, interval_s: float = SAMPLE_INTERVAL_S) -> VideoMemoryProbe:

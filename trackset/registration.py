@@ -7,28 +7,28 @@ content or the settings change.
 
 from __future__ import annotations
 
-import hashlib
+import json
 from dataclasses import dataclass, field
+from functools import cache, partial
 from pathlib import Path
 
+from trackset.domain import VideoFailure, VideoRef, video_id_order
 from trackset.errors import BadInputError
 from trackset.importer import register_imports, scan_intermediates
 from trackset.layout import DatasetLayout
 from trackset.manifest import Manifest
-from trackset.run_report import VideoFailure
-from trackset.settings import Settings
-from trackset.stages.base import VideoRef, stage_fingerprints
-from trackset.stages.h5_build import H5BuildStage
+from trackset.settings import ClusterSettings, Settings
+from trackset.stages.config import StageConfig, short_hash
+from trackset.stages.registry import build_stage, stage_config
 
 
-def quarantine_fingerprint(settings: Settings, content_hash: str) -> str:
-    """What must change to release a quarantined video: its outputs' settings or the cluster."""
-    parts = (
-        stage_fingerprints(settings, content_hash)["h5_build"],
-        settings.cluster.fingerprint(),
-        settings.synthetic.fingerprint(),
-    )
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+def quarantine_key(config: StageConfig, cluster: ClusterSettings, content_hash: str) -> str:
+    """What must change to release a video quarantined by a stage: its content, the stage's
+    config (its settings, synthetic cost, fake GPUs and everything upstream) or the GPUs chosen.
+
+    Retries, the runner and other stages' knobs leave it quarantined.
+    """
+    return short_hash(config.quarantine_key(content_hash), json.dumps(cluster.gpus))
 
 
 @dataclass
@@ -54,16 +54,22 @@ def register_videos(settings: Settings) -> Registration:
     dataset = DatasetLayout(settings.paths.dataset_dir)
     manifest = Manifest.load(dataset.manifest)
     result = manifest.register(settings.paths.videos_dir, settings.paths.video_extensions)
-    entries = sorted(result.new + result.changed + result.unchanged, key=lambda e: e.video_id)
-    h5 = H5BuildStage(settings)
+    entries = sorted(result.new + result.changed + result.unchanged, key=lambda e: video_id_order(e.video_id))
+    h5 = build_stage("h5_build", settings)
     registration = Registration(new=len(result.new), changed=len(result.changed), missing=len(result.missing))
+    config_of = cache(partial(stage_config, settings=settings))
+
+    def key_of(stage: str, sha256: str) -> str:
+        return quarantine_key(config_of(stage), settings.cluster, sha256)
+
     for source in result.unreadable:
-        error = BadInputError(source.video_id or "(not registered)", "register", source.path, f"unreadable: {source.reason}")
+        vid = source.video_id or "(not registered)"
+        error = BadInputError(vid, "register", source.path, f"unreadable: {source.reason}")
         registration.excluded.append(VideoFailure(source.video_id or source.source, "register", str(error)))
     for entry in entries:
         video = VideoRef(entry.video_id, entry.source_path(settings.paths.videos_dir), entry.sha256)
         registration.videos.append(video)
-        reason = manifest.quarantined(entry.video_id, entry.sha256, quarantine_fingerprint(settings, entry.sha256))
+        reason = manifest.quarantined(entry.video_id, entry.sha256, partial(key_of, sha256=entry.sha256))
         if reason is not None:
             registration.excluded.append(VideoFailure(entry.video_id, "quarantine", reason, "quarantined", 0))
         elif not h5.is_done(video):
@@ -80,7 +86,7 @@ def import_intermediates(settings: Settings) -> Registration:
     dataset = DatasetLayout(settings.paths.dataset_dir)
     scan = scan_intermediates(root)
     register_imports(root, dataset, scan.videos)
-    h5 = H5BuildStage(settings)
+    h5 = build_stage("h5_build", settings)
     registration = Registration(videos=list(scan.videos), new=len(scan.videos))
     registration.pending = [video for video in scan.videos if not h5.is_done(video)]
     registration.excluded = [

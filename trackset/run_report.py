@@ -7,35 +7,9 @@ with its reason, or quarantined with its reason.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field
 
-from trackset.errors import VideoError
-from trackset.stages.base import Stage, StageRecord, VideoRef
-
-FailureKind = Literal["error", "out_of_memory", "quarantined"]
-
-
-@dataclass(frozen=True)
-class VideoFailure:
-    """A video that did not get through a stage, and why."""
-
-    video_id: str
-    stage: str
-    reason: str
-    kind: FailureKind = "error"
-    attempts: int = 1
-
-
-def run_isolated(stage: Stage, video: VideoRef) -> StageRecord | VideoFailure:
-    """Run one video; a typed video error becomes a failure record instead of stopping a shard.
-
-    Other exceptions propagate, so the task's retry policy sees them.
-    """
-    try:
-        return stage.run(video)
-    except VideoError as exc:
-        return VideoFailure(video.video_id, stage.name, str(exc))
+from trackset.domain import StageRecord, VideoFailure, is_video_id, video_id_order
 
 
 def stage_table(records: list[StageRecord], failures: list[VideoFailure]) -> list[dict[str, object]]:
@@ -64,7 +38,7 @@ def stage_table(records: list[StageRecord], failures: list[VideoFailure]) -> lis
         }
         for f in failures
     ]
-    return sorted(rows, key=lambda row: str(row["video"]))
+    return sorted(rows, key=lambda row: _order(str(row["video"])))
 
 
 @dataclass
@@ -77,7 +51,7 @@ class StageOutcome:
 
     @property
     def succeeded(self) -> list[str]:
-        return sorted(r.video_id for r in self.records)
+        return sorted((r.video_id for r in self.records), key=video_id_order)
 
     def seconds(self) -> float:
         return sum(r.seconds for r in self.records)
@@ -98,9 +72,6 @@ class RunSummary:
     def failures(self) -> list[VideoFailure]:
         return [f for outcome in self.stages for f in outcome.failures] + self.extra_failures
 
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
-
     def to_markdown(self) -> str:
         """The ``run-summary`` artifact: counts, failures with reasons, statistics, output."""
         lines = [
@@ -119,7 +90,8 @@ class RunSummary:
         for outcome in self.stages:
             done = sum(r.status == "done" for r in outcome.records)
             skipped = sum(r.status == "skipped" for r in outcome.records)
-            lines.append(f"| {outcome.stage} | {done} | {skipped} | {len(outcome.failures)} | {outcome.seconds():.1f} |")
+            failed = len(outcome.failures)
+            lines.append(f"| {outcome.stage} | {done} | {skipped} | {failed} | {outcome.seconds():.1f} |")
         if self.failures:
             lines += ["", "## Failures", "", "| video | stage | kind | reason |", "|---|---|---|---|"]
             lines += [f"| {f.video_id} | {f.stage} | {f.kind} | {f.reason.replace('|', '/')} |" for f in self.failures]
@@ -138,3 +110,8 @@ def _short(value: object) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_short(v) for v in value) + "]"
     return str(value)
+
+
+def _order(video: str) -> tuple[int, int | str]:
+    """Rows by video id in the reader's order; rows of unregistered files (a path) last, by name."""
+    return (0, video_id_order(video)) if is_video_id(video) else (1, video)

@@ -99,7 +99,6 @@ class H5Settings(_Section):
     depth_min_m: float = Field(0.1, gt=0)
     depth_max_m: float = Field(2.5, gt=0)
     compression: Literal["none", "lzf", "gzip"] = "none"
-    shard_size: int = Field(4, ge=1)
 
     @model_validator(mode="after")
     def _depth_range(self) -> H5Settings:
@@ -125,6 +124,13 @@ class SyntheticStageCost(_Section):
     cpu_s_per_frame: float = Field(0.0, ge=0)
 
 
+class SyntheticModelSettings(_Section):
+    """What one stage's synthetic backend needs: its noise and what it pretends to cost."""
+
+    noise_std: float = Field(0.0, ge=0)
+    cost: SyntheticStageCost = SyntheticStageCost()
+
+
 class SyntheticSettings(_Section):
     """Synthetic backends and corpus."""
 
@@ -132,6 +138,15 @@ class SyntheticSettings(_Section):
     depth_camera: SyntheticStageCost = SyntheticStageCost()
     tracks_3d: SyntheticStageCost = SyntheticStageCost()
     hands: SyntheticStageCost = SyntheticStageCost()
+
+    def for_stage(self, stage: str) -> SyntheticModelSettings:
+        """The part of this section one stage's synthetic backend reads.
+
+        Examples:
+            >>> SyntheticSettings(noise_std=0.01).for_stage("hands").noise_std
+            0.01
+        """
+        return SyntheticModelSettings(noise_std=self.noise_std, cost=getattr(self, stage))
 
 
 class FakeGpu(_Section):
@@ -152,6 +167,7 @@ class ClusterSettings(_Section):
     profiling_videos: int = Field(2, ge=1)
     scheduler_address: str | None = None
     cpu_workers: int = Field(2, ge=1)
+    cpu_task_videos: int = Field(4, ge=1)
     worker_preload: list[str] = []
 
 
@@ -214,6 +230,10 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
+#: Keys that moved, so a settings file written for an older trackset fails with a pointer.
+RENAMED_KEYS: dict[str, str] = {"h5.shard_size": "cluster.cpu_task_videos"}
+
+
 def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
     """Resolve settings from the defaults, a YAML file, the environment and overrides.
 
@@ -255,7 +275,8 @@ def _first_error_line(exc: ValidationError) -> str:
     loc = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-after"))
     message = error["msg"].replace("Value error, ", "")
     if error["type"] == "extra_forbidden":
-        return f"settings: {loc}: unknown key"
+        renamed = f" (renamed to {RENAMED_KEYS[loc]})" if loc in RENAMED_KEYS else ""
+        return f"settings: {loc}: unknown key{renamed}"
     got = error.get("input")
     suffix = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
     more = f"; and {len(exc.errors()) - 1} more" if len(exc.errors()) > 1 else ""

@@ -4,9 +4,10 @@ DECISIONS.md ("GPU memory") fixes the rule::
 
     workers per GPU = clamp(floor(headroom * total / peak), 1, max_workers_per_gpu)
 
-where *peak* is the most GPU memory one worker held on one video (profiled or the stage's
-prior ``StageResources.gpu_memory_gb``) and *total* is what the stage may use on that GPU
-(its memory minus what other processes hold, :attr:`trackset.gpu_inventory.GpuInfo.available_bytes`).
+where *peak* is the most GPU memory one worker held on one video (profiled, or, when no
+video gave a reading, the real model's prior ``StageResources.gpu_memory_gb`` from the stage
+table, see :mod:`trackset.packing`) and *total* is what the stage may use on that GPU (its
+memory minus what other processes hold, :attr:`trackset.gpu_inventory.GpuInfo.available_bytes`).
 
 The formula floors and never rounds up: packing one worker too many turns a slow run into
 out-of-memory failures. The product ``headroom * total`` is computed with exact rationals

@@ -21,15 +21,17 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import yaml
 
-from trackset.layout import check_video_id, write_text_atomic
+from trackset.domain import check_video_id, video_id_order
+from trackset.h5_schema import TRACK_TYPE_3D
+from trackset.layout import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -39,16 +41,55 @@ STATISTIC_DIMS: dict[str, int] = {"displacement": 3, "depth": 1, "pose": 9, "han
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
-# (statistic, YAML key prefix, key of its sample count written after it) in FORMATS.md order.
-# The hand statistics are "*_disp_*" there and share one count, written after hand_rot.
-_YAML_KEYS: list[tuple[str, str, str | None]] = [
-    ("displacement", "displacement", "displacement_num_samples"),
-    ("depth", "depth", "depth_num_samples"),
-    ("pose", "pose", "pose_num_samples"),
-    ("hand_uvd", "hand_uvd_disp", None),
-    ("hand_rot", "hand_rot_disp", "hand_pose_num_samples"),
-]
-_TRACK_DIMS = {"3d": 3}
+#: Keys of ``normalization_stats.yaml`` that FORMATS.md requires, in its order. trackset
+#: writes ``std_floored`` after them.
+STATS_YAML_KEYS: tuple[str, ...] = (
+    "imagenet_mean",
+    "imagenet_std",
+    "track_type",
+    "track_dim",
+    "displacement_mean",
+    "displacement_std",
+    "displacement_num_samples",
+    "depth_mean",
+    "depth_std",
+    "depth_num_samples",
+    "pose_mean",
+    "pose_std",
+    "pose_num_samples",
+    "hand_uvd_disp_mean",
+    "hand_uvd_disp_std",
+    "hand_rot_disp_mean",
+    "hand_rot_disp_std",
+    "hand_pose_num_samples",
+)
+STD_FLOORED_KEY = "std_floored"
+
+
+class StatisticKeys(NamedTuple):
+    """Where one statistic of :data:`STATISTIC_DIMS` lands in ``normalization_stats.yaml``.
+
+    Attributes:
+        statistic: its name in :data:`STATISTIC_DIMS` and :class:`VideoPartials`.
+        prefix: of its ``<prefix>_mean`` and ``<prefix>_std`` keys.
+        count_key: the key of its sample count.
+    """
+
+    statistic: str
+    prefix: str
+    count_key: str
+
+
+#: Every statistic's YAML keys, in :data:`STATISTIC_DIMS` order. The hand statistics are
+#: "*_disp_*" in FORMATS.md and share one count (their counts are equal by construction).
+STATISTIC_KEYS: tuple[StatisticKeys, ...] = (
+    StatisticKeys("displacement", "displacement", "displacement_num_samples"),
+    StatisticKeys("depth", "depth", "depth_num_samples"),
+    StatisticKeys("pose", "pose", "pose_num_samples"),
+    StatisticKeys("hand_uvd", "hand_uvd_disp", "hand_pose_num_samples"),
+    StatisticKeys("hand_rot", "hand_rot_disp", "hand_pose_num_samples"),
+)
+_TRACK_DIMS = {TRACK_TYPE_3D: 3}
 
 
 @dataclass(frozen=True, eq=False)
@@ -168,7 +209,9 @@ class Moments:
         v = np.asarray(values, dtype=np.float64)
         w = np.asarray(counts)
         if v.ndim != 1 or w.shape != v.shape or w.dtype.kind not in "iu":
-            raise ValueError(f"values and integer counts must have one shape (n,), got {v.shape} and {w.shape} {w.dtype}")
+            raise ValueError(
+                f"values and integer counts must have one shape (n,), got {v.shape} and {w.shape} {w.dtype}"
+            )
         if (w < 0).any():
             raise ValueError("counts must be non-negative")
         present = w > 0
@@ -350,7 +393,7 @@ def aggregate(partials: Iterable[VideoPartials]) -> dict[str, Moments]:
         >>> aggregate([])["pose"].count
         0
     """
-    ordered = sorted(partials, key=lambda p: p.video_id)
+    ordered = sorted(partials, key=lambda p: video_id_order(p.video_id))
     for previous, current in itertools.pairwise(ordered):
         if previous.video_id == current.video_id:
             raise ValueError(f"statistics partials of video {current.video_id} given twice")
@@ -360,8 +403,11 @@ def aggregate(partials: Iterable[VideoPartials]) -> dict[str, Moments]:
     }
 
 
-def normalization_stats(merged: Mapping[str, Moments], std_floor: float, track_type: str = "3d") -> dict[str, Any]:
-    """The content of ``normalization_stats.yaml``: every key of FORMATS.md, in its order.
+def normalization_stats(
+    merged: Mapping[str, Moments], std_floor: float, track_type: str = TRACK_TYPE_3D
+) -> dict[str, Any]:
+    """The content of ``normalization_stats.yaml``: :data:`STATS_YAML_KEYS` in order, then
+    :data:`STD_FLOORED_KEY`.
 
     Each std component below ``std_floor`` is raised to it and named in ``std_floored``,
     since the reader only adds 1e-8 and a zero std would blow normalised values up. A
@@ -398,7 +444,7 @@ def normalization_stats(merged: Mapping[str, Moments], std_floor: float, track_t
             raise ValueError(f"statistic {name} must have dimension {dim}, got {merged[name].dim}")
     _check_hand_counts(merged["hand_uvd"], merged["hand_rot"], "merged statistics")
 
-    stats: dict[str, Any] = {
+    values: dict[str, Any] = {
         "imagenet_mean": list(IMAGENET_MEAN),
         "imagenet_std": list(IMAGENET_STD),
         "track_type": track_type,
@@ -406,7 +452,7 @@ def normalization_stats(merged: Mapping[str, Moments], std_floor: float, track_t
     }
     floored: list[str] = []
     empty: list[str] = []
-    for name, prefix, count_key in _YAML_KEYS:
+    for name, prefix, count_key in STATISTIC_KEYS:
         moments = merged[name]
         if moments.count == 0:
             empty.append(name)
@@ -419,16 +465,70 @@ def normalization_stats(merged: Mapping[str, Moments], std_floor: float, track_t
                     floored.append(f"{prefix}_std" if moments.dim == 1 else f"{prefix}_std[{index}]")
             mean_values = moments.mean.tolist()
             mean, std = (mean_values[0], std_values[0]) if moments.dim == 1 else (mean_values, std_values)
-        stats[f"{prefix}_mean"] = mean
-        stats[f"{prefix}_std"] = std
-        if count_key is not None:
-            stats[count_key] = moments.count
-    stats["std_floored"] = floored
+        values[f"{prefix}_mean"] = mean
+        values[f"{prefix}_std"] = std
+        values[count_key] = moments.count
+    values[STD_FLOORED_KEY] = floored
     for name in empty:
         logger.warning("statistic %s has no samples: writing null mean and std with 0 samples", name)
     if floored:
         logger.warning("std below std_floor=%g raised to it: %s", std_floor, ", ".join(floored))
-    return stats
+    return {key: values[key] for key in (*STATS_YAML_KEYS, STD_FLOORED_KEY)}
+
+
+def per_video_moments(
+    depth_pixels: Moments,
+    query_coords: Sequence[np.ndarray],
+    displacements: Sequence[np.ndarray],
+    poses: np.ndarray | Sequence[np.ndarray],
+    hand_uvd_displacements: Sequence[np.ndarray],
+    hand_rot_displacements: Sequence[np.ndarray],
+) -> dict[str, Moments]:
+    """One video's moments of every statistic, by FORMATS.md's rules, from its H5 values.
+
+    The H5 stage calls this on the values it writes and ``validate --deep`` on the values it
+    reads back, so both count the same samples in the same order: every displacement row of
+    every window (step 0 included), every valid depth pixel plus every query depth > 0,
+    every pose row, every hand displacement row.
+
+    Args:
+        depth_pixels: moments of the valid (non-zero) pixels of ``root/depth``, summed by
+            the caller as it makes or reads them.
+        query_coords: per window, ``(N_w, 3)`` (u, v, d).
+        displacements: per window, ``(L, N_w, 3)``.
+        poses: per window, ``(L, 9)``; a ``(W, L, 9)`` array is fine.
+        hand_uvd_displacements: per block of rows (a hand, or a window of a hand), ``(..., 3)``.
+        hand_rot_displacements: the same blocks, ``(..., 6)``.
+
+    Returns:
+        The five statistics of :data:`STATISTIC_DIMS`, in its order.
+
+    Examples:
+        >>> m = per_video_moments(
+        ...     Moments.of(np.array([2.0])),
+        ...     [np.array([[0.5, 0.5, 1.0], [0.5, 0.5, 0.0]])],
+        ...     [np.zeros((2, 2, 3))],
+        ...     np.zeros((1, 2, 9)),
+        ...     [],
+        ...     [],
+        ... )
+        >>> m["displacement"].count, m["depth"].count, m["depth"].mean.tolist(), m["pose"].count, m["hand_rot"].count
+        (4, 2, [1.5], 2, 0)
+    """
+    query_depth = np.concatenate([q[:, 2] for q in query_coords]) if len(query_coords) else np.zeros(0)
+    return {
+        "displacement": _moments_of_rows(displacements, STATISTIC_DIMS["displacement"]),
+        "depth": depth_pixels.merge(Moments.of(query_depth[query_depth > 0].reshape(-1, 1))),
+        "pose": _moments_of_rows(poses, STATISTIC_DIMS["pose"]),
+        "hand_uvd": _moments_of_rows(hand_uvd_displacements, STATISTIC_DIMS["hand_uvd"]),
+        "hand_rot": _moments_of_rows(hand_rot_displacements, STATISTIC_DIMS["hand_rot"]),
+    }
+
+
+def _moments_of_rows(blocks: np.ndarray | Sequence[np.ndarray], dim: int) -> Moments:
+    """Moments of the ``dim``-component rows of every block, blocks in the given order."""
+    rows = [np.reshape(block, (-1, dim)) for block in blocks]
+    return Moments.of(np.concatenate(rows) if rows else np.zeros((0, dim)))
 
 
 def write_stats_yaml(path: Path, stats: Mapping[str, Any]) -> None:

@@ -19,14 +19,17 @@ Examples:
     >>> report = ValidationReport(Path("dataset"))
     >>> report.checked("00000.hdf5", "14 frames, 5 windows")
     >>> report.add("00001.hdf5", "finite", "root/depth: 3 non-finite values")
-    >>> report.ok, report.rows()
-    (False, [('00000.hdf5', 'ok', '14 frames, 5 windows'), ('00001.hdf5', 'FAIL', 'finite: root/depth: 3 non-finite values')])
+    >>> report.ok
+    False
+    >>> for row in report.rows():
+    ...     print(row)
+    ('00000.hdf5', 'ok', '14 frames, 5 windows')
+    ('00001.hdf5', 'FAIL', 'finite: root/depth: 3 non-finite values')
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,32 +38,21 @@ from typing import Any
 import h5py
 import numpy as np
 import yaml
+from numpy.typing import ArrayLike, DTypeLike
 
-from trackset.intermediates import HAND_SIDES
+from trackset import h5_schema as schema
+from trackset.domain import is_video_id, video_id_order
+from trackset.h5_schema import HAND_SIDES, root_path
 from trackset.layout import DatasetLayout
 from trackset.settings import H5Settings
-from trackset.statistics import STATISTIC_DIMS, Moments, VideoPartials, aggregate, normalization_stats
-
-#: Keys of ``normalization_stats.yaml`` that FORMATS.md requires (trackset adds ``std_floored``).
-FORMATS_STATS_KEYS: tuple[str, ...] = (
-    "imagenet_mean",
-    "imagenet_std",
-    "track_type",
-    "track_dim",
-    "displacement_mean",
-    "displacement_std",
-    "displacement_num_samples",
-    "depth_mean",
-    "depth_std",
-    "depth_num_samples",
-    "pose_mean",
-    "pose_std",
-    "pose_num_samples",
-    "hand_uvd_disp_mean",
-    "hand_uvd_disp_std",
-    "hand_rot_disp_mean",
-    "hand_rot_disp_std",
-    "hand_pose_num_samples",
+from trackset.statistics import (
+    STATISTIC_DIMS,
+    STATS_YAML_KEYS,
+    Moments,
+    VideoPartials,
+    aggregate,
+    normalization_stats,
+    per_video_moments,
 )
 
 STATS_RTOL = 1e-12
@@ -73,21 +65,15 @@ float32 values summed in another order differ in the last bits only, an edited v
 POSE_ATOL = 1e-6
 """Step 0 of poses is ``E_s @ inv(E_s)`` in float64, the identity up to rounding, not exactly."""
 
-_VIDEO_ID = re.compile(r"^\d{5}$")
-_FRAME_GROUP = re.compile(r"^frame_(\d+)$")
-_ROOT_KEYS = {"video", "depth", "intrinsics", "tracks", "num_frames", "num_track_ts", "track_type", "text"}
-_WINDOW_KEYS = ("query_coords", "displacements", "poses")
-# Suffix of each hand dataset after "<side>_wrist_", with its shape (None = L, the window length).
-_HAND_KEYS: dict[str, tuple[int | None, ...]] = {
-    "query_uvd": (3,),
-    "uvd_displacements": (None, 3),
-    "query_rot_6d": (6,),
-    "rot_displacements": (None, 6),
-}
-_KNOWN_WINDOW_KEYS = {*_WINDOW_KEYS, *(f"{side}_wrist_{suffix}" for side in HAND_SIDES for suffix in _HAND_KEYS)}
+# Paths named in problems.
+_VIDEO = root_path(schema.VIDEO)
+_DEPTH = root_path(schema.DEPTH)
+_INTRINSICS = root_path(schema.INTRINSICS)
+_TRACKS = root_path(schema.TRACKS)
+_NUM_FRAMES = root_path(schema.NUM_FRAMES)
+_NUM_TRACK_TS = root_path(schema.NUM_TRACK_TS)
 _IDENTITY_9D = np.array([1, 0, 0, 0, 1, 0, 0, 0, 0], dtype=np.float64)
 _IDENTITY_6D = _IDENTITY_9D[:6]
-_DEPTH_CHUNK_FRAMES = 32
 _MAX_NAMED = 5  # windows named in one problem line; the rest are counted
 _F32_EPS = float(np.finfo(np.float32).eps)
 
@@ -165,10 +151,13 @@ def validate_dataset(dataset_dir: Path, h5: H5Settings, std_floor: float, deep: 
 
     video_ids: list[str] = []
     for path in sorted(dataset_dir.glob("*.hdf5")):
-        if _VIDEO_ID.match(path.stem):
+        if is_video_id(path.stem):
             video_ids.append(path.stem)
         else:
-            report.add(path.name, "name", "an H5 file must be named <5-digit video id>.hdf5")
+            report.add(
+                path.name, "name", "an H5 file must be named <video id>.hdf5 (5 or more digits, zero-padded to 5)"
+            )
+    video_ids.sort(key=video_id_order)
     if not video_ids:
         report.add(".", "layout", "no <vid>.hdf5 files in the dataset directory")
 
@@ -182,7 +171,7 @@ def validate_dataset(dataset_dir: Path, h5: H5Settings, std_floor: float, deep: 
             report.add(name, "partials", f"no partials/{video_id}.json: the video is missing from the statistics")
         elif deep and moments is not None and video_id in partials:
             _compare_moments(name, moments, partials[video_id], report)
-    for video_id in sorted(set(partial_ids) - set(video_ids)):
+    for video_id in sorted(set(partial_ids) - set(video_ids), key=video_id_order):
         report.add(
             _relative(layout.partials(video_id), dataset_dir), "partials", f"no {video_id}.hdf5 for these partials"
         )
@@ -221,14 +210,14 @@ def _check_h5(path: Path, name: str, h5: H5Settings, deep: bool, report: Validat
     checker = _H5Checker(name, h5, deep)
     try:
         f = h5py.File(path, "r")
-    except Exception as exc:  # noqa: BLE001 - h5py raises OSError, ValueError, ... on corrupt files
+    except Exception as exc:
         report.add(name, "open", f"cannot open: {_first_line(exc)}")
         report.checked(name, "")  # keeps the file's row in checking order
         return None
     try:
         with f:
             checker.run(f)
-    except Exception as exc:  # noqa: BLE001 - a damaged file is a finding, never a crash
+    except Exception as exc:
         checker.add("read", f"cannot read: {type(exc).__name__}: {_first_line(exc)}")
     report.problems.extend(checker.problems)
     report.checked(name, checker.summary())
@@ -293,7 +282,7 @@ class _H5Checker:
     def flush_window_issues(self) -> None:
         for (check, dataset, _), (detail, windows) in self._window_issues.items():
             if len(windows) == 1:
-                self.add(check, f"root/tracks/{windows[0]}/{dataset}: {detail}")
+                self.add(check, f"{_TRACKS}/{windows[0]}/{dataset}: {detail}")
             else:
                 named = ", ".join(windows[:_MAX_NAMED]) + (", ..." if len(windows) > _MAX_NAMED else "")
                 self.add(check, f"{dataset} in {len(windows)} windows ({named}); {windows[0]}: {detail}")
@@ -301,21 +290,21 @@ class _H5Checker:
 
     # -- structure -------------------------------------------------------------------------
 
-    def dataset(self, group: h5py.Group, key: str, where: str, required: bool = True) -> h5py.Dataset | None:
-        item = group.get(key)
+    def dataset(self, root: h5py.Group, key: str, required: bool = True) -> h5py.Dataset | None:
+        item = root.get(key)
         if item is None:
             if required:
-                self.add("layout", f"{where}/{key}: missing")
+                self.add("layout", f"{root_path(key)}: missing")
             return None
         if not isinstance(item, h5py.Dataset):
-            self.add("layout", f"{where}/{key}: a group, expected a dataset")
+            self.add("layout", f"{root_path(key)}: a group, expected a dataset")
             return None
         return item
 
-    def expect(self, ds: h5py.Dataset, path: str, shape: tuple[int | None, ...], dtype: np.dtype | str) -> bool:
+    def expect(self, ds: h5py.Dataset, path: str, shape: tuple[int | None, ...], dtype: DTypeLike) -> bool:
         """Report a shape or dtype mismatch; ``None`` in ``shape`` matches any length."""
         ok = True
-        if len(ds.shape) != len(shape) or any(e is not None and a != e for a, e in zip(ds.shape, shape)):
+        if len(ds.shape) != len(shape) or any(e is not None and a != e for a, e in zip(ds.shape, shape, strict=True)):
             wanted = (
                 "(" + ", ".join("*" if e is None else str(e) for e in shape) + ("," if len(shape) == 1 else "") + ")"
             )
@@ -327,68 +316,68 @@ class _H5Checker:
         return ok
 
     def scalar_int(self, root: h5py.Group, key: str) -> int | None:
-        ds = self.dataset(root, key, "root")
+        ds = self.dataset(root, key)
         if ds is None:
             return None
         if ds.shape != () or ds.dtype.kind not in "iu":
-            self.add("dtype", f"root/{key}: {ds.dtype} of shape {ds.shape}, expected an integer scalar")
+            self.add("dtype", f"{root_path(key)}: {ds.dtype} of shape {ds.shape}, expected an integer scalar")
             return None
         return int(ds[()])
 
     def run(self, f: h5py.File) -> None:
-        root = f.get("root")
+        root = f.get(schema.ROOT)
         if not isinstance(root, h5py.Group):
-            self.add("layout", "root: missing group")
+            self.add("layout", f"{schema.ROOT}: missing group")
             return
-        for key in sorted(set(root) - _ROOT_KEYS):
-            self.add("layout", f"root/{key}: not part of the FORMATS.md layout")
+        for key in sorted(set(root) - schema.ROOT_KEYS):
+            self.add("layout", f"{root_path(key)}: not part of the FORMATS.md layout")
         size = self.size
 
         frames = None
-        video = self.dataset(root, "video", "root")
+        video = self.dataset(root, schema.VIDEO)
         if video is not None:
-            self.expect(video, "root/video", (None, 3, size, size), np.uint8)
+            self.expect(video, _VIDEO, (None, 3, size, size), np.uint8)
             frames = video.shape[0] if video.ndim == 4 else None
-        num_frames = self.scalar_int(root, "num_frames")
+        num_frames = self.scalar_int(root, schema.NUM_FRAMES)
         if num_frames is not None and frames is not None and num_frames != frames:
-            self.add("value", f"root/num_frames: {num_frames}, but root/video has {frames} frames")
+            self.add("value", f"{_NUM_FRAMES}: {num_frames}, but {_VIDEO} has {frames} frames")
         frames = frames if frames is not None else num_frames
         self.num_frames = frames
 
-        depth = self.dataset(root, "depth", "root")
-        if depth is not None and self.expect(depth, "root/depth", (frames, size, size), np.float32):
+        depth = self.dataset(root, schema.DEPTH)
+        if depth is not None and self.expect(depth, _DEPTH, (frames, size, size), np.float32):
             self.check_depth(depth)
 
-        intrinsics = self.dataset(root, "intrinsics", "root")
-        if intrinsics is not None and self.expect(intrinsics, "root/intrinsics", (3, 3), np.float32):
+        intrinsics = self.dataset(root, schema.INTRINSICS)
+        if intrinsics is not None and self.expect(intrinsics, _INTRINSICS, (3, 3), np.float32):
             k = intrinsics[()].astype(np.float64)
             if not np.isfinite(k).all():
-                self.add("finite", "root/intrinsics: non-finite values")
+                self.add("finite", f"{_INTRINSICS}: non-finite values")
             elif not (k[0, 0] > 0 and k[1, 1] > 0 and k[2].tolist() == [0.0, 0.0, 1.0]):
-                self.add("range", f"root/intrinsics: not a camera matrix (fx, fy > 0, last row 0 0 1): {k.tolist()}")
+                self.add("range", f"{_INTRINSICS}: not a camera matrix (fx, fy > 0, last row 0 0 1): {k.tolist()}")
 
-        length = self.scalar_int(root, "num_track_ts")
+        length = self.scalar_int(root, schema.NUM_TRACK_TS)
         if length is not None and length < 1:
-            self.add("value", f"root/num_track_ts: {length}, expected a positive window length")
+            self.add("value", f"{_NUM_TRACK_TS}: {length}, expected a positive window length")
             length = None
 
-        track_type = self.dataset(root, "track_type", "root")
+        track_type = self.dataset(root, schema.TRACK_TYPE)
         if track_type is not None:
             value = track_type[()] if track_type.shape == () else None
             value = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-            if value != "3d":
-                self.add("value", f"root/track_type: {value!r}, expected '3d'")
-        text = self.dataset(root, "text", "root", required=False)
+            if value != schema.TRACK_TYPE_3D:
+                self.add("value", f"{root_path(schema.TRACK_TYPE)}: {value!r}, expected {schema.TRACK_TYPE_3D!r}")
+        text = self.dataset(root, schema.TEXT, required=False)
         if text is not None and (text.shape != () or text.dtype.kind not in "OSU"):
-            self.add("dtype", f"root/text: {text.dtype} of shape {text.shape}, expected a string scalar")
+            self.add("dtype", f"{root_path(schema.TEXT)}: {text.dtype} of shape {text.shape}, expected a string scalar")
 
-        tracks = root.get("tracks")
+        tracks = root.get(schema.TRACKS)
         if tracks is None:
-            self.add("layout", "root/tracks: missing group")
+            self.add("layout", f"{_TRACKS}: missing group")
         elif not isinstance(tracks, h5py.Group):
-            self.add("layout", "root/tracks: a dataset, expected a group")
+            self.add("layout", f"{_TRACKS}: a dataset, expected a group")
         elif length is None:
-            self.add("layout", "root/tracks: not checked, root/num_track_ts is unusable")
+            self.add("layout", f"{_TRACKS}: not checked, {_NUM_TRACK_TS} is unusable")
         else:
             windows = self.collect_windows(tracks, frames, length)
             self.flush_window_issues()
@@ -400,8 +389,8 @@ class _H5Checker:
         nonfinite = out_of_range = 0
         first_bad: int | None = None
         moments = Moments.empty(1)
-        for start in range(0, depth.shape[0], _DEPTH_CHUNK_FRAMES):
-            chunk = depth[start : start + _DEPTH_CHUNK_FRAMES]
+        for start in range(0, depth.shape[0], schema.DEPTH_CHUNK_FRAMES):
+            chunk = depth[start : start + schema.DEPTH_CHUNK_FRAMES]
             finite = np.isfinite(chunk)
             valid = finite & (chunk != 0)
             bad = valid & ((chunk < self.depth_lo) | (chunk > self.depth_hi))
@@ -414,27 +403,26 @@ class _H5Checker:
                 # The same chunking and order as the H5 stage, so the moments agree bitwise.
                 moments = moments.merge(Moments.of(chunk[chunk > 0].reshape(-1, 1)))
         if nonfinite:
-            self.add("finite", f"root/depth: {nonfinite} non-finite values (first in frame {first_bad})")
+            self.add("finite", f"{_DEPTH}: {nonfinite} non-finite values (first in frame {first_bad})")
         if out_of_range:
             self.add(
                 "range",
-                f"root/depth: {out_of_range} non-zero values outside [{self.depth_min}, {self.depth_max}] m "
+                f"{_DEPTH}: {out_of_range} non-zero values outside [{self.depth_min}, {self.depth_max}] m "
                 f"(first in frame {first_bad})",
             )
         self.depth_moments = moments
 
     def collect_windows(self, tracks: h5py.Group, frames: int | None, length: int) -> _Windows:
         """Check names, keys, shapes and dtypes of every window group and read the valid ones."""
-        windows = _Windows([], [], [], [], {side: {k: [] for k in _HAND_KEYS} for side in HAND_SIDES}, {})
+        windows = _Windows([], [], [], [], {side: {k: [] for k in schema.HAND_SHAPES} for side in HAND_SIDES}, {})
         last_start = None if frames is None else frames - length
         named: list[tuple[int, str]] = []
         beyond: list[str] = []
         for key in tracks:
-            match = _FRAME_GROUP.match(key)
-            if match is None or key != f"frame_{int(match.group(1)):04d}":
-                self.add("windows", f"root/tracks/{key}: not a frame_{{t:04d}} group name")
+            start = schema.parse_window_group(key)
+            if start is None:
+                self.add("windows", f"{_TRACKS}/{key}: not a {schema.WINDOW_GROUP_FORMAT} group name")
                 continue
-            start = int(match.group(1))
             if last_start is not None and start > last_start:
                 beyond.append(key)
                 continue
@@ -443,13 +431,13 @@ class _H5Checker:
             listed = ", ".join(beyond[:_MAX_NAMED]) + (", ..." if len(beyond) > _MAX_NAMED else "")
             self.add(
                 "windows",
-                f"root/tracks: {len(beyond)} window group(s) start after T-L = {frames}-{length} = {last_start}, "
+                f"{_TRACKS}: {len(beyond)} window group(s) start after T-L = {frames}-{length} = {last_start}, "
                 f"where no full window fits: {listed}",
             )
         for _, key in sorted(named):
             group = tracks[key]
             if not isinstance(group, h5py.Group):
-                self.add("layout", f"root/tracks/{key}: a dataset, expected a group")
+                self.add("layout", f"{_TRACKS}/{key}: a dataset, expected a group")
                 continue
             self.read_window(group, key, length, windows)
         self.window_count = len(named)
@@ -461,63 +449,56 @@ class _H5Checker:
         # One listing of the group's names: every h5py lookup costs tens of microseconds,
         # and a long video has hundreds of windows.
         present = set(group)
-        for extra in sorted(present - _KNOWN_WINDOW_KEYS):
+        for extra in sorted(present - schema.WINDOW_KEYS):
             self.window_issue("layout", extra, "not part of the FORMATS.md layout", key)
+        sizes = {schema.STEPS: length}  # POINTS is bound by the first dataset that has it
         arrays: dict[str, np.ndarray] = {}
-        for name in _WINDOW_KEYS:
+        for name, shape in schema.WINDOW_SHAPES.items():
             item = group[name] if name in present else None
             if not isinstance(item, h5py.Dataset):
                 self.window_issue("layout", name, "missing" if item is None else "a group, expected a dataset", key)
                 continue
-            if self.window_shape_ok(item, name, key, length, arrays):
+            if self.window_dataset_ok(item, name, shape, sizes, key):
                 arrays[name] = item[()]
-        if len(arrays) == len(_WINDOW_KEYS):
+                sizes.update(schema.bound_sizes(shape, item.shape, sizes))
+        if len(arrays) == len(schema.WINDOW_SHAPES):
             windows.names.append(key)
-            windows.query_coords.append(arrays["query_coords"])
-            windows.displacements.append(arrays["displacements"])
-            windows.poses.append(arrays["poses"])
+            windows.query_coords.append(arrays[schema.QUERY_COORDS])
+            windows.displacements.append(arrays[schema.DISPLACEMENTS])
+            windows.poses.append(arrays[schema.POSES])
         for side in HAND_SIDES:
-            names = {suffix: f"{side}_wrist_{suffix}" for suffix in _HAND_KEYS}
+            names = {suffix: schema.hand_key(side, suffix) for suffix in schema.HAND_SHAPES}
             missing = [name for name in names.values() if name not in present]
             if len(missing) == len(names):
                 continue  # this hand is not valid at every step of the window
             if missing:
-                self.window_issue("hands", f"{side}_wrist_*", f"incomplete set, missing {', '.join(missing)}", key)
+                self.window_issue(
+                    "hands", schema.hand_key(side, "*"), f"incomplete set, missing {', '.join(missing)}", key
+                )
                 continue
             hand: dict[str, np.ndarray] = {}
-            for suffix, shape in _HAND_KEYS.items():
+            for suffix, shape in schema.HAND_SHAPES.items():
                 item = group[names[suffix]]
                 if not isinstance(item, h5py.Dataset):
                     self.window_issue("layout", names[suffix], "a group, expected a dataset", key)
                     continue
-                wanted = tuple(length if e is None else e for e in shape)
+                wanted = schema.resolve_shape(shape, sizes)
                 if item.shape != wanted:
                     self.window_issue("shape", names[suffix], f"shape {item.shape}, expected {wanted}", key)
                 elif item.dtype != np.float32:
                     self.window_issue("dtype", names[suffix], f"dtype {item.dtype}, expected float32", key)
                 else:
                     hand[suffix] = item[()]
-            if len(hand) == len(_HAND_KEYS):
+            if len(hand) == len(schema.HAND_SHAPES):
                 windows.hand_names.setdefault(side, []).append(key)
                 for suffix, value in hand.items():
                     windows.hands[side][suffix].append(value)
 
-    def window_shape_ok(
-        self, item: h5py.Dataset, name: str, key: str, length: int, arrays: dict[str, np.ndarray]
+    def window_dataset_ok(
+        self, item: h5py.Dataset, name: str, shape: tuple[int | str, ...], sizes: Mapping[str, int], key: str
     ) -> bool:
-        if name == "query_coords":
-            ok_shape = item.ndim == 2 and item.shape[1] == 3
-            wanted = "(N, 3)"
-        elif name == "displacements":
-            n = arrays["query_coords"].shape[0] if "query_coords" in arrays else None
-            ok_shape = item.ndim == 3 and item.shape[0] == length and item.shape[2] == 3
-            ok_shape = ok_shape and (n is None or item.shape[1] == n)
-            wanted = f"(L, N, 3) = ({length}, {'N' if n is None else n}, 3)"
-        else:
-            ok_shape = item.shape == (length, 9)
-            wanted = f"(L, 9) = ({length}, 9)"
-        if not ok_shape:
-            self.window_issue("shape", name, f"shape {item.shape}, expected {wanted}", key)
+        if not schema.shape_matches(item.shape, shape, sizes):
+            self.window_issue("shape", name, f"shape {item.shape}, expected {schema.describe_shape(shape, sizes)}", key)
             return False
         if item.dtype != np.float32:
             self.window_issue("dtype", name, f"dtype {item.dtype}, expected float32", key)
@@ -532,12 +513,12 @@ class _H5Checker:
             self.check_points(windows)
             poses = np.stack(windows.poses).astype(np.float64)  # (W,L,9)
             nonfinite = (~np.isfinite(poses)).sum(axis=(1, 2))
-            self.per_window("finite", "poses", nonfinite, names, "non-finite values: {}")
+            self.per_window("finite", schema.POSES, nonfinite, names, "non-finite values: {}")
             with np.errstate(invalid="ignore"):
                 off = np.abs(poses[:, 0] - _IDENTITY_9D).max(axis=1)
             self.per_window(
                 "step0",
-                "poses",
+                schema.POSES,
                 (off > POSE_ATOL) & (nonfinite == 0),
                 names,
                 "step 0 is not the identity [1,0,0,0,1,0,0,0,0]",
@@ -560,13 +541,14 @@ class _H5Checker:
         query = np.concatenate(windows.query_coords).astype(np.float64)  # (M,3)
         disp = np.concatenate(windows.displacements, axis=1).astype(np.float64)  # (L,M,3)
 
-        def by_window(bad_points: np.ndarray) -> np.ndarray:
+        def by_window(bad_points: ArrayLike) -> np.ndarray:
             return np.bincount(owner, weights=bad_points, minlength=len(names)).astype(np.int64)
 
         q_finite = np.isfinite(query).all(axis=1)
         d_finite = np.isfinite(disp).all(axis=(0, 2))
-        self.per_window("finite", "query_coords", by_window(~q_finite), names, "points with non-finite values: {}")
-        self.per_window("finite", "displacements", by_window(~d_finite), names, "points with non-finite values: {}")
+        nonfinite = "points with non-finite values: {}"
+        self.per_window("finite", schema.QUERY_COORDS, by_window(~q_finite), names, nonfinite)
+        self.per_window("finite", schema.DISPLACEMENTS, by_window(~d_finite), names, nonfinite)
         with np.errstate(invalid="ignore"):
             uv_bad = q_finite & ((query[:, :2] < 0) | (query[:, :2] > 1)).any(axis=1)
             d_bad = q_finite & ((query[:, 2] < self.depth_lo) | (query[:, 2] > self.depth_hi))
@@ -583,44 +565,42 @@ class _H5Checker:
             )
             unclipped = query[:, 2] < self.clip_hi
             pos_d_bad = both & ~d_bad & unclipped & (pos[..., 2] <= -tol[..., 2]).any(axis=0)
-        self.per_window("range", "query_coords", by_window(uv_bad), names, "points with u or v outside [0, 1]: {}")
+        self.per_window("range", schema.QUERY_COORDS, by_window(uv_bad), names, "points with u or v outside [0, 1]: {}")
         self.per_window(
             "range",
-            "query_coords",
+            schema.QUERY_COORDS,
             by_window(d_bad),
             names,
             f"points with depth outside [{self.depth_min}, {self.depth_max}] m: {{}}",
         )
-        self.per_window("step0", "displacements", by_window(step0_bad), names, "points with a non-zero step 0: {}")
+        self.per_window("step0", schema.DISPLACEMENTS, by_window(step0_bad), names, "points with a non-zero step 0: {}")
         self.per_window(
             "range",
-            "displacements",
+            schema.DISPLACEMENTS,
             by_window(pos_uv_bad),
             names,
             "points leaving the image (u or v of query + displacement outside [0, 1]): {}",
         )
         self.per_window(
             "range",
-            "displacements",
+            schema.DISPLACEMENTS,
             by_window(pos_d_bad),
             names,
             "points reaching depth <= 0 (query + displacement): {}",
         )
 
     def check_hand(self, side: str, hand: dict[str, np.ndarray], names: list[str]) -> None:
-        prefix = f"{side}_wrist_"
         finite = {k: np.isfinite(v).reshape(len(v), -1).all(axis=1) for k, v in hand.items()}
         for suffix, ok in finite.items():
-            self.per_window("finite", prefix + suffix, (~ok).astype(int), names, "non-finite values")
-        uvd0 = hand["uvd_displacements"][:, 0]
-        rot0 = hand["rot_displacements"][:, 0]
+            self.per_window("finite", schema.hand_key(side, suffix), (~ok).astype(int), names, "non-finite values")
+        uvd, rot = schema.HAND_UVD_DISPLACEMENTS, schema.HAND_ROT_DISPLACEMENTS
         with np.errstate(invalid="ignore"):
-            uvd_bad = finite["uvd_displacements"] & (uvd0 != 0).any(axis=1)
-            rot_bad = finite["rot_displacements"] & (np.abs(rot0 - _IDENTITY_6D) > POSE_ATOL).any(axis=1)
-        self.per_window("step0", prefix + "uvd_displacements", uvd_bad.astype(int), names, "step 0 is not zero")
+            uvd_bad = finite[uvd] & (hand[uvd][:, 0] != 0).any(axis=1)
+            rot_bad = finite[rot] & (np.abs(hand[rot][:, 0] - _IDENTITY_6D) > POSE_ATOL).any(axis=1)
+        self.per_window("step0", schema.hand_key(side, uvd), uvd_bad.astype(int), names, "step 0 is not zero")
         self.per_window(
             "step0",
-            prefix + "rot_displacements",
+            schema.hand_key(side, rot),
             rot_bad.astype(int),
             names,
             "step 0 is not the identity [1,0,0,0,1,0]",
@@ -629,22 +609,20 @@ class _H5Checker:
     def recompute_moments(
         self, windows: _Windows, hands: dict[str, dict[str, np.ndarray]]
     ) -> dict[str, Moments] | None:
-        """Moments by FORMATS.md's rules from the values read, in the H5 stage's order."""
+        """The H5 stage's moments (:func:`~trackset.statistics.per_video_moments`) of the
+        values read, hands in :data:`~trackset.h5_schema.HAND_SIDES` order as the stage writes
+        them. Float64 copies of float32 values give the same moments bit for bit."""
         if self.problems or self._window_issues:
             return None  # values that failed a check make no comparable moments
-        disp_rows = [d.reshape(-1, 3) for d in windows.displacements]
-        query_depth = np.concatenate([q[:, 2] for q in windows.query_coords]) if windows.query_coords else np.zeros(0)
-        poses = np.stack(windows.poses) if windows.poses else np.zeros((0, 9), np.float32)
-        # float64 copies of float32 values: Moments.of converts to float64 anyway, bit for bit.
-        uvd_rows = [hands[s]["uvd_displacements"].reshape(-1, 3) for s in HAND_SIDES if s in hands]
-        rot_rows = [hands[s]["rot_displacements"].reshape(-1, 6) for s in HAND_SIDES if s in hands]
-        return {
-            "displacement": Moments.of(np.concatenate(disp_rows) if disp_rows else np.zeros((0, 3))),
-            "depth": self.depth_moments.merge(Moments.of(query_depth[query_depth > 0].reshape(-1, 1))),
-            "pose": Moments.of(poses.reshape(-1, 9)),
-            "hand_uvd": Moments.of(np.concatenate(uvd_rows) if uvd_rows else np.zeros((0, 3))),
-            "hand_rot": Moments.of(np.concatenate(rot_rows) if rot_rows else np.zeros((0, 6))),
-        }
+        sides = [side for side in HAND_SIDES if side in hands]
+        return per_video_moments(
+            self.depth_moments,
+            windows.query_coords,
+            windows.displacements,
+            windows.poses,
+            [hands[side][schema.HAND_UVD_DISPLACEMENTS] for side in sides],
+            [hands[side][schema.HAND_ROT_DISPLACEMENTS] for side in sides],
+        )
 
 
 def _compare_moments(
@@ -668,8 +646,9 @@ def _compare_moments(
         ):
             if off.any():
                 i = int(np.flatnonzero(off)[0])
+                got_value, stored_value = float(values[i]), float(ref[i])
                 report.add(
-                    name, "moments", f"{stat} {label}[{i}]: {values[i]!r} from the H5, {ref[i]!r} in its partials"
+                    name, "moments", f"{stat} {label}[{i}]: {got_value!r} from the H5, {stored_value!r} in its partials"
                 )
 
 
@@ -703,7 +682,7 @@ def _check_stats_yaml(
     except ValueError as exc:
         report.add(name, "stats", f"not compared: the partials do not merge: {_first_line(exc)}")
         return
-    missing = [key for key in dict.fromkeys([*FORMATS_STATS_KEYS, *expected]) if key not in stats]
+    missing = [key for key in dict.fromkeys([*STATS_YAML_KEYS, *expected]) if key not in stats]
     if missing:
         report.add(name, "stats", f"missing keys: {', '.join(missing)}")
     extra = [key for key in stats if key not in expected]
@@ -739,7 +718,7 @@ def compare_value(key: str, got: Any, want: Any, rtol: float = STATS_RTOL) -> st
     if isinstance(want, list):
         if not isinstance(got, list) or len(got) != len(want):
             return f"{key}: {_brief(got)} in the file, a list of {len(want)} expected"
-        for index, (g, w) in enumerate(zip(got, want)):
+        for index, (g, w) in enumerate(zip(got, want, strict=True)):
             mismatch = compare_value(f"{key}[{index}]", g, w, rtol)
             if mismatch is not None:
                 return mismatch

@@ -2,52 +2,32 @@
 
 Dask workers are processes, so a module-level cache is exactly "per worker". The thread
 runner shares one process, so the cache is guarded by a lock and a stage is set up once
-for all its threads. The key includes a hash of the settings, so a run with other settings
-never reuses a model loaded for the previous one.
+for all its threads. The key is the stage's config (:mod:`trackset.stages.config`): its
+paths, its own section and what it reads, so a run that changes a setting of another
+stage, the retries or the runner reuses the loaded model, and one that changes what this
+stage computes gets a fresh one.
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
-from importlib import import_module
+from typing import Any
 
-from trackset.settings import Settings
 from trackset.stages.base import Stage
+from trackset.stages.config import StageConfig
+from trackset.stages.registry import stage_class
 
-STAGE_CLASSES: dict[str, str] = {
-    "preprocess": "trackset.stages.preprocess:PreprocessStage",
-    "depth_camera": "trackset.stages.depth_camera:DepthCameraStage",
-    "tracks_3d": "trackset.stages.tracks_3d:Tracks3dStage",
-    "hands": "trackset.stages.hands:HandsStage",
-    "h5_build": "trackset.stages.h5_build:H5BuildStage",
-}
-
-_stages: dict[tuple[str, str], Stage] = {}
+_stages: dict[tuple[str, str], Stage[Any]] = {}
 _lock = threading.Lock()
 
 
-def settings_key(settings: Settings) -> str:
-    """Hash of all settings, the cache key's second half."""
-    return hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
-
-
-def stage_class(name: str) -> type[Stage]:
-    """The Stage class registered under ``name`` (imported lazily: stages pull in models)."""
-    try:
-        module_name, class_name = STAGE_CLASSES[name].split(":")
-    except KeyError:
-        raise ValueError(f"unknown stage {name!r}; known: {', '.join(STAGE_CLASSES)}") from None
-    return getattr(import_module(module_name), class_name)
-
-
-def get_stage(name: str, settings: Settings) -> Stage:
-    """This process's set-up stage for ``name`` and ``settings``, creating it on first use."""
-    key = (name, settings_key(settings))
+def get_stage(name: str, config: StageConfig) -> Stage[Any]:
+    """This process's set-up stage for ``name`` and ``config``, creating it on first use."""
+    key = (name, config.cache_key())
     with _lock:
         stage = _stages.get(key)
         if stage is None:
-            stage = stage_class(name)(settings)
+            stage = stage_class(name)(config)
             stage.setup()
             _stages[key] = stage
         return stage

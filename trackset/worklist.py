@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from trackset.stages.base import VideoRef
+from trackset.domain import VideoRef
 
 
 @dataclass(frozen=True)

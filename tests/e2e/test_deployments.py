@@ -32,7 +32,8 @@ from tests.e2e import (
     upcoming_auto_scheduled_runs,
     video_ids,
 )
-from trackset.stages.base import GPU_STAGES, STAGE_ORDER, stage_slug
+from trackset.domain import STAGE_ORDER, stage_slug
+from trackset.stages.registry import GPU_STAGES
 
 pytestmark = pytest.mark.slow
 

@@ -17,17 +17,12 @@ import yaml
 
 from flows.build_dataset import build_dataset
 from tests.flows.helpers import digests, merge_sections, paths_under
+from trackset.statistics import STATS_YAML_KEYS
 from trackset.synthetic.corpus import load_scene_for, make_corpus
 from trackset.synthetic.scene import STATIC_ID
 
 # Seed 2 at 20 frames: videos 00000 and 00001 have windows where a hand stays in view.
 NUM_VIDEOS, NUM_FRAMES, SEED, L, S = 3, 20, 2, 10, 256
-STATS_KEYS = [
-    "imagenet_mean", "imagenet_std", "track_type", "track_dim", "displacement_mean", "displacement_std",
-    "displacement_num_samples", "depth_mean", "depth_std", "depth_num_samples", "pose_mean", "pose_std",
-    "pose_num_samples", "hand_uvd_disp_mean", "hand_uvd_disp_std", "hand_rot_disp_mean", "hand_rot_disp_std",
-    "hand_pose_num_samples",
-]
 
 
 def overrides(root: Path, **extra) -> dict:
@@ -71,7 +66,7 @@ def test_every_video_lands_with_the_formats_layout(built):
         assert f["root/num_track_ts"][()] == L and f["root/track_type"][()] == b"3d"
         assert sorted(f["root/tracks"]) == [f"frame_{t:04d}" for t in range(NUM_FRAMES - L + 1)]
     stats = yaml.safe_load((dataset / "normalization_stats.yaml").read_text())
-    assert [key for key in STATS_KEYS if key not in stats] == []
+    assert [key for key in STATS_YAML_KEYS if key not in stats] == []
 
 
 def _scene_and_times(root: Path, video_id: str):
@@ -232,7 +227,7 @@ def test_changed_window_length_reruns_only_affected_stages(built, corpus, tmp_pa
 def test_one_vs_two_workers_give_identical_bytes(built, corpus, tmp_path):
     root = tmp_path
     shutil.copytree(corpus, root / "videos")
-    build_dataset(overrides=overrides(root, cluster={"cpu_workers": 1}, h5={"shard_size": 1}))
+    build_dataset(overrides=overrides(root, cluster={"cpu_workers": 1, "cpu_task_videos": 1}))
     assert digests(root / "dataset") == digests(built[0] / "dataset")
 
 

@@ -29,7 +29,7 @@ import yaml
 from prefect.settings import get_current_settings
 
 from flows.build_dataset import build_dataset
-from flows.run_history import settled_task_runs, stage_subflows, subflow_videos, video_ids
+from bench.run_history import settled_task_runs, stage_subflows, subflow_videos, video_ids
 from tests.flows.helpers import SMALL_H, SMALL_S, SMALL_W, digests, merge_sections, small_build, vid
 from trackset import h5_layout, intermediates
 from trackset import statistics as statistics_module
@@ -214,7 +214,7 @@ def write_faults(corpus, tmp_path_factory):
     root = fresh(corpus, tmp_path_factory.mktemp("write-faults"))
     with pytest.MonkeyPatch.context() as monkeypatch:
         fired = inject_write_faults(monkeypatch)
-        summary = build_dataset(overrides=overrides(root, h5={"shard_size": 2}))
+        summary = build_dataset(overrides=overrides(root, cluster={"cpu_task_videos": 2}))
     return root, summary, fired
 
 
@@ -258,7 +258,7 @@ def test_every_other_video_is_byte_identical_and_a_one_off_error_is_retried(writ
 
 def test_after_the_disk_is_freed_a_rerun_recovers_the_clean_dataset(write_faults, baseline):
     root, summary, _ = write_faults
-    again = build_dataset(overrides=overrides(root, h5={"shard_size": 2}))
+    again = build_dataset(overrides=overrides(root, cluster={"cpu_task_videos": 2}))
     assert not again.failures
     assert done_ids(again, "depth_camera") == {vid(DEPTH_NPZ)}
     assert done_ids(again, "h5_build") == {vid(i) for i in (H5_MID_FILE, PARTIALS, DEPTH_NPZ)}

@@ -11,7 +11,8 @@ import flows.process_stage as process_stage_module
 from flows.process_stage import process_stage
 from trackset.run_report import StageOutcome
 from trackset.settings import Settings
-from trackset.stages.base import VideoRef
+from trackset.stages.registry import stage_config
+from trackset.domain import VideoRef
 from trackset.worklist import WorkList
 
 
@@ -19,7 +20,7 @@ def test_task_context_does_not_grow_with_the_videos_of_the_subflow(monkeypatch):
     """Prefect pickles the flow run's parameters into every task it submits (trackset.worklist)."""
     context_bytes: dict[int, int] = {}
 
-    def measure(stage, videos, settings, shard_size, progress):  # what run_stage_tasks would ship per task
+    def measure(stage, videos, config, retry, shard_size, progress):  # what run_stage_tasks would ship per task
         context_bytes[len(videos)] = len(cloudpickle.dumps(serialize_context()))
         return StageOutcome(stage)
 
@@ -27,6 +28,6 @@ def test_task_context_does_not_grow_with_the_videos_of_the_subflow(monkeypatch):
     refs = [VideoRef(f"{i:05d}", Path(f"/data/videos/take_{i:05d}.mp4"), "ab" * 32) for i in range(2000)]
     for count in (1, 2000):
         with WorkList.written("h5_build", refs[:count]) as work:
-            process_stage("h5_build", work, Settings())
+            process_stage("h5_build", work, stage_config("h5_build", Settings()), Settings().retry)
     # With the videos as a parameter, 2,000 of them added ~350 KB to every task's context.
     assert context_bytes[2000] - context_bytes[1] < 1000, context_bytes

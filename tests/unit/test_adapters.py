@@ -31,8 +31,8 @@ from trackset.intermediates import (
     write_hand_poses,
     write_tracks_3d,
 )
-from trackset.settings import Settings
-from trackset.stages.base import VideoRef
+from trackset.settings import DepthCameraSettings, HandsSettings, Settings, Tracks3dSettings
+from trackset.domain import VideoRef
 
 VID = "00003"
 
@@ -63,7 +63,7 @@ def vipe_scene() -> vipe_api.Scene:
 def test_vipe_adapter_inverts_poses_and_builds_intrinsics(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     scene = vipe_api.install(monkeypatch, vipe_scene())
     frames, meta = frames_and_meta(6, 48, 64)
-    backend = vipe.ViPEBackend(Settings(depth_camera={"backend": "real"}))
+    backend = vipe.ViPEBackend(DepthCameraSettings(backend="real"))
     backend.load()
     result = backend.infer(VideoRef(VID, tmp_path / "v.mp4", "h"), frames, meta)
     backend.unload()
@@ -88,7 +88,7 @@ def test_vipe_result_round_trips_through_the_intermediate_format(
 ) -> None:
     vipe_api.install(monkeypatch, vipe_scene())
     frames, meta = frames_and_meta(4, 24, 32)
-    backend = vipe.ViPEBackend(Settings(depth_camera={"backend": "real"}))
+    backend = vipe.ViPEBackend(DepthCameraSettings(backend="real"))
     backend.load()
     result = backend.infer(VideoRef(VID, tmp_path / "v.mp4", "h"), frames, meta)
     path = tmp_path / "vipe" / f"{VID}.npz"
@@ -111,7 +111,7 @@ def test_vipe_weights_dir_becomes_the_download_cache(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(torch.hub, "_hub_dir", torch.hub.get_dir())
     cache = tmp_path / "vipe-weights"
     cache.mkdir()
-    vipe.ViPEBackend(Settings(depth_camera={"backend": "real", "weights_dir": cache})).load()
+    vipe.ViPEBackend(DepthCameraSettings(backend="real", weights_dir=cache)).load()
     assert torch.hub.get_dir() == str(cache / "torch")
     assert os.environ["HF_HOME"] == str(cache / "huggingface")
 
@@ -130,10 +130,10 @@ def tracking_inputs(t: int = 12) -> tuple[np.ndarray, FramesMeta, DepthCamera, n
     return frames, meta, depth, camera_to_world
 
 
-def tapip3d_settings(tmp_path: Path, **tracks: object) -> Settings:
+def tapip3d_settings(tmp_path: Path, **tracks: object) -> Tracks3dSettings:
     checkpoint = tmp_path / "tapip3d_final.pth"
     checkpoint.write_bytes(b"weights")
-    return Settings(tracks_3d={"backend": "real", "weights_path": checkpoint, "points_per_window": 40, **tracks})
+    return Tracks3dSettings(**{"backend": "real", "weights_path": checkpoint, "points_per_window": 40, **tracks})
 
 
 def test_tapip3d_tracks_each_window_in_its_first_camera(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -262,7 +262,7 @@ def hand_depth() -> DepthCamera:
 def run_wilor(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **hands: object):
     state = wilor_api.install(monkeypatch, hand_script())
     frames, meta = frames_and_meta(10, 48, 64)
-    backend = wilor.WiLoRBackend(Settings(hands={"backend": "real", "weights_dir": wilor_weights(tmp_path), **hands}))
+    backend = wilor.WiLoRBackend(HandsSettings(**{"backend": "real", "weights_dir": wilor_weights(tmp_path), **hands}))
     backend.load()
     result = backend.infer(VideoRef(VID, tmp_path / "v.mp4", "h"), frames, meta, hand_depth())
     backend.unload()
@@ -346,7 +346,7 @@ def test_wilor_result_round_trips_through_the_intermediate_format(
 def test_wilor_video_without_hands(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     wilor_api.install(monkeypatch, {})
     frames, meta = frames_and_meta(4, 48, 64)
-    backend = wilor.WiLoRBackend(Settings(hands={"backend": "real", "weights_dir": wilor_weights(tmp_path)}))
+    backend = wilor.WiLoRBackend(HandsSettings(backend="real", weights_dir=wilor_weights(tmp_path)))
     backend.load()
     depth = DepthCamera(np.ones((4, 48, 64), np.float32), np.tile(K_HAND, (4, 1, 1)), np.tile(np.eye(4), (4, 1, 1)))
     result = backend.infer(VideoRef(VID, tmp_path / "v.mp4", "h"), frames, meta, depth)
@@ -358,7 +358,7 @@ def test_wilor_video_without_hands(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 def test_wilor_loads_mano_from_weights_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     state = wilor_api.install(monkeypatch, {})
     root = wilor_weights(tmp_path)
-    wilor.WiLoRBackend(Settings(hands={"backend": "real", "weights_dir": root})).load()
+    wilor.WiLoRBackend(HandsSettings(backend="real", weights_dir=root)).load()
     cfg = state["models"][0].cfg
     assert state["models"][0].checkpoint == str(root / "pretrained_models" / "wilor_final.ckpt")
     assert state["detectors"][0].path == str(root / "pretrained_models" / "detector.pt")
@@ -406,15 +406,15 @@ def test_missing_model_parts_fail_early_in_one_line(
     wilor_api.install(monkeypatch, {})
     for name in missing:
         monkeypatch.setitem(sys.modules, name, None)  # makes "import name" fail, installed or not
-    settings = Settings(**overrides)
     stage = next(iter(overrides))
+    section = getattr(Settings(**overrides), stage)
     with pytest.raises(ModelUnavailableError) as caught:
-        module.check_available(settings)
+        module.check_available(section)
     message = str(caught.value)
     assert expected in message and "\n" not in message
     assert message.startswith(f"backend 'real' for {stage} needs ")
     assert message.endswith(f"set {stage}.backend: synthetic to run without it")
-    backend = {vipe: vipe.ViPEBackend, tapip3d: tapip3d.TAPIP3DBackend, wilor: wilor.WiLoRBackend}[module](settings)
+    backend = {vipe: vipe.ViPEBackend, tapip3d: tapip3d.TAPIP3DBackend, wilor: wilor.WiLoRBackend}[module](section)
     with pytest.raises(ModelUnavailableError, match="synthetic to run without it"):
         backend.load()  # the same check guards load()
 
@@ -427,5 +427,5 @@ def test_everything_available_passes_the_checks(monkeypatch: pytest.MonkeyPatch,
         tracks_3d={"backend": "real", "weights_path": _checkpoint(tmp_path)},
         hands={"backend": "real", "weights_dir": wilor_weights(tmp_path)},
     )
-    for module in (vipe, tapip3d, wilor):
-        module.check_available(settings)
+    for module, stage in ((vipe, "depth_camera"), (tapip3d, "tracks_3d"), (wilor, "hands")):
+        module.check_available(getattr(settings, stage))

@@ -226,7 +226,7 @@ def test_current_fake_device_follows_cuda_visible_devices(tmp_path, visible, ind
     with patch.dict(os.environ, env):
         if visible is None:
             os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-        device = current_fake_device(CLUSTER, tmp_path, materialize=True)
+        device = current_fake_device(CLUSTER.fake_gpus, tmp_path, materialize=True)
     assert (device.gpu_index, device.capacity_bytes, device.materialize) == (index, capacity, True)
 
 
@@ -235,4 +235,4 @@ def test_current_fake_device_follows_cuda_visible_devices(tmp_path, visible, ind
 )
 def test_current_fake_device_rejects_unknown_gpus(tmp_path, visible, message):
     with patch.dict(os.environ, {"CUDA_VISIBLE_DEVICES": visible}), pytest.raises(ValueError, match=message):
-        current_fake_device(CLUSTER, tmp_path)
+        current_fake_device(CLUSTER.fake_gpus, tmp_path)

@@ -24,10 +24,11 @@ from trackset.intermediates import (
 )
 from trackset.layout import WorkLayout
 from trackset.settings import Settings
-from trackset.stages.base import VideoRef
+from trackset.domain import VideoRef
 from trackset.stages.depth_camera import DepthCameraStage, flat_frame_fraction
 from trackset.stages.hands import HandsStage
 from trackset.stages.tracks_3d import Tracks3dStage
+from trackset.stages.registry import stage_config, stage_spec
 from trackset.synthetic.corpus import write_scene_sidecar
 from trackset.synthetic.scene import Plane, SceneSpec
 
@@ -48,6 +49,11 @@ def make_settings(root, **overrides: dict) -> Settings:
     for section, values in overrides.items():
         sections[section] = {**sections.get(section, {}), **values}
     return Settings(**sections)
+
+
+def build(stage_class, settings: Settings, **kwargs):
+    """A stage of ``stage_class`` built from its part of ``settings``, as the flows build it."""
+    return stage_class(stage_config(stage_class.name, settings), **kwargs)
 
 
 def add_video(settings: Settings, spec: SceneSpec, video_id: str) -> VideoRef:
@@ -72,7 +78,7 @@ def processed(tmp_path_factory):
     video = add_video(settings, spec, "00007")
     infos = {}
     for stage_class in (DepthCameraStage, Tracks3dStage, HandsStage):
-        stage = stage_class(settings)
+        stage = build(stage_class, settings)
         stage.setup()
         infos[stage.name] = stage.run(video)
         stage.teardown()
@@ -87,8 +93,9 @@ def test_stage_names_resources_and_outputs(tmp_path):
         (Tracks3dStage, "tracks_3d", work.tracks_3d("00001")),
         (HandsStage, "hands", work.hand_poses("00001")),
     ):
-        stage = stage_class(settings)
-        assert stage.name == name and stage.resources.uses_gpu and stage.resources.cpus == 1
+        stage = build(stage_class, settings)
+        resources = stage_spec(name).resources
+        assert stage.name == name and resources.uses_gpu and resources.cpus == 1
         assert stage.outputs("00001") == [path]
 
 
@@ -157,7 +164,7 @@ def test_hands_file_has_exactly_the_contract(processed):
 
 def test_a_second_run_skips_current_outputs(processed):
     settings, _, video, _ = processed
-    assert Tracks3dStage(settings).run(video).status == "skipped"
+    assert build(Tracks3dStage, settings).run(video).status == "skipped"
 
 
 def test_flat_wall_video_is_rejected_as_unusable(tmp_path):
@@ -165,7 +172,7 @@ def test_flat_wall_video_is_rejected_as_unusable(tmp_path):
     base = SceneSpec.from_seed(3, num_frames=6)
     wall = Plane((0.0, 0.0, 2.0), (0.0, 0.0, -1.0), base.planes[0].texture)
     video = add_video(settings, replace(base, camera=still(), planes=(wall,), objects=(), hands=()), "00003")
-    stage = DepthCameraStage(settings)
+    stage = build(DepthCameraStage, settings)
     expected = r"video 00003, stage depth_camera \(.*clip_00003\.mp4\): 100\.0% of frames are flat"
     with pytest.raises(UnusableVideoError, match=expected) as caught:
         stage.process(video)
@@ -176,7 +183,7 @@ def test_flat_wall_video_is_rejected_as_unusable(tmp_path):
 def test_empty_depth_is_rejected_for_any_backend(tmp_path, monkeypatch):
     settings = make_settings(tmp_path)
     video = add_video(settings, SceneSpec.from_seed(1, num_frames=4), "00001")
-    stage = DepthCameraStage(settings)
+    stage = build(DepthCameraStage, settings)
     stage.setup()
 
     def empty(video, frames, meta):
@@ -192,7 +199,7 @@ def test_empty_depth_is_rejected_for_any_backend(tmp_path, monkeypatch):
 def test_wrongly_shaped_backend_output_fails_the_video(tmp_path, monkeypatch):
     settings = make_settings(tmp_path)
     video = add_video(settings, SceneSpec.from_seed(1, num_frames=4), "00001")
-    stage = DepthCameraStage(settings)
+    stage = build(DepthCameraStage, settings)
     stage.setup()
     monkeypatch.setattr(stage.backend, "infer", lambda video, frames, meta: DepthCamera(
         np.ones((4, 10, 10), np.float32), np.tile(np.eye(3), (4, 1, 1)), np.tile(np.eye(4), (4, 1, 1))))
@@ -208,7 +215,7 @@ def test_flat_fraction_counts_frames_without_valid_depth_as_flat():
 @pytest.mark.parametrize("stage_class", [DepthCameraStage, Tracks3dStage, HandsStage])
 def test_real_backend_without_its_model_is_unavailable(tmp_path, stage_class):
     settings = make_settings(tmp_path, **{stage_class.name: {"backend": "real"}})
-    stage = stage_class(settings)
+    stage = build(stage_class, settings)
     with pytest.raises((ModelUnavailableError, ModuleNotFoundError)):
         stage.setup()
     assert stage.backend is None
@@ -230,7 +237,7 @@ def test_setup_loads_once_and_teardown_releases(tmp_path):
 
     settings = make_settings(tmp_path, synthetic={"depth_camera": {"model_mb": 4}})
     allocator = Recorder()
-    stage = DepthCameraStage(settings, allocator=allocator)
+    stage = build(DepthCameraStage, settings, allocator=allocator)
     stage.setup()
     stage.setup()
     assert allocator.held == 4 * 2**20
@@ -241,8 +248,8 @@ def test_setup_loads_once_and_teardown_releases(tmp_path):
 def test_a_video_shorter_than_a_window_has_no_tracks(tmp_path):
     settings = make_settings(tmp_path)
     video = add_video(settings, SceneSpec.from_seed(2, num_frames=LENGTH - 1), "00002")
-    DepthCameraStage(settings).run(video)
-    info = Tracks3dStage(settings).run(video).info
+    build(DepthCameraStage, settings).run(video)
+    info = build(Tracks3dStage, settings).run(video).info
     assert info == {"frames": LENGTH - 1, "windows": 0, "points": 0}
     tracks = read_tracks_3d(WorkLayout(settings.paths.work_dir).tracks_3d("00002"), "00002", LENGTH - 1)
     assert tracks.windows == [] and tracks.tracks == []

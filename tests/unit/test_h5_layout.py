@@ -15,9 +15,14 @@ import h5py
 import numpy as np
 import pytest
 
+from trackset import h5_schema as schema
+from trackset.dataset_statistics import write_dataset_statistics
 from trackset.h5_layout import build_arrays, resize_depth, video_moments, write_h5
 from trackset.intermediates import DepthCamera, Hand, HandPoses, Tracks3d
+from trackset.layout import DatasetLayout
 from trackset.settings import H5Settings
+from trackset.statistics import VideoPartials
+from trackset.validate import validate_dataset
 
 T, L, H, W, S = 14, 10, 384, 512, 256
 FX, CX, CY = 400.0, 256.0, 192.0
@@ -233,3 +238,28 @@ def test_h5_layout_and_byte_identical(tmp_path, arrays):
         assert frame["left_wrist_rot_displacements"].shape == (L, 6)
         assert "right_wrist_query_uvd" not in frame
         assert "left_wrist_query_uvd" not in root[f"tracks/frame_{T - L:04d}"]
+
+
+def test_every_key_written_is_declared_by_the_schema_and_validates(tmp_path, arrays):
+    layout = DatasetLayout(tmp_path)
+    write_h5(layout.h5("00000"), arrays)
+    VideoPartials(video_id="00000", fingerprint="test", **video_moments(arrays)).write(layout.partials("00000"))
+    write_dataset_statistics(layout, std_floor=1e-6)
+    written: list[str] = []
+    with h5py.File(layout.h5("00000")) as f:
+        f.visit(written.append)
+    undeclared = []
+    for path in written:
+        parts = path.split("/")
+        if parts[0] != schema.ROOT or (len(parts) > 1 and parts[1] not in schema.ROOT_KEYS):
+            undeclared.append(path)
+        elif parts[1:2] == [schema.TRACKS] and len(parts) > 2:
+            if schema.parse_window_group(parts[2]) is None or (len(parts) > 3 and parts[3] not in schema.WINDOW_KEYS):
+                undeclared.append(path)
+    assert undeclared == []
+    assert {p.split("/")[-1] for p in written if p.count("/") == 3} == {
+        *schema.WINDOW_SHAPES,
+        *(schema.hand_key("left", suffix) for suffix in schema.HAND_SHAPES),
+    }  # the scene has a left hand only
+    report = validate_dataset(tmp_path, H5Settings(), std_floor=1e-6, deep=True)
+    assert report.ok, report.problems

@@ -287,19 +287,21 @@ def test_quarantine_holds_until_content_or_settings_change(videos, manifest_path
     _write(videos / "a.mp4", b"a")
     [entry] = _register(manifest_path, videos).new
     manifest = Manifest.load(manifest_path)
-    assert manifest.quarantined("00000", entry.sha256, "settings-1") is None
+    assert manifest.quarantined("00000", entry.sha256, lambda stage: "settings-1") is None
     manifest.quarantine("00000", entry.sha256, "settings-1", "tracks_3d", "out of memory alone on GPU 1")
 
     for current in (manifest, Manifest.load(manifest_path)):
-        assert current.quarantined("00000", entry.sha256, "settings-1") == "out of memory alone on GPU 1"
-        assert current.quarantined("00000", entry.sha256, "settings-2") is None
-        assert current.quarantined("00000", "b" * 64, "settings-1") is None
+        # The key is asked of the stage that quarantined the video.
+        keys = {"tracks_3d": "settings-1", "depth_camera": "other"}
+        assert current.quarantined("00000", entry.sha256, keys.__getitem__) == "out of memory alone on GPU 1"
+        assert current.quarantined("00000", entry.sha256, lambda stage: "settings-2") is None
+        assert current.quarantined("00000", "b" * 64, lambda stage: "settings-1") is None
 
     _write(videos / "a.mp4", b"a, re-encoded")
     [changed] = _register(manifest_path, videos).changed
     reloaded = Manifest.load(manifest_path)
-    assert reloaded.quarantined("00000", changed.sha256, "settings-1") is None
-    assert reloaded.quarantined("00000", entry.sha256, "settings-1") is not None
+    assert reloaded.quarantined("00000", changed.sha256, lambda stage: "settings-1") is None
+    assert reloaded.quarantined("00000", entry.sha256, lambda stage: "settings-1") is not None
 
 
 def test_two_runs_loaded_together_never_hand_out_one_id_twice(videos, manifest_path):
@@ -343,3 +345,14 @@ def test_an_unreadable_file_is_returned_not_raised_and_registers_once_readable(v
     third = _register(manifest_path, videos)
     assert _ids(third.new) == {"b.mp4": "00003"} and _ids(third.changed) == {"c.mp4": "00001"}
     assert third.unreadable == []
+
+
+def test_ids_go_past_99999_without_renaming_earlier_ones(videos, manifest_path):
+    manifest_path.parent.mkdir(parents=True)
+    last = ManifestEntry("99999", "old.mp4", "c" * 64, 1, 0)
+    manifest_path.write_text(json.dumps({**last.__dict__}) + "\n")
+    _write(videos / "old.mp4", b"x")  # changed content: same id
+    _write(videos / "new.mp4", b"y")
+    result = _register(manifest_path, videos)
+    assert _ids(result.new) == {"new.mp4": "100000"} and _ids(result.changed) == {"old.mp4": "99999"}
+    assert [e.video_id for e in Manifest.load(manifest_path).entries()] == ["99999", "100000"]

@@ -22,7 +22,8 @@ from trackset.errors import BadInputError, UnusableVideoError, VideoError
 from trackset.intermediates import read_frames
 from trackset.layout import WorkLayout
 from trackset.settings import Settings
-from trackset.stages.base import VideoRef
+from trackset.domain import VideoRef
+from trackset.stages.registry import stage_config
 from trackset.stages.preprocess import PreprocessStage
 
 VID = "00007"
@@ -73,7 +74,7 @@ def flat(index: int, height: int = 48, width: int = 64) -> np.ndarray:
 
 def make_stage(tmp_path: Path, **preprocess: object) -> PreprocessStage:
     options = {"fps": 10.0, "width": 64, "height": 48, **preprocess}
-    return PreprocessStage(Settings(paths={"work_dir": tmp_path / "work"}, preprocess=options))
+    return PreprocessStage(stage_config("preprocess", Settings(paths={"work_dir": tmp_path / "work"}, preprocess=options)))
 
 
 def run(stage: PreprocessStage, source: Path) -> tuple[np.ndarray, dict]:

@@ -19,7 +19,7 @@ def test_repo_settings_yaml_is_valid_and_matches_defaults():
 @pytest.fixture
 def settings_file(tmp_path):
     path = tmp_path / "settings.yaml"
-    path.write_text("h5:\n  target_size: 128\n  shard_size: 3\ncluster:\n  gpus: [1]\n")
+    path.write_text("h5:\n  target_size: 128\n  compression: lzf\ncluster:\n  gpus: [1]\n")
     return path
 
 
@@ -32,7 +32,7 @@ def test_file_over_defaults(settings_file):
 def test_env_over_file_and_overrides_over_env(settings_file, monkeypatch):
     monkeypatch.setenv("TRACKSET_H5__TARGET_SIZE", "64")
     assert load_settings(settings_file).h5.target_size == 64
-    assert load_settings(settings_file).h5.shard_size == 3  # env replaces one key, not the section
+    assert load_settings(settings_file).h5.compression == "lzf"  # env replaces one key, not the section
     assert load_settings(settings_file, {"h5": {"target_size": 32}}).h5.target_size == 32
 
 
@@ -41,6 +41,7 @@ def test_env_over_file_and_overrides_over_env(settings_file, monkeypatch):
     [
         ({"h5": {"target_size": 0}}, "settings: h5.target_size: Input should be greater than 0 (got 0)"),
         ({"h5": {"target_sise": 3}}, "settings: h5.target_sise: unknown key"),
+        ({"h5": {"shard_size": 3}}, "settings: h5.shard_size: unknown key (renamed to cluster.cpu_task_videos)"),
         ({"tracks_3d": {"backend": "gpu"}}, "settings: tracks_3d.backend: Input should be 'synthetic' or 'real'"),
         ({"cluster": {"headroom": 1.5}}, "settings: cluster.headroom: Input should be less than or equal to 1"),
         ({"h5": {"depth_min_m": 3.0}}, "settings: h5: depth_min_m must be below depth_max_m"),

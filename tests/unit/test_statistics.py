@@ -11,10 +11,15 @@ import pytest
 import yaml
 
 from trackset.statistics import (
+    STATISTIC_DIMS,
+    STATISTIC_KEYS,
+    STATS_YAML_KEYS,
+    STD_FLOORED_KEY,
     Moments,
     VideoPartials,
     aggregate,
     normalization_stats,
+    per_video_moments,
     write_stats_yaml,
 )
 
@@ -260,6 +265,45 @@ def test_stats_have_every_key_in_order_with_plain_types():
             assert len(value) == length and all(type(x) is float for x in value)
     assert stats["depth_std"] == float(merged["depth"].std[0])
     assert stats["std_floored"] == []
+
+
+def test_the_public_key_tables_are_formats_md():
+    """validate, the CLI and the flow tests read the keys from these tables."""
+    assert (*STATS_YAML_KEYS, STD_FLOORED_KEY) == tuple(YAML_KEYS)
+    assert [row.statistic for row in STATISTIC_KEYS] == list(STATISTIC_DIMS) == list(DIMS)
+    for row in STATISTIC_KEYS:
+        assert {f"{row.prefix}_mean", f"{row.prefix}_std", row.count_key} <= set(STATS_YAML_KEYS)
+
+
+def test_per_video_moments_follow_the_formats_rules():
+    """Every displacement row (step 0 too), valid pixels plus query depths > 0, every pose and
+    hand row, each against numpy over the values written out here."""
+    rng = np.random.default_rng(8)
+    queries = [rng.uniform(0.1, 2.5, (n, 3)).astype(np.float32) for n in (4, 0, 6)]
+    queries[0][1, 2] = 0.0  # a query depth of 0 is no sample
+    displacements = [rng.normal(size=(5, q.shape[0], 3)).astype(np.float32) for q in queries]
+    poses = rng.normal(size=(3, 5, 9)).astype(np.float32)
+    uvd = [rng.normal(size=(2, 5, 3)).astype(np.float32), rng.normal(size=(1, 5, 3)).astype(np.float32)]
+    rot = [rng.normal(size=(2, 5, 6)).astype(np.float32), rng.normal(size=(1, 5, 6)).astype(np.float32)]
+    pixels = rng.uniform(0.1, 2.5, 50)
+    moments = per_video_moments(Moments.of(pixels), queries, displacements, poses, uvd, rot)
+    query_depths = np.concatenate([q[:, 2] for q in queries]).astype(np.float64)
+    expected = {
+        "displacement": np.concatenate([d.reshape(-1, 3) for d in displacements]),
+        "depth": np.concatenate([pixels, query_depths[query_depths > 0]])[:, None],
+        "pose": poses.reshape(-1, 9),
+        "hand_uvd": np.concatenate([u.reshape(-1, 3) for u in uvd]),
+        "hand_rot": np.concatenate([r.reshape(-1, 6) for r in rot]),
+    }
+    assert list(moments) == list(STATISTIC_DIMS)
+    for name, values in expected.items():
+        values = values.astype(np.float64)
+        assert moments[name].count == len(values), name
+        np.testing.assert_allclose(moments[name].mean, values.mean(axis=0), rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(moments[name].variance, values.var(axis=0), rtol=1e-12, atol=1e-15)
+    assert moments["depth"].count == 50 + 9
+    empty = per_video_moments(Moments.empty(1), [], [], np.zeros((0, 5, 9), np.float32), [], [])
+    assert empty == {name: Moments.empty(dim) for name, dim in STATISTIC_DIMS.items()}
 
 
 @pytest.mark.parametrize(

@@ -17,10 +17,11 @@ from tests.unit.test_scene import expected_extrinsics, expected_pose
 from trackset.errors import BadInputError
 from trackset.intermediates import FramesMeta
 from trackset.settings import Settings, SyntheticStageCost
-from trackset.stages.base import VideoRef
+from trackset.domain import VideoRef
 from trackset.synthetic.backends import SyntheticDepthCamera, SyntheticHands, SyntheticTracks3d
 from trackset.synthetic.corpus import write_scene_sidecar
-from trackset.synthetic.cost import SimulatedCost, TorchAllocator
+from trackset.allocator import TorchAllocator
+from trackset.synthetic.cost import SimulatedCost
 from trackset.synthetic.scene import STATIC_ID, SceneSpec
 
 FRAMES, LENGTH, STRIDE, POINTS = 12, 6, 3, 96
@@ -65,9 +66,16 @@ def settings(**synthetic) -> Settings:
                     synthetic=synthetic)
 
 
+def make(backend_class, allocator=None, **synthetic):
+    """A synthetic backend given its stage's section and synthetic settings, as its stage does."""
+    chosen = settings(**synthetic)
+    stage = backend_class.stage
+    return backend_class(getattr(chosen, stage), chosen.synthetic.for_stage(stage), allocator=allocator)
+
+
 def test_depth_camera_is_the_scene_truth(clip):
     spec, video, frames, meta = clip
-    result = SyntheticDepthCamera(settings()).infer(video, frames, meta)
+    result = make(SyntheticDepthCamera).infer(video, frames, meta)
     assert result.depths.shape == (FRAMES, 384, 512) and result.depths.dtype == np.float32
     np.testing.assert_allclose(result.depths[5], spec.render_depth(0.5)[0])
     np.testing.assert_allclose(result.intrinsics, np.tile(spec.intrinsics(), (FRAMES, 1, 1)))
@@ -78,7 +86,7 @@ def test_depth_uses_the_frames_timestamps(clip):
     """Resampled frames carry their source times: the depth is the scene at those times."""
     spec, video, frames, meta = clip
     shifted = replace(meta, num_frames=2, timestamps_s=[0.05, 0.95])
-    result = SyntheticDepthCamera(settings()).infer(video, frames[:2], shifted)
+    result = make(SyntheticDepthCamera).infer(video, frames[:2], shifted)
     np.testing.assert_allclose(result.depths[1], spec.render_depth(0.95)[0])
     np.testing.assert_allclose(result.extrinsics, expected_extrinsics(spec, np.array([0.05, 0.95])), atol=1e-12)
 
@@ -87,15 +95,15 @@ def test_depth_of_resized_frames_uses_scaled_intrinsics(clip):
     spec, video, _, meta = clip
     small = np.zeros((3, 192, 256, 3), np.uint8)
     three = replace(meta, num_frames=3, timestamps_s=[0.0, 0.1, 0.2])
-    result = SyntheticDepthCamera(settings()).infer(video, small, three)
+    result = make(SyntheticDepthCamera).infer(video, small, three)
     assert result.depths.shape == (3, 192, 256)
     np.testing.assert_allclose(result.intrinsics[0, 0, 0], spec.fx / 2)
 
 
 def test_depth_noise_is_seeded_by_video_and_keeps_misses(clip):
     _, video, frames, meta = clip
-    backend = SyntheticDepthCamera(settings(noise_std=0.01))
-    exact = SyntheticDepthCamera(settings()).infer(video, frames[:2], replace(meta, num_frames=2)).depths
+    backend = make(SyntheticDepthCamera, noise_std=0.01)
+    exact = make(SyntheticDepthCamera).infer(video, frames[:2], replace(meta, num_frames=2)).depths
     noisy = backend.infer(video, frames[:2], replace(meta, num_frames=2)).depths
     again = backend.infer(video, frames[:2], replace(meta, num_frames=2)).depths
     other = backend.infer(replace(video, video_id="00022"), frames[:2], replace(meta, num_frames=2)).depths
@@ -106,7 +114,7 @@ def test_depth_noise_is_seeded_by_video_and_keeps_misses(clip):
 @pytest.fixture(scope="module")
 def tracks(clip):
     spec, video, frames, meta = clip
-    return SyntheticTracks3d(settings()).infer(video, frames, meta, depth=None)
+    return make(SyntheticTracks3d).infer(video, frames, meta, depth=None)
 
 
 def test_tracks_cover_every_full_window(tracks):
@@ -166,16 +174,16 @@ def test_static_points_do_not_move_and_moving_points_follow_their_body(clip, tra
 
 def test_tracks_are_deterministic_and_noise_is_seeded(clip, tracks):
     spec, video, frames, meta = clip
-    again = SyntheticTracks3d(settings()).infer(video, frames, meta, depth=None)
+    again = make(SyntheticTracks3d).infer(video, frames, meta, depth=None)
     assert all(a.tobytes() == b.tobytes() for a, b in zip(again.tracks, tracks.tracks))
-    noisy = SyntheticTracks3d(settings(noise_std=0.005)).infer(video, frames, meta, depth=None)
+    noisy = make(SyntheticTracks3d, noise_std=0.005).infer(video, frames, meta, depth=None)
     error = np.concatenate([(n - t).ravel() for n, t in zip(noisy.tracks, tracks.tracks)])
     assert 0.004 < error.std() < 0.006
 
 
 def test_hands_are_the_wrist_in_each_frames_camera(clip):
     spec, video, frames, meta = clip
-    result = SyntheticHands(settings()).infer(video, frames, meta, depth=None)
+    result = make(SyntheticHands).infer(video, frames, meta, depth=None)
     times = spec.frame_times()
     extrinsics = expected_extrinsics(spec, times)
     np.testing.assert_allclose(result.intrinsics, spec.intrinsics())
@@ -202,7 +210,7 @@ def test_a_scene_without_a_hand_reports_it_invalid(clip, tmp_path):
     spec, video, frames, meta = clip
     source = tmp_path / "one_hand.mp4"
     write_scene_sidecar(source, replace(spec, hands=spec.hands[1:]))
-    result = SyntheticHands(settings()).infer(replace(video, source=source), frames, meta, depth=None)
+    result = make(SyntheticHands).infer(replace(video, source=source), frames, meta, depth=None)
     assert not result.left.valid.any() and np.isnan(result.left.betas).all()
     assert result.right.valid.any()
 
@@ -212,7 +220,7 @@ def test_missing_sidecar_fails_the_video_naming_the_file(clip, tmp_path):
     orphan = replace(video, source=tmp_path / "camera_roll.mp4")
     expected = r"video 00021, stage depth_camera \(.*camera_roll\.scene\.json\): no scene sidecar"
     with pytest.raises(BadInputError, match=expected):
-        SyntheticDepthCamera(settings()).infer(orphan, frames, meta)
+        make(SyntheticDepthCamera).infer(orphan, frames, meta)
 
 
 def test_simulated_cost_charges_and_releases_through_the_allocator():
@@ -263,7 +271,7 @@ def test_torch_allocator_holds_real_memory():
 def test_backends_charge_their_own_stage_cost(clip):
     _, video, frames, meta = clip
     allocator = RecordingAllocator()
-    backend = SyntheticHands(settings(hands={"model_mb": 3, "per_frame_mb": 1}), allocator=allocator)
+    backend = make(SyntheticHands, allocator=allocator, hands={"model_mb": 3, "per_frame_mb": 1})
     backend.load()
     backend.infer(video, frames, meta, depth=None)
     backend.unload()
@@ -273,5 +281,5 @@ def test_backends_charge_their_own_stage_cost(clip):
 
 
 def test_default_allocator_is_torch():
-    backend = SyntheticDepthCamera(settings())
+    backend = make(SyntheticDepthCamera)
     assert isinstance(backend.cost.allocator, TorchAllocator)

@@ -8,6 +8,7 @@ copy.
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
+from trackset import validate as validate_module
 from trackset.dataset_statistics import write_dataset_statistics
 from trackset.h5_layout import build_arrays, video_moments, write_h5
 from trackset.intermediates import DepthCamera, Hand, HandPoses, Tracks3d
@@ -272,6 +274,23 @@ def test_corruption_is_detected_and_names_the_file(dataset, corrupt, file, check
     assert h5_rows == sorted(h5_rows)  # rows keep the checking order, failing files included
 
 
+@pytest.mark.parametrize(
+    ("path", "data", "detail"),
+    [
+        ("query_coords", np.zeros((12, 2)), "shape (12, 2), expected (N, 3)"),
+        ("displacements", np.zeros((L - 1, 12, 3)), f"shape ({L - 1}, 12, 3), expected (L, N, 3) = ({L}, 12, 3)"),
+        ("displacements", np.zeros((L, 11, 3)), f"shape ({L}, 11, 3), expected (L, N, 3) = ({L}, 12, 3)"),
+        ("poses", np.zeros((L, 6)), f"shape ({L}, 6), expected (L, 9) = ({L}, 9)"),
+        ("left_wrist_uvd_displacements", np.zeros((L - 1, 3)), f"shape ({L - 1}, 3), expected ({L}, 3)"),
+        ("left_wrist_query_rot_6d", np.zeros(5), "shape (5,), expected (6,)"),
+    ],
+    ids=["query_coords", "displacements L", "displacements N", "poses", "hand L", "hand 6d"],
+)
+def test_window_shapes_are_named_with_their_symbols(dataset, path, data, detail):
+    edit_h5("00000", replace(f"root/tracks/frame_0001/{path}", data.astype(np.float32)))(dataset)
+    assert validate(dataset).problems == [Problem("00000.hdf5", "shape", f"root/tracks/frame_0001/{path}: {detail}")]
+
+
 def test_partials_without_h5_name_the_partials(dataset):
     (dataset / "00002.hdf5").unlink()
     report = validate(dataset)
@@ -294,7 +313,17 @@ def test_deep_recomputes_moments_from_the_h5(dataset):
     assert validate(dataset).ok
     report = validate(dataset, deep=True)
     assert {(p.file, p.check) for p in report.problems} == {("00001.hdf5", "moments")}
-    assert "displacement mean[2]" in report.problems[0].detail
+    # Plain floats, not numpy reprs: "displacement mean[2]: 1.23 from the H5, 1.22 in its partials".
+    match = re.fullmatch(r"displacement mean\[2\]: (\S+) from the H5, (\S+) in its partials", report.problems[0].detail)
+    assert match is not None, report.problems[0].detail
+    assert float(match.group(1)) > float(match.group(2))
+
+
+def test_deep_moments_are_the_h5_stage_moments_bit_for_bit(clean, monkeypatch):
+    """validate and the H5 stage share one moments rule: even with no tolerance they agree."""
+    monkeypatch.setattr(validate_module, "DEEP_RTOL", 0.0)
+    report = validate(clean, deep=True)
+    assert report.ok, report.problems
 
 
 def test_deep_detects_a_different_sample_count(dataset):

@@ -2,7 +2,7 @@
 
 Each adapter module imports its model package lazily, inside ``load()``, so trackset
 imports and runs (with synthetic backends) where none of them is installed. Each also has
-a module-level ``check_available(settings)`` that finds a missing package or weight file
+a module-level ``check_available(section)`` that finds a missing package or weight file
 without importing anything heavy, so a run fails at start, before touching any video,
 with one line that says what is missing and how to run without it.
 """
@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from importlib import import_module
 from pathlib import Path
 
 from trackset.errors import ModelUnavailableError
 from trackset.settings import Settings
+from trackset.stages.registry import GPU_STAGES, stage_spec
 
 DOCS = "docs/real-models.md"
 
@@ -77,22 +79,18 @@ def torch_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-# The adapter module of each GPU stage; imported only for stages set to ``backend: real``.
-ADAPTER_MODULES = {
-    "depth_camera": "trackset.adapters.vipe",
-    "tracks_3d": "trackset.adapters.tapip3d",
-    "hands": "trackset.adapters.wilor",
-}
-
-
 def check_real_backends(settings: Settings) -> None:
     """Fail before any video is touched when a stage set to ``backend: real`` cannot load.
+
+    The adapter of each stage is the module the stage table names for ``backend: real``
+    (:mod:`trackset.stages.registry`); its ``check_available(section)`` looks for the
+    package and weights without importing anything heavy.
 
     Raises:
         ModelUnavailableError: one line naming the missing package or file and the setting.
     """
-    from importlib import import_module
-
-    for stage, module in ADAPTER_MODULES.items():
-        if getattr(settings, stage).backend == "real":
-            import_module(module).check_available(settings)
+    for stage in GPU_STAGES:
+        section = getattr(settings, stage)
+        if section.backend == "real":
+            module = stage_spec(stage).backends["real"].partition(":")[0]
+            import_module(module).check_available(section)

@@ -28,10 +28,10 @@ import cv2
 import numpy as np
 
 from trackset.adapters import DOCS, release_cuda_memory, require_file, require_modules, torch_device, unavailable
+from trackset.domain import VideoRef
 from trackset.geometry import backproject, invert_rigid, window_starts
 from trackset.intermediates import DepthCamera, FramesMeta, Tracks3d
-from trackset.settings import Settings
-from trackset.stages.base import VideoRef
+from trackset.settings import Tracks3dSettings
 
 STAGE = "tracks_3d"
 INSTALL = "a checkout of github.com/zbw001/TAPIP3D on PYTHONPATH"
@@ -42,10 +42,10 @@ VISIBILITY_THRESHOLD = 0.0  # keep every point: the H5 build drops points that l
 MASK_EROSION_PX = 2  # keep queries off mask borders, where depth mixes object and background
 
 
-def check_available(settings: Settings) -> None:
-    """Raise ModelUnavailableError (one line) when TAPIP3D's code or checkpoint is missing."""
+def check_available(section: Tracks3dSettings) -> Path:
+    """The checkpoint; ModelUnavailableError (one line) when TAPIP3D's code or checkpoint is missing."""
     require_modules(STAGE, ("models", "utils.inference_utils"), INSTALL)
-    require_file(STAGE, "weights_path", settings.tracks_3d.weights_path, "the TAPIP3D checkpoint tapip3d_final.pth")
+    return require_file(STAGE, "weights_path", section.weights_path, "the TAPIP3D checkpoint tapip3d_final.pth")
 
 
 def sample_query_pixels(depth: np.ndarray, count: int, seed: int, mask: np.ndarray | None = None) -> np.ndarray:
@@ -90,15 +90,15 @@ def window_world_to_camera(extrinsics: np.ndarray, start: int, length: int) -> n
 class TAPIP3DBackend:
     """Sliding-window 3D tracks in each window's first camera, from TAPIP3D."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, section: Tracks3dSettings) -> None:
+        self.section = section
         self._model: Any = None
         self._inference: Any = None
         self._device = "cpu"
 
     def load(self) -> None:
         """Load the checkpoint once per worker."""
-        check_available(self.settings)
+        checkpoint = check_available(self.section)
         inference_utils = importlib.import_module("utils.inference_utils")
         if not all(hasattr(inference_utils, name) for name in ("load_model", "inference")):
             raise unavailable(
@@ -107,7 +107,7 @@ class TAPIP3DBackend:
                 f"({getattr(inference_utils, '__file__', '?')}; see {DOCS})",
             )
         self._device = torch_device()
-        model = inference_utils.load_model(str(Path(self.settings.tracks_3d.weights_path)))  # type: ignore[arg-type]
+        model = inference_utils.load_model(str(checkpoint))
         model.to(self._device)
         model.eval()
         self._model, self._inference = model, inference_utils.inference
@@ -127,9 +127,9 @@ class TAPIP3DBackend:
         """
         if self._model is None:
             raise RuntimeError("TAPIP3DBackend.infer called before load()")
-        settings = self.settings.tracks_3d
-        length, num_frames = settings.window_length, frames.shape[0]
-        starts = window_starts(num_frames, length, settings.stride)
+        section = self.section
+        length, num_frames = section.window_length, frames.shape[0]
+        starts = window_starts(num_frames, length, section.stride)
         depths = np.where(np.isfinite(depth.depths), depth.depths, 0.0).astype(np.float32)
         tracks = [
             self._track_window(
@@ -138,7 +138,7 @@ class TAPIP3DBackend:
                 depth.intrinsics[start : start + length],
                 window_world_to_camera(depth.extrinsics, int(start), length),
                 sample_query_pixels(
-                    depths[start], settings.points_per_window, int(start), None if masks is None else masks[start]
+                    depths[start], section.points_per_window, int(start), None if masks is None else masks[start]
                 ),
             )
             for start in starts
@@ -149,7 +149,7 @@ class TAPIP3DBackend:
             intrinsics=np.asarray(depth.intrinsics[0], dtype=np.float64),
             num_frames=num_frames,
             window_length=length,
-            stride=settings.stride,
+            stride=section.stride,
             grid_size=0,  # queries are sampled, not a grid
             resolution=(int(frames.shape[1]), int(frames.shape[2])),
         )

@@ -22,17 +22,18 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from trackset.adapters import DOCS, release_cuda_memory, require_modules, torch_device, unavailable
+from trackset.domain import VideoRef
 from trackset.errors import UnusableVideoError
 from trackset.geometry import invert_rigid
 from trackset.intermediates import DepthCamera, FramesMeta
-from trackset.settings import Settings
-from trackset.stages.base import VideoRef
+from trackset.settings import DepthCameraSettings
 
 STAGE = "depth_camera"
 
@@ -40,10 +41,10 @@ STAGE = "depth_camera"
 VIPE_PIPELINE = "lyra"
 
 
-def check_available(settings: Settings) -> None:
+def check_available(section: DepthCameraSettings) -> None:
     """Raise ModelUnavailableError (one line) when ViPE or its weights directory is missing."""
     require_modules(STAGE, ("vipe",), "pip install nvidia-vipe")
-    weights_dir = settings.depth_camera.weights_dir
+    weights_dir = section.weights_dir
     if weights_dir is not None and not Path(weights_dir).is_dir():
         raise unavailable(
             STAGE,
@@ -69,7 +70,7 @@ def _array_stream_type(streams: Any) -> type:
     """
     import torch
 
-    class ArrayStream(streams.VideoStream):  # type: ignore[misc, name-defined]
+    class ArrayStream(streams.VideoStream):
         """Preprocessed frames as ViPE frames: RGB float in [0, 1], on the GPU when there is one."""
 
         def __init__(self, frames: np.ndarray, fps: float, name: str) -> None:
@@ -89,7 +90,7 @@ def _array_stream_type(streams: Any) -> type:
         def __len__(self) -> int:
             return int(self._frames.shape[0])
 
-        def __iter__(self):  # type: ignore[no-untyped-def]
+        def __iter__(self) -> Iterator[Any]:
             for index, image in enumerate(self._frames):
                 rgb = torch.from_numpy(np.array(image, dtype=np.float32) / 255.0).to(self._device)
                 yield streams.VideoFrame(raw_frame_idx=index, rgb=rgb)
@@ -100,8 +101,8 @@ def _array_stream_type(streams: Any) -> type:
 class ViPEBackend:
     """Depth, intrinsics and world->camera extrinsics per frame, from ViPE."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, section: DepthCameraSettings) -> None:
+        self.section = section
         self._pipeline: Any = None
         self._streams: Any = None
         self._stream_type: type | None = None
@@ -109,8 +110,8 @@ class ViPEBackend:
 
     def load(self) -> None:
         """Build the ViPE pipeline once per worker (ViPE then loads its priors on first run)."""
-        check_available(self.settings)
-        weights_dir = self.settings.depth_camera.weights_dir
+        check_available(self.section)
+        weights_dir = self.section.weights_dir
         if weights_dir is not None:
             _use_cache_root(Path(weights_dir))
         from vipe import make_pipeline

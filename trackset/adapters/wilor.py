@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from trackset.adapters import DOCS, release_cuda_memory, require_modules, torch_device, unavailable
+from trackset.domain import VideoRef
 from trackset.hand_filters import (
     backproject_wrist,
     drop_fast_jumps,
@@ -37,8 +38,7 @@ from trackset.hand_filters import (
     slerp_rotations,
 )
 from trackset.intermediates import DepthCamera, FramesMeta, Hand, HandPoses
-from trackset.settings import Settings
-from trackset.stages.base import VideoRef
+from trackset.settings import HandsSettings
 
 STAGE = "hands"
 INSTALL = "a checkout of github.com/rolpotamias/WiLoR on PYTHONPATH with its requirements.txt installed"
@@ -62,10 +62,11 @@ def weight_files(weights_dir: Path) -> dict[str, Path]:
     }
 
 
-def check_available(settings: Settings) -> None:
-    """Raise ModelUnavailableError (one line) when WiLoR, Ultralytics or a weight file is missing."""
+def check_available(section: HandsSettings) -> Path:
+    """The weights directory; ModelUnavailableError (one line) when WiLoR, Ultralytics or a
+    weight file is missing."""
     require_modules(STAGE, ("wilor", "ultralytics"), INSTALL)
-    weights_dir = settings.hands.weights_dir
+    weights_dir = section.weights_dir
     if weights_dir is None:
         raise unavailable(STAGE, f"WiLoR's weights: set hands.weights_dir (see {DOCS})")
     for path in weight_files(weights_dir).values():
@@ -73,6 +74,7 @@ def check_available(settings: Settings) -> None:
             raise unavailable(
                 STAGE, f"{path.name} under hands.weights_dir = {weights_dir}: {path} is missing (see {DOCS})"
             )
+    return Path(weights_dir)
 
 
 def best_per_side(confidence: np.ndarray, is_right: np.ndarray) -> tuple[int | None, int | None]:
@@ -120,8 +122,8 @@ def project_full_image(points: np.ndarray, focal: np.ndarray, image_size: np.nda
 class WiLoRBackend:
     """Per-frame wrist poses, MANO hand poses and joints of both hands, from WiLoR."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, section: HandsSettings) -> None:
+        self.section = section
         self._model: Any = None
         self._cfg: Any = None
         self._detector: Any = None
@@ -136,14 +138,14 @@ class WiLoRBackend:
         ``hands.weights_dir`` instead of ``./mano_data`` in the working directory, which a
         worker process does not control.
         """
-        check_available(self.settings)
+        weights_dir = check_available(self.section)
         from ultralytics import YOLO
         from wilor.configs import get_config
         from wilor.datasets.vitdet_dataset import ViTDetDataset
         from wilor.models import WiLoR
         from wilor.utils.renderer import cam_crop_to_full
 
-        files = weight_files(self.settings.hands.weights_dir)  # type: ignore[arg-type]
+        files = weight_files(weights_dir)
         cfg = get_config(str(files["config"]), update_cachedir=True)
         cfg.defrost()
         if "vit" in cfg.MODEL.BACKBONE.TYPE and "BBOX_SHAPE" not in cfg.MODEL:
@@ -190,7 +192,8 @@ class WiLoRBackend:
         import torch
         from torch.utils.data import default_collate
 
-        frame_of, items = [], []
+        frame_of: list[int] = []
+        items: list[Any] = []
         for frame, boxes, is_right in detections:
             crops = self._dataset(self._cfg, frames_bgr[frame], boxes, is_right, rescale_factor=RESCALE_FACTOR)
             items.extend(crops[i] for i in range(len(crops)))
@@ -240,13 +243,13 @@ class WiLoRBackend:
         self, outputs: dict[str, np.ndarray], right: int, depth: DepthCamera, fps: float, num_frames: int
     ) -> Hand:
         """One hand's arrays over the video: back-project, filter, interpolate (NaN where invalid)."""
-        settings = self.settings.hands
+        section = self.section
         mine = np.flatnonzero(outputs["right"] == right)
         frames = outputs["frame"][mine]
         uv = np.full((num_frames, 2), np.nan)
         uv[frames] = outputs["wrist_px"][mine]
-        positions, valid = backproject_wrist(uv, depth.depths, depth.intrinsics, settings.wrist_depth_offset_m)
-        valid = drop_fast_jumps(positions, valid, fps, settings.max_wrist_speed_m_s)
+        positions, valid = backproject_wrist(uv, depth.depths, depth.intrinsics, section.wrist_depth_offset_m)
+        valid = drop_fast_jumps(positions, valid, fps, section.max_wrist_speed_m_s)
 
         wrist = np.full((num_frames, 4, 4), np.nan)
         hand_pose = np.full((num_frames, 15, 3, 3), np.nan)
@@ -261,8 +264,8 @@ class WiLoRBackend:
         joints += positions[:, None]
         median_betas = np.median(betas[valid], axis=0) if valid.any() else np.full(10, np.nan)
 
-        filled_wrist, filled = interpolate_gaps(wrist, valid, settings.max_gap_frames)
-        gap, before, after, weight = gap_plan(valid, settings.max_gap_frames)
+        filled_wrist, filled = interpolate_gaps(wrist, valid, section.max_gap_frames)
+        gap, before, after, weight = gap_plan(valid, section.max_gap_frames)
         if gap.size:
             # Finger rotations by slerp; joints move rigidly with the interpolated wrist, their
             # offsets in the wrist's own frame interpolated linearly.

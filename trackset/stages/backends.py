@@ -12,8 +12,8 @@ from typing import Protocol
 
 import numpy as np
 
+from trackset.domain import VideoRef
 from trackset.intermediates import DepthCamera, FramesMeta, HandPoses, Tracks3d
-from trackset.stages.base import VideoRef
 
 
 class ModelBackend(Protocol):

@@ -14,16 +14,17 @@ would make a half-empty depth map look richly structured.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
+from trackset.domain import StageName, VideoRef
 from trackset.errors import BadInputError, UnusableVideoError
 from trackset.intermediates import DepthCamera, read_frames, write_depth_camera
 from trackset.stages.backends import DepthCameraBackend
-from trackset.stages.base import StageName, StageResources, VideoRef
+from trackset.stages.config import DepthCameraConfig
 from trackset.stages.model_stage import ModelStage
-from trackset.synthetic.backends import SyntheticDepthCamera
+
 
 def frame_depth_std(depths: np.ndarray) -> np.ndarray:
     """``(T,)`` standard deviation of each frame's valid depth pixels; NaN without any.
@@ -61,9 +62,7 @@ class DepthCameraStage(ModelStage[DepthCameraBackend]):
 
     name: ClassVar[StageName] = "depth_camera"
     # ViPE: ~13 GB to load plus 1-4 GB per video (FORMATS.md); replaced by profiling.
-    resources: ClassVar[StageResources] = StageResources(cpus=1, gpu_memory_gb=16)
-    real_backend: ClassVar[str] = "trackset.adapters.vipe:ViPEBackend"
-    synthetic_backend: ClassVar[type[Any]] = SyntheticDepthCamera
+    config: DepthCameraConfig
 
     def outputs(self, video_id: str) -> list[Path]:
         return [self.work.vipe(video_id)]
@@ -91,12 +90,14 @@ class DepthCameraStage(ModelStage[DepthCameraBackend]):
 
     def check_usable(self, video: VideoRef, depths: np.ndarray) -> float:
         """Apply the flat-frame rule; return the flat fraction of a usable video."""
-        settings = self.settings.depth_camera
+        section = self.config.section
         if not (np.isfinite(depths) & (depths > 0)).any():
             raise UnusableVideoError(video.video_id, self.name, video.source, "no valid depth (all zero or non-finite)")
-        fraction = flat_frame_fraction(depths, settings.flat_std_m)
-        if fraction > settings.max_flat_fraction:
-            reason = (f"{fraction:.1%} of frames are flat (depth std < {settings.flat_std_m} m), "
-                      f"more than the allowed {settings.max_flat_fraction:.1%}")
+        fraction = flat_frame_fraction(depths, section.flat_std_m)
+        if fraction > section.max_flat_fraction:
+            reason = (
+                f"{fraction:.1%} of frames are flat (depth std < {section.flat_std_m} m), "
+                f"more than the allowed {section.max_flat_fraction:.1%}"
+            )
             raise UnusableVideoError(video.video_id, self.name, video.source, reason)
         return fraction

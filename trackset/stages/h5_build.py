@@ -12,13 +12,15 @@ from typing import ClassVar
 
 import cv2
 
+from trackset.domain import StageName, VideoRef
 from trackset.h5_layout import build_arrays, video_moments, write_h5
 from trackset.intermediates import read_depth_camera, read_frames, read_hand_poses, read_tracks_3d
-from trackset.stages.base import Stage, StageName, VideoRef, stage_fingerprints
+from trackset.stages.base import Stage
+from trackset.stages.config import H5BuildConfig
 from trackset.statistics import VideoPartials
 
 
-class H5BuildStage(Stage):
+class H5BuildStage(Stage[H5BuildConfig]):
     """Build a video's H5 file and partial moments from its intermediates."""
 
     name: ClassVar[StageName] = "h5_build"
@@ -32,7 +34,7 @@ class H5BuildStage(Stage):
         cv2.setNumThreads(1)
 
     def fingerprint(self, video: VideoRef) -> str:
-        return stage_fingerprints(self.settings, video.content_hash)[self.name]
+        return self.config.fingerprint(video.content_hash)
 
     def is_done(self, video: VideoRef) -> bool:
         """True when the H5 exists and its partials carry the current fingerprint."""
@@ -55,12 +57,10 @@ class H5BuildStage(Stage):
         tracks = read_tracks_3d(self.work.tracks_3d(vid), vid, meta.num_frames)
         hands_path = self.work.hand_poses(vid)
         hands = read_hand_poses(hands_path, vid, meta.num_frames) if hands_path.is_file() else None
-        arrays = build_arrays(
-            vid, frames, depth, tracks, hands, self.settings.h5, self.settings.tracks_3d.window_length
-        )
+        arrays = build_arrays(vid, frames, depth, tracks, hands, self.config.section, self.config.window_length)
         moments = video_moments(arrays)
         h5_path, partials_path = self.outputs(vid)
-        write_h5(h5_path, arrays, self.settings.h5.compression)
+        write_h5(h5_path, arrays, self.config.section.compression)
         # Partials are written last: their fingerprint is what marks the video complete.
         try:
             VideoPartials(video_id=vid, fingerprint=self.fingerprint(video), **moments).write(partials_path)

@@ -8,25 +8,23 @@ the backend's shapes and that valid frames are finite, then writes the file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
+from trackset.domain import StageName, VideoRef
 from trackset.errors import BadInputError
 from trackset.intermediates import HAND_SIDES, HandPoses, read_depth_camera, read_frames, write_hand_poses
 from trackset.stages.backends import HandsBackend
-from trackset.stages.base import StageName, StageResources, VideoRef
+from trackset.stages.config import HandsConfig
 from trackset.stages.model_stage import ModelStage
-from trackset.synthetic.backends import SyntheticHands
 
 
 class HandsStage(ModelStage[HandsBackend]):
     """Both hands' poses over a video, in the camera of each frame."""
 
     name: ClassVar[StageName] = "hands"
-    resources: ClassVar[StageResources] = StageResources(cpus=1, gpu_memory_gb=6)
-    real_backend: ClassVar[str] = "trackset.adapters.wilor:WiLoRBackend"
-    synthetic_backend: ClassVar[type[Any]] = SyntheticHands
+    config: HandsConfig
 
     def outputs(self, video_id: str) -> list[Path]:
         return [self.work.hand_poses(video_id)]

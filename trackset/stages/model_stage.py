@@ -10,60 +10,66 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, nullcontext
 from importlib import import_module
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
 
+from trackset.allocator import Allocator
 from trackset.device import WorkerDevice, worker_device
+from trackset.domain import VideoRef
 from trackset.errors import BadInputError, ModelUnavailableError
-from trackset.settings import Settings
 from trackset.stages.backends import ModelBackend
-from trackset.stages.base import Stage, VideoRef
-from trackset.synthetic.cost import Allocator
+from trackset.stages.base import Stage
+from trackset.stages.config import ModelStageConfig
+from trackset.stages.registry import stage_spec
 
 BackendT = TypeVar("BackendT", bound=ModelBackend)
 
 
-def import_backend(target: str, stage: str) -> type[Any]:
-    """The real backend class at ``"module:Class"``, imported only when chosen.
+def import_backend(target: str, stage: str, backend: str) -> type[Any]:
+    """The backend class at ``"module:Class"``, imported only when chosen.
 
     Raises:
         ModelUnavailableError: the adapter module or a package it needs is not installed.
     """
-    module_name, class_name = target.split(":")
+    module_name, _, class_name = target.partition(":")
     try:
         module = import_module(module_name)
     except ModuleNotFoundError as exc:
         raise ModelUnavailableError(
-            f"{stage}.backend is 'real' but {module_name} cannot be imported ({exc}); "
+            f"{stage}.backend is {backend!r} but {module_name} cannot be imported ({exc}); "
             f"install the model and its adapter, or set {stage}.backend: synthetic"
         ) from exc
-    return getattr(module, class_name)
+    backend_class: type[Any] = getattr(module, class_name)
+    return backend_class
 
 
-class ModelStage(Stage, Generic[BackendT]):
+class ModelStage(Stage[ModelStageConfig], Generic[BackendT]):
     """A GPU stage around a model backend, loaded once per worker process.
 
-    Subclasses name the real adapter (``real_backend``, ``"module:Class"``, constructed with
-    the settings) and the synthetic class (constructed with the settings and ``allocator``,
-    which the caller may set to the fake device's ledger).
+    The backend class is the one the stage table (:mod:`trackset.stages.registry`) names
+    for the ``backend`` setting. A real adapter is constructed with the stage's section; a
+    synthetic backend also gets its synthetic settings and the ``allocator`` its memory is
+    charged to, which the caller may set to a fake device's ledger (tests).
     """
 
-    real_backend: ClassVar[str]
-    synthetic_backend: ClassVar[type[Any]]
-
-    def __init__(self, settings: Settings, allocator: Allocator | None = None) -> None:
-        super().__init__(settings)
+    def __init__(self, config: ModelStageConfig, allocator: Allocator | None = None) -> None:
+        super().__init__(config)
         self.allocator = allocator
         self.device: WorkerDevice | None = None
         self.backend: BackendT | None = None
 
     def build_backend(self) -> BackendT:
         """A new, unloaded backend as the stage's ``backend`` setting says."""
-        if getattr(self.settings, self.name).backend == "real":
-            return import_backend(self.real_backend, self.name)(self.settings)
-        return self.synthetic_backend(self.settings, allocator=self.allocator)
+        backend = self.config.section.backend
+        target = stage_spec(self.name).backends[backend]
+        factory = import_backend(target, self.name, backend)
+        if self.config.synthetic is None:
+            built: BackendT = factory(self.config.section)
+        else:
+            built = factory(self.config.section, self.config.synthetic, allocator=self.allocator)
+        return built
 
     def setup(self) -> None:
         """Take this worker's GPU (real or fake), then build and load the backend once.
@@ -71,7 +77,7 @@ class ModelStage(Stage, Generic[BackendT]):
         An allocator given to the constructor (tests) wins over the worker's device.
         """
         if self.allocator is None:
-            self.device = worker_device(self.settings)
+            self.device = worker_device(self.config.paths.work_dir, self.config.fake_gpus)
             self.allocator = self.device.allocator
         self.loaded_backend()
 

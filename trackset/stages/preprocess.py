@@ -44,18 +44,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import av
 import av.error
 import cv2
 import numpy as np
+from av.sidedata.sidedata import Type as SideDataType
 
+from trackset.domain import StageName, VideoRef
 from trackset.errors import BadInputError, UnusableVideoError
 from trackset.intermediates import FramesMeta, write_frames
-from trackset.stages.base import Stage, StageName, VideoRef
+from trackset.stages.base import Stage
+from trackset.stages.config import PreprocessConfig
 
-_DISPLAYMATRIX = av.sidedata.sidedata.Type.DISPLAYMATRIX
+_DISPLAYMATRIX = SideDataType.DISPLAYMATRIX
 
 
 # Muxers quantise timestamps: Matroska and WebM store milliseconds, so a frame captured at
@@ -196,7 +199,7 @@ class _Decoded:
     resized: np.ndarray | None = None
 
 
-class PreprocessStage(Stage):
+class PreprocessStage(Stage[PreprocessConfig]):
     """Decode, resample to ``preprocess.fps``, orient and resize one source video."""
 
     name: ClassVar[StageName] = "preprocess"
@@ -238,14 +241,14 @@ class PreprocessStage(Stage):
             raise BadInputError(
                 vid, self.name, source, f"truncated: decoded {decoded_span:.2f} s of a declared {declared:.2f} s"
             )
-        settings = self.settings.preprocess
+        section = self.config.section
         out = np.stack(frames)
         meta = FramesMeta(
             video_id=vid,
             num_frames=len(frames),
-            fps=settings.fps,
-            width=settings.width,
-            height=settings.height,
+            fps=section.fps,
+            width=section.width,
+            height=section.height,
             source=str(source),
             source_width=int(info["source_width"]),
             source_height=int(info["source_height"]),
@@ -269,8 +272,8 @@ class PreprocessStage(Stage):
         self, container: av.container.InputContainer, stream: av.video.stream.VideoStream
     ) -> tuple[list[np.ndarray], list[Fraction], dict[str, float | int | str]]:
         """Stream-decode and keep, for each output time, the latest frame at or before it."""
-        settings = self.settings.preprocess
-        fps = Fraction(settings.fps).limit_denominator(1_000_000)
+        section = self.config.section
+        fps = Fraction(section.fps).limit_denominator(1_000_000)
         frames: list[np.ndarray] = []
         times: list[Fraction] = []
         held: _Decoded | None = None
@@ -283,7 +286,7 @@ class PreprocessStage(Stage):
             while len(frames) < stop:
                 if decoded_frame.resized is None:
                     image = decoded_frame.frame.to_ndarray(format="rgb24")
-                    decoded_frame.resized = orient_crop_resize(image, *orientation, settings.width, settings.height)
+                    decoded_frame.resized = orient_crop_resize(image, *orientation, section.width, section.height)
                 frames.append(decoded_frame.resized)
                 times.append(decoded_frame.time)
 
@@ -320,7 +323,7 @@ class PreprocessStage(Stage):
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob("[0-9][0-9][0-9][0-9][0-9].png"):
             stale.unlink()
-        if not self.settings.preprocess.write_png:
+        if not self.config.section.write_png:
             return
         for index, frame in enumerate(frames):
             if not cv2.imwrite(str(folder / f"{index:05d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)):
@@ -356,7 +359,9 @@ def _timed_frames(
 
 
 def _frame_orientation(frame: av.VideoFrame, stream: av.video.stream.VideoStream) -> tuple[int, bool]:
-    side = frame.side_data.get(_DISPLAYMATRIX)
+    # PyAV 18's stubs type Frame.side_data as a Mapping[str, object]; it is keyed by sidedata.Type
+    # and holds buffers.
+    side: Any = frame.side_data.get(_DISPLAYMATRIX)  # type: ignore[call-overload]
     matrix = np.frombuffer(bytes(side), dtype="<i4") if side is not None else None
     return display_orientation(matrix, stream.metadata.get("rotate"))
 

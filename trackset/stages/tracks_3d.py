@@ -10,26 +10,24 @@ composition (the script pipeline's ``inv(E_s) @ E_{s+k}`` is a known defect).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
+from trackset.domain import StageName, VideoRef
 from trackset.errors import BadInputError
 from trackset.geometry import window_relative_poses
 from trackset.intermediates import Tracks3d, read_depth_camera, read_frames, write_tracks_3d
 from trackset.stages.backends import Tracks3dBackend
-from trackset.stages.base import StageName, StageResources, VideoRef
+from trackset.stages.config import Tracks3dConfig
 from trackset.stages.model_stage import ModelStage
-from trackset.synthetic.backends import SyntheticTracks3d
 
 
 class Tracks3dStage(ModelStage[Tracks3dBackend]):
     """Sliding-window 3D point tracks and the camera motion of each window."""
 
     name: ClassVar[StageName] = "tracks_3d"
-    resources: ClassVar[StageResources] = StageResources(cpus=1, gpu_memory_gb=8)
-    real_backend: ClassVar[str] = "trackset.adapters.tapip3d:TAPIP3DBackend"
-    synthetic_backend: ClassVar[type[Any]] = SyntheticTracks3d
+    config: Tracks3dConfig
 
     def outputs(self, video_id: str) -> list[Path]:
         return [self.work.tracks_3d(video_id)]
@@ -41,7 +39,7 @@ class Tracks3dStage(ModelStage[Tracks3dBackend]):
         tracks = self.loaded_backend().infer(video, frames, meta, depth)
         path = self.work.tracks_3d(vid)
         self.check_result(video, Path(video.source), tracks, meta.num_frames)  # names the source
-        length = self.settings.tracks_3d.window_length
+        length = self.config.section.window_length
         starts = np.array([start for start, _ in tracks.windows], dtype=np.int64)
         poses = window_relative_poses(depth.extrinsics, starts, length)
         write_tracks_3d(path, vid, tracks, list(poses))
@@ -53,12 +51,14 @@ class Tracks3dStage(ModelStage[Tracks3dBackend]):
 
     def check_result(self, video: VideoRef, path: Path, tracks: Tracks3d, num_frames: int) -> None:
         """Every window is a full window of the configured length with finite points."""
-        length = self.settings.tracks_3d.window_length
+        length = self.config.section.window_length
         if tracks.num_frames != num_frames or len(tracks.windows) != len(tracks.tracks):
-            reason = (f"backend returned {len(tracks.tracks)} track windows for {len(tracks.windows)} ranges "
-                      f"over {tracks.num_frames} frames; the video has {num_frames}")
+            reason = (
+                f"backend returned {len(tracks.tracks)} track windows for {len(tracks.windows)} ranges "
+                f"over {tracks.num_frames} frames; the video has {num_frames}"
+            )
             raise BadInputError(video.video_id, self.name, path, reason)
-        for index, ((start, end), points) in enumerate(zip(tracks.windows, tracks.tracks)):
+        for index, ((start, end), points) in enumerate(zip(tracks.windows, tracks.tracks, strict=True)):
             if end - start != length or not 0 <= start < end <= num_frames:
                 reason = f"window {index} = ({start}, {end}) is not a full window of {length} frames"
                 raise BadInputError(video.video_id, self.name, path, reason)

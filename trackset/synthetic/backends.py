@@ -23,12 +23,13 @@ import numpy as np
 from pydantic import ValidationError
 
 from trackset import geometry
+from trackset.allocator import Allocator
+from trackset.domain import StageName, VideoRef
 from trackset.errors import BadInputError
 from trackset.intermediates import HAND_SIDES, DepthCamera, FramesMeta, Hand, HandPoses, Tracks3d
-from trackset.settings import Settings
-from trackset.stages.base import StageName, VideoRef
+from trackset.settings import DepthCameraSettings, HandsSettings, SyntheticModelSettings, Tracks3dSettings
 from trackset.synthetic.corpus import load_scene_for, sidecar_path
-from trackset.synthetic.cost import Allocator, SimulatedCost
+from trackset.synthetic.cost import SimulatedCost
 from trackset.synthetic.scene import HAND_IDS, STATIC_ID, SceneSpec
 
 # Separate noise streams per stage, so depth noise and track noise are independent.
@@ -112,9 +113,15 @@ class _SyntheticBackend:
 
     stage: ClassVar[StageName]
 
-    def __init__(self, settings: Settings, allocator: Allocator | None = None) -> None:
-        self.settings = settings
-        self.cost = SimulatedCost(getattr(settings.synthetic, self.stage), allocator)
+    def __init__(
+        self,
+        section: DepthCameraSettings | Tracks3dSettings | HandsSettings,
+        synthetic: SyntheticModelSettings,
+        allocator: Allocator | None = None,
+    ) -> None:
+        self.section = section
+        self.synthetic = synthetic
+        self.cost = SimulatedCost(synthetic.cost, allocator)
 
     def load(self) -> None:
         """Take the simulated model's memory and load time."""
@@ -130,8 +137,10 @@ class _SyntheticBackend:
         try:
             return load_scene_for(video.source)
         except FileNotFoundError:
-            reason = (f"no scene sidecar {path.name}: synthetic backends need the ground truth written by "
-                      f"make_corpus (set {self.stage}.backend: real for real videos)")
+            reason = (
+                f"no scene sidecar {path.name}: synthetic backends need the ground truth written by "
+                f"make_corpus (set {self.stage}.backend: real for real videos)"
+            )
             raise BadInputError(video.video_id, self.stage, path, reason) from None
         except ValidationError as exc:
             reason = f"malformed scene sidecar: {exc}".splitlines()[0]
@@ -139,7 +148,7 @@ class _SyntheticBackend:
 
     @property
     def noise_std(self) -> float:
-        return self.settings.synthetic.noise_std
+        return self.synthetic.noise_std
 
 
 class SyntheticDepthCamera(_SyntheticBackend):
@@ -175,14 +184,15 @@ class SyntheticTracks3d(_SyntheticBackend):
     """
 
     stage: ClassVar[StageName] = "tracks_3d"
+    section: Tracks3dSettings
 
     def infer(self, video: VideoRef, frames: np.ndarray, meta: FramesMeta, depth: DepthCamera) -> Tracks3d:
         scene = self.scene(video)
         num_frames, height, width = frames.shape[:3]
-        settings = self.settings.tracks_3d
-        length = settings.window_length
+        section = self.section
+        length = section.window_length
         times = frame_times(meta, num_frames, scene.fps)
-        starts = geometry.window_starts(num_frames, length, settings.stride)
+        starts = geometry.window_starts(num_frames, length, section.stride)
         k = scene.intrinsics_for(width, height)
         by_id = scene.body_poses(times)
         body_ids = np.array(sorted(by_id))
@@ -193,7 +203,7 @@ class SyntheticTracks3d(_SyntheticBackend):
             for start in starts:  # one window at a time, each vectorised over its points
                 depth_s, ids_s = scene.render_depth(float(times[start]), width, height)
                 rng = video_rng(video.video_id, self.stage, int(start))
-                rows, cols = sample_query_pixels(ids_s, depth_s, settings.points_per_window, rng)
+                rows, cols = sample_query_pixels(ids_s, depth_s, section.points_per_window, rng)
                 cam = geometry.backproject(cols, rows, depth_s[rows, cols].astype(np.float64), k)
                 world = cam @ cameras[start, :3, :3].T + cameras[start, :3, 3]
                 body = np.searchsorted(body_ids, ids_s[rows, cols])
@@ -211,7 +221,7 @@ class SyntheticTracks3d(_SyntheticBackend):
             intrinsics=k,
             num_frames=num_frames,
             window_length=length,
-            stride=settings.stride,
+            stride=section.stride,
             grid_size=0,
             resolution=(height, width),
         )

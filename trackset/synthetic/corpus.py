@@ -69,8 +69,10 @@ def load_scene_for(video_path: Path | str) -> SceneSpec:
     """
     path = sidecar_path(Path(video_path))
     if not path.is_file():
-        raise FileNotFoundError(f"no scene sidecar {path} for {video_path}: synthetic backends need the "
-                                "<stem>.scene.json written by make_corpus (use backend: real for real videos)")
+        raise FileNotFoundError(
+            f"no scene sidecar {path} for {video_path}: synthetic backends need the "
+            "<stem>.scene.json written by make_corpus (use backend: real for real videos)"
+        )
     return SceneSpec.from_json(path.read_text())
 
 
@@ -83,6 +85,8 @@ def encode_scene(spec: SceneSpec, path: Path, codec: str = "libx264", container:
     rate = Fraction(spec.fps).limit_denominator(1_000_000)
     with av.open(str(path), mode="w", format=container, options={"fflags": "+bitexact"}) as output:
         stream = output.add_stream(codec, rate=rate)
+        if not isinstance(stream, av.VideoStream):
+            raise ValueError(f"codec {codec!r} is not a video codec")
         stream.width, stream.height, stream.pix_fmt = spec.width, spec.height, "yuv420p"
         stream.thread_count = 1
         stream.codec_context.flags |= av.codec.context.Flags.bitexact
@@ -132,7 +136,7 @@ def make_corpus(
     specs = [SceneSpec.from_seed(video_seed(seed, i), num_frames, fps, width, height) for i in range(num_videos)]
     paths = [out_dir / f"clip_{i:03d}.{container}" for i in range(num_videos)]
     if processes <= 1 or num_videos <= 1:
-        return [encode_scene(spec, path, codec, container) for spec, path in zip(specs, paths)]
+        return [encode_scene(spec, path, codec, container) for spec, path in zip(specs, paths, strict=True)]
     # spawn, not fork: the caller may hold torch or thread pools that a fork would copy half-way.
     with ProcessPoolExecutor(min(processes, num_videos), mp_context=get_context("spawn")) as pool:
         return list(pool.map(encode_scene, specs, paths, [codec] * num_videos, [container] * num_videos))

@@ -5,20 +5,20 @@ error can only be tested if the stand-in models *behave* like ViPE, TAPIP3D and 
 large allocation held while loaded, more per video and per frame, a GPU phase that workers
 sharing a GPU cannot overlap, and real CPU work. :class:`SimulatedCost` plays that part from a
 :class:`~trackset.settings.SyntheticStageCost`; where the memory comes from is an
-:class:`Allocator`: real torch tensors by default (:class:`TorchAllocator`), or the fake
-device's cross-process ledger plugged in by the caller.
+:class:`~trackset.allocator.Allocator`: real torch tensors by default
+(:class:`~trackset.allocator.TorchAllocator`), or the fake device's cross-process ledger
+plugged in by the caller.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Protocol
+from contextlib import contextmanager
 
 import numpy as np
-import torch
 
+from trackset.allocator import Allocator, TorchAllocator
 from trackset.settings import SyntheticStageCost
 
 MIB = 2**20
@@ -31,55 +31,7 @@ def mib_to_bytes(mib: float) -> int:
         >>> mib_to_bytes(1.5)
         1572864
     """
-    return int(round(mib * MIB))
-
-
-class Allocator(Protocol):
-    """Where a simulated model's memory is taken from and given back."""
-
-    def allocate(self, nbytes: int) -> None:
-        """Take ``nbytes``; may raise ``torch.cuda.OutOfMemoryError``."""
-
-    def release(self, nbytes: int) -> None:
-        """Give back ``nbytes`` taken by an earlier :meth:`allocate`."""
-
-    def gpu_phase(self) -> AbstractContextManager[object]:
-        """Context during which this worker uses the GPU (serialised per GPU where simulated)."""
-
-
-class TorchAllocator:
-    """Real torch tensors: on ``cuda`` when available, else CPU memory (touched, so RSS grows).
-
-    On a real GPU the tensors make ``torch.cuda.max_memory_reserved`` and NVML see the
-    model's footprint exactly as a real model's; the GPU serialises kernels itself, so
-    :meth:`gpu_phase` needs no lock.
-    """
-
-    def __init__(self, device: str | torch.device | None = None) -> None:
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self._blocks: list[torch.Tensor] = []
-
-    def allocate(self, nbytes: int) -> None:
-        if nbytes <= 0:
-            return
-        # ones, not empty: writing every page makes the memory resident, as a model's weights are.
-        self._blocks.append(torch.ones(nbytes, dtype=torch.uint8, device=self.device))
-
-    def release(self, nbytes: int) -> None:
-        if nbytes <= 0:
-            return
-        for index in range(len(self._blocks) - 1, -1, -1):
-            if self._blocks[index].numel() == nbytes:
-                del self._blocks[index]
-                return
-        raise ValueError(f"release of {nbytes} bytes that were never allocated")
-
-    def held_bytes(self) -> int:
-        """Bytes currently held (a method, like the fake device's)."""
-        return sum(block.numel() for block in self._blocks)
-
-    def gpu_phase(self) -> AbstractContextManager[object]:
-        return nullcontext()
+    return round(mib * MIB)
 
 
 def burn_cpu(seconds: float) -> int:

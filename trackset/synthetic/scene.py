@@ -45,11 +45,26 @@ HAND_IDS: dict[str, int] = {"left": 101, "right": 102}
 RIGHT_HAND_JOINTS = np.array(
     [
         [0.0, 0.0, 0.0],
-        [0.025, -0.020, -0.005], [0.040, -0.040, -0.008], [0.052, -0.060, -0.010], [0.062, -0.076, -0.010],
-        [0.022, -0.090, 0.0], [0.023, -0.125, 0.0], [0.024, -0.146, 0.0], [0.025, -0.165, 0.0],
-        [0.000, -0.095, 0.0], [0.000, -0.134, 0.0], [0.000, -0.158, 0.0], [0.000, -0.180, 0.0],
-        [-0.018, -0.090, 0.0], [-0.019, -0.125, 0.0], [-0.020, -0.147, 0.0], [-0.020, -0.166, 0.0],
-        [-0.035, -0.080, 0.0], [-0.037, -0.105, 0.0], [-0.038, -0.121, 0.0], [-0.039, -0.137, 0.0],
+        [0.025, -0.020, -0.005],
+        [0.040, -0.040, -0.008],
+        [0.052, -0.060, -0.010],
+        [0.062, -0.076, -0.010],
+        [0.022, -0.090, 0.0],
+        [0.023, -0.125, 0.0],
+        [0.024, -0.146, 0.0],
+        [0.025, -0.165, 0.0],
+        [0.000, -0.095, 0.0],
+        [0.000, -0.134, 0.0],
+        [0.000, -0.158, 0.0],
+        [0.000, -0.180, 0.0],
+        [-0.018, -0.090, 0.0],
+        [-0.019, -0.125, 0.0],
+        [-0.020, -0.147, 0.0],
+        [-0.020, -0.166, 0.0],
+        [-0.035, -0.080, 0.0],
+        [-0.037, -0.105, 0.0],
+        [-0.038, -0.121, 0.0],
+        [-0.039, -0.137, 0.0],
     ]
 )
 
@@ -388,8 +403,15 @@ class SceneSpec:
             pose = hand.motion.matrices(t)[0]
             local_origin = pose[:3, :3].T @ (origin - pose[:3, 3])
             bodies.append(
-                _Body(HAND_IDS[hand.side], pose, _f32(local_origin), hand.texture, "ellipsoid",
-                      _f32(hand.radii), _f32(hand.center))
+                _Body(
+                    HAND_IDS[hand.side],
+                    pose,
+                    _f32(local_origin),
+                    hand.texture,
+                    "ellipsoid",
+                    _f32(hand.radii),
+                    _f32(hand.center),
+                )
             )
         return bodies
 
@@ -421,9 +443,10 @@ class SceneSpec:
         cy = height / 2 + float(rng.uniform(-3.0, 3.0)) * scale
         half_fov_x, half_fov_y = cx / fx, cy / fy  # tan of the half field of view
 
+        turn_low, turn_high = np.deg2rad([(1.0, 1.0, 1.0), (4.0, 4.0, 3.0)])
         camera = RigidMotion(
             _oscillation(rng, (0.0, 0.0, 0.0), (0.03, 0.01, 0.02), (0.12, 0.06, 0.10), (3.0, 8.0)),
-            _oscillation(rng, (0.0, 0.0, 0.0), *np.deg2rad([(1.0, 1.0, 1.0), (4.0, 4.0, 3.0)]), (3.0, 8.0)),
+            _oscillation(rng, (0.0, 0.0, 0.0), turn_low, turn_high, (3.0, 8.0)),
         )
         wall_z = float(rng.uniform(1.8, 2.4))
         yaw, pitch = float(rng.uniform(-0.25, 0.25)), float(rng.uniform(-0.08, 0.08))
@@ -451,7 +474,8 @@ class SceneSpec:
 
         last_time = max(num_frames - 1, 5) / fps
         hands = []
-        for side, sign in (("left", -1.0), ("right", 1.0)):
+        sides: tuple[tuple[HandSide, float], ...] = (("left", -1.0), ("right", 1.0))
+        for side, sign in sides:
             z = float(rng.uniform(0.6, 0.95))
             period = float(rng.uniform(0.75, 0.95)) * min(last_time, 4.5)
             # Centred on the image edge: the wrist is in view for about half of each sweep.
@@ -464,7 +488,7 @@ class SceneSpec:
             base = rng.uniform(-0.3, 0.3, 3)
             hands.append(
                 HandSpec(
-                    side=side,  # type: ignore[arg-type]
+                    side=side,
                     motion=RigidMotion(translation, _oscillation(rng, base, (0.1,) * 3, (0.35,) * 3, (1.5, 4.0))),
                     radii=(0.045, 0.085, 0.03),
                     center=(0.0, -0.05, 0.0),
@@ -475,9 +499,19 @@ class SceneSpec:
                 )
             )
         return cls(
-            seed=seed, width=width, height=height, fps=float(fps), num_frames=num_frames,
-            fx=fx, fy=fy, cx=cx, cy=cy, camera=camera,
-            planes=planes, objects=tuple(objects), hands=tuple(hands),
+            seed=seed,
+            width=width,
+            height=height,
+            fps=float(fps),
+            num_frames=num_frames,
+            fx=fx,
+            fy=fy,
+            cx=cx,
+            cy=cy,
+            camera=camera,
+            planes=planes,
+            objects=tuple(objects),
+            hands=tuple(hands),
         )
 
 

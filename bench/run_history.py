@@ -2,9 +2,10 @@
 
 The benchmarks and the fault tests ask the API, not the flow's return value, how a stage
 was split into subflows (profiling, then one run per packing of the GPUs) and which videos
-each one ran: that is what a user sees in the UI. A ``process-stage`` subflow gets its
-videos as a work list file (trackset.worklist), so they are read from its task runs, which
-are named ``<stage>-<video id>`` (DECISIONS.md).
+each one ran: that is what a user sees in the UI. A stage subflow gets its videos as a
+work list file (trackset.worklist), so they are read from its task runs, which are named
+``<stage>-<video id>`` (DECISIONS.md). Benchmarks import it as ``run_history`` (they run
+from ``bench/``), tests as ``bench.run_history``.
 """
 
 from __future__ import annotations
@@ -44,9 +45,8 @@ def stage_subflows(flow_run_id: UUID, stages: list[str] | None = None) -> list[F
 
 
 def subflow_videos(subflow: FlowRun) -> int:
-    """How many videos a stage subflow was given (a list for profiling, a work list otherwise)."""
-    parameters = subflow.parameters
-    return int(parameters["work"]["videos"]) if "work" in parameters else len(parameters["videos"])
+    """How many videos a stage subflow was given (the size of its work list)."""
+    return int(subflow.parameters["work"]["videos"])
 
 
 def settled_task_runs(subflow: FlowRun, expected: int, settle_s: float = SETTLE_S) -> list[TaskRun]:

@@ -1,0 +1,186 @@
+"""The GPU packing policy, every branch, with a fake ``run`` (no Prefect, no Dask)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from trackset.domain import StageRecord, VideoFailure, VideoRef
+from trackset.gpu_inventory import GpuInfo
+from trackset.packing import PackingSettings, Round, pack_gpu_stage
+from trackset.run_report import StageOutcome
+
+GIB = 1024**3
+SETTINGS = PackingSettings(profiling_videos=2, headroom=0.9, max_workers_per_gpu=4)
+
+
+def gpu(index: int, total_gib: float, used_gib: float = 0.0) -> GpuInfo:
+    total, used = int(total_gib * GIB), int(used_gib * GIB)
+    return GpuInfo(index, "FakeGPU", total, used, total - used)
+
+
+def videos(count: int) -> list[VideoRef]:
+    return [VideoRef(f"{i:05d}", Path(f"v{i}.mp4"), f"h{i}") for i in range(count)]
+
+
+@dataclass
+class FakeGpuRun:
+    """A GPU of ``capacity_gib``: a video of ``size`` GiB runs out of memory when
+    ``workers_per_gpu`` copies of it do not fit; ``broken`` videos fail with a plain error."""
+
+    sizes: dict[str, float]
+    capacity_gib: float = 16.0
+    broken: set[str] = field(default_factory=set)
+    measured: bool = True
+    calls: list[tuple[list[str], int, bool]] = field(default_factory=list)
+
+    def __call__(self, batch: list[VideoRef], workers_per_gpu: int, *, profiling: bool) -> StageOutcome:
+        self.calls.append(([v.video_id for v in batch], workers_per_gpu, profiling))
+        outcome = StageOutcome("depth_camera")
+        for video in batch:
+            size = self.sizes[video.video_id]
+            if video.video_id in self.broken:
+                outcome.failures.append(VideoFailure(video.video_id, "depth_camera", "BadInputError: corrupt", "error"))
+            elif size * workers_per_gpu > self.capacity_gib:
+                reason = f"OutOfMemoryError: {size} GiB x {workers_per_gpu}"
+                outcome.failures.append(VideoFailure(video.video_id, "depth_camera", reason, "out_of_memory"))
+            else:
+                peak = int(size * GIB) if self.measured else None
+                outcome.records.append(StageRecord(video.video_id, "depth_camera", "done", peak_bytes=peak))
+        return outcome
+
+
+def every_video_once(result, given: list[VideoRef]) -> None:
+    seen = [r.video_id for r in result.outcome.records] + [f.video_id for f in result.outcome.failures]
+    assert sorted(seen) == sorted(v.video_id for v in given)
+
+
+def test_profiles_on_one_worker_per_gpu_then_runs_the_rest_at_the_planned_size():
+    given = videos(6)
+    run = FakeGpuRun({v.video_id: 3.0 for v in given})
+    result = pack_gpu_stage("depth_camera", given, run, [gpu(0, 16), gpu(1, 16)], SETTINGS)
+    # floor(0.9 * 16 / 3) = 4
+    assert run.calls == [(["00000", "00001"], 1, True), (["00002", "00003", "00004", "00005"], 4, False)]
+    assert result.rounds == [Round(1, 2, 0, True), Round(4, 4, 0, False)]
+    assert (result.peak_bytes, result.peak_source, result.workers_per_gpu) == (3 * GIB, "profiled", 4)
+    assert [p.workers_per_gpu for p in result.profiles] == [4, 4]
+    assert [r.info["workers_per_gpu"] for r in result.outcome.records] == [1, 1, 4, 4, 4, 4]
+    assert not result.outcome.failures and not result.quarantined
+    every_video_once(result, given)
+
+
+def test_the_smallest_plan_over_the_gpus_sizes_the_cluster():
+    given = videos(3)
+    run = FakeGpuRun({v.video_id: 4.0 for v in given})
+    result = pack_gpu_stage("depth_camera", given, run, [gpu(0, 16), gpu(1, 16, used_gib=6)], SETTINGS)
+    assert [p.workers_per_gpu for p in result.profiles] == [3, 2]  # floor(14.4/4), floor(9/4)
+    assert run.calls[-1][1] == 2
+
+
+def test_out_of_memory_videos_rerun_one_worker_fewer_until_they_fit():
+    sizes = {"00000": 2.0, "00001": 2.0, "00002": 2.0, "00003": 7.0, "00004": 5.0}
+    run = FakeGpuRun(sizes)
+    result = pack_gpu_stage("depth_camera", videos(5), run, [gpu(0, 16)], SETTINGS)
+    # Profiled peak 2 GiB -> 4 workers; 7 GiB fits 2 at a time, 5 GiB fits 3.
+    assert [(ids, w) for ids, w, _ in run.calls] == [
+        (["00000", "00001"], 1),
+        (["00002", "00003", "00004"], 4),
+        (["00003", "00004"], 3),
+        (["00003"], 2),
+    ]
+    assert {r.video_id: r.info["workers_per_gpu"] for r in result.outcome.records} == {
+        "00000": 1, "00001": 1, "00002": 4, "00004": 3, "00003": 2,
+    }
+    assert not result.outcome.failures
+    every_video_once(result, videos(5))
+
+
+def test_a_video_out_of_memory_alone_on_a_gpu_is_quarantined_with_its_reason():
+    sizes = {"00000": 1.0, "00001": 1.0, "00002": 20.0, "00003": 1.0}
+    result = pack_gpu_stage("depth_camera", videos(4), FakeGpuRun(sizes), [gpu(0, 16)], SETTINGS)
+    [quarantined] = result.quarantined
+    assert quarantined.video_id == "00002" and quarantined.kind == "quarantined"
+    assert quarantined.reason.startswith("out of memory alone on a GPU: OutOfMemoryError: 20.0 GiB x 1")
+    assert result.outcome.failures == [quarantined]
+    assert [r.workers_per_gpu for r in result.rounds] == [1, 4, 3, 2, 1]
+    every_video_once(result, videos(4))
+
+
+def test_a_video_out_of_memory_while_profiling_is_quarantined_at_once():
+    sizes = {"00000": 30.0, "00001": 2.0, "00002": 2.0}
+    run = FakeGpuRun(sizes)
+    result = pack_gpu_stage("depth_camera", videos(3), run, [gpu(0, 16)], SETTINGS)
+    assert [q.video_id for q in result.quarantined] == ["00000"]
+    assert result.quarantined[0].reason.startswith("out of memory alone on a GPU while profiling: ")
+    assert run.calls[1] == (["00002"], 4, False)  # sized from the video that did fit
+    every_video_once(result, videos(3))
+
+
+def test_a_peak_above_a_whole_gpu_fails_the_rest_at_once_and_keeps_what_ran():
+    sizes = {v.video_id: 12.0 for v in videos(4)}
+    run = FakeGpuRun(sizes, capacity_gib=16)
+    result = pack_gpu_stage("depth_camera", videos(4), run, [gpu(0, 16, used_gib=6)], SETTINGS)
+    assert result.error is not None and "exceeds the 10.00 GiB available" in result.error
+    assert len(run.calls) == 1  # no video after profiling was submitted
+    assert [r.video_id for r in result.outcome.records] == ["00000", "00001"]
+    assert [(f.video_id, f.reason) for f in result.outcome.failures] == [
+        ("00002", result.error), ("00003", result.error)
+    ]
+    every_video_once(result, videos(4))
+
+
+def test_without_a_measured_peak_the_prior_sizes_the_cluster():
+    run = FakeGpuRun({v.video_id: 1.0 for v in videos(4)}, measured=False)
+    result = pack_gpu_stage("depth_camera", videos(4), run, [gpu(0, 32)], SETTINGS, prior_peak_bytes=14 * GIB)
+    assert (result.peak_source, result.peak_bytes) == ("prior", 14 * GIB)
+    assert run.calls[-1][1] == 2  # floor(0.9 * 32 / 14)
+
+
+def test_without_a_peak_or_a_prior_one_worker_per_gpu_runs():
+    run = FakeGpuRun({v.video_id: 1.0 for v in videos(4)}, measured=False)
+    result = pack_gpu_stage("depth_camera", videos(4), run, [gpu(0, 32)], SETTINGS)
+    assert result.peak_source == "none" and not result.profiles
+    assert run.calls[-1] == (["00002", "00003"], 1, False)
+
+
+def test_a_known_peak_skips_profiling():
+    run = FakeGpuRun({v.video_id: 3.0 for v in videos(3)})
+    result = pack_gpu_stage("depth_camera", videos(3), run, [gpu(0, 16)], SETTINGS, known_peak_bytes=5 * GIB)
+    assert run.calls == [(["00000", "00001", "00002"], 2, False)]  # floor(14.4 / 5)
+    assert result.peak_source == "given"
+
+
+def test_fewer_videos_than_profiling_runs_only_the_profile():
+    run = FakeGpuRun({"00000": 1.0})
+    result = pack_gpu_stage("depth_camera", videos(1), run, [gpu(0, 16)], SETTINGS)
+    assert run.calls == [(["00000"], 1, True)]
+    assert result.workers_per_gpu == 1 and result.profiles
+
+
+def test_plain_failures_pass_through_and_are_not_rerun():
+    sizes = {v.video_id: 2.0 for v in videos(4)}
+    run = FakeGpuRun(sizes, broken={"00001", "00003"})
+    result = pack_gpu_stage("depth_camera", videos(4), run, [gpu(0, 16)], SETTINGS)
+    assert len(run.calls) == 2
+    assert sorted((f.video_id, f.kind) for f in result.outcome.failures) == [("00001", "error"), ("00003", "error")]
+    every_video_once(result, videos(4))
+
+
+def test_a_cluster_that_cannot_be_resized_runs_once_and_quarantines_out_of_memory():
+    sizes = {"00000": 2.0, "00001": 40.0, "00002": 2.0}
+    run = FakeGpuRun(sizes)
+    result = pack_gpu_stage("depth_camera", videos(3), run, [], SETTINGS, resizable=False)
+    assert run.calls == [(["00000", "00001", "00002"], 1, False)]
+    assert [q.video_id for q in result.quarantined] == ["00001"]
+    assert result.quarantined[0].reason.startswith("out of memory on a cluster trackset cannot resize: ")
+    assert all("workers_per_gpu" not in r.info for r in result.outcome.records)
+    every_video_once(result, videos(3))
+
+
+@pytest.mark.parametrize("count", [0, 2, 7])
+def test_nothing_is_lost_whatever_the_mix(count):
+    sizes = {v.video_id: [1.0, 9.0, 30.0][i % 3] for i, v in enumerate(videos(count))}
+    result = pack_gpu_stage("depth_camera", videos(count), FakeGpuRun(sizes, broken={"00004"}), [gpu(0, 16)], SETTINGS)
+    every_video_once(result, videos(count))

@@ -1,0 +1,121 @@
+"""The words every layer shares: a registered video, a stage's name, what a stage did to a video.
+
+This module is the bottom of the package: it imports nothing of trackset, so the stages,
+the registration, the run report, the tasks and the flows can all speak of a
+:class:`VideoRef` or a :class:`StageRecord` without importing each other.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+StageName = Literal["preprocess", "depth_camera", "tracks_3d", "hands", "h5_build"]
+STAGE_ORDER: tuple[StageName, ...] = ("preprocess", "depth_camera", "tracks_3d", "hands", "h5_build")
+
+FailureKind = Literal["error", "out_of_memory", "quarantined"]
+RecordStatus = Literal["done", "skipped"]
+
+
+_VIDEO_ID = re.compile(r"[0-9]{5,}")
+MIN_ID_DIGITS = 5
+
+
+def format_video_id(number: int) -> str:
+    """The id of the ``number``-th video: zero-padded to 5 digits, more digits past 99,999.
+
+    FORMATS.md: ``00000`` ... ``99999``, then ``100000`` ...; existing files are never
+    renamed, and the reader sorts names naturally.
+
+    Examples:
+        >>> format_video_id(7), format_video_id(99_999), format_video_id(100_000)
+        ('00007', '99999', '100000')
+    """
+    if number < 0:
+        raise ValueError(f"video number {number} is negative")
+    return f"{number:0{MIN_ID_DIGITS}d}"
+
+
+def is_video_id(text: object) -> bool:
+    r"""True for an id in its one canonical spelling: ASCII digits, as :func:`format_video_id` writes it.
+
+    Examples:
+        >>> [is_video_id(t) for t in ("00042", "123456", "0123456", "00001\n", "\u0661\u0662\u0663\u0664\u0665")]
+        [True, True, False, False, False]
+    """
+    return isinstance(text, str) and _VIDEO_ID.fullmatch(text) is not None and format_video_id(int(text)) == text
+
+
+def check_video_id(video_id: str) -> str:
+    """Return ``video_id`` if it is a video id (:func:`is_video_id`), else raise ``ValueError``.
+
+    Ids name every path of a video, so this is what keeps a hostile name out of them.
+
+    Examples:
+        >>> check_video_id("00042")
+        '00042'
+        >>> check_video_id("../etc")
+        Traceback (most recent call last):
+        ...
+        ValueError: invalid video id '../etc': expected at least 5 ASCII digits, zero-padded to 5
+    """
+    if not is_video_id(video_id):
+        raise ValueError(f"invalid video id {video_id!r}: expected at least 5 ASCII digits, zero-padded to 5")
+    return video_id
+
+
+def video_id_order(video_id: str) -> int:
+    """Sort key of ids: by number, so ``99999`` comes before ``100000`` (the reader's natural order).
+
+    Examples:
+        >>> sorted(["100000", "99999", "00001"], key=video_id_order)
+        ['00001', '99999', '100000']
+    """
+    return int(video_id)
+
+
+def stage_slug(name: str) -> str:
+    """Kebab-case stage name for artifact keys, run names and tags (Prefect keys allow no "_").
+
+    Examples:
+        >>> stage_slug("depth_camera")
+        'depth-camera'
+    """
+    return name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class VideoRef:
+    """A registered video: its stable id, where its source is and the hash of its content."""
+
+    video_id: str
+    source: Path
+    content_hash: str
+
+
+@dataclass
+class StageRecord:
+    """What a stage did to one video: small, picklable, never arrays."""
+
+    video_id: str
+    stage: str
+    status: RecordStatus
+    seconds: float = 0.0
+    peak_bytes: int | None = None
+    worker: str = ""
+    gpu: str | None = None
+    outputs: list[str] = field(default_factory=list)
+    info: dict[str, float | int | str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VideoFailure:
+    """A video that did not get through a stage, and why."""
+
+    video_id: str
+    stage: str
+    reason: str
+    kind: FailureKind = "error"
+    attempts: int = 1
