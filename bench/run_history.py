@@ -32,12 +32,22 @@ SETTLE_S = 30.0
 
 
 def stage_subflows(flow_run_id: UUID, stages: list[str] | None = None) -> list[FlowRun]:
-    """The ``profile-<stage>`` and ``process-<stage>`` subflows of a run, in start order."""
+    """The ``profile-<stage>`` and ``process-<stage>`` subflows of a run, in start order.
+
+    They are children of the run's ``waves`` subflow (``flows/waves.py``), grandchildren
+    of the ``build-dataset`` run.
+    """
     names = None if stages is None else [f"{kind}-{stage}" for stage in stages for kind in ("profile", "process")]
     with get_client(sync_client=True) as client:
-        return client.read_flow_runs(
+        waves = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
                 parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id]),
+                name=FlowRunFilterName(any_=["waves"]),
+            )
+        )
+        return client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id for run in waves]),
                 name=None if names is None else FlowRunFilterName(any_=names),
             ),
             sort=FlowRunSort.START_TIME_ASC,
@@ -76,3 +86,29 @@ def video_ids(task_runs: list[TaskRun]) -> list[str]:
         ['00007', '00042']
     """
     return sorted(run.name.rsplit("-", 1)[1] for run in task_runs)
+
+
+def waves_task_runs(flow_run_id: UUID, name_prefix: str, settle_s: float = SETTLE_S) -> list[TaskRun]:
+    """Task runs named ``<name_prefix>...`` of the run's ``waves`` subflow, once all have ended.
+
+    Raises:
+        RuntimeError: some had no end within ``settle_s`` seconds.
+    """
+    deadline = time.monotonic() + settle_s
+    with get_client(sync_client=True) as client:
+        waves = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id]),
+                name=FlowRunFilterName(any_=["waves"]),
+            )
+        )
+        while True:
+            runs = client.read_task_runs(
+                task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run.id for run in waves]))
+            )
+            runs = [run for run in runs if run.name.startswith(name_prefix)]
+            if runs and all(run.start_time and run.end_time for run in runs):
+                return runs
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"task runs {name_prefix}* of the waves subflow did not all end in the API")
+            time.sleep(1.0)

@@ -2,9 +2,12 @@
 
 It registers the videos of ``paths.videos_dir`` in the append-only manifest, runs only
 those whose outputs are missing or stale through preprocess -> depth & camera -> 3D tracks
--> hands -> H5 build, then aggregates statistics over *every* video of the dataset in one
+-> hands -> H5 build in waves of ``run.wave_size`` (the ``process-waves`` subflow,
+``flows/waves.py``), then aggregates statistics over *every* video of the dataset in one
 sequential final task. A video that fails a stage is reported with its reason and skips
-the later stages; every other video still lands.
+the later stages; every other video still lands. The run holds the dataset's lock
+(:mod:`trackset.dataset_lock`) from start to end, so a second run on the same dataset fails
+at once, naming the run that holds it.
 
 Run it from the command line (``trackset run``), a deployment (``deployments/prefect.yaml``)
 or Python::
@@ -19,14 +22,18 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
 
-from flows.stage_runs import run_stage
+from flows.run_cluster import RunCluster
+from flows.waves import process_waves
 from tasks.dataset_tasks import aggregate_statistics_task, import_intermediates_task, register_videos_task
 from trackset.adapters import check_real_backends
+from trackset.dataset_lock import DatasetLock
 from trackset.domain import STAGE_ORDER
 from trackset.errors import TracksetError
-from trackset.run_report import RunSummary
+from trackset.run_report import RunSummary, StageOutcome
 from trackset.settings import Settings, load_settings
+from trackset.worklist import WorkList
 
 
 def resolve_settings(
@@ -70,26 +77,8 @@ def build_dataset(
     settings = resolve_settings(settings_path, overrides, videos_dir, import_dir or work_dir, dataset_dir)
     if not import_dir:
         check_real_backends(settings)  # a missing model fails the run before any video
-    if import_dir:
-        registration = import_intermediates_task(settings)
-        stages: tuple[str, ...] = ("h5_build",)
-    else:
-        registration = register_videos_task(settings)
-        stages = STAGE_ORDER
-    summary = RunSummary(
-        dataset_dir=str(settings.paths.dataset_dir),
-        videos_total=len(registration.videos),
-        videos_pending=len(registration.pending),
-        extra_failures=list(registration.excluded),
-    )
-    alive = list(registration.pending)
-    for stage in stages:
-        outcome = run_stage(stage, alive, settings)
-        summary.stages.append(outcome)
-        succeeded = set(outcome.succeeded)
-        alive = [video for video in alive if video.video_id in succeeded]
-
-    summary.statistics = aggregate_statistics_task(settings)
+    with DatasetLock(settings.paths.dataset_dir, flow_run_id=str(flow_run.id or "")):
+        summary = _build(settings, import_dir is not None)
     create_markdown_artifact(
         summary.to_markdown(),
         key="run-summary",
@@ -109,6 +98,31 @@ def build_dataset(
             f"{len(summary.failures)} video(s) failed (run.fail_on_video_error is set); "
             f"the others landed:\n{listed}{more}"
         )
+    return summary
+
+
+def _build(settings: Settings, importing: bool) -> RunSummary:
+    """Register, run the pending videos through the stages in waves, aggregate statistics."""
+    if importing:
+        registration = import_intermediates_task(settings)
+        stages: list[str] = ["h5_build"]
+    else:
+        registration = register_videos_task(settings)
+        stages = list(STAGE_ORDER)
+    summary = RunSummary(
+        dataset_dir=str(settings.paths.dataset_dir),
+        videos_total=len(registration.videos),
+        videos_pending=len(registration.pending),
+        extra_failures=list(registration.excluded),
+    )
+    if registration.pending:
+        # One cluster for the whole run: every stage and wave connects to it by address.
+        with RunCluster(settings) as cluster, WorkList.written("waves", registration.pending) as work:
+            waves = process_waves.with_options(task_runner=cluster.task_runner())
+            summary.stages = waves(work, cluster.attached(settings), stages, release=not importing)
+    else:
+        summary.stages = [StageOutcome(stage) for stage in stages]
+    summary.statistics = aggregate_statistics_task(settings)
     return summary
 
 

@@ -1,14 +1,14 @@
-"""How the ``build-dataset`` flow runs each stage: runners, subflows, artifacts, the manifest.
+"""One stage across the waves of a run: what to skip, how to run it, what to publish.
 
-CPU stages run in shards on CPU workers. A GPU stage runs by the packing policy of
-:mod:`trackset.packing` (profile its first videos with one worker per GPU, size the
-cluster from the measured peak, re-run videos that ran out of memory on one fewer worker
-per GPU, quarantine what does not fit alone); this module only gives that policy its
-``run`` (a ``process-stage`` or ``profile-memory`` subflow on a runner of the asked size)
-and writes what it decided: quarantines into the manifest, the ``memory-profile-<stage>``
-table, the logs. Every stage publishes ``progress-<stage>`` as videos finish and
-``stage-<stage>`` (every video, its status and resources) at its end; the count behind
-the progress is kept here, in :class:`StageProgress`.
+A :class:`StageRun` lives for a whole ``process-waves`` subflow. For each wave it skips the
+videos whose outputs are current, runs the rest as tasks on the run's cluster (CPU stages
+submitted and collected separately, so they run beside a GPU stage; GPU stages by the
+packing policy of :mod:`trackset.packing`, held to the first ``k`` workers of each GPU by
+Dask resources, their profiling videos in a ``profile-memory`` subflow), frees the stage's
+models on every worker, and folds the outcome into the stage's total. It keeps the stage's
+progress count behind ``progress-<stage>``, the GPU peak measured on the first wave (reused
+by later waves and stored for later runs, :mod:`trackset.profile_store`), and publishes
+``stage-<stage>`` when the run ends. Quarantines go into the manifest here.
 """
 
 from __future__ import annotations
@@ -16,27 +16,31 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from prefect import get_run_logger
+from prefect import get_run_logger, tags
 from prefect.artifacts import create_progress_artifact, create_table_artifact
-from prefect.task_runners import TaskRunner
 
-from flows.process_stage import ProgressReport, process_stage
-from flows.runners import cpu_runner, gpu_runner
+from flows.profile_memory import profile_memory
+from flows.run_cluster import RunCluster
+from flows.submission import ProgressReport, SubmittedStage, collect_stage_tasks, submit_stage_tasks
+from trackset.cluster_plan import ClusterPlan, gpu_task_resources
 from trackset.domain import StageRecord, VideoRef, stage_slug
-from trackset.fake_device import ledger_dir_for
-from trackset.gpu_inventory import detect_inventory
+from trackset.errors import TracksetError
+from trackset.gpu_inventory import GpuInfo
 from trackset.layout import DatasetLayout
 from trackset.manifest import Manifest
 from trackset.packing import PackingResult, PackingSettings, pack_gpu_stage
+from trackset.profile_store import ProfileStore
 from trackset.registration import quarantine_key
 from trackset.run_report import StageOutcome, stage_table
 from trackset.settings import Settings
 from trackset.sizing import format_gib
 from trackset.stages.base import worker_name
-from trackset.stages.config import StageConfig
 from trackset.stages.registry import build_stage, prior_peak_bytes, stage_spec
-from trackset.worker_cache import release_stages
 from trackset.worklist import WorkList
+
+
+class ClusterShapeError(TracksetError):
+    """The cluster cannot run a stage as it is (no GPU worker, say); names what is wrong."""
 
 
 @dataclass
@@ -47,140 +51,242 @@ class StageProgress:
     done: int = 0
 
     def for_subflow(self) -> ProgressReport:
-        """The handle a subflow reports through, starting from what is finished now."""
+        """The handle a subflow or a collection reports through, from what is finished now."""
         return ProgressReport(self.report.artifact_id, self.report.total, self.done)
 
 
-def run_stage(stage: str, videos: list[VideoRef], settings: Settings) -> StageOutcome:
-    """Run one stage over ``videos`` with its artifacts; videos already current are skipped here."""
-    checker = build_stage(stage, settings)
-    config = checker.config
-    todo = [video for video in videos if not checker.is_done(video)]
-    todo_ids = {video.video_id for video in todo}
-    outcome = StageOutcome(stage)
-    outcome.records += [
-        StageRecord(v.video_id, stage, "skipped", worker=worker_name()) for v in videos if v.video_id not in todo_ids
-    ]
-    if todo:
-        artifact = create_progress_artifact(
-            0.0, key=f"progress-{stage_slug(stage)}", description=f"Percent of {len(todo)} videos through {stage}"
-        )
-        progress = StageProgress(ProgressReport(artifact, len(todo)))
-        try:
-            if stage_spec(stage).resources.uses_gpu:
-                part = _run_gpu_stage(stage, todo, settings, config, progress)
-            else:
-                shard_size = settings.cluster.cpu_task_videos if stage_spec(stage).batched else None
-                part = _process(stage, todo, config, settings, cpu_runner(settings), shard_size, progress)
-            outcome.records += part.records
-            outcome.failures += part.failures
-        finally:
-            release_stages(stage)  # models cached in this process (thread runner) free their memory
-    create_table_artifact(
-        stage_table(outcome.records, outcome.failures),
-        key=f"stage-{stage_slug(stage)}",
-        description=f"Every video of {stage} in this run: status, seconds, peak memory, worker, GPU, attempts",
-    )
-    return outcome
+class StageRun:
+    """One stage over every wave of a run (see the module docstring)."""
 
+    def __init__(
+        self, stage: str, settings: Settings, total: int, cluster: RunCluster, plan: ClusterPlan | None
+    ) -> None:
+        self.stage = stage
+        self.settings = settings
+        self.cluster = cluster
+        self.plan = plan
+        self.checker = build_stage(stage, settings)
+        self.config = self.checker.config
+        self.outcome = StageOutcome(stage)
+        self.total = total
+        self.uses_gpu = stage_spec(stage).resources.uses_gpu
+        self.shard_size = settings.cluster.cpu_task_videos if stage_spec(stage).batched else None
+        self.known_peak: int | None = None
+        self.profiles = ProfileStore(settings.paths.work_dir)
+        self.accounted = 0  # videos of the run this stage is finished with (done, skipped, failed or dropped)
+        self._progress: StageProgress | None = None
+        self._gpus_checked = False
 
-def _process(
-    stage: str,
-    videos: list[VideoRef],
-    config: StageConfig,
-    settings: Settings,
-    runner: TaskRunner,
-    shard_size: int | None,
-    progress: StageProgress,
-    *,
-    profiling: bool = False,
-) -> StageOutcome:
-    """One subflow on ``runner``, its videos handed over as a work list; counts what finished.
-
-    Out-of-memory videos are not counted: the packing policy runs them again.
-    """
-    options = {"name": "profile-memory", "flow_run_name": f"profile-{stage}"} if profiling else {}
-    subflow = process_stage.with_options(task_runner=runner, **options)
-    with WorkList.written(stage, videos) as work:
-        part = subflow(stage, work, config, settings.retry, shard_size, progress.for_subflow())
-    progress.done += len(videos) - sum(f.kind == "out_of_memory" for f in part.failures)
-    return part
-
-
-def _run_gpu_stage(
-    stage: str, videos: list[VideoRef], settings: Settings, config: StageConfig, progress: StageProgress
-) -> StageOutcome:
-    """Give the packing policy its runners, then record what it decided."""
-    cluster = settings.cluster
-    packing = PackingSettings(cluster.profiling_videos, cluster.headroom, cluster.max_workers_per_gpu)
-    prior = prior_peak_bytes(stage, settings)
-    if cluster.runner == "threads" or cluster.scheduler_address:
-        # One process, or a cluster shaped elsewhere: nothing to size, nothing to shrink.
-        runner = gpu_runner(settings, [0], cluster.cpu_workers)
-        result = pack_gpu_stage(
-            stage,
-            videos,
-            lambda batch, _workers, *, profiling: _process(stage, batch, config, settings, runner, None, progress),
-            [],
-            packing,
-            resizable=False,
-        )
-    else:
-        inventory = detect_inventory(cluster, ledger_dir_for(settings.paths.work_dir))
-        try:
-            gpus = inventory.gpus()
-        finally:
-            inventory.close()
-        gpu_ids = [gpu.index for gpu in gpus]
-
-        def run(batch: list[VideoRef], workers_per_gpu: int, *, profiling: bool) -> StageOutcome:
-            if not profiling:
-                get_run_logger().info(
-                    "%s: %d videos on %d GPUs x %d workers", stage, len(batch), len(gpu_ids), workers_per_gpu
-                )
-            runner = gpu_runner(settings, gpu_ids, workers_per_gpu)
-            return _process(stage, batch, config, settings, runner, None, progress, profiling=profiling)
-
-        result = pack_gpu_stage(stage, videos, run, gpus, packing, prior_peak_bytes=prior)
-    _record(stage, result, config, settings)
-    return result.outcome
-
-
-def _record(stage: str, result: PackingResult, config: StageConfig, settings: Settings) -> None:
-    """Log the packing, publish the memory profile and write quarantines into the manifest."""
-    logger = get_run_logger()
-    if result.error:
-        logger.error("%s", result.error)
-    profiled = sum(r.videos for r in result.rounds if r.profiling)
-    if result.peak_source == "none" and profiled:
-        logger.warning("%s: no peak measured on %d profiling videos; keeping one worker per GPU", stage, profiled)
-    if result.profiles:
-        create_table_artifact(
-            [p.to_row() for p in result.profiles],
-            key=f"memory-profile-{stage_slug(stage)}",
-            description=f"Peak GPU memory of {stage} ({result.peak_source}) and the workers per GPU it allows",
-        )
-        logger.info(
-            "%s: peak %s (%s) -> %d workers per GPU (%s)",
-            stage,
-            format_gib(result.profiles[0].peak_bytes),
-            result.peak_source,
-            min(p.workers_per_gpu for p in result.profiles),
-            ", ".join(f"GPU {p.gpu_index}: {format_gib(p.total_bytes)} available" for p in result.profiles),
-        )
-    for previous, current in itertools.pairwise(result.rounds):
-        if current.workers_per_gpu < previous.workers_per_gpu:
-            logger.warning(
-                "%s: %d videos ran out of memory; retrying them with %d workers per GPU",
-                stage,
-                current.videos,
-                current.workers_per_gpu,
+    @property
+    def progress(self) -> StageProgress:
+        """Created on first use, so a stage with nothing to do publishes no progress."""
+        if self._progress is None:
+            artifact = create_progress_artifact(
+                100.0 * self.accounted / max(self.total, 1),
+                key=f"progress-{stage_slug(self.stage)}",
+                description=f"Percent of {self.total} videos through {self.stage}",
             )
-    if not result.quarantined:
-        return
-    manifest = Manifest.load(DatasetLayout(settings.paths.dataset_dir).manifest)
-    hashes = {entry.video_id: entry.sha256 for entry in manifest.entries()}
-    for failure in result.quarantined:
-        sha = hashes.get(failure.video_id, "")
-        manifest.quarantine(failure.video_id, sha, quarantine_key(config, settings.cluster, sha), stage, failure.reason)
-        logger.error("quarantined video %s in %s: %s", failure.video_id, stage, failure.reason)
+            self._progress = StageProgress(ProgressReport(artifact, self.total), self.accounted)
+        return self._progress
+
+    def split(self, videos: list[VideoRef]) -> list[VideoRef]:
+        """Record the videos already current as skipped; return the rest, to run."""
+        todo = [video for video in videos if not self.checker.is_done(video)]
+        todo_ids = {video.video_id for video in todo}
+        self.outcome.records += [
+            StageRecord(v.video_id, self.stage, "skipped", worker=worker_name())
+            for v in videos
+            if v.video_id not in todo_ids
+        ]
+        deleted = [v.video_id for v in todo if self.checker.was_deleted(v)]
+        if deleted:
+            get_run_logger().info(
+                "%s: %d videos recompute from their source (e.g. %s): their intermediates were deleted "
+                "(run.keep_intermediates) and a setting changed what depends on them",
+                self.stage,
+                len(deleted),
+                ", ".join(deleted[:5]),
+            )
+        return todo
+
+    def submit(self, videos: list[VideoRef]) -> SubmittedStage | None:
+        """Start a CPU stage on ``videos`` without waiting; None when all are current."""
+        todo = self.split(videos)
+        if not todo:
+            return None
+        resources = self.plan.cpu_task_resources if self.plan is not None else None
+        return submit_stage_tasks(self.stage, todo, self.config, self.settings.retry, self.shard_size, resources)
+
+    def collect(self, wave: int, videos: list[VideoRef], submitted: SubmittedStage | None) -> list[VideoRef]:
+        """Wait for :meth:`submit`'s tasks; return the videos of ``videos`` that got through.
+
+        ``wave`` is how many videos the wave has, those an earlier stage dropped included.
+        """
+        if submitted is not None:
+            self._fold(collect_stage_tasks(submitted, self.progress.for_subflow()))
+        return self._advance(wave, videos)
+
+    def run(self, wave: int, videos: list[VideoRef]) -> list[VideoRef]:
+        """Run the stage on ``videos`` now (GPU stages through the packing policy)."""
+        if not self.uses_gpu:
+            return self.collect(wave, videos, self.submit(videos))
+        todo = self.split(videos)
+        if todo:
+            try:
+                self._fold(self._run_gpu(todo))
+            finally:
+                self.cluster.release(self.stage)  # the next stage gets the GPU memory
+        return self._advance(wave, videos)
+
+    def finish(self) -> StageOutcome:
+        """Publish ``stage-<stage>`` for the whole run and return the stage's outcome."""
+        create_table_artifact(
+            stage_table(self.outcome.records, self.outcome.failures),
+            key=f"stage-{stage_slug(self.stage)}",
+            description=f"Every video of {self.stage} in this run: status, seconds, peak memory, worker, GPU, attempts",
+        )
+        return self.outcome
+
+    def _fold(self, part: StageOutcome) -> None:
+        self.outcome.records += part.records
+        self.outcome.failures += part.failures
+
+    def _advance(self, wave: int, videos: list[VideoRef]) -> list[VideoRef]:
+        """Count the wave as finished here and return its videos this stage let through.
+
+        Videos an earlier stage dropped count too, so the progress of every stage ends at 100 %.
+        """
+        self.accounted += wave
+        if self._progress is not None:
+            self._progress.done = self.accounted
+            self._progress.for_subflow().report(0)
+        succeeded = {record.video_id for record in self.outcome.records}
+        return [video for video in videos if video.video_id in succeeded]
+
+    # -- GPU stages ------------------------------------------------------------------------
+
+    def _run_gpu(self, videos: list[VideoRef]) -> StageOutcome:
+        """Give the packing policy its ``run``, then record what it decided."""
+        cluster = self.settings.cluster
+        if self.plan is None:
+            # Threads in one process: nothing to size, nothing to shrink.
+            packing = PackingSettings(cluster.profiling_videos, cluster.headroom, cluster.max_workers_per_gpu)
+            result = pack_gpu_stage(
+                self.stage,
+                videos,
+                lambda batch, _w, *, profiling: self._tasks(batch, None),
+                [],
+                packing,
+                resizable=False,
+            )
+        else:
+            plan = self.cluster.plan() or self.plan  # read again: a restarted worker has a new address
+            if not plan.gpus:
+                raise ClusterShapeError(
+                    f"{self.stage}: no worker of the cluster at {self.cluster.address} offers a GPU "
+                    "(start GPU workers pinned with CUDA_VISIBLE_DEVICES and --resources GPU=1)"
+                )
+            gpus = self._gpus(plan)
+            most = min(cluster.max_workers_per_gpu, plan.slots_per_gpu)
+            packing = PackingSettings(cluster.profiling_videos, cluster.headroom, most)
+
+            def run(batch: list[VideoRef], workers_per_gpu: int, *, profiling: bool) -> StageOutcome:
+                resources = gpu_task_resources(workers_per_gpu)
+                if profiling:
+                    return self._profile(batch, resources)
+                get_run_logger().info(
+                    "%s: %d videos on %d GPUs x %d workers", self.stage, len(batch), len(gpus), workers_per_gpu
+                )
+                with tags(f"workers-per-gpu-{workers_per_gpu}"):  # each round's task runs, in the UI and the API
+                    return self._tasks(batch, resources)
+
+            result = pack_gpu_stage(
+                self.stage,
+                videos,
+                run,
+                gpus,
+                packing,
+                prior_peak_bytes=prior_peak_bytes(self.stage, self.settings),
+                known_peak_bytes=self.known_peak,
+            )
+            self._remember_peak(result, gpus)
+        self._record(result)
+        return result.outcome
+
+    def _gpus(self, plan: ClusterPlan) -> list[GpuInfo]:
+        """The GPUs as they are now; on the first wave, also a stored profile to start from."""
+        gpus = self.cluster.gpu_infos(plan)
+        if not self._gpus_checked:
+            self._gpus_checked = True
+            stored = self.profiles.load(self.stage, self.config.cache_key(), gpus)
+            if stored is not None:
+                self.known_peak = stored.peak_bytes
+                get_run_logger().info(
+                    "%s: starting from the memory profile in %s (peak %s, measured by an earlier run); not profiling",
+                    self.stage,
+                    self.profiles.path(self.stage),
+                    format_gib(stored.peak_bytes),
+                )
+        return gpus
+
+    def _remember_peak(self, result: PackingResult, gpus: list[GpuInfo]) -> None:
+        """Reuse the peak for the next wave, unless it under-estimated (a wave shrank)."""
+        shrank = any(r.out_of_memory for r in result.rounds if not r.profiling)
+        if shrank:
+            self.known_peak = None
+            self.profiles.forget(self.stage)
+        elif result.peak_source == "profiled" and result.peak_bytes is not None:
+            self.known_peak = result.peak_bytes
+            self.profiles.save(self.stage, self.config.cache_key(), gpus, result.peak_bytes)
+
+    def _tasks(self, videos: list[VideoRef], resources: dict[str, float] | None) -> StageOutcome:
+        """One round of the stage's tasks, here in ``process-waves``, asking for ``resources``."""
+        submitted = submit_stage_tasks(self.stage, videos, self.config, self.settings.retry, None, resources)
+        return collect_stage_tasks(submitted, self.progress.for_subflow())
+
+    def _profile(self, videos: list[VideoRef], resources: dict[str, float]) -> StageOutcome:
+        """The profiling round, as its own ``profile-memory`` subflow on the run's cluster."""
+        subflow = profile_memory.with_options(task_runner=self.cluster.task_runner())
+        with WorkList.written(self.stage, videos) as work:
+            return subflow(self.stage, work, self.config, self.settings.retry, self.progress.for_subflow(), resources)
+
+    def _record(self, result: PackingResult) -> None:
+        """Log the packing, publish the memory profile and write quarantines into the manifest."""
+        logger = get_run_logger()
+        stage = self.stage
+        if result.error:
+            logger.error("%s", result.error)
+        profiled = sum(r.videos for r in result.rounds if r.profiling)
+        if result.peak_source == "none" and profiled:
+            logger.warning("%s: no peak measured on %d profiling videos; keeping one worker per GPU", stage, profiled)
+        if result.profiles:
+            create_table_artifact(
+                [p.to_row() for p in result.profiles],
+                key=f"memory-profile-{stage_slug(stage)}",
+                description=f"Peak GPU memory of {stage} ({result.peak_source}) and the workers per GPU it allows",
+            )
+            logger.info(
+                "%s: peak %s (%s) -> %d workers per GPU (%s)",
+                stage,
+                format_gib(result.profiles[0].peak_bytes),
+                result.peak_source,
+                min(p.workers_per_gpu for p in result.profiles),
+                ", ".join(f"GPU {p.gpu_index}: {format_gib(p.total_bytes)} available" for p in result.profiles),
+            )
+        for previous, current in itertools.pairwise(result.rounds):
+            if current.workers_per_gpu < previous.workers_per_gpu:
+                logger.warning(
+                    "%s: %d videos ran out of memory; retrying them with %d workers per GPU",
+                    stage,
+                    current.videos,
+                    current.workers_per_gpu,
+                )
+        if not result.quarantined:
+            return
+        manifest = Manifest.load(DatasetLayout(self.settings.paths.dataset_dir).manifest)
+        hashes = {entry.video_id: entry.sha256 for entry in manifest.entries()}
+        for failure in result.quarantined:
+            sha = hashes.get(failure.video_id, "")
+            key = quarantine_key(self.config, self.settings.cluster, sha)
+            manifest.quarantine(failure.video_id, sha, key, stage, failure.reason)
+            logger.error("quarantined video %s in %s: %s", failure.video_id, stage, failure.reason)

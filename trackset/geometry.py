@@ -80,6 +80,42 @@ def rotation_to_6d(rotations: np.ndarray) -> np.ndarray:
     return np.concatenate([rotations[..., :, 0], rotations[..., :, 1]], axis=-1)
 
 
+def mirror_x(rotations: np.ndarray) -> np.ndarray:
+    """Rotations ``(..., 3, 3)`` conjugated by the mirror ``M = diag(-1, 1, 1)``: ``M R M``.
+
+    A rotation seen in an image mirrored about its vertical axis (WiLoR's left-hand crops)
+    turns the other way about y and z; ``M R M`` is its rotation in the unmirrored image,
+    and its own inverse.
+
+    Examples:
+        >>> quarter_z = np.array([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]])  # +90 degrees about z
+        >>> bool(np.array_equal(mirror_x(quarter_z), quarter_z.T))  # -90 degrees about z
+        True
+    """
+    mirrored = np.array(rotations, dtype=np.float64, copy=True)
+    mirrored[..., 0, 1:] *= -1.0
+    mirrored[..., 1:, 0] *= -1.0
+    return mirrored
+
+
+def in_image(uvd: np.ndarray) -> np.ndarray:
+    """FORMATS.md's in-image rule per position: ``0 <= u <= 1``, ``0 <= v <= 1`` and ``d > 0``.
+
+    Args:
+        uvd: ``(..., 3)`` positions; NaN (padding, a point behind the camera) fails.
+
+    Returns:
+        ``(...)`` bool. A track or a hand is kept for a window when this holds at every step.
+
+    Examples:
+        >>> in_image(np.array([[0.0, 1.0, 0.5], [0.5, 1.01, 1.0], [0.5, 0.5, 0.0], [np.nan, 0.5, 1.0]])).tolist()
+        [True, False, False, False]
+    """
+    u, v, d = uvd[..., 0], uvd[..., 1], uvd[..., 2]
+    with np.errstate(invalid="ignore"):
+        return (u >= 0) & (u <= 1) & (v >= 0) & (v <= 1) & (d > 0)
+
+
 def pose_to_9d(poses: np.ndarray) -> np.ndarray:
     """4x4 poses to 9D: rotation column 0, column 1, then translation."""
     return np.concatenate([rotation_to_6d(poses[..., :3, :3]), poses[..., :3, 3]], axis=-1)
@@ -98,6 +134,16 @@ def center_crop_box(height: int, width: int) -> tuple[int, int, int]:
 
 def crop_resize_intrinsics(intrinsics: np.ndarray, x0: int, y0: int, crop: int, target: int) -> np.ndarray:
     """K (any leading shape) after a crop at ``(x0, y0)`` of side ``crop`` and a resize to ``target``.
+
+    This is FORMATS.md's ``root/intrinsics`` (``cx -= x0``, ``cy -= y0``, rows 0 and 1 times
+    ``target / crop``) and the script pipeline's ``transform_intrinsics``, deliberately
+    without a half-pixel term. The mapping is exact for a K whose principal point is
+    measured from the image's corner (continuous pixel coordinates, ``cx ~ W / 2``); for a K
+    in OpenCV's pixel-centre convention, cv2's resize of ``root/video`` maps
+    ``x -> (x - x0 + 0.5) s - 0.5``, so projections sit ``(s - 1) / 2`` pixels from it
+    (-1/6 px at 384 -> 256). It is kept so that every ``(u, v)`` and ``root/intrinsics``
+    agree with the datasets the scripts built and with y2r's tools, which unproject
+    ``u * S`` with ``root/intrinsics`` (self-consistent in either convention).
 
     Examples:
         >>> K = np.array([[400.0, 0, 256], [0, 400.0, 192], [0, 0, 1]])

@@ -29,13 +29,19 @@ from trackset.statistics import Moments, per_video_moments
 
 @dataclass
 class HandWindows:
-    """One hand's per-window arrays for the windows where it is valid at every step."""
+    """One hand's arrays for the windows that keep it (``valid``), one row per kept window.
+
+    A window keeps a hand that is valid at every step and, under ``h5.hands_in_image``, whose
+    wrist is in the image at every step; ``out_of_image`` counts the windows where only the
+    second condition failed.
+    """
 
     valid: np.ndarray  # (W,) bool
-    query_uvd: np.ndarray  # (W,3)
-    uvd_displacements: np.ndarray  # (W,L,3)
-    query_rot_6d: np.ndarray  # (W,6)
-    rot_displacements: np.ndarray  # (W,L,6)
+    query_uvd: np.ndarray  # (V,3), V = valid.sum()
+    uvd_displacements: np.ndarray  # (V,L,3)
+    query_rot_6d: np.ndarray  # (V,6)
+    rot_displacements: np.ndarray  # (V,L,6)
+    out_of_image: int = 0
 
     def datasets(self) -> dict[str, np.ndarray]:
         """The per-window arrays by their :data:`~trackset.h5_schema.HAND_SHAPES` suffix, in
@@ -66,6 +72,11 @@ class VideoArrays:
     @property
     def num_frames(self) -> int:
         return int(self.video.shape[0])
+
+    @property
+    def hand_windows_out_of_image(self) -> int:
+        """Windows (of both hands) dropped because a valid wrist left the image."""
+        return sum(hand.out_of_image for hand in self.hands.values())
 
 
 def resize_rgb(frames: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int, int]]:
@@ -166,13 +177,27 @@ def _stack_padded(windows: list[np.ndarray], length: int) -> np.ndarray:
 
 
 def _hand_windows(
-    hand_valid: np.ndarray, wrist: np.ndarray, rel_poses: np.ndarray, frames: np.ndarray, k: np.ndarray, size: int
+    hand_valid: np.ndarray,
+    wrist: np.ndarray,
+    rel_poses: np.ndarray,
+    frames: np.ndarray,
+    k: np.ndarray,
+    size: int,
+    in_image_only: bool,
 ) -> HandWindows:
-    """Wrist of one hand in each window's camera 0 (W0 = E_s E_{s+k}^-1 W_{s+k}), as uvd and 6D."""
-    valid = hand_valid[frames].all(axis=1) if frames.size else np.zeros(0, dtype=bool)
-    w0 = rel_poses[valid] @ wrist[frames[valid]]
-    uvd = _project(w0[:, :, None, :3, 3], k[valid], size)[:, :, 0]
-    rot = w0[..., :3, :3]
+    """Wrist of one hand in each window's camera 0 (W0 = E_s E_{s+k}^-1 W_{s+k}), as uvd and 6D.
+
+    Validity comes from the hands stage, on the full frame; the H5 shows a centre crop, so
+    with ``in_image_only`` a window also needs the wrist in the crop at every step (the
+    in-image rule of point tracks).
+    """
+    detected = hand_valid[frames].all(axis=1) if frames.size else np.zeros(0, dtype=bool)
+    w0 = rel_poses[detected] @ wrist[frames[detected]]
+    uvd = _project(w0[:, :, None, :3, 3], k[detected], size)[:, :, 0]
+    inside = geometry.in_image(uvd).all(axis=1) if in_image_only else np.ones(len(uvd), dtype=bool)
+    valid = detected.copy()
+    valid[detected] = inside
+    uvd, rot = uvd[inside], w0[inside, :, :3, :3]
     rel = rot @ np.swapaxes(rot[:, :1], -1, -2)
     return HandWindows(
         valid=valid,
@@ -180,6 +205,7 @@ def _hand_windows(
         uvd_displacements=(uvd - uvd[:, :1]).astype(np.float32),
         query_rot_6d=geometry.rotation_to_6d(rot[:, 0]).astype(np.float32),
         rot_displacements=geometry.rotation_to_6d(rel).astype(np.float32),
+        out_of_image=int((~inside).sum()),
     )
 
 
@@ -213,9 +239,7 @@ def build_arrays(
 
     points = _stack_padded(window_points, window_length)
     uvd = _project(points, k, size)
-    with np.errstate(invalid="ignore"):
-        in_image = (uvd[..., 0] >= 0) & (uvd[..., 0] <= 1) & (uvd[..., 1] >= 0) & (uvd[..., 1] <= 1) & (uvd[..., 2] > 0)
-    keep = np.asarray(in_image.all(axis=1))  # (W,N): in image at every step (NaN padding fails)
+    keep = np.asarray(geometry.in_image(uvd).all(axis=1))  # (W,N): in image at every step (NaN padding fails)
     uvd32 = uvd.astype(np.float32)
     query = uvd32[:, 0].copy()
     query[..., 2] = np.clip(query[..., 2], settings.depth_min_m, settings.depth_max_m)
@@ -227,7 +251,9 @@ def build_arrays(
     if hands is not None:
         for side in schema.HAND_SIDES:
             hand = hands.side(side)
-            hand_windows[side] = _hand_windows(hand.valid, hand.wrist_pose, rel_poses, frames_idx, k, size)
+            hand_windows[side] = _hand_windows(
+                hand.valid, hand.wrist_pose, rel_poses, frames_idx, k, size, settings.hands_in_image
+            )
 
     return VideoArrays(
         video=video,

@@ -5,6 +5,13 @@ Every reader checks keys, shapes, dtypes and frame counts and raises
 reason, so a bad file fails only its own video. ``.pt`` files are loaded with
 ``weights_only=True``; the numpy arrays inside the script pipeline's files are admitted
 through an explicit allow-list, never with ``weights_only=False``.
+
+The ``.pt`` readers also say which pipeline wrote a file (:data:`Conventions`), because
+the script pipeline's files hold the same keys with other meanings: its 3D points are in
+the world frame of the poses it gave TAPIP3D, and its left-hand rotations are WiLoR's
+mirrored ones. FORMATS.md tells the two apart: trackset writes torch tensors, the scripts
+numpy arrays, so a file whose ``intrinsics`` is a numpy array is the scripts'.
+:mod:`trackset.importer` converts such inputs to trackset's conventions.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import pickle
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -22,6 +29,9 @@ import torch
 from trackset.errors import BadInputError
 from trackset.h5_schema import HAND_SIDES
 from trackset.layout import WorkLayout, atomic_path, write_text_atomic
+
+#: Who wrote a ``.pt`` intermediate, and so what its arrays mean (module docstring).
+Conventions = Literal["trackset", "script"]
 
 
 @dataclass(frozen=True)
@@ -62,7 +72,12 @@ class DepthCamera:
 
 @dataclass
 class Tracks3d:
-    """Sliding-window 3D tracks: ``tracks[w]`` is ``(T_win, N_w, 3)`` in window camera 0."""
+    """Sliding-window 3D tracks: ``tracks[w]`` is ``(T_win, N_w, 3)`` in window camera 0.
+
+    With ``conventions == "script"`` the points are instead in the world frame of
+    ``tracker_extrinsics[w]`` (``(T_win, 4, 4)``, the world->camera poses the script
+    pipeline gave TAPIP3D, its ``window_poses``); :mod:`trackset.importer` converts them.
+    """
 
     windows: list[tuple[int, int]]
     tracks: list[np.ndarray]
@@ -72,6 +87,8 @@ class Tracks3d:
     stride: int
     grid_size: int = 0
     resolution: tuple[int, int] = (0, 0)
+    conventions: Conventions = "trackset"
+    tracker_extrinsics: list[np.ndarray] = field(default_factory=list)
 
 
 @dataclass
@@ -87,12 +104,14 @@ class Hand:
 
 @dataclass
 class HandPoses:
-    """Both hands of a video."""
+    """Both hands of a video; with ``conventions == "script"`` the left hand's rotations are
+    WiLoR's mirrored ones (:func:`trackset.geometry.mirror_x` undoes them)."""
 
     left: Hand
     right: Hand
     intrinsics: np.ndarray
     num_frames: int
+    conventions: Conventions = "trackset"
 
     def side(self, name: str) -> Hand:
         return self.left if name == "left" else self.right
@@ -140,6 +159,18 @@ def _unpickler_reason(exc: Exception) -> str:
         if "WeightsUnpickler error:" in line:
             return line.split("WeightsUnpickler error:", 1)[1].split(" was not an allowed")[0].strip()
     return type(exc).__name__
+
+
+def conventions_of(data: dict[str, Any]) -> Conventions:
+    """Which pipeline wrote a loaded ``.pt`` dict: the scripts store numpy, trackset tensors.
+
+    Both write an ``intrinsics`` entry in both ``.pt`` files, so that entry decides.
+
+    Examples:
+        >>> conventions_of({"intrinsics": np.eye(3)}), conventions_of({"intrinsics": torch.eye(3)})
+        ('script', 'trackset')
+    """
+    return "script" if isinstance(data.get("intrinsics"), np.ndarray) else "trackset"
 
 
 def as_array(value: Any) -> np.ndarray:
@@ -320,6 +351,7 @@ def read_tracks_3d(path: Path, video_id: str, num_frames: int) -> Tracks3d:
     resolution = [int(x) for x in data.get("resolution", (0, 0))]
     if len(resolution) != 2:
         raise check.fail(f"'resolution' is {resolution}, expected (height, width)")
+    conventions = conventions_of(data)
     return Tracks3d(
         windows=windows,
         tracks=tracks,
@@ -329,7 +361,28 @@ def read_tracks_3d(path: Path, video_id: str, num_frames: int) -> Tracks3d:
         stride=int(data.get("stride", 1)),
         grid_size=int(data.get("grid_size", 0)),
         resolution=(resolution[0], resolution[1]),
+        conventions=conventions,
+        tracker_extrinsics=_tracker_extrinsics(check, windows) if conventions == "script" else [],
     )
+
+
+def _tracker_extrinsics(check: _Checker, windows: list[tuple[int, int]]) -> list[np.ndarray]:
+    """The script pipeline's ``window_poses``: what it gave TAPIP3D as extrinsics, per window.
+
+    They define the frame its points are in, so they must be there, one finite
+    ``(T_win, 4, 4)`` per window.
+    """
+    raw = check.get("window_poses")
+    if not isinstance(raw, (list, tuple)) or len(raw) != len(windows):
+        count = len(raw) if isinstance(raw, (list, tuple)) else type(raw).__name__
+        raise check.fail(f"'window_poses' must be a list of {len(windows)} windows, found {count}")
+    poses = []
+    for index, ((start, end), value) in enumerate(zip(windows, raw, strict=True)):
+        pose = check.array(f"window_poses[{index}]", (end - start, 4, 4), "f", value=value).astype(np.float64)
+        if not np.isfinite(pose).all():
+            raise check.fail(f"'window_poses[{index}]' has non-finite values")
+        poses.append(pose)
+    return poses
 
 
 def write_hand_poses(path: Path, hands: HandPoses) -> None:
@@ -357,6 +410,10 @@ def read_hand_poses(path: Path, video_id: str, num_frames: int) -> HandPoses:
     stored_frames = int(data.get("num_frames", num_frames))
     if stored_frames != num_frames:
         raise check.fail(f"num_frames is {stored_frames} but the video has {num_frames} frames (from another video?)")
+    # The script pipeline names the file's video (its frames folder, i.e. the id); trackset does not.
+    name = data.get("video_name", video_id)
+    if not isinstance(name, str) or name != video_id:
+        raise check.fail(f"video_name is {name!r}, not {video_id!r} (a file from another video?)")
     sides = {}
     for side in HAND_SIDES:
         valid = check.array(f"{side}_valid", (num_frames,), "b")
@@ -371,4 +428,4 @@ def read_hand_poses(path: Path, video_id: str, num_frames: int) -> HandPoses:
             betas=check.array(f"{side}_betas", (10,), "f"),
         )
     intrinsics = check.array("intrinsics", (3, 3), "f")
-    return HandPoses(sides["left"], sides["right"], intrinsics.astype(np.float64), num_frames)
+    return HandPoses(sides["left"], sides["right"], intrinsics.astype(np.float64), num_frames, conventions_of(data))

@@ -2,8 +2,8 @@
 
 ``manifest.jsonl`` in the dataset directory holds one JSON object per line (FORMATS.md,
 "Conventions"). A ``kind: "video"`` line maps a source file (its path relative to the
-videos directory) to a video id (5 digits, more past 99,999), a sha256 of its bytes and the ``(size, mtime_ns)`` it was
-hashed at; the latest line of a path wins. A ``kind: "quarantine"`` line records a video
+videos directory) to a video id (5 digits, more past 99,999), a sha256 of its bytes and the
+``(size, mtime_ns)`` it was hashed at; the latest line of a path wins. A ``kind: "quarantine"`` line records a video
 that did not fit alone on a GPU, with the inputs and settings it failed with (DECISIONS.md,
 "Out-of-memory policy").
 
@@ -14,7 +14,9 @@ Rules that keep outputs stable:
 - lines are only ever appended (one ``write`` + ``fsync`` per batch, under an exclusive
   ``flock`` so two runs cannot hand out the same id); the only bytes ever removed are an
   incomplete last line left by a crash mid-append;
-- a path is keyed by name: a moved file is a new video and its old path is reported missing.
+- a file moved or renamed within the videos directory (a new path with the content of a
+  recorded path that is gone) keeps its id: the move is one line with ``moved_from``;
+- a path whose size and mtime are unchanged is never hashed again.
 
 Ids, never file names, name the outputs, so an odd or hostile file name only ever gets an id.
 """
@@ -106,6 +108,8 @@ class ManifestEntry:
         mtime_ns: modification time in ns when hashed; with ``size``, lets an unchanged file
             skip re-hashing.
         kind: always ``"video"``.
+        moved_from: the path this id had before the file was moved or renamed (same
+            content), on the line that records the move; None otherwise (and not written).
     """
 
     video_id: str
@@ -114,6 +118,7 @@ class ManifestEntry:
     size: int
     mtime_ns: int
     kind: str = "video"
+    moved_from: str | None = None
 
     def __post_init__(self) -> None:
         check_video_id(self.video_id)
@@ -127,6 +132,8 @@ class ManifestEntry:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or (name == "size" and value < 0):
                 raise ValueError(f"{name} must be an integer, got {value!r}")
+        if self.moved_from is not None and (not isinstance(self.moved_from, str) or not self.moved_from):
+            raise ValueError(f"moved_from must be a non-empty string, got {self.moved_from!r}")
 
     def source_path(self, videos_dir: Path) -> Path:
         """The source file under ``videos_dir``, refusing any path that resolves outside it.
@@ -187,6 +194,7 @@ class RegisterResult:
     unchanged: list[ManifestEntry] = field(default_factory=list)
     missing: list[ManifestEntry] = field(default_factory=list)
     unreadable: list[UnreadableSource] = field(default_factory=list)
+    moved: list[ManifestEntry] = field(default_factory=list)
 
 
 class Manifest:
@@ -252,8 +260,8 @@ class Manifest:
             unchanged: list[ManifestEntry] = []
             appended: list[ManifestEntry] = []
             unreadable: list[UnreadableSource] = []
+            fresh: list[tuple[str, str, os.stat_result]] = []  # paths never recorded: new or moved
             seen: set[str] = set()
-            next_id = self._max_id + 1
             for path in files:
                 source = path.relative_to(root).as_posix()
                 seen.add(source)
@@ -271,17 +279,40 @@ class Manifest:
                     unreadable.append(UnreadableSource(source, path, previous.video_id if previous else None, reason))
                     continue
                 if previous is None:
+                    fresh.append((source, sha, info))
+                    continue
+                entry = ManifestEntry(previous.video_id, source, sha, info.st_size, info.st_mtime_ns)
+                (unchanged if sha == previous.sha256 else changed).append(entry)
+                appended.append(entry)
+            # A never-seen path with the content of a recorded path that is gone is that file,
+            # moved or renamed: it keeps its id, so nothing is recomputed.
+            gone: dict[str, ManifestEntry] = {}
+            for entry in sorted(self._by_source.values(), key=lambda e: video_id_order(e.video_id), reverse=True):
+                if entry.source not in seen:
+                    gone[entry.sha256] = entry  # the lowest id wins where several share content
+            moved: list[ManifestEntry] = []
+            next_id = self._max_id + 1
+            for source, sha, info in fresh:
+                earlier = gone.pop(sha, None)
+                if earlier is not None:
+                    entry = ManifestEntry(
+                        earlier.video_id, source, sha, info.st_size, info.st_mtime_ns, moved_from=earlier.source
+                    )
+                    moved.append(entry)
+                else:
                     entry = ManifestEntry(format_video_id(next_id), source, sha, info.st_size, info.st_mtime_ns)
                     next_id += 1
                     new.append(entry)
-                else:
-                    entry = ManifestEntry(previous.video_id, source, sha, info.st_size, info.st_mtime_ns)
-                    (unchanged if sha == previous.sha256 else changed).append(entry)
                 appended.append(entry)
             self._append(handle, appended)
         missing = [entry for source, entry in self._by_source.items() if source not in seen]
         return RegisterResult(
-            _sorted_by_id(new), _sorted_by_id(changed), _sorted_by_id(unchanged), _sorted_by_id(missing), unreadable
+            _sorted_by_id(new),
+            _sorted_by_id(changed),
+            _sorted_by_id(unchanged),
+            _sorted_by_id(missing),
+            unreadable,
+            _sorted_by_id(moved),
         )
 
     def register_import(self, video_id: str, source: str, sha256: str) -> ManifestEntry:
@@ -406,10 +437,22 @@ class Manifest:
             raise ValueError(f"{self.path}:{number}: malformed manifest line: {exc}") from None
 
     def _apply(self, record: ManifestEntry | QuarantineRecord, where: str) -> None:
-        """Fold one record into the state, refusing lines that would move an id or a path."""
+        """Fold one record into the state, refusing lines that would move an id or a path.
+
+        The one way an id changes its path is a line recording the move (``moved_from`` =
+        the id's path so far); the old path is forgotten, so a new file there is a new video.
+        """
         if isinstance(record, QuarantineRecord):
             self._quarantines.setdefault(record.video_id, []).append(record)
             return
+        if record.moved_from is not None:
+            owner = self._source_of_id.get(record.video_id)
+            if owner != record.moved_from:
+                raise ValueError(
+                    f"{where}: id {record.video_id} moves from {record.moved_from!r} but belongs to {owner!r}"
+                )
+            self._by_source.pop(record.moved_from, None)
+            self._source_of_id[record.video_id] = record.source
         previous = self._by_source.get(record.source)
         if previous is not None and previous.video_id != record.video_id:
             raise ValueError(
@@ -426,7 +469,8 @@ class Manifest:
 def _encode(record: ManifestEntry | QuarantineRecord) -> bytes:
     """One line: sorted keys and ASCII-only escapes, so any file name (even one holding a
     newline or undecodable bytes) stays on its line and round-trips."""
-    return (json.dumps(asdict(record), sort_keys=True, separators=(",", ":")) + "\n").encode("ascii")
+    fields = {key: value for key, value in asdict(record).items() if not (key == "moved_from" and value is None)}
+    return (json.dumps(fields, sort_keys=True, separators=(",", ":")) + "\n").encode("ascii")
 
 
 def _sorted_by_id(entries: list[ManifestEntry]) -> list[ManifestEntry]:

@@ -41,10 +41,12 @@ class Registration:
     new: int = 0
     changed: int = 0
     missing: int = 0
+    moved: int = 0
 
     def describe(self) -> str:
         return (
-            f"{len(self.videos)} videos ({self.new} new, {self.changed} changed, {self.missing} missing); "
+            f"{len(self.videos)} videos ({self.new} new, {self.changed} changed, {self.moved} moved, "
+            f"{self.missing} missing); "
             f"{len(self.pending)} to process, {len(self.excluded)} excluded"
         )
 
@@ -54,9 +56,13 @@ def register_videos(settings: Settings) -> Registration:
     dataset = DatasetLayout(settings.paths.dataset_dir)
     manifest = Manifest.load(dataset.manifest)
     result = manifest.register(settings.paths.videos_dir, settings.paths.video_extensions)
-    entries = sorted(result.new + result.changed + result.unchanged, key=lambda e: video_id_order(e.video_id))
+    entries = sorted(
+        result.new + result.changed + result.unchanged + result.moved, key=lambda e: video_id_order(e.video_id)
+    )
     h5 = build_stage("h5_build", settings)
-    registration = Registration(new=len(result.new), changed=len(result.changed), missing=len(result.missing))
+    registration = Registration(
+        new=len(result.new), changed=len(result.changed), missing=len(result.missing), moved=len(result.moved)
+    )
     config_of = cache(partial(stage_config, settings=settings))
 
     def key_of(stage: str, sha256: str) -> str:

@@ -72,6 +72,15 @@ class RunSummary:
     def failures(self) -> list[VideoFailure]:
         return [f for outcome in self.stages for f in outcome.failures] + self.extra_failures
 
+    def hand_windows_out_of_image(self) -> int:
+        """Hand windows the H5 builds of this run dropped because the wrist left the image."""
+        return sum(
+            int(record.info.get("hand_windows_out_of_image", 0))
+            for outcome in self.stages
+            if outcome.stage == "h5_build"
+            for record in outcome.records
+        )
+
     def to_markdown(self) -> str:
         """The ``run-summary`` artifact: counts, failures with reasons, statistics, output."""
         lines = [
@@ -80,6 +89,7 @@ class RunSummary:
             f"- videos in dataset: **{self.videos_total}**",
             f"- videos processed this run: **{self.videos_pending}**",
             f"- failures: **{len(self.failures)}**",
+            f"- hand windows dropped, wrist outside the image: **{self.hand_windows_out_of_image()}**",
             f"- output: `{self.dataset_dir}`",
             "",
             "## Stages",

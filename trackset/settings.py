@@ -79,6 +79,7 @@ class Tracks3dSettings(_Section):
     window_length: int = Field(10, ge=2)
     stride: int = Field(1, ge=1)
     points_per_window: int = Field(256, ge=1)
+    visibility_threshold: float = Field(0.0, ge=0, le=1)
     weights_path: Path | None = None
 
 
@@ -99,6 +100,7 @@ class H5Settings(_Section):
     depth_min_m: float = Field(0.1, gt=0)
     depth_max_m: float = Field(2.5, gt=0)
     compression: Literal["none", "lzf", "gzip"] = "none"
+    hands_in_image: bool = True
 
     @model_validator(mode="after")
     def _depth_range(self) -> H5Settings:
@@ -169,6 +171,7 @@ class ClusterSettings(_Section):
     cpu_workers: int = Field(2, ge=1)
     cpu_task_videos: int = Field(4, ge=1)
     worker_preload: list[str] = []
+    connect_timeout_s: float = Field(120.0, gt=0)
 
 
 class RetrySettings(_Section):
@@ -179,10 +182,15 @@ class RetrySettings(_Section):
     retry_jitter_factor: float = Field(0.5, ge=0)
 
 
+IntermediateStage = Literal["preprocess", "depth_camera", "tracks_3d", "hands"]
+
+
 class RunSettings(_Section):
-    """What a run does with failures."""
+    """How a run moves through the corpus and what it keeps."""
 
     fail_on_video_error: bool = False
+    wave_size: int = Field(500, ge=1)
+    keep_intermediates: Literal["all", "none"] | list[IntermediateStage] = "all"
 
 
 class Settings(BaseSettings):

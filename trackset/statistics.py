@@ -42,7 +42,8 @@ IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
 #: Keys of ``normalization_stats.yaml`` that FORMATS.md requires, in its order. trackset
-#: writes ``std_floored`` after them.
+#: writes ``std_floored`` after them, and leaves out the mean and std of a statistic without
+#: samples (:func:`normalization_stats`).
 STATS_YAML_KEYS: tuple[str, ...] = (
     "imagenet_mean",
     "imagenet_std",
@@ -411,9 +412,12 @@ def normalization_stats(
 
     Each std component below ``std_floor`` is raised to it and named in ``std_floored``,
     since the reader only adds 1e-8 and a zero std would blow normalised values up. A
-    statistic without samples is written as ``null`` with ``num_samples: 0``, never as a
-    made-up mean 0 / std 1 (both are known defects of the script pipeline); each case logs a
-    warning.
+    statistic without samples has no ``_mean`` and ``_std`` keys, only its count of 0:
+    never a made-up mean 0 / std 1 (a known defect of the script pipeline), and never
+    ``null``, which y2r's ``NormalizationStats`` would turn into ``np.array(None)``. Omitting
+    them is what the scripts do for hands (y2r then sets ``has_hand_stats = False``); for the
+    other statistics the reader fails at once with a ``KeyError`` naming the key, not later
+    inside a normalisation. Each case logs a warning.
 
     Args:
         merged: the five statistics of :data:`STATISTIC_DIMS`, e.g. from :func:`aggregate`.
@@ -430,8 +434,8 @@ def normalization_stats(
         >>> stats = normalization_stats(merged, std_floor=1e-6)
         >>> stats["depth_mean"], stats["depth_std"], stats["depth_num_samples"], stats["std_floored"]
         (1.0, 1e-06, 3, ['depth_std'])
-        >>> stats["pose_mean"], stats["pose_num_samples"]
-        (None, 0)
+        >>> "pose_mean" in stats, "pose_std" in stats, stats["pose_num_samples"]
+        (False, False, 0)
     """
     if track_type not in _TRACK_DIMS:
         raise ValueError(f"unsupported track_type {track_type!r}: expected one of {sorted(_TRACK_DIMS)}")
@@ -454,26 +458,24 @@ def normalization_stats(
     empty: list[str] = []
     for name, prefix, count_key in STATISTIC_KEYS:
         moments = merged[name]
+        values[count_key] = moments.count
         if moments.count == 0:
             empty.append(name)
-            mean, std = None, None
-        else:
-            std_values = moments.std.tolist()
-            for index, value in enumerate(std_values):
-                if value < std_floor:
-                    std_values[index] = float(std_floor)
-                    floored.append(f"{prefix}_std" if moments.dim == 1 else f"{prefix}_std[{index}]")
-            mean_values = moments.mean.tolist()
-            mean, std = (mean_values[0], std_values[0]) if moments.dim == 1 else (mean_values, std_values)
-        values[f"{prefix}_mean"] = mean
-        values[f"{prefix}_std"] = std
-        values[count_key] = moments.count
+            continue
+        std_values = moments.std.tolist()
+        for index, value in enumerate(std_values):
+            if value < std_floor:
+                std_values[index] = float(std_floor)
+                floored.append(f"{prefix}_std" if moments.dim == 1 else f"{prefix}_std[{index}]")
+        mean_values = moments.mean.tolist()
+        values[f"{prefix}_mean"] = mean_values[0] if moments.dim == 1 else mean_values
+        values[f"{prefix}_std"] = std_values[0] if moments.dim == 1 else std_values
     values[STD_FLOORED_KEY] = floored
     for name in empty:
-        logger.warning("statistic %s has no samples: writing null mean and std with 0 samples", name)
+        logger.warning("statistic %s has no samples: its mean and std are left out, with 0 samples", name)
     if floored:
         logger.warning("std below std_floor=%g raised to it: %s", std_floor, ", ".join(floored))
-    return {key: values[key] for key in (*STATS_YAML_KEYS, STD_FLOORED_KEY)}
+    return {key: values[key] for key in (*STATS_YAML_KEYS, STD_FLOORED_KEY) if key in values}
 
 
 def per_video_moments(

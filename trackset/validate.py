@@ -4,10 +4,12 @@ Per ``<vid>.hdf5``: the file opens; the datasets of the layout exist with their 
 dtypes; ``frame_{t:04d}`` groups exist only where a full window starts (``t <= T - L``);
 hand keys come in complete sets of four; every value is finite; u, v lie in [0, 1] and
 depths in ``[depth_min_m, depth_max_m]``; step 0 of displacements is exactly zero and of
-poses the identity; the position of every kept point at every step is in the image.
+poses the identity; the position of every kept point at every step is in the image, and so
+is every kept wrist's (FORMATS.md's in-image rule, unless ``h5.hands_in_image`` is off).
 Per dataset: every H5 has its statistics partials and vice versa, and
-``normalization_stats.yaml`` has every FORMATS.md key and equals the statistics merged from
-the partials. With ``deep=True`` each video's moments are also recomputed from its H5 and
+``normalization_stats.yaml`` has exactly the keys trackset writes (FORMATS.md's, less the
+mean and std of a statistic without samples) and equals the statistics merged from the
+partials. With ``deep=True`` each video's moments are also recomputed from its H5 and
 compared with its partials (slow: it reads every value of every file).
 
 Nothing here raises on a bad dataset: every finding is a :class:`Problem` that names the
@@ -47,7 +49,6 @@ from trackset.layout import DatasetLayout
 from trackset.settings import H5Settings
 from trackset.statistics import (
     STATISTIC_DIMS,
-    STATS_YAML_KEYS,
     Moments,
     VideoPartials,
     aggregate,
@@ -250,6 +251,7 @@ class _H5Checker:
         self.depth_hi = float(np.nextafter(np.float32(h5.depth_max_m), np.float32(np.inf)))
         self.clip_hi = float(np.float32(h5.depth_max_m))
         self.depth_min, self.depth_max = h5.depth_min_m, h5.depth_max_m
+        self.hands_in_image = h5.hands_in_image
         self.deep = deep
         self.problems: list[Problem] = []
         self.moments: dict[str, Moments] | None = None
@@ -598,6 +600,21 @@ class _H5Checker:
             uvd_bad = finite[uvd] & (hand[uvd][:, 0] != 0).any(axis=1)
             rot_bad = finite[rot] & (np.abs(hand[rot][:, 0] - _IDENTITY_6D) > POSE_ATOL).any(axis=1)
         self.per_window("step0", schema.hand_key(side, uvd), uvd_bad.astype(int), names, "step 0 is not zero")
+        if self.hands_in_image:
+            query, disp = hand[schema.HAND_QUERY_UVD][:, None], hand[uvd]  # (V,1,3), (V,L,3)
+            pos = query + disp
+            tol = 4 * _F32_EPS * (np.abs(query) + np.abs(disp))  # as for points: operands rounded once
+            with np.errstate(invalid="ignore"):
+                outside = (pos[..., :2] < -tol[..., :2]) | (pos[..., :2] > 1 + tol[..., :2])
+                behind = pos[..., 2] <= -tol[..., 2]
+            leaves = finite[schema.HAND_QUERY_UVD] & finite[uvd] & (outside.any(axis=2) | behind).any(axis=1)
+            self.per_window(
+                "range",
+                schema.hand_key(side, uvd),
+                leaves.astype(int),
+                names,
+                "the wrist leaves the image (u or v of query + displacement outside [0, 1], or depth <= 0)",
+            )
         self.per_window(
             "step0",
             schema.hand_key(side, rot),
@@ -682,7 +699,7 @@ def _check_stats_yaml(
     except ValueError as exc:
         report.add(name, "stats", f"not compared: the partials do not merge: {_first_line(exc)}")
         return
-    missing = [key for key in dict.fromkeys([*STATS_YAML_KEYS, *expected]) if key not in stats]
+    missing = [key for key in expected if key not in stats]
     if missing:
         report.add(name, "stats", f"missing keys: {', '.join(missing)}")
     extra = [key for key in stats if key not in expected]

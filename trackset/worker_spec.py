@@ -3,22 +3,18 @@
 dask-cuda cannot run several workers per GPU (PLATFORM-NOTES.md), so trackset describes a
 ``distributed.SpecCluster`` of ``Nanny`` workers itself: worker ``i`` gets
 ``CUDA_VISIBLE_DEVICES=gpus[i % n]`` through ``Nanny(env=...)`` and one ``GPU`` resource.
-The specs are pure data with qualified class names as strings, so they can travel through
-``prefect_dask.DaskTaskRunner(cluster_class=CLUSTER_CLASS, cluster_kwargs=...)`` (which
-re-creates the cluster for each flow run and compares runners by their kwargs) and be
-logged or serialised; ``SpecCluster`` imports the strings itself.
+The specs are pure data with qualified class names as strings, so they can be logged,
+serialised and tested without starting anything; ``SpecCluster`` imports the strings itself.
+A run starts one such cluster (:func:`run_cluster_spec`) and every task runner of the run
+connects to it by address (``flows/run_cluster.py``)::
 
-Before::
-
-    DaskTaskRunner(cluster=LocalCluster(n_workers=4))  # dropped when the runner is duplicated
-
-After::
-
-    DaskTaskRunner(cluster_class=CLUSTER_CLASS, cluster_kwargs=cluster_kwargs([0, 1], 2))
+    cluster = SpecCluster(**run_cluster_spec([0, 1], workers_per_gpu=2, cpu_workers=2))
+    DaskTaskRunner(address=cluster.scheduler_address)
 
 Everything binds to 127.0.0.1, otherwise scheduler and workers listen on the host address.
-Submit GPU work inside ``with dask.annotate(resources={"GPU": 1})``: resources are only
-honoured for annotated (or ``resources=``) submissions.
+GPU workers supply ``GPU: 1`` and a ``GPU_RANK`` that orders the workers of each GPU, CPU
+workers ``CPU: 1`` (:mod:`trackset.cluster_plan`, which also says what tasks ask for).
+Resources are only honoured for annotated (or ``resources=``) submissions.
 """
 
 from __future__ import annotations
@@ -26,8 +22,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-CLUSTER_CLASS = "distributed.SpecCluster"
-"""``cluster_class`` for ``DaskTaskRunner`` together with :func:`cluster_kwargs`."""
+from trackset.cluster_plan import CPU, GPU, GPU_RANK, gpu_rank
 
 HOST = "127.0.0.1"
 """Where scheduler and workers listen: this machine only, never the host's public address."""
@@ -91,8 +86,8 @@ def gpu_worker_spec(
         >>> spec = gpu_worker_spec([0, 1], 2)
         >>> list(spec)
         ['gpu0-w0', 'gpu1-w0', 'gpu0-w1', 'gpu1-w1']
-        >>> spec["gpu1-w0"]["options"]["env"]["CUDA_VISIBLE_DEVICES"], spec["gpu1-w0"]["options"]["resources"]
-        ('1', {'GPU': 1})
+        >>> spec["gpu1-w1"]["options"]["env"]["CUDA_VISIBLE_DEVICES"], spec["gpu1-w1"]["options"]["resources"]
+        ('1', {'GPU': 1, 'GPU_RANK': 999})
     """
     if not gpus:
         raise ValueError("gpus must name at least one GPU")
@@ -105,7 +100,8 @@ def gpu_worker_spec(
     for k in range(workers_per_gpu):
         for gpu in gpus:
             worker_env = {"CUDA_VISIBLE_DEVICES": str(gpu), **_GPU_ORDER, **extra}
-            spec[gpu_worker_name(gpu, k)] = _nanny({"env": worker_env, "resources": {"GPU": 1}}, preload)
+            resources = {GPU: 1, GPU_RANK: gpu_rank(k)}
+            spec[gpu_worker_name(gpu, k)] = _nanny({"env": worker_env, "resources": resources}, preload)
     return spec
 
 
@@ -123,13 +119,13 @@ def cpu_worker_spec(
 
     Examples:
         >>> spec = cpu_worker_spec(2)
-        >>> list(spec), spec["cpu-w0"]["options"]["env"]
-        (['cpu-w0', 'cpu-w1'], {'CUDA_VISIBLE_DEVICES': ''})
+        >>> list(spec), spec["cpu-w0"]["options"]["env"], spec["cpu-w0"]["options"]["resources"]
+        (['cpu-w0', 'cpu-w1'], {'CUDA_VISIBLE_DEVICES': ''}, {'CPU': 1})
     """
     if n_workers < 1:
         raise ValueError(f"n_workers must be at least 1, got {n_workers}")
     worker_env = {"CUDA_VISIBLE_DEVICES": "", **_check_env(env)}
-    return {f"cpu-w{k}": _nanny({"env": dict(worker_env)}, preload) for k in range(n_workers)}
+    return {f"cpu-w{k}": _nanny({"env": dict(worker_env), "resources": {CPU: 1}}, preload) for k in range(n_workers)}
 
 
 def scheduler_spec() -> dict[str, Any]:
@@ -142,41 +138,29 @@ def scheduler_spec() -> dict[str, Any]:
     return {"cls": "distributed.Scheduler", "options": {"host": HOST, "dashboard_address": ":0"}}
 
 
-def cluster_kwargs(
+def run_cluster_spec(
     gpus: list[int],
     workers_per_gpu: int,
+    cpu_workers: int,
     *,
     env: dict[str, str] | None = None,
     preload: list[str] | None = None,
 ) -> dict[str, Any]:
-    """``cluster_kwargs`` of a GPU-pinned ``SpecCluster`` for ``DaskTaskRunner``.
+    """``SpecCluster`` arguments of the one cluster a run starts on this machine.
 
-    ``asynchronous`` is absent on purpose: prefect-dask sets it and rejects it here.
-
-    Examples:
-        >>> kwargs = cluster_kwargs([0], 2)
-        >>> sorted(kwargs), list(kwargs["workers"])
-        (['scheduler', 'workers'], ['gpu0-w0', 'gpu0-w1'])
-    """
-    return {
-        "workers": gpu_worker_spec(gpus, workers_per_gpu, env=env, preload=preload),
-        "scheduler": scheduler_spec(),
-    }
-
-
-def cpu_cluster_kwargs(
-    n_workers: int,
-    *,
-    env: dict[str, str] | None = None,
-    preload: list[str] | None = None,
-) -> dict[str, Any]:
-    """``cluster_kwargs`` of a CPU-only ``SpecCluster`` for ``DaskTaskRunner``.
+    ``cpu_workers`` CPU workers for the CPU stages and ``workers_per_gpu`` pinned workers on
+    each GPU (the most a GPU stage may use there); a stage is sized by restricting its
+    tasks to some of them (:mod:`trackset.cluster_plan`), never by restarting the cluster.
 
     Examples:
-        >>> list(cpu_cluster_kwargs(3)["workers"])
-        ['cpu-w0', 'cpu-w1', 'cpu-w2']
+        >>> spec = run_cluster_spec([0, 1], 2, 1)
+        >>> sorted(spec), list(spec["workers"])
+        (['scheduler', 'workers'], ['cpu-w0', 'gpu0-w0', 'gpu1-w0', 'gpu0-w1', 'gpu1-w1'])
     """
-    return {"workers": cpu_worker_spec(n_workers, env=env, preload=preload), "scheduler": scheduler_spec()}
+    workers = cpu_worker_spec(cpu_workers, env=env, preload=preload)
+    if gpus:
+        workers |= gpu_worker_spec(gpus, workers_per_gpu, env=env, preload=preload)
+    return {"workers": workers, "scheduler": scheduler_spec()}
 
 
 def visible_gpu_index(default: int = 0) -> int:

@@ -166,3 +166,14 @@ def test_nightly_schedule_is_the_deploy_time_cron_and_the_server_schedules_runs(
     berlin = ZoneInfo("Europe/Berlin")
     runs = wait_for_upcoming_runs(deployed, deployment.id, "03:30", berlin)
     assert all(run.expected_start_time.astimezone(berlin).weekday() < 5 for run in runs)
+
+
+def test_each_deployment_runs_one_build_at_a_time(deployed: PrefectServer):
+    """Manual builds queue behind a running one; a nightly refresh due during one is cancelled."""
+    with deployed.client() as client:
+        manual = client.read_deployment_by_name("build-dataset/manual")
+        nightly = client.read_deployment_by_name("build-dataset/nightly-refresh")
+    for deployment, strategy in ((manual, "ENQUEUE"), (nightly, "CANCEL_NEW")):
+        assert deployment.global_concurrency_limit is not None and deployment.global_concurrency_limit.limit == 1
+        assert deployment.concurrency_options is not None
+        assert deployment.concurrency_options.collision_strategy.value == strategy

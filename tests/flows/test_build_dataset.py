@@ -1,7 +1,12 @@
 """The build-dataset flow end to end on a tiny synthetic corpus (thread runner, fast suite).
 
 Ground truth comes from each video's own scene parameters (its ``.scene.json``), never from
-the implementation's helpers: expected poses and wrist projections are computed here.
+the implementation's helpers: every H5 field (query coords, displacements, poses, wrist
+uvd, wrist rotation and rotation displacements) is recomputed here with numpy and scipy.
+Videos 00000 and 00002 have a camera that turns by 10-13 degrees about every axis within a
+window and hands that rotate about every axis, which tells each composition from its
+mirror image (``E_s E_{s+k}^-1`` from ``E_{s+k}^-1 E_s``, ``R_k R_0^T`` from ``R_0^T R_k``,
+rotation columns from rows); video 00001 is the demo's gentle scene.
 """
 
 from __future__ import annotations
@@ -14,15 +19,19 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from scipy.spatial.transform import Rotation
 
 from flows.build_dataset import build_dataset
 from tests.flows.helpers import digests, merge_sections, paths_under
 from trackset.statistics import STATS_YAML_KEYS
-from trackset.synthetic.corpus import load_scene_for, make_corpus
-from trackset.synthetic.scene import STATIC_ID
+from trackset.synthetic.corpus import encode_scene, load_scene_for, video_seed
+from trackset.synthetic.scene import STATIC_ID, SceneSpec
 
-# Seed 2 at 20 frames: videos 00000 and 00001 have windows where a hand stays in view.
-NUM_VIDEOS, NUM_FRAMES, SEED, L, S = 3, 20, 2, 10, 256
+# Seed 2 at 20 frames: the turning videos' hands stay in the 256 crop for some full windows
+# (both hands of 00002) and leave it during others; the gentle video's hands never stay in it.
+NUM_FRAMES, SEED, L, S = 20, 2, 10, 256
+MOTIONS = ("turning", "gentle", "turning")
+NUM_VIDEOS = len(MOTIONS)
 
 
 def overrides(root: Path, **extra) -> dict:
@@ -37,7 +46,9 @@ def overrides(root: Path, **extra) -> dict:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("corpus")
-    make_corpus(root / "videos", NUM_VIDEOS, seed=SEED, num_frames=NUM_FRAMES)
+    for index, motion in enumerate(MOTIONS):
+        spec = SceneSpec.from_seed(video_seed(SEED, index), NUM_FRAMES, motion=motion)
+        encode_scene(spec, root / "videos" / f"clip_{index:03d}.mp4")
     return root / "videos"
 
 
@@ -88,7 +99,30 @@ def _uvd(k: np.ndarray, point: np.ndarray) -> np.ndarray:
     return np.array([(k[0, 0] * x / z + k[0, 2]) / S, (k[1, 1] * y / z + k[1, 2]) / S, z])
 
 
-@pytest.mark.parametrize("video_id", ["00000", "00002"])
+def _in_crop(uvd: np.ndarray) -> bool:
+    """FORMATS.md's in-image rule for positions ``(L, 3)``, written out."""
+    return bool(((uvd[:, 0] >= 0) & (uvd[:, 0] <= 1) & (uvd[:, 1] >= 0) & (uvd[:, 1] <= 1) & (uvd[:, 2] > 0)).all())
+
+
+def _wrists_in_camera_zero(scene, times, side: str, s: int) -> np.ndarray:
+    """``(L, 4, 4)`` true wrist of steps s..s+L-1 in the camera of frame s: E_s W_world."""
+    return scene.extrinsics(times[s : s + 1])[0] @ scene.wrist_poses_world(side, times[s : s + L])
+
+
+def _hand_kept(scene, times, side: str, s: int) -> bool:
+    """A window keeps a hand valid at every step whose wrist stays in the crop at every step."""
+    if not scene.hand_valid(side, times[s : s + L]).all():
+        return False
+    k256 = _k256(scene)
+    return _in_crop(np.stack([_uvd(k256, w[:3, 3]) for w in _wrists_in_camera_zero(scene, times, side, s)]))
+
+
+def _six_d(rotation: np.ndarray) -> np.ndarray:
+    """Columns 0 then 1 of a rotation matrix (FORMATS.md's 6D)."""
+    return np.r_[rotation[:, 0], rotation[:, 1]]
+
+
+@pytest.mark.parametrize("video_id", ["00000", "00001", "00002"])
 def test_poses_equal_true_relative_camera_motion(built, video_id):
     root, _ = built
     scene, times = _scene_and_times(root, video_id)
@@ -102,29 +136,112 @@ def test_poses_equal_true_relative_camera_motion(built, video_id):
                 np.testing.assert_allclose(poses[k], expected, atol=2e-5)
 
 
-@pytest.mark.parametrize("video_id", ["00000", "00001"])
+def test_the_turning_videos_turn_about_every_axis(built):
+    """Guards the fixture: the camera turns by degrees within a window about x, y and z."""
+    root, _ = built
+    for video_id in ("00000", "00002"):
+        scene, times = _scene_and_times(root, video_id)
+        rotations = Rotation.from_matrix(scene.extrinsics(times)[:, :3, :3])
+        turns = np.stack([(rotations[s] * rotations[s + L - 1].inv()).as_rotvec() for s in range(NUM_FRAMES - L + 1)])
+        assert (np.degrees(np.abs(turns)).max(axis=0) > 2.0).all(), turns
+        assert np.degrees(np.linalg.norm(turns, axis=1)).max() > 8.0
+
+
+@pytest.mark.parametrize("video_id", ["00000", "00001", "00002"])
+def test_every_track_follows_its_true_point_in_window_camera_zero(built, video_id):
+    """Each kept point is traced back to its pixel, body and depth in the scene at the window
+    start, then moved with that body and projected into camera 0 at every step."""
+    root, _ = built
+    scene, times = _scene_and_times(root, video_id)
+    k, k256 = scene.intrinsics(), _k256(scene)
+    extrinsics, bodies = scene.extrinsics(times), scene.body_poses(times)
+    moving = 0
+    with h5py.File(root / "dataset" / f"{video_id}.hdf5") as f:
+        for s in (0, 4, NUM_FRAMES - L):
+            group = f[f"root/tracks/frame_{s:04d}"]
+            query, disp = group["query_coords"][()].astype(np.float64), group["displacements"][()]
+            assert len(query) > 20
+            depth, object_id = scene.render_depth(times[s])
+            x = (query[:, 0] * S - k256[0, 2]) * 384 / S + k[0, 2]
+            y = (query[:, 1] * S - k256[1, 2]) * 384 / S + k[1, 2]
+            col, row = np.rint(x).astype(int), np.rint(y).astype(int)
+            np.testing.assert_allclose(np.c_[x, y], np.c_[col, row], atol=2e-3)  # queries sit on pixels
+            z = depth[row, col].astype(np.float64)
+            camera_s = np.c_[(col - k[0, 2]) / k[0, 0] * z, (row - k[1, 2]) / k[1, 1] * z, z, np.ones_like(z)]
+            world = np.linalg.inv(extrinsics[s]) @ camera_s.T  # (4, N)
+            for n, body in enumerate(object_id[row, col]):
+                local = np.linalg.inv(bodies[body][s]) @ world[:, n]
+                expected = np.stack([_uvd(k256, (extrinsics[s] @ bodies[body][s + j] @ local)[:3]) for j in range(L)])
+                np.testing.assert_allclose(query[n, :2], expected[0, :2], atol=2e-5)
+                np.testing.assert_allclose(query[n, 2], np.clip(expected[0, 2], 0.1, 2.5), atol=1e-4)
+                np.testing.assert_allclose(disp[:, n], expected - expected[0], atol=2e-5)  # unclipped depth
+                moving += int(body != STATIC_ID)
+    assert moving > 0
+
+
+@pytest.mark.parametrize("video_id", ["00000", "00001", "00002"])
 def test_wrist_uvd_is_projection_of_true_wrist_in_window_camera_zero(built, video_id):
     root, _ = built
     scene, times = _scene_and_times(root, video_id)
-    extrinsics, k256 = scene.extrinsics(times), _k256(scene)
-    checked = 0
+    k256 = _k256(scene)
     with h5py.File(root / "dataset" / f"{video_id}.hdf5") as f:
         for side in ("left", "right"):
-            valid = scene.hand_valid(side, times)
-            wrists = scene.wrist_poses_world(side, times)
             for s in range(NUM_FRAMES - L + 1):
                 group = f[f"root/tracks/frame_{s:04d}"]
                 present = f"{side}_wrist_query_uvd" in group
-                assert present == bool(valid[s : s + L].all())
+                assert present == _hand_kept(scene, times, side, s), (side, s)
                 if not present:
                     continue
                 query = group[f"{side}_wrist_query_uvd"][()]
                 disp = group[f"{side}_wrist_uvd_displacements"][()]
+                for k, wrist in enumerate(_wrists_in_camera_zero(scene, times, side, s)):
+                    np.testing.assert_allclose(query + disp[k], _uvd(k256, wrist[:3, 3]), atol=2e-5)
+
+
+@pytest.mark.parametrize("video_id", ["00000", "00002"])
+def test_wrist_rotations_are_true_rotations_in_window_camera_zero(built, video_id):
+    """query_rot_6d is the wrist's rotation in camera 0 at step 0, rot_displacements R_k R_0^T,
+    with the true rotations composed here by scipy."""
+    root, _ = built
+    scene, times = _scene_and_times(root, video_id)
+    extrinsics = scene.extrinsics(times)
+    checked = {"left": 0, "right": 0}
+    with h5py.File(root / "dataset" / f"{video_id}.hdf5") as f:
+        for side in checked:
+            wrist_to_world = Rotation.from_matrix(scene.wrist_poses_world(side, times)[:, :3, :3])
+            world_to_camera = Rotation.from_matrix(extrinsics[:, :3, :3])
+            for s in range(NUM_FRAMES - L + 1):
+                group = f[f"root/tracks/frame_{s:04d}"]
+                if f"{side}_wrist_query_rot_6d" not in group:
+                    continue
+                in_camera0 = world_to_camera[s] * wrist_to_world[s : s + L]  # camera 0 <- wrist, per step
+                np.testing.assert_allclose(
+                    group[f"{side}_wrist_query_rot_6d"][()], _six_d(in_camera0[0].as_matrix()), atol=1e-5
+                )
+                relative = in_camera0 * in_camera0[0].inv()
+                rot_disp = group[f"{side}_wrist_rot_displacements"][()]
                 for k in range(L):
-                    expected = _uvd(k256, (extrinsics[s] @ wrists[s + k])[:3, 3])
-                    np.testing.assert_allclose(query + disp[k], expected, atol=2e-5)
-                checked += 1
-    assert checked > 0
+                    np.testing.assert_allclose(rot_disp[k], _six_d(relative[k].as_matrix()), atol=1e-5)
+                checked[side] += 1
+    if video_id == "00002":  # both of its hands stay in the crop for some windows
+        assert checked["left"] > 0 and checked["right"] > 0
+
+
+def test_hand_windows_outside_the_crop_are_counted_in_the_record_and_summary(built):
+    root, summary = built
+    h5 = next(outcome for outcome in summary.stages if outcome.stage == "h5_build")
+    total = 0
+    for record in h5.records:
+        scene, times = _scene_and_times(root, record.video_id)
+        expected = sum(
+            bool(scene.hand_valid(side, times[s : s + L]).all()) and not _hand_kept(scene, times, side, s)
+            for side in ("left", "right")
+            for s in range(NUM_FRAMES - L + 1)
+        )
+        assert record.info["hand_windows_out_of_image"] == expected, record.video_id
+        total += expected
+    assert total > 0
+    assert f"- hand windows dropped, wrist outside the image: **{total}**" in summary.to_markdown()
 
 
 def test_static_points_have_zero_displacement_and_true_depth(built):

@@ -29,7 +29,7 @@ import yaml
 from prefect.settings import get_current_settings
 
 from flows.build_dataset import build_dataset
-from bench.run_history import settled_task_runs, stage_subflows, subflow_videos, video_ids
+from bench.run_history import waves_task_runs
 from tests.flows.helpers import SMALL_H, SMALL_S, SMALL_W, digests, merge_sections, small_build, vid
 from trackset import h5_layout, intermediates
 from trackset import statistics as statistics_module
@@ -113,43 +113,63 @@ def completed(root: Path) -> dict[str, set[str]]:
     return done
 
 
-def test_sigkill_of_the_flow_process_then_resume_recomputes_only_unfinished_videos(corpus, baseline, tmp_path):
-    root = fresh(corpus, tmp_path)
-    # One worker and a tracks stage that takes ~1 s per video: the kill lands inside it.
-    slow = overrides(root, cluster={"cpu_workers": 1}, synthetic={"tracks_3d": {"cpu_s_per_frame": 0.08}})
-    settings = tmp_path / "settings.yaml"
-    settings.write_text(yaml.safe_dump(slow))
+def kill_when(root: Path, tmp_path: Path, settings: dict, ready) -> dict[str, set[str]]:
+    """Run ``trackset run`` in its own process group, SIGKILL it once ``ready(completed)``,
+    and return what each stage had finished on disk at the kill."""
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump(settings))
     env = {**os.environ, "PREFECT_API_URL": str(get_current_settings().api.url)}  # this session's server
     trackset = Path(sys.executable).with_name("trackset")
     process = subprocess.Popen(
-        [str(trackset), "run", "--settings", str(settings)],
+        [str(trackset), "run", "--settings", str(path)],
         env=env,
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    markers = root / "work" / "markers" / "tracks_3d"
     deadline = time.monotonic() + 300
     try:
-        while len(list(markers.glob("*.json"))) < 2:
+        while not ready(completed(root)):
             assert process.poll() is None, "the run ended before the kill"
-            assert time.monotonic() < deadline, "tracks_3d never got going"
+            assert time.monotonic() < deadline, "the run never got to the kill point"
             time.sleep(0.05)
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-    before = completed(root)
-    assert 2 <= len(before["tracks_3d"]) < NUM_VIDEOS, before  # killed mid-stage
-    assert before["depth_camera"] == {vid(i) for i in range(NUM_VIDEOS)}
-    assert before["h5_build"] == set()
+    return completed(root)
 
-    summary = build_dataset(overrides=overrides(root))
+
+def resume_and_compare(root: Path, before: dict[str, set[str]], baseline: dict[str, str], **extra) -> None:
+    """A second run recomputes, per stage, exactly what was unfinished, and ends with the clean bytes."""
+    summary = build_dataset(overrides=overrides(root, **extra))
     assert not summary.failures
     everyone = {vid(i) for i in range(NUM_VIDEOS)}
     for stage in STAGES:
         assert done_ids(summary, stage) == everyone - before[stage], stage
     assert temporaries(root / "work", root / "dataset") == []
     assert digests(root / "dataset") == baseline
+
+
+def test_sigkill_of_the_flow_process_then_resume_recomputes_only_unfinished_videos(corpus, baseline, tmp_path):
+    root = fresh(corpus, tmp_path)
+    # One worker and a tracks stage that takes ~1 s per video: the kill lands inside it.
+    slow = overrides(root, cluster={"cpu_workers": 1}, synthetic={"tracks_3d": {"cpu_s_per_frame": 0.08}})
+    before = kill_when(root, tmp_path, slow, lambda done: len(done["tracks_3d"]) >= 2)
+    assert 2 <= len(before["tracks_3d"]) < NUM_VIDEOS, before  # killed mid-stage
+    assert before["depth_camera"] == {vid(i) for i in range(NUM_VIDEOS)}
+    assert before["h5_build"] == set()
+    resume_and_compare(root, before, baseline)
+
+
+def test_sigkill_mid_wave_then_resume_continues_where_it_stopped(corpus, baseline, tmp_path):
+    """Waves of 2: killed once the first wave has landed and the second is on its GPU stages."""
+    root = fresh(corpus, tmp_path)
+    waves = {"wave_size": 2}
+    slow = overrides(root, cluster={"cpu_workers": 1}, run=waves, synthetic={"tracks_3d": {"cpu_s_per_frame": 0.08}})
+    before = kill_when(root, tmp_path, slow, lambda done: len(done["h5_build"]) >= 2 and len(done["tracks_3d"]) >= 3)
+    assert before["h5_build"] == {vid(0), vid(1)}, before  # the first wave landed
+    assert len(before["tracks_3d"]) < NUM_VIDEOS and len(before["depth_camera"]) < NUM_VIDEOS, before
+    resume_and_compare(root, before, baseline, run=waves)
 
 
 # -- writes that fail half-way ---------------------------------------------------------------
@@ -276,9 +296,14 @@ STORM_FRAMES = {"a_short": 8, "b_short": 8, "c_long": 24, "d_long": 24, "e_long"
 
 
 def depth_rounds(flow_run_id) -> list[list[str]]:
-    """Video ids of each ``process-depth_camera`` subflow of a flow run, in start order."""
-    runs = [run for run in stage_subflows(flow_run_id, ["depth_camera"]) if run.name.startswith("process-")]
-    return [video_ids(settled_task_runs(run, subflow_videos(run))) for run in runs]
+    """Video ids of each round of the depth stage after profiling, from the task runs' tags
+    (``workers-per-gpu-<k>``), largest ``k`` first."""
+    runs = waves_task_runs(flow_run_id, "depth-camera-")
+    by_size: dict[int, list[str]] = {}
+    for run in runs:
+        [tag] = [t for t in run.tags if t.startswith("workers-per-gpu-")]
+        by_size.setdefault(int(tag.rsplit("-", 1)[1]), []).append(run.name.rsplit("-", 1)[1])
+    return [sorted(by_size[k]) for k in sorted(by_size, reverse=True)]
 
 
 def test_an_out_of_memory_storm_shrinks_lands_what_fits_and_quarantines_the_rest(tmp_path):

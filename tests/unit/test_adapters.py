@@ -139,7 +139,7 @@ def tapip3d_settings(tmp_path: Path, **tracks: object) -> Tracks3dSettings:
 def test_tapip3d_tracks_each_window_in_its_first_camera(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     loaded = tapip3d_api.install(monkeypatch, hide_below_x=-0.2)
     frames, meta, depth, camera_to_world = tracking_inputs()
-    backend = tapip3d.TAPIP3DBackend(tapip3d_settings(tmp_path))
+    backend = tapip3d.TAPIP3DBackend(tapip3d_settings(tmp_path, visibility_threshold=0.9))
     backend.load()
     result = backend.infer(VideoRef(VID, tmp_path / "v.mp4", "h"), frames, meta, depth)
     backend.unload()
@@ -155,7 +155,7 @@ def test_tapip3d_tracks_each_window_in_its_first_camera(monkeypatch: pytest.Monk
         np.testing.assert_allclose(call["extrinsics"], expected, atol=1e-5)
         np.testing.assert_allclose(call["intrinsics"], np.broadcast_to(K_TRACK, (10, 3, 3)))
         np.testing.assert_allclose(call["video"], frames[start : start + 10].transpose(0, 3, 1, 2) / 255.0, atol=1e-6)
-        assert (call["bidrectional"], call["vis_threshold"], call["num_iters"]) == (False, 0.0, 6)
+        assert (call["bidrectional"], call["vis_threshold"], call["num_iters"]) == (False, 0.9, 6)
         queries = call["query_point"]
         assert len(queries) == 40 and (queries[:, 0] == 0).all()
         xyz = queries[:, 1:]
@@ -165,10 +165,30 @@ def test_tapip3d_tracks_each_window_in_its_first_camera(monkeypatch: pytest.Monk
         np.testing.assert_allclose(u, np.round(u), atol=1e-4)  # integer pixels ...
         assert ((u >= 0) & (u < 32) & (v >= 0) & (v < 24)).all()
         assert not ((u < 4) & (v < 4)).any()  # ... never where depth is invalid
-        # Static fake scene: each kept point stays at its query position; hidden ones dropped.
+        # Static fake scene: each kept point stays at its query position; occluded ones dropped.
         kept = xyz[xyz[:, 0] >= -0.2]
         assert track.shape == (10, len(kept), 3) and 0 < len(kept) < 40
         np.testing.assert_allclose(track, np.broadcast_to(kept, (10, *kept.shape)), atol=1e-6)
+
+
+@pytest.mark.parametrize(("threshold", "keeps_occluded"), [(None, True), (0.0, True), (0.5, False), (0.9, False)])
+def test_tapip3d_visibility_threshold_is_the_setting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, threshold: float | None, keeps_occluded: bool
+) -> None:
+    """A point occluded at one step (visibility 0.2) survives only a threshold below 0.2; the
+    default (None here) is the script pipeline's configured 0.0, which keeps it."""
+    loaded = tapip3d_api.install(monkeypatch, hide_below_x=-0.2)
+    frames, meta, depth, _ = tracking_inputs()
+    extra = {} if threshold is None else {"visibility_threshold": threshold}
+    backend = tapip3d.TAPIP3DBackend(tapip3d_settings(tmp_path, **extra))
+    backend.load()
+    result = backend.infer(VideoRef(VID, tmp_path / "v.mp4", "h"), frames, meta, depth)
+    for call, track in zip(loaded[0].calls, result.tracks, strict=True):
+        assert call["vis_threshold"] == (0.0 if threshold is None else threshold)
+        xyz = call["query_point"][:, 1:]
+        occluded = int((xyz[:, 0] < -0.2).sum())
+        assert 0 < occluded < len(xyz)
+        assert track.shape[1] == len(xyz) - (0 if keeps_occluded else occluded)
 
 
 def test_tapip3d_is_deterministic_and_honours_masks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -1,9 +1,11 @@
 """H5 layout from hand-built intermediates with analytic expectations (FORMATS.md).
 
-The scene: a camera translating along +x at 1 cm per frame with fixed intrinsics, static
-points, one point moving in the world, one point that leaves the image, and a left hand
-rotating about the optical axis. Expectations are computed here by hand, not with the
-implementation's helpers.
+The scene: a camera that turns about all three axes (an x-y-z Euler sequence, so the turn
+between two frames has no fixed axis) while it translates, with fixed intrinsics; static
+points, one point moving in the world, one point that leaves the image; a left hand that
+rotates about all axes and stays in view, and a right hand, valid on the full frame, that
+drifts out of the square crop. Expectations are composed here with scipy and numpy from
+those parameters, never with the implementation's helpers.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import cv2
 import h5py
 import numpy as np
 import pytest
+from scipy.spatial.transform import Rotation
 
 from trackset import h5_schema as schema
 from trackset.dataset_statistics import write_dataset_statistics
@@ -26,43 +29,51 @@ from trackset.validate import validate_dataset
 
 T, L, H, W, S = 14, 10, 384, 512, 256
 FX, CX, CY = 400.0, 256.0, 192.0
-STEP = 0.01  # camera moves 1 cm along +x per frame
 # K after cropping x0=64 and scaling 384 -> 256 (factor 2/3), worked out by hand.
 FX_S, CX_S, CY_S = FX * 2 / 3, (CX - 64) * 2 / 3, CY * 2 / 3
+CAMERA_EULER_PER_FRAME = np.deg2rad([0.6, -0.9, 0.8])  # "xyz" angles of the camera->world rotation
+CAMERA_STEP = np.array([0.01, 0.003, -0.002])  # metres per frame
 
 
-def camera_center(t: np.ndarray | int) -> np.ndarray:
-    return np.stack([STEP * np.asarray(t, float), 0 * np.asarray(t, float), 0 * np.asarray(t, float)], -1)
+def camera_to_world(t: int) -> np.ndarray:
+    pose = np.eye(4)
+    pose[:3, :3] = Rotation.from_euler("xyz", CAMERA_EULER_PER_FRAME * t).as_matrix()
+    pose[:3, 3] = CAMERA_STEP * t
+    return pose
 
 
 def extrinsics() -> np.ndarray:
-    e = np.tile(np.eye(4), (T, 1, 1))
-    e[:, :3, 3] = -camera_center(np.arange(T))
-    return e
-
-
-def rot_z(angle: float) -> np.ndarray:
-    c, s = np.cos(angle), np.sin(angle)
-    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
+    return np.stack([np.linalg.inv(camera_to_world(t)) for t in range(T)])
 
 
 STATIC = np.array([[0.0, 0.0, 1.0], [0.2, -0.1, 1.5], [-0.3, 0.2, 2.0]])
 MOVING_START, MOVING_VELOCITY = np.array([0.0, 0.1, 1.2]), np.array([0.0, 0.0, 0.02])  # per frame
-LEAVING_START = np.array([-0.35, 0.0, 1.0])  # moves -x: in image for early windows, not later ones
+LEAVING_START = np.array([-0.3, 0.0, 1.0])  # moves -x: in image for the first window only
 LEFT_VALID_UNTIL = 11  # left hand valid on frames 0..10
 
 
 def world_points(t: int) -> np.ndarray:
     moving = MOVING_START + MOVING_VELOCITY * t
-    leaving = LEAVING_START + np.array([-0.01 * t, 0, 0])
+    leaving = LEAVING_START + np.array([-0.02 * t, 0, 0])
     return np.vstack([STATIC, moving, leaving])
 
 
-def wrist_world(t: int) -> np.ndarray:
+def wrist_world(side: str, t: int) -> np.ndarray:
+    """Left: turning about x, y and z in view. Right: drifting +x out of the crop, not of the frame."""
     pose = np.eye(4)
-    pose[:3, :3] = rot_z(0.05 * t)
-    pose[:3, 3] = [0.1, 0.05, 0.8 + 0.01 * t]
+    if side == "left":
+        pose[:3, :3] = Rotation.from_euler("xyz", [0.3 + 0.04 * t, -0.2 + 0.06 * t, 0.1 + 0.05 * t]).as_matrix()
+        pose[:3, 3] = [0.1, 0.05, 0.8 + 0.01 * t]
+    else:
+        pose[:3, :3] = Rotation.from_euler("zyx", [0.2 - 0.03 * t, 0.1 * t, 0.05 * t]).as_matrix()
+        pose[:3, 3] = [0.23 + 0.015 * t, -0.05, 0.8]
     return pose
+
+
+def in_camera(t_camera: int, world: np.ndarray) -> np.ndarray:
+    """World points ``(..., 3)`` in the camera of frame ``t_camera``."""
+    e = np.linalg.inv(camera_to_world(t_camera))
+    return world @ e[:3, :3].T + e[:3, 3]
 
 
 def make_inputs() -> tuple[np.ndarray, DepthCamera, Tracks3d, HandPoses]:
@@ -77,22 +88,18 @@ def make_inputs() -> tuple[np.ndarray, DepthCamera, Tracks3d, HandPoses]:
     e = extrinsics()
     windows, tracks = [], []
     for s in range(T - L + 1):
-        # Points of window s in camera s: world minus camera s's centre (no rotation).
-        pts = np.stack([world_points(s + j) - camera_center(s) for j in range(L)])
         windows.append((s, s + L))
-        tracks.append(pts)
+        tracks.append(np.stack([in_camera(s, world_points(s + j)) for j in range(L)]))
     windows.append((T - L + 1, T))  # a short trailing window: must be ignored
     tracks.append(np.stack([world_points(T - L + 1 + j) for j in range(L - 1)]))
     track_data = Tracks3d(windows, tracks, k, T, L, 1)
-    valid = np.arange(T) < LEFT_VALID_UNTIL
-    wrist_cam = np.stack([e[t] @ wrist_world(t) for t in range(T)])
-    wrist_cam[~valid] = np.nan
-    nan_hand = Hand(np.zeros(T, bool), np.full((T, 4, 4), np.nan), np.full((T, 15, 3, 3), np.nan),
-                    np.full((T, 21, 3), np.nan), np.full(10, np.nan))
-    left = Hand(valid, wrist_cam, np.zeros((T, 15, 3, 3)), np.zeros((T, 21, 3)), np.zeros(10))
-    hands = HandPoses(left, nan_hand, k, T)
+    hands = {}
+    for side, valid in (("left", np.arange(T) < LEFT_VALID_UNTIL), ("right", np.ones(T, bool))):
+        wrist_cam = np.stack([e[t] @ wrist_world(side, t) for t in range(T)])
+        wrist_cam[~valid] = np.nan
+        hands[side] = Hand(valid, wrist_cam, np.zeros((T, 15, 3, 3)), np.zeros((T, 21, 3)), np.zeros(10))
     depth = DepthCamera(depths, np.tile(k, (T, 1, 1)), e)
-    return frames, depth, track_data, hands
+    return frames, depth, track_data, HandPoses(hands["left"], hands["right"], k, T)
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +111,20 @@ def arrays():
 def uvd_by_hand(point: np.ndarray) -> np.ndarray:
     x, y, z = point
     return np.array([(FX_S * x / z + CX_S) / S, (FX_S * y / z + CY_S) / S, z])
+
+
+def in_crop(uvd: np.ndarray) -> bool:
+    return bool(((uvd[:, :2] >= 0) & (uvd[:, :2] <= 1)).all() and (uvd[:, 2] > 0).all())
+
+
+def wrist_uvd(side: str, s: int) -> np.ndarray:
+    """``(L, 3)`` true wrist of window s in its camera 0."""
+    return np.stack([uvd_by_hand(in_camera(s, wrist_world(side, s + k)[:3, 3])) for k in range(L)])
+
+
+def six_d(rotation: Rotation) -> np.ndarray:
+    matrix = rotation.as_matrix()
+    return np.r_[matrix[:, 0], matrix[:, 1]]
 
 
 def test_full_windows_only(arrays):
@@ -119,53 +140,70 @@ def test_static_points_have_zero_displacement_and_projected_queries(arrays):
     for w, s in enumerate(arrays.starts):
         q, d = arrays.query_coords[w], arrays.displacements[w]
         for i, point in enumerate(STATIC):
-            expected = uvd_by_hand(point - camera_center(s))
-            np.testing.assert_allclose(q[i], expected, atol=1e-6)
+            np.testing.assert_allclose(q[i], uvd_by_hand(in_camera(s, point)), atol=1e-6)
             np.testing.assert_allclose(d[:, i], 0.0, atol=1e-6)
 
 
 def test_moving_point_displacement(arrays):
     s = 2
     d = arrays.displacements[s][:, 3]  # the moving point is the 4th kept point
+    start = uvd_by_hand(in_camera(s, world_points(s)[3]))
     for k in range(L):
-        expected = uvd_by_hand(world_points(s + k)[3] - camera_center(s)) - uvd_by_hand(
-            world_points(s)[3] - camera_center(s)
-        )
-        np.testing.assert_allclose(d[k], expected, atol=1e-6)
+        np.testing.assert_allclose(d[k], uvd_by_hand(in_camera(s, world_points(s + k)[3])) - start, atol=1e-6)
     assert d[0].tolist() == [0.0, 0.0, 0.0]
 
 
 def test_point_leaving_the_image_is_dropped_for_that_window(arrays):
     for w, s in enumerate(arrays.starts):
-        u_by_step = [uvd_by_hand(world_points(s + k)[4] - camera_center(s))[0] for k in range(L)]
-        kept = all(0 <= u <= 1 for u in u_by_step)
+        kept = in_crop(np.stack([uvd_by_hand(in_camera(s, world_points(s + k)[4])) for k in range(L)]))
         assert arrays.query_coords[w].shape[0] == 4 + int(kept)
     assert arrays.query_coords[0].shape[0] == 5  # in view for the whole first window
     assert arrays.query_coords[-1].shape[0] == 4  # it leaves during the last window
 
 
 def test_poses_are_relative_camera_motion(arrays):
-    for w in range(len(arrays.starts)):
+    """Pose k = camera s+k in camera s: C_s^-1 C_{s+k} with C camera->world, by scipy."""
+    for w, s in enumerate(arrays.starts):
+        turn_s = Rotation.from_euler("xyz", CAMERA_EULER_PER_FRAME * s)
         for k in range(L):
-            # camera s+k sits STEP*k further along +x, seen from camera s.
-            expected = [1, 0, 0, 0, 1, 0, STEP * k, 0, 0]
-            np.testing.assert_allclose(arrays.poses[w, k], expected, atol=1e-6)
+            turn = turn_s.inv() * Rotation.from_euler("xyz", CAMERA_EULER_PER_FRAME * (s + k))
+            moved = turn_s.inv().apply(CAMERA_STEP * k)
+            np.testing.assert_allclose(arrays.poses[w, k], np.r_[six_d(turn), moved], atol=1e-6)
+    assert np.abs(arrays.poses[:, 1:, [1, 2, 5]]).min() > 1e-3  # the turns mix every axis
 
 
-def test_left_hand_only_in_fully_valid_windows_and_in_camera_zero(arrays):
-    left, right = arrays.hands["left"], arrays.hands["right"]
-    assert not right.valid.any()
-    assert left.valid.tolist() == [s + L <= LEFT_VALID_UNTIL for s in arrays.starts]
-    for row, s in enumerate(arrays.starts[left.valid]):
-        expected0 = uvd_by_hand(wrist_world(s)[:3, 3] - camera_center(s))
-        np.testing.assert_allclose(left.query_uvd[row], expected0, atol=1e-6)
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_hand_kept_where_valid_and_in_image_and_in_camera_zero(arrays, side):
+    """Wrist uvd, rotation (camera 0 <- wrist) and R_k R_0^T of every kept window."""
+    hand = arrays.hands[side]
+    valid = np.arange(T) < LEFT_VALID_UNTIL if side == "left" else np.ones(T, bool)
+    expected_kept = [bool(valid[s : s + L].all()) and in_crop(wrist_uvd(side, s)) for s in arrays.starts]
+    assert hand.valid.tolist() == expected_kept
+    assert any(expected_kept)
+    for row, s in enumerate(arrays.starts[hand.valid]):
+        uvd = wrist_uvd(side, s)
+        np.testing.assert_allclose(hand.query_uvd[row], uvd[0], atol=1e-6)
+        np.testing.assert_allclose(hand.uvd_displacements[row], uvd - uvd[0], atol=1e-6)
+        camera_s = Rotation.from_euler("xyz", CAMERA_EULER_PER_FRAME * s)
+        wrist = [camera_s.inv() * Rotation.from_matrix(wrist_world(side, s + k)[:3, :3]) for k in range(L)]
+        np.testing.assert_allclose(hand.query_rot_6d[row], six_d(wrist[0]), atol=1e-6)
         for k in range(L):
-            expected_k = uvd_by_hand(wrist_world(s + k)[:3, 3] - camera_center(s))
-            np.testing.assert_allclose(left.uvd_displacements[row, k], expected_k - expected0, atol=1e-6)
-            rel = rot_z(0.05 * k)  # R_k R_0^T of a rotation about z
-            np.testing.assert_allclose(left.rot_displacements[row, k], np.r_[rel[:, 0], rel[:, 1]], atol=1e-6)
-        r0 = rot_z(0.05 * s)
-        np.testing.assert_allclose(left.query_rot_6d[row], np.r_[r0[:, 0], r0[:, 1]], atol=1e-6)
+            np.testing.assert_allclose(hand.rot_displacements[row, k], six_d(wrist[k] * wrist[0].inv()), atol=1e-6)
+
+
+def test_hand_windows_outside_the_crop_are_dropped_and_counted(arrays):
+    right = arrays.hands["right"]
+    outside = [not in_crop(wrist_uvd("right", s)) for s in arrays.starts]
+    assert 0 < sum(outside) < len(outside)
+    assert right.out_of_image == sum(outside) and arrays.hands["left"].out_of_image == 0
+    assert arrays.hand_windows_out_of_image == sum(outside)
+
+
+def test_hands_in_image_off_keeps_every_valid_window():
+    frames, depth, tracks, hands = make_inputs()
+    arrays = build_arrays("00000", frames, depth, tracks, hands, H5Settings(hands_in_image=False), L)
+    assert arrays.hands["right"].valid.all() and arrays.hand_windows_out_of_image == 0
+    np.testing.assert_allclose(arrays.hands["right"].query_uvd[-1], wrist_uvd("right", T - L)[0], atol=1e-6)
 
 
 def test_video_is_lanczos_of_centre_crop(arrays):
@@ -210,7 +248,8 @@ def test_moments_count_every_value_written(arrays):
     valid_pixels = int((arrays.depth > 0).sum())
     assert moments["depth"].count == valid_pixels + sum(q.shape[0] for q in arrays.query_coords)
     assert moments["pose"].count == len(arrays.starts) * L
-    assert moments["hand_uvd"].count == moments["hand_rot"].count == int(arrays.hands["left"].valid.sum()) * L
+    kept = sum(int(hand.valid.sum()) for hand in arrays.hands.values())
+    assert moments["hand_uvd"].count == moments["hand_rot"].count == kept * L
     pose_rows = arrays.poses.reshape(-1, 9).astype(np.float64)
     np.testing.assert_allclose(moments["pose"].mean, pose_rows.mean(0), rtol=1e-12, atol=1e-15)
 
@@ -236,7 +275,9 @@ def test_h5_layout_and_byte_identical(tmp_path, arrays):
         assert frame["left_wrist_uvd_displacements"].shape == (L, 3)
         assert frame["left_wrist_query_rot_6d"].shape == (6,)
         assert frame["left_wrist_rot_displacements"].shape == (L, 6)
-        assert "right_wrist_query_uvd" not in frame
+        for side, hand in arrays.hands.items():
+            present = [f"{side}_wrist_query_uvd" in root[f"tracks/frame_{s:04d}"] for s in arrays.starts]
+            assert present == hand.valid.tolist()
         assert "left_wrist_query_uvd" not in root[f"tracks/frame_{T - L:04d}"]
 
 
@@ -259,7 +300,7 @@ def test_every_key_written_is_declared_by_the_schema_and_validates(tmp_path, arr
     assert undeclared == []
     assert {p.split("/")[-1] for p in written if p.count("/") == 3} == {
         *schema.WINDOW_SHAPES,
-        *(schema.hand_key("left", suffix) for suffix in schema.HAND_SHAPES),
-    }  # the scene has a left hand only
+        *(schema.hand_key(side, suffix) for side in schema.HAND_SIDES for suffix in schema.HAND_SHAPES),
+    }
     report = validate_dataset(tmp_path, H5Settings(), std_floor=1e-6, deep=True)
     assert report.ok, report.problems

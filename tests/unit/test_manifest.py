@@ -356,3 +356,37 @@ def test_ids_go_past_99999_without_renaming_earlier_ones(videos, manifest_path):
     result = _register(manifest_path, videos)
     assert _ids(result.new) == {"new.mp4": "100000"} and _ids(result.changed) == {"old.mp4": "99999"}
     assert [e.video_id for e in Manifest.load(manifest_path).entries()] == ["99999", "100000"]
+
+
+def test_a_moved_or_renamed_file_keeps_its_id_and_is_not_new(videos, manifest_path, monkeypatch):
+    _write(videos / "a.mp4", b"alpha")
+    _write(videos / "b.mp4", b"beta")
+    _register(manifest_path, videos)
+    (videos / "kitchen").mkdir()
+    os.replace(videos / "a.mp4", videos / "kitchen" / "take 1.mp4")  # keeps size and mtime
+    _write(videos / "c.mp4", b"gamma")
+    result = _register(manifest_path, videos)
+    assert _ids(result.moved) == {"kitchen/take 1.mp4": "00000"}
+    assert _ids(result.new) == {"c.mp4": "00002"} and not result.missing
+    reloaded = Manifest.load(manifest_path)
+    assert {e.source: e.video_id for e in reloaded.entries()} == {"kitchen/take 1.mp4": "00000", "b.mp4": "00001",
+                                                                   "c.mp4": "00002"}
+    # A new file at the old path is a new video; an unchanged moved file is not hashed again.
+    _write(videos / "a.mp4", b"another")
+    hashed: list[Path] = []
+    monkeypatch.setattr("trackset.manifest.file_sha256", lambda path: hashed.append(path) or "d" * 64)
+    again = Manifest.load(manifest_path).register(videos, EXTENSIONS)
+    assert _ids(again.new) == {"a.mp4": "00003"} and not again.moved
+    assert hashed == [videos / "a.mp4"]
+
+
+def test_a_copy_is_a_new_video_and_a_move_line_must_name_the_ids_path(videos, manifest_path):
+    _write(videos / "a.mp4", b"alpha")
+    _register(manifest_path, videos)
+    _write(videos / "copy.mp4", b"alpha")
+    assert _ids(_register(manifest_path, videos).new) == {"copy.mp4": "00001"}
+    entry = ManifestEntry("00000", "elsewhere.mp4", "e" * 64, 1, 0, moved_from="not-its-path.mp4")
+    with manifest_path.open("a") as out:
+        out.write(json.dumps(entry.__dict__) + "\n")
+    with pytest.raises(ValueError, match=r"id 00000 moves from 'not-its-path.mp4' but belongs to 'a.mp4'"):
+        Manifest.load(manifest_path)

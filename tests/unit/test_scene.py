@@ -192,3 +192,26 @@ def test_resized_render_uses_scaled_intrinsics(spec):
     np.testing.assert_allclose(half[0, 2], (spec.cx + 0.5) / 2 - 0.5)
     depth, ids = spec.render_depth(0.2, 256, 192)
     assert depth.shape == ids.shape == (192, 256)
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_turning_motion_changes_only_the_camera_and_hand_motions(seed):
+    gentle, turning = (SceneSpec.from_seed(seed, num_frames=20, motion=m) for m in ("gentle", "turning"))
+    assert SceneSpec.from_seed(seed, num_frames=20) == gentle  # the default is the demo's gentle scene
+    assert replace(turning, camera=gentle.camera, hands=gentle.hands) == gentle
+    assert turning.camera.translation == gentle.camera.translation
+    assert [h.side for h in turning.hands] == [h.side for h in gentle.hands]
+    assert SceneSpec.from_json(turning.to_json()) == turning  # the sidecar describes it fully
+
+
+def test_turning_motion_turns_the_camera_and_the_hands_about_every_axis():
+    scene = SceneSpec.from_seed(3, num_frames=20, motion="turning")
+    times = scene.frame_times()
+    camera = Rotation.from_matrix(expected_pose(scene.camera, times)[:, :3, :3])
+    window_turns = np.stack([(camera[t].inv() * camera[t + 9]).as_rotvec() for t in range(len(times) - 9)])
+    assert (np.degrees(np.abs(window_turns)).max(axis=0) > 2.0).all()  # about x, y and z
+    assert 8.0 < np.degrees(np.linalg.norm(window_turns, axis=1)).max() < 25.0
+    for hand in scene.hands:
+        wrist = Rotation.from_matrix(expected_pose(hand.motion, times)[:, :3, :3])
+        spread = np.ptp((wrist * wrist[0].inv()).as_rotvec(), axis=0)
+        assert (spread > 0.3).all(), (hand.side, spread)

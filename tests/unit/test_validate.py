@@ -244,6 +244,18 @@ CORRUPTIONS = [
         "range",
     ),
     (
+        "wrist leaves the image",
+        edit_h5("00000", set_value("root/tracks/frame_0001/left_wrist_uvd_displacements", (2, 0), 2.0)),
+        "00000.hdf5",
+        "range",
+    ),
+    (
+        "wrist behind the camera",
+        edit_h5("00001", set_value("root/tracks/frame_0002/left_wrist_uvd_displacements", (3, 2), -5.0)),
+        "00001.hdf5",
+        "range",
+    ),
+    (
         "incomplete hand set",
         edit_h5("00000", delete("root/tracks/frame_0002/left_wrist_query_rot_6d")),
         "00000.hdf5",
@@ -289,6 +301,27 @@ def test_corruption_is_detected_and_names_the_file(dataset, corrupt, file, check
 def test_window_shapes_are_named_with_their_symbols(dataset, path, data, detail):
     edit_h5("00000", replace(f"root/tracks/frame_0001/{path}", data.astype(np.float32)))(dataset)
     assert validate(dataset).problems == [Problem("00000.hdf5", "shape", f"root/tracks/frame_0001/{path}: {detail}")]
+
+
+def test_hand_in_image_rule_follows_the_setting(dataset):
+    """A wrist outside the image is a problem only for a dataset built with h5.hands_in_image."""
+    edit_h5("00000", set_value("root/tracks/frame_0001/left_wrist_uvd_displacements", (2, 0), 2.0))(dataset)
+    assert [(p.check, p.detail.split(":")[0]) for p in validate(dataset).problems] == [
+        ("range", "root/tracks/frame_0001/left_wrist_uvd_displacements")
+    ]
+    lenient = validate_dataset(dataset, SETTINGS.model_copy(update={"hands_in_image": False}), STD_FLOOR)
+    assert lenient.ok, lenient.problems
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["0001.hdf5", "000001.hdf5", "00001\n.hdf5", "\u0660\u0660\u0660\u0660\u0661.hdf5", "1e3_0.hdf5"],
+    ids=["4 digits", "zero-padded past 5", "newline", "Arabic-Indic digits", "not digits"],
+)
+def test_an_h5_not_named_by_a_video_id_is_reported(dataset, name):
+    shutil.copy(dataset / "00000.hdf5", dataset / name)
+    report = validate(dataset)
+    assert [(p.file, p.check) for p in report.problems] == [(name, "name")], report.problems
 
 
 def test_partials_without_h5_name_the_partials(dataset):

@@ -8,11 +8,9 @@ from unittest.mock import patch
 import pytest
 
 from trackset.worker_spec import (
-    CLUSTER_CLASS,
-    cluster_kwargs,
-    cpu_cluster_kwargs,
     cpu_worker_spec,
     gpu_worker_spec,
+    run_cluster_spec,
     scheduler_spec,
     visible_gpu_index,
 )
@@ -35,7 +33,8 @@ def test_gpu_worker_spec_round_robin(gpus, workers_per_gpu):
         _check_env_value(spec, name, gpu)
         options = spec[name]["options"]
         assert spec[name]["cls"] == "distributed.Nanny"
-        assert (options["resources"], options["host"], options["nthreads"]) == ({"GPU": 1}, "127.0.0.1", 1)
+        resources = {"GPU": 1, "GPU_RANK": 1000 - i // len(gpus)}  # the k-th worker of its GPU ranks 1000 - k
+        assert (options["resources"], options["host"], options["nthreads"]) == (resources, "127.0.0.1", 1)
         assert "preload" not in options
 
 
@@ -46,7 +45,7 @@ def test_gpu_worker_spec_exact_entry():
         "cls": "distributed.Nanny",
         "options": {
             "env": {"CUDA_VISIBLE_DEVICES": "1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "OMP_NUM_THREADS": "1"},
-            "resources": {"GPU": 1},
+            "resources": {"GPU": 1, "GPU_RANK": 999},
             "host": "127.0.0.1",
             "nthreads": 1,
             "preload": ["trackset.some_setup"],
@@ -82,30 +81,23 @@ def test_cpu_worker_spec_hides_gpus(n_workers):
     for entry in spec.values():
         assert entry == {
             "cls": "distributed.Nanny",
-            "options": {"env": {"CUDA_VISIBLE_DEVICES": "", "X": "y"}, "host": "127.0.0.1", "nthreads": 1},
+            "options": {"env": {"CUDA_VISIBLE_DEVICES": "", "X": "y"}, "resources": {"CPU": 1}, "host": "127.0.0.1", "nthreads": 1},
         }
     with pytest.raises(ValueError):
         cpu_worker_spec(0)
 
 
-def test_scheduler_and_cluster_kwargs():
+def test_scheduler_and_run_cluster_spec():
     assert scheduler_spec() == {
         "cls": "distributed.Scheduler",
         "options": {"host": "127.0.0.1", "dashboard_address": ":0"},
     }
-    kwargs = cluster_kwargs([1, 0], 1, preload=["p"])
-    assert kwargs == {"workers": gpu_worker_spec([1, 0], 1, preload=["p"]), "scheduler": scheduler_spec()}
-    assert "asynchronous" not in kwargs  # prefect-dask sets it and rejects it in cluster_kwargs
-    assert list(cpu_cluster_kwargs(2)["workers"]) == ["cpu-w0", "cpu-w1"]
-
-
-def test_prefect_dask_accepts_the_kwargs_and_keeps_them_on_duplicate():
-    # The runner is re-created per flow run from these kwargs, so they must survive duplicate().
-    prefect_dask = pytest.importorskip("prefect_dask")
-    runner = prefect_dask.DaskTaskRunner(cluster_class=CLUSTER_CLASS, cluster_kwargs=cluster_kwargs([0, 1], 2))
-    copy = runner.duplicate()
-    assert copy.cluster_kwargs == cluster_kwargs([0, 1], 2) and copy == runner
-    assert copy.resolved_cluster_class.__name__ == "SpecCluster"
+    spec = run_cluster_spec([1, 0], 1, 2, preload=["p"])
+    assert spec == {
+        "workers": cpu_worker_spec(2, preload=["p"]) | gpu_worker_spec([1, 0], 1, preload=["p"]),
+        "scheduler": scheduler_spec(),
+    }
+    assert list(run_cluster_spec([], 3, 1)["workers"]) == ["cpu-w0"]  # no GPU: CPU workers only
 
 
 @pytest.mark.parametrize(("visible", "expected"), [("0", 0), ("5", 5), (" 2 , 3", 2)])
@@ -151,7 +143,9 @@ def test_spec_cluster_pins_workers_round_robin():
         by_name = {worker["name"]: address for address, worker in info["workers"].items()}
         assert set(by_name) == set(spec)
         assert all(address.startswith("tcp://127.0.0.1:") for address in by_name.values())
-        assert all(worker["resources"] == {"GPU": 1} for worker in info["workers"].values())
+        assert {worker["name"]: worker["resources"]["GPU_RANK"] for worker in info["workers"].values()} == {
+            "gpu0-w0": 1000, "gpu1-w0": 1000, "gpu0-w1": 999, "gpu1-w1": 999
+        }
 
         # One task per worker, placed the way GPU stages submit: annotated with the resource.
         with dask.annotate(resources={"GPU": 1}):

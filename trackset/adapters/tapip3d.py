@@ -16,6 +16,12 @@ the camera rotates (the composition defect FORMATS.md lists).
 Query points are sampled at the window's first frame, among pixels with valid depth (and
 inside the object masks when the caller has them), with a seeded generator so a rerun
 gives the same points.
+
+A point is kept only if TAPIP3D's visibility (``sigmoid(logit) >= vis_threshold``) holds at
+every step of its window, as in the script pipeline; ``tracks_3d.visibility_threshold``
+sets the threshold. The default 0 keeps occluded points, which is what the scripts do as
+configured (y2r's ``config.yaml``: ``tapip3d.visibility_threshold: 0.0``; 0.9 is only the
+default of its ``process_window`` and was configured before y2r commit 6a0a5ef).
 """
 
 from __future__ import annotations
@@ -38,7 +44,6 @@ INSTALL = "a checkout of github.com/zbw001/TAPIP3D on PYTHONPATH"
 
 NUM_ITERS = 6  # TAPIP3D's default number of refinement iterations
 SUPPORT_GRID_SIZE = 0  # extra support points per window; 0 as in the script pipeline (its memory/time figures)
-VISIBILITY_THRESHOLD = 0.0  # keep every point: the H5 build drops points that leave the image or depth
 MASK_EROSION_PX = 2  # keep queries off mask borders, where depth mixes object and background
 
 
@@ -122,8 +127,8 @@ class TAPIP3DBackend:
     ) -> Tracks3d:
         """Track each full window; ``masks`` (T, H, W), when given, restricts the queries.
 
-        Points TAPIP3D reports invisible at any step (below ``VISIBILITY_THRESHOLD``) are
-        dropped from that window.
+        Points TAPIP3D reports invisible at any step (below ``tracks_3d.visibility_threshold``)
+        are dropped from that window.
         """
         if self._model is None:
             raise RuntimeError("TAPIP3DBackend.infer called before load()")
@@ -187,7 +192,7 @@ class TAPIP3DBackend:
                 num_iters=NUM_ITERS,
                 grid_size=SUPPORT_GRID_SIZE,
                 bidrectional=False,  # (sic) TAPIP3D's spelling; queries are at t=0, so forward only
-                vis_threshold=VISIBILITY_THRESHOLD,
+                vis_threshold=self.section.visibility_threshold,
             )
         # TAPIP3D squeezes its outputs, which also drops N when there is a single point.
         coords = coords.float().cpu().numpy().reshape(length, -1, 3)

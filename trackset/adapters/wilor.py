@@ -30,6 +30,7 @@ import numpy as np
 
 from trackset.adapters import DOCS, release_cuda_memory, require_modules, torch_device, unavailable
 from trackset.domain import VideoRef
+from trackset.geometry import mirror_x
 from trackset.hand_filters import (
     backproject_wrist,
     drop_fast_jumps,
@@ -47,7 +48,6 @@ DETECTION_CONFIDENCE = 0.75  # YOLO threshold of the script pipeline
 RESCALE_FACTOR = 2.0  # WiLoR's padding of the detected box (demo default)
 DETECTOR_BATCH = 32  # frames per YOLO call
 WILOR_BATCH = 64  # hand crops per WiLoR forward pass
-MIRROR = np.diag([-1.0, 1.0, 1.0])
 
 
 def weight_files(weights_dir: Path) -> dict[str, Path]:
@@ -98,12 +98,12 @@ def unmirror(rotations: np.ndarray, is_right: np.ndarray) -> np.ndarray:
 
     Examples:
         >>> R = np.array([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]])  # +90 deg about z
-        >>> unmirror(R[None], np.array([0]))[0].tolist()  # a left hand turns the other way
-        [[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
+        >>> left, right = unmirror(np.stack([R, R]), np.array([0, 1]))
+        >>> bool((left == R.T).all()), bool((right == R).all())  # a left hand turns the other way
+        (True, True)
     """
-    mirrored = MIRROR @ rotations @ MIRROR
     left = (np.asarray(is_right) == 0).reshape((-1,) + (1,) * (rotations.ndim - 1))
-    return np.where(left, mirrored, rotations)
+    return np.where(left, mirror_x(rotations), rotations)
 
 
 def project_full_image(points: np.ndarray, focal: np.ndarray, image_size: np.ndarray) -> np.ndarray:

@@ -73,6 +73,21 @@ class Stage(ABC, Generic[ConfigT]):
         """Measures one video's peak device memory (``.peak_bytes``); CPU stages measure none."""
         return nullcontext()
 
+    def intermediate_paths(self, video_id: str) -> list[Path]:
+        """What ``run.keep_intermediates`` deletes of this stage once the video's H5 is durable."""
+        return self.outputs(video_id)
+
+    def was_deleted(self, video: VideoRef) -> bool:
+        """True when the marker is current but outputs are gone: they were deleted on purpose
+        (:mod:`trackset.retention`), so recomputing them means going back to the source."""
+        marker = self.marker_path(video.video_id)
+        if not marker.is_file() or all(p.is_file() for p in self.outputs(video.video_id)):
+            return False
+        try:
+            return bool(json.loads(marker.read_text())["fingerprint"] == self.config.fingerprint(video.content_hash))
+        except (ValueError, KeyError):
+            return False
+
     def marker_path(self, video_id: str) -> Path:
         return self.work.marker(self.name, video_id)
 

@@ -3,6 +3,10 @@
 Completion lives in the dataset directory, not in the work directory: the partials file
 holds the H5's fingerprint. A user may delete terabytes of intermediates once the dataset
 is built, and a later run must still recognise every finished video.
+
+Inputs written by the script pipeline (an import) are first converted to trackset's
+conventions (:func:`trackset.importer.to_trackset_conventions`); which pipeline wrote a file
+is part of its content, so the content hash of an import already covers it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import cv2
 
 from trackset.domain import StageName, VideoRef
 from trackset.h5_layout import build_arrays, video_moments, write_h5
+from trackset.importer import to_trackset_conventions
 from trackset.intermediates import read_depth_camera, read_frames, read_hand_poses, read_tracks_3d
 from trackset.stages.base import Stage
 from trackset.stages.config import H5BuildConfig
@@ -57,6 +62,8 @@ class H5BuildStage(Stage[H5BuildConfig]):
         tracks = read_tracks_3d(self.work.tracks_3d(vid), vid, meta.num_frames)
         hands_path = self.work.hand_poses(vid)
         hands = read_hand_poses(hands_path, vid, meta.num_frames) if hands_path.is_file() else None
+        conventions = tracks.conventions
+        tracks, hands = to_trackset_conventions(vid, tracks, hands, depth.extrinsics, self.work.tracks_3d(vid))
         arrays = build_arrays(vid, frames, depth, tracks, hands, self.config.section, self.config.window_length)
         moments = video_moments(arrays)
         h5_path, partials_path = self.outputs(vid)
@@ -75,6 +82,8 @@ class H5BuildStage(Stage[H5BuildConfig]):
             "windows": len(arrays.starts),
             "tracks_per_frame": round(points / max(len(arrays.starts), 1), 1),
             "hands": int(hands is not None),
+            "hand_windows_out_of_image": arrays.hand_windows_out_of_image,
+            "input_conventions": conventions,
         }
 
     def mark_done(self, video: VideoRef) -> None:

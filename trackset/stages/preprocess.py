@@ -213,6 +213,10 @@ class PreprocessStage(Stage[PreprocessConfig]):
     def outputs(self, video_id: str) -> list[Path]:
         return [self.work.frames_npy(video_id), self.work.frames_meta(video_id)]
 
+    def intermediate_paths(self, video_id: str) -> list[Path]:
+        """The whole ``frames/<vid>/`` folder, PNGs included."""
+        return [self.work.frames_dir(video_id)]
+
     def process(self, video: VideoRef) -> dict[str, float | int | str]:
         vid, source = video.video_id, Path(video.source)
         self._check_readable(vid, source)

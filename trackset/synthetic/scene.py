@@ -31,6 +31,7 @@ from scipy.spatial.transform import Rotation
 
 Vec3 = tuple[float, float, float]
 HandSide = Literal["left", "right"]
+Motion = Literal["gentle", "turning"]
 
 NO_HIT = -1
 """``object_id`` of a pixel whose ray hits nothing (its depth is 0)."""
@@ -428,12 +429,23 @@ class SceneSpec:
     # ----------------------------------------------------------------- generation
     @classmethod
     def from_seed(
-        cls, seed: int, num_frames: int = 40, fps: float = 10.0, width: int = 512, height: int = 384
+        cls,
+        seed: int,
+        num_frames: int = 40,
+        fps: float = 10.0,
+        width: int = 512,
+        height: int = 384,
+        motion: Motion = "gentle",
     ) -> SceneSpec:
         """A random scene, the same for the same arguments.
 
         Hands sweep across an image edge with a period of at most 95 % of the clip (and at
         most ~4.3 s), so each hand is both visible and not visible within the clip.
+
+        ``motion="turning"`` keeps everything else and gives the camera and the hands larger
+        rotations about all three axes (:func:`_turning`), the ground truth that tells
+        ``R_k R_0^T`` from ``R_0^T R_k`` and ``E_s E_{s+k}^-1`` from ``E_{s+k}^-1 E_s``;
+        "gentle" (the default) is the demo's scene.
         """
         rng = np.random.default_rng(seed)
         scale = width / 512
@@ -498,7 +510,7 @@ class SceneSpec:
                     finger_omega=2 * np.pi / float(rng.uniform(1.0, 3.0)),
                 )
             )
-        return cls(
+        spec = cls(
             seed=seed,
             width=width,
             height=height,
@@ -513,9 +525,37 @@ class SceneSpec:
             objects=tuple(objects),
             hands=tuple(hands),
         )
+        # A stream of its own, so the gentle scene of a seed stays exactly what it was.
+        return spec if motion == "gentle" else _turning(spec, np.random.default_rng([seed, 1]))
 
 
 _ADAPTER = TypeAdapter(SceneSpec)
+
+
+def _turning(spec: SceneSpec, rng: np.random.Generator) -> SceneSpec:
+    """``spec`` with a camera panning and rolling 4-8 degrees (up to ~17 deg/s) about every
+    axis, and hands turning 0.3-0.6 rad about every axis, their 2-3 s sweeps centred inside
+    the square centre crop so that windows with a hand in the crop are common even in short
+    clips, and some windows see a hand leave it.
+    """
+    turn_low, turn_high = np.deg2rad([(5.0, 5.0, 4.0), (8.0, 8.0, 6.0)])
+    camera = replace(spec.camera, rotation=_oscillation(rng, (0.0, 0.0, 0.0), turn_low, turn_high, (3.0, 5.0)))
+    crop_half_fov_x = min(spec.width, spec.height) / 2 / spec.fx  # tan of the crop's half field of view
+    hands = []
+    for hand in spec.hands:
+        sign = -1.0 if hand.side == "left" else 1.0
+        translation = hand.motion.translation
+        z = translation.offset[2]
+        centred = replace(
+            translation,
+            offset=(sign * 0.5 * crop_half_fov_x * z, translation.offset[1], z),
+            amplitude=(float(rng.uniform(0.2, 0.3)), *translation.amplitude[1:]),
+            omega=(2 * np.pi / float(rng.uniform(2.0, 3.0)), *translation.omega[1:]),
+        )
+        base = hand.motion.rotation.offset
+        rotation = _oscillation(rng, base, (0.3,) * 3, (0.6,) * 3, (1.5, 3.0))
+        hands.append(replace(hand, motion=RigidMotion(centred, rotation)))
+    return replace(spec, camera=camera, hands=tuple(hands))
 
 
 @dataclass(frozen=True)

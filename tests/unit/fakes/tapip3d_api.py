@@ -3,10 +3,13 @@
 Mirrors ``load_model(checkpoint_path) -> model`` (``.to``, ``.eval``, ``.set_image_size``) and
 ``inference(*, model, video (T,3,H,W), depths (T,H,W), intrinsics (T,3,3), extrinsics (T,4,4),
 query_point (N,4) = (t, x, y, z) in world, num_iters, grid_size, bidrectional, vis_threshold)
--> (coords.squeeze(), visibs.squeeze())`` with coords ``(T, N, 3)`` in world coordinates.
+-> (coords.squeeze(), visibs.squeeze())`` with coords ``(T, N, 3)`` in world coordinates and
+``visibs = sigmoid(logits) >= vis_threshold``, as TAPIP3D's ``inference`` computes it.
 
-The scene is static, so every point stays at its world position; points whose world x is
-below ``hide_below_x`` are reported invisible at the last step.
+The scene is static, so every point stays at its world position. Every point is seen with
+visibility ``VISIBLE``, except that points whose world x is below ``hide_below_x`` are
+occluded at the last step (visibility ``OCCLUDED``): a threshold between the two drops them,
+a threshold of 0 keeps them.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from typing import Any
 
 import pytest
 import torch
+
+VISIBLE, OCCLUDED = 0.97, 0.2  # sigmoid of the visibility logits
 
 
 def _module(name: str, package: bool = False) -> types.ModuleType:
@@ -92,8 +97,9 @@ def install(monkeypatch: pytest.MonkeyPatch, hide_below_x: float = float("-inf")
         )
         world = query_point[:, 1:]
         coords = world[None].expand(T, -1, -1).clone()
-        visibs = torch.ones(T, world.shape[0], dtype=torch.bool)
-        visibs[-1] = world[:, 0] >= model.hide_below_x
+        visibility = torch.full((T, world.shape[0]), VISIBLE)
+        visibility[-1, world[:, 0] < model.hide_below_x] = OCCLUDED
+        visibs = visibility >= vis_threshold
         return coords.squeeze(), visibs.squeeze()
 
     inference_utils.load_model = load_model

@@ -1,22 +1,22 @@
-"""Subflow ``process-stage``: run one stage over a list of videos on the runner it is given.
+"""Submitting a stage's tasks to the current flow's runner, and collecting what they did.
 
-The caller picks the task runner with ``process_stage.with_options(task_runner=...)``:
-threads or CPU workers for cheap stages, a GPU-pinned Dask cluster sized by the memory
-profile for GPU stages; the profiling run of a GPU stage is the same subflow named
-``profile-memory``. GPU tasks are submitted under ``dask.annotate(resources={"GPU": 1})``
-so they only land on GPU workers. Progress is published as videos finish, into the stage's
-``progress-<stage>`` artifact shared by every subflow of that stage; the count of videos
-finished before this subflow is the caller's (:class:`ProgressReport` only reports).
+Submitting and collecting are separate so ``process-waves`` can keep CPU tasks running on
+the run's cluster while it waits for a GPU stage. Tasks ask for the Dask resources the
+caller gives (:mod:`trackset.cluster_plan`: which GPU workers a GPU stage may use, or the
+CPU workers). Progress is published as videos finish, into the stage's ``progress-<stage>``
+artifact; the count of videos finished before is the caller's (:class:`ProgressReport`
+only reports).
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 import dask
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.artifacts import update_progress_artifact
 from prefect.futures import PrefectFuture, as_completed
 
@@ -27,8 +27,6 @@ from trackset.errors import TracksetError
 from trackset.run_report import StageOutcome
 from trackset.settings import RetrySettings
 from trackset.stages.config import StageConfig
-from trackset.stages.registry import GPU_STAGES
-from trackset.worklist import WorkList
 
 
 @dataclass(frozen=True)
@@ -62,40 +60,68 @@ def _failure(stage: str, video: VideoRef, exc: object, message: str | None, retr
     return VideoFailure(video.video_id, stage, reason, kind, 1 if final_at_once else retries + 1)
 
 
-def run_stage_tasks(
+@dataclass
+class SubmittedStage:
+    """Tasks of one stage submitted to the current flow's runner, not yet collected.
+
+    Submitting and collecting are separate so a flow can keep CPU tasks running on its own
+    runner while it runs a GPU stage in a subflow (``flows/waves.py``).
+    """
+
+    stage: str
+    config: StageConfig
+    retry: RetrySettings
+    futures: dict[PrefectFuture[Any], list[VideoRef]]
+    resources: dict[str, float] | None = None
+
+    @property
+    def videos(self) -> int:
+        return sum(len(batch) for batch in self.futures.values())
+
+
+def submit_stage_tasks(
     stage: str,
     videos: list[VideoRef],
     config: StageConfig,
     retry: RetrySettings,
     shard_size: int | None = None,
-    progress: ProgressReport | None = None,
-) -> StageOutcome:
-    """Submit ``stage`` for ``videos`` to the current flow's runner and collect the outcome.
+    resources: dict[str, float] | None = None,
+) -> SubmittedStage:
+    """Submit ``stage`` for ``videos``: one task per video, or per shard of ``shard_size``.
+
+    ``resources`` are the Dask resources each task asks for (:mod:`trackset.cluster_plan`:
+    which GPU workers a GPU stage may use, or the CPU workers); the thread runner ignores them.
+    """
+    futures: dict[PrefectFuture[Any], list[VideoRef]] = {}
+    placement = dask.annotate(resources=resources) if resources else nullcontext()
+    with placement:
+        if shard_size:
+            shard_task = configured(process_shard, stage, retry)
+            for index, shard in enumerate(_shards(videos, shard_size)):
+                futures[shard_task.submit(stage, index, shard, config)] = shard
+        else:
+            video_task = configured(process_video, stage, retry)
+            for video in videos:
+                futures[video_task.submit(stage, video, config)] = [video]
+    return SubmittedStage(stage, config, retry, futures, resources)
+
+
+def collect_stage_tasks(submitted: SubmittedStage, progress: ProgressReport | None = None) -> StageOutcome:
+    """Wait for submitted tasks and gather their records and failures.
 
     A shard that still fails after its retries, other than by a typed error, is split into
     one task per video, so a transient fault of one video (a full disk, say) fails that
     video alone.
     """
     logger = get_run_logger()
+    stage, retry = submitted.stage, submitted.retry
     outcome = StageOutcome(stage)
-    futures: dict[PrefectFuture, list[VideoRef]] = {}
-    placement = dask.annotate(resources={"GPU": 1}) if stage in GPU_STAGES else nullcontext()
-    with placement:
-        if shard_size:
-            task_ = configured(process_shard, stage, retry)
-            for index, shard in enumerate(_shards(videos, shard_size)):
-                futures[task_.submit(stage, index, shard, config)] = shard
-        else:
-            task_ = configured(process_video, stage, retry)
-            for video in videos:
-                futures[task_.submit(stage, video, config)] = [video]
-
     finished = 0
     isolate: list[VideoRef] = []
-    for future in as_completed(list(futures)):
+    for future in as_completed(list(submitted.futures)):
         future.wait()  # the future's own final state; the API's copy may still say RUNNING
         state = future.state
-        batch = futures[future]
+        batch = submitted.futures[future]
         if state.is_completed():
             results = state.result()
             for result in results if isinstance(results, list) else [results]:
@@ -120,26 +146,22 @@ def run_stage_tasks(
         logger.warning("%s failed for video %s (%s): %s", stage, failure.video_id, failure.kind, failure.reason)
     if isolate:
         # Videos the shard finished before failing are current now and come back as skipped.
-        single = run_stage_tasks(stage, isolate, config, retry)
+        single = collect_stage_tasks(
+            submit_stage_tasks(stage, isolate, submitted.config, retry, None, submitted.resources)
+        )
         outcome.records += single.records
         outcome.failures += single.failures
     return outcome
 
 
-@flow(name="process-stage", flow_run_name="process-{stage}")
-def process_stage(
+def run_stage_tasks(
     stage: str,
-    work: WorkList,
+    videos: list[VideoRef],
     config: StageConfig,
     retry: RetrySettings,
     shard_size: int | None = None,
     progress: ProgressReport | None = None,
+    resources: dict[str, float] | None = None,
 ) -> StageOutcome:
-    """Run ``stage`` on the videos of ``work``: one task per video, or per shard of ``shard_size``.
-
-    The videos come as a work list file, not a parameter: Prefect ships a flow's parameters
-    with each of its tasks (trackset.worklist). Out-of-memory failures come back as
-    ``out_of_memory`` failures, not raised, so the caller can re-run them on fewer workers
-    per GPU (DECISIONS.md).
-    """
-    return run_stage_tasks(stage, work.load(), config, retry, shard_size, progress)
+    """Submit ``stage`` for ``videos`` to the current flow's runner and collect the outcome."""
+    return collect_stage_tasks(submit_stage_tasks(stage, videos, config, retry, shard_size, resources), progress)

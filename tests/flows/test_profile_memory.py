@@ -1,4 +1,4 @@
-"""The ``process-stage`` subflow ships a small, constant context with each task (fast suite)."""
+"""The ``profile-memory`` subflow ships a small, constant context with each task (fast suite)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import cloudpickle
 from prefect.context import serialize_context
 
-import flows.process_stage as process_stage_module
-from flows.process_stage import process_stage
+import flows.profile_memory as profile_memory_module
+from flows.profile_memory import profile_memory
 from trackset.run_report import StageOutcome
 from trackset.settings import Settings
 from trackset.stages.registry import stage_config
@@ -20,14 +20,14 @@ def test_task_context_does_not_grow_with_the_videos_of_the_subflow(monkeypatch):
     """Prefect pickles the flow run's parameters into every task it submits (trackset.worklist)."""
     context_bytes: dict[int, int] = {}
 
-    def measure(stage, videos, config, retry, shard_size, progress):  # what run_stage_tasks would ship per task
+    def measure(stage, videos, config, retry, shard_size, progress, resources):  # what each task would ship
         context_bytes[len(videos)] = len(cloudpickle.dumps(serialize_context()))
         return StageOutcome(stage)
 
-    monkeypatch.setattr(process_stage_module, "run_stage_tasks", measure)
+    monkeypatch.setattr(profile_memory_module, "run_stage_tasks", measure)
     refs = [VideoRef(f"{i:05d}", Path(f"/data/videos/take_{i:05d}.mp4"), "ab" * 32) for i in range(2000)]
     for count in (1, 2000):
         with WorkList.written("h5_build", refs[:count]) as work:
-            process_stage("h5_build", work, stage_config("h5_build", Settings()), Settings().retry)
+            profile_memory("hands", work, stage_config("hands", Settings()), Settings().retry)
     # With the videos as a parameter, 2,000 of them added ~350 KB to every task's context.
     assert context_bytes[2000] - context_bytes[1] < 1000, context_bytes

@@ -1,0 +1,215 @@
+"""Waves benchmark: one barrier against waves with overlap, on stages that take real time.
+
+    .venv/bin/python bench/waves.py --videos 24 --wave-size 6 --out /tmp/trackset-bench-waves
+
+Issue 14 asks whether streaming the corpus through all stages in waves gives results
+sooner, keeps the GPUs busier and bounds the disk. Each mode runs the real
+``build-dataset`` flow in a fresh child process (Dask runner, two fake GPUs, a temporary
+Prefect server, as ``trackset run`` does) on the same corpus:
+
+- ``barrier``: ``run.wave_size`` = the corpus (every video through a stage before the next);
+- ``waves``: ``run.wave_size`` = ``--wave-size``, next wave preprocessed and previous H5
+  built while a wave is on the GPU stages;
+
+both with ``run.keep_intermediates: none``, so the disk holds only what is in flight. The
+synthetic GPU stages spend ``--gpu-s-per-frame`` in a GPU phase serialised per fake GPU
+(like a saturated GPU) and real CPU work after it; preprocessing and the H5 build are the
+real stages on 512x384 frames.
+
+Measured: wall time; time to the first H5 file (its mtime after the flow started); GPU
+idle share = 1 - (time at least one GPU-stage task ran, from the task runs in the Prefect
+API) / (first task start to last task end of the run); peak bytes of intermediates under
+the work directory (sampled every 0.2 s). With ``--scale`` the waves mode also runs on a
+corpus twice as large, to show the peak stays flat. Prints a markdown block for
+BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+FRAMES = 20
+SAMPLE_S = 0.2
+GPU_STAGE_TASKS = ("depth-camera-", "tracks-3d-", "hands-")
+INTERMEDIATES = ("frames", "vipe", "tracks_3d", "hand_poses")
+
+
+def overrides(out: Path, wave_size: int, gpu_s_per_frame: float) -> dict[str, Any]:
+    cost = {"gpu_s_per_frame": gpu_s_per_frame, "cpu_s_per_frame": 0.005, "model_mb": 2000, "per_video_mb": 500}
+    return {
+        "paths": {"videos_dir": str(out / "videos"), "work_dir": str(out / "work"), "dataset_dir": str(out / "dataset")},
+        "run": {"wave_size": wave_size, "keep_intermediates": "none"},
+        "cluster": {"max_workers_per_gpu": 2, "cpu_workers": 2, "profiling_videos": 2},
+        "tracks_3d": {"points_per_window": 64},
+        "synthetic": {"depth_camera": cost, "tracks_3d": cost, "hands": {**cost, "gpu_s_per_frame": gpu_s_per_frame / 2}},
+    }
+
+
+class DiskSampler(threading.Thread):
+    """Largest total size of the intermediates under a work directory."""
+
+    def __init__(self, work: Path) -> None:
+        super().__init__(daemon=True)
+        self.work = work
+        self.peak = 0
+        self._finished = threading.Event()
+
+    def sample(self) -> int:
+        total = 0
+        for name in INTERMEDIATES:
+            for folder, _, files in os.walk(self.work / name):
+                for file in files:
+                    try:
+                        total += os.stat(os.path.join(folder, file)).st_size
+                    except FileNotFoundError:  # deleted by the run while we walked
+                        pass
+        return total
+
+    def run(self) -> None:
+        while not self._finished.wait(SAMPLE_S):
+            self.peak = max(self.peak, self.sample())
+
+    def stop(self) -> int:
+        self._finished.set()
+        self.join()
+        return self.peak
+
+
+def gpu_busy(flow_run_id: Any) -> tuple[float, float]:
+    """Seconds with at least one GPU-stage task running, and the span of all the run's tasks."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId, TaskRunFilter
+    from prefect.client.schemas.filters import TaskRunFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        runs, frontier = [], [flow_run_id]
+        while frontier:  # the build, its waves subflow, and the profiling subflows below it
+            children = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier))
+            )
+            frontier = [child.id for child in children]
+            runs += frontier
+        deadline = time.monotonic() + 60
+        while True:  # task runs of Dask workers reach the API as events, a little after the flow
+            tasks = client.read_task_runs(task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=runs)))
+            timed = [t for t in tasks if t.start_time and t.end_time]
+            if len(timed) == len(tasks) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+    intervals = sorted(
+        (t.start_time.timestamp(), t.end_time.timestamp()) for t in timed if t.name.startswith(GPU_STAGE_TASKS)
+    )
+    busy, current_end = 0.0, float("-inf")
+    for start, end in intervals:
+        if start > current_end:
+            busy += end - start
+            current_end = end
+        elif end > current_end:
+            busy += end - current_end
+            current_end = end
+    span = max(t.end_time.timestamp() for t in timed) - min(t.start_time.timestamp() for t in timed)
+    return busy, span
+
+
+def child(out: Path, wave_size: int, gpu_s_per_frame: float) -> dict[str, Any]:
+    """Run the flow once in this process; return what was measured."""
+    from flows.cli import EPHEMERAL_SERVER_DEFAULTS
+
+    for key, value in {**EPHEMERAL_SERVER_DEFAULTS, "PREFECT_LOGGING_LEVEL": "WARNING"}.items():
+        os.environ.setdefault(key, value)
+    from flows.build_dataset import build_dataset
+
+    sampler = DiskSampler(out / "work")
+    sampler.start()
+    started = time.time()
+    state = build_dataset(overrides=overrides(out, wave_size, gpu_s_per_frame), return_state=True)
+    wall = time.time() - started
+    peak = sampler.stop()
+    summary = state.result()
+    if summary.failures:
+        raise RuntimeError(f"{len(summary.failures)} failures, e.g. {summary.failures[0]}")
+    first_h5 = min(p.stat().st_mtime for p in (out / "dataset").glob("*.hdf5")) - started
+    busy, span = gpu_busy(state.state_details.flow_run_id)
+    return {"wall_s": wall, "first_h5_s": first_h5, "gpu_busy_s": busy, "span_s": span, "peak_bytes": peak}
+
+
+def prepare(out: Path, corpus: Path) -> None:
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    shutil.copytree(corpus, out / "videos")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--videos", type=int, default=24)
+    parser.add_argument("--wave-size", type=int, default=6)
+    parser.add_argument("--gpu-s-per-frame", type=float, default=0.05)
+    parser.add_argument("--scale", action="store_true", help="also run the waves mode on twice the corpus")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/trackset-bench-waves"))
+    parser.add_argument("--child", nargs=2, metavar=("DIR", "WAVE_SIZE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(Path(args.child[0]), int(args.child[1]), args.gpu_s_per_frame)))
+        return
+    from trackset.synthetic.corpus import make_corpus
+
+    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    sizes = [args.videos, 2 * args.videos] if args.scale else [args.videos]
+    corpora = {}
+    for size in sizes:
+        corpora[size] = args.out / f"corpus-{size}"
+        if len(list(corpora[size].glob("*.mp4"))) != size:
+            shutil.rmtree(corpora[size], ignore_errors=True)
+            make_corpus(corpora[size], size, seed=5, num_frames=FRAMES)
+    runs = [("barrier", args.videos, args.videos), ("waves", args.videos, args.wave_size)]
+    runs += [("waves", size, args.wave_size) for size in sizes[1:]]
+    results = []
+    for mode, size, wave in runs:
+        out = args.out / f"{mode}-{size}"
+        prepare(out, corpora[size])
+        print(f"{mode}: {size} videos, waves of {wave}", file=sys.stderr, flush=True)
+        done = subprocess.run(
+            [sys.executable, __file__, "--child", str(out), str(wave), "--gpu-s-per-frame", str(args.gpu_s_per_frame)],
+            check=True,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        results.append({"mode": mode, "videos": size, "wave": wave, **json.loads(done.stdout.strip().splitlines()[-1])})
+    print(report(results, started, args))
+
+
+def report(results: list[dict[str, Any]], started: str, args: argparse.Namespace) -> str:
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    lines = [
+        f"- command: `.venv/bin/python bench/waves.py {' '.join(sys.argv[1:])}`",
+        f"- machine: nproc {os.cpu_count()}, Python {platform.python_version()}, no GPU (2 fake GPUs, "
+        f"2 workers each at most); load average at the end {load}",
+        f"- date: {started}",
+        f"- corpus: synthetic videos of {FRAMES} frames, 512x384, H5 256; GPU phase {args.gpu_s_per_frame} s per "
+        "frame (hands half) per video, serialised per fake GPU; `keep_intermediates: none`",
+        "",
+        "| mode | videos | wave | wall s | first H5 s | GPU busy s | task span s | GPU idle share | peak intermediates MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        idle = 1 - r["gpu_busy_s"] / r["span_s"]
+        lines.append(
+            f"| {r['mode']} | {r['videos']} | {r['wave']} | {r['wall_s']:.1f} | {r['first_h5_s']:.1f} "
+            f"| {r['gpu_busy_s']:.1f} | {r['span_s']:.1f} | {idle:.0%} | {r['peak_bytes'] / 2**20:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""The one Dask cluster of a run: started here for this machine, or an existing one by address.
+
+A run used to start a cluster per stage subflow (6-14 s each on two cores, per wave once
+builds went in waves). Now ``build-dataset`` opens one :class:`RunCluster` for the run and
+every task runner connects to it by address:
+
+- ``cluster.runner: dask`` without an address starts a ``SpecCluster`` of ``Nanny``
+  workers on 127.0.0.1 (``trackset/worker_spec.py``): ``cluster.cpu_workers`` CPU workers
+  and ``cluster.max_workers_per_gpu`` workers pinned to each GPU. A GPU stage is sized by
+  restricting its tasks to some of them (``trackset/cluster_plan.py``); workers it does not
+  use never touch CUDA.
+- ``cluster.scheduler_address`` connects to a cluster someone else started (``dask
+  worker`` on several hosts, dask-jobqueue, dask-kubernetes); the same restrictions size it.
+- ``cluster.runner: threads`` runs every task in the flow's own process (tests, laptops).
+
+The workers are asked what they are (:mod:`trackset.worker_probe`): host, GPU, how much
+of it is free now. Between stages the models are released on every worker
+(``release_stages`` through ``Client.run``), so a stage never loads its model on top of
+the previous stage's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from distributed import Client, SpecCluster
+from prefect.client.orchestration import get_client
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect_dask import DaskTaskRunner
+
+from trackset.cluster_plan import ClusterPlan, ClusterWorker
+from trackset.fake_device import ledger_dir_for
+from trackset.gpu_inventory import GpuInfo, detect_inventory
+from trackset.settings import Settings
+from trackset.worker_cache import release_stages
+from trackset.worker_probe import GpuRanks, current_gpu, describe_worker
+from trackset.worker_spec import run_cluster_spec
+
+
+def worker_env() -> dict[str, str]:
+    """Environment every local Dask worker needs: the API of the server this flow run reports to.
+
+    Without it, a worker of a flow started without ``PREFECT_API_URL`` (the CLI demo) would
+    start a temporary server of its own and record its task runs where nobody looks.
+    """
+    with get_client(sync_client=True) as client:
+        return {"PREFECT_API_URL": str(client.api_url).rstrip("/")}
+
+
+class RunCluster:
+    """The run's cluster (or none, for threads), open from ``__enter__`` to ``__exit__``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.threads = settings.cluster.runner == "threads"
+        self.address: str | None = None
+        self.client: Client | None = None
+        self._cluster: SpecCluster | None = None
+
+    def __enter__(self) -> RunCluster:
+        cluster = self.settings.cluster
+        if self.threads:
+            return self
+        if cluster.scheduler_address:
+            self.address = cluster.scheduler_address
+            self.client = Client(self.address, timeout=cluster.connect_timeout_s)
+            return self
+        spec = run_cluster_spec(
+            self._local_gpus(),
+            cluster.max_workers_per_gpu,
+            cluster.cpu_workers,
+            env=worker_env(),
+            preload=cluster.worker_preload,
+        )
+        self._cluster = SpecCluster(**spec)
+        self.address = self._cluster.scheduler_address
+        self.client = Client(self._cluster)
+        self.client.wait_for_workers(len(spec["workers"]), timeout=cluster.connect_timeout_s)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+
+    def _local_gpus(self) -> list[int]:
+        """The GPUs of this machine the run may use (``cluster.gpus``; fake ones without NVML)."""
+        inventory = detect_inventory(self.settings.cluster, ledger_dir_for(Path(self.settings.paths.work_dir)))
+        try:
+            return [gpu.index for gpu in inventory.gpus()]
+        finally:
+            inventory.close()
+
+    def attached(self, settings: Settings) -> Settings:
+        """``settings`` pointing at this cluster, for subflows that connect to it by address."""
+        if self.address is None:
+            return settings
+        return settings.model_copy(
+            update={"cluster": settings.cluster.model_copy(update={"scheduler_address": self.address})}
+        )
+
+    def task_runner(self) -> TaskRunner[Any]:
+        """A runner of this cluster for a flow or subflow of the run."""
+        if self.threads or self.address is None:
+            return ThreadPoolTaskRunner(max_workers=self.settings.cluster.cpu_workers)
+        return DaskTaskRunner(address=self.address)
+
+    def plan(self) -> ClusterPlan | None:
+        """The workers grouped by GPU, as they report themselves, each ranked; None for threads.
+
+        Workers started by someone else offer ``GPU=1`` but no ``GPU_RANK``: they get one
+        (:class:`~trackset.worker_probe.GpuRanks`) before any GPU task is submitted.
+        """
+        if self.client is None:
+            return None
+        plan = self._read_plan(self.client)
+        if plan.unranked():
+            self.client.register_plugin(GpuRanks(plan.ranks()))
+            plan = self._read_plan(self.client)
+        return plan
+
+    def _read_plan(self, client: Client) -> ClusterPlan:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        answers = client.run(describe_worker, str(self.settings.paths.work_dir), on_error="return")
+        # A worker that died since the scheduler listed it answers with an error: it takes no part.
+        facts = {address: answer for address, answer in answers.items() if isinstance(answer, dict)}
+        return ClusterPlan(
+            [
+                ClusterWorker(
+                    address,
+                    str(info.get("name", address)),
+                    str(facts[address]["host"]),
+                    facts[address]["gpu"],
+                    dict(info.get("resources", {})),
+                )
+                for address, info in workers.items()
+                if address in facts
+            ]
+        )
+
+    def gpu_infos(self, plan: ClusterPlan) -> list[GpuInfo]:
+        """Every GPU of ``plan`` as it is now, each asked of its first worker."""
+        if self.client is None:
+            return []
+        infos = []
+        for gpu in plan.gpus:
+            addresses = [worker.address for worker in plan.by_gpu[gpu]]
+            work_dir = str(self.settings.paths.work_dir)
+            cluster = self.settings.cluster
+            answers = self.client.run(current_gpu, cluster, work_dir, workers=addresses, on_error="return")
+            # Any live worker of the GPU can tell; one that died since the plan was read cannot.
+            found = [answer for answer in answers.values() if isinstance(answer, GpuInfo)]
+            if not found:
+                errors = "; ".join(str(answer) for answer in answers.values())
+                raise RuntimeError(f"no worker of GPU {gpu.index} on {gpu.host} answered: {errors}")
+            info = found[0]
+            name = info.name if plan.single_host else f"{info.name} @ {gpu.host}"
+            infos.append(GpuInfo(info.index, name, info.total_bytes, info.used_bytes, info.free_bytes))
+        return infos
+
+    def release(self, stage: str) -> None:
+        """Free ``stage``'s models on every worker (and in this process, for threads)."""
+        release_stages(stage)
+        if self.client is not None:
+            # A worker that died holds no model; its replacement never loaded one.
+            self.client.run(release_stages, stage, on_error="ignore")
