@@ -14,7 +14,8 @@ Prefect server, as ``trackset run`` does) on the same corpus:
 both with ``run.keep_intermediates: none``, so the disk holds only what is in flight. The
 synthetic GPU stages spend ``--gpu-s-per-frame`` in a GPU phase serialised per fake GPU
 (like a saturated GPU) and real CPU work after it; preprocessing and the H5 build are the
-real stages on 512x384 frames.
+real stages, on source videos of ``--source WxH`` resized to 512x384, so they cost CPU time
+as real preprocessing does (decoding and resizing full-size frames).
 
 Measured: wall time; time to the first H5 file (its mtime after the flow started); GPU
 idle share = 1 - (time at least one GPU-stage task ran, from the task runs in the Prefect
@@ -39,7 +40,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-FRAMES = 20
 SAMPLE_S = 0.2
 GPU_STAGE_TASKS = ("depth-camera-", "tracks-3d-", "hands-")
 INTERMEDIATES = ("frames", "vipe", "tracks_3d", "hand_poses")
@@ -154,7 +154,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=24)
     parser.add_argument("--wave-size", type=int, default=6)
-    parser.add_argument("--gpu-s-per-frame", type=float, default=0.05)
+    parser.add_argument("--gpu-s-per-frame", type=float, default=0.1)
+    parser.add_argument("--frames", type=int, default=60)
+    parser.add_argument("--source", default="1280x720", help="source video size WxH")
     parser.add_argument("--scale", action="store_true", help="also run the waves mode on twice the corpus")
     parser.add_argument("--out", type=Path, default=Path("/tmp/trackset-bench-waves"))
     parser.add_argument("--child", nargs=2, metavar=("DIR", "WAVE_SIZE"), help=argparse.SUPPRESS)
@@ -166,12 +168,13 @@ def main() -> None:
 
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     sizes = [args.videos, 2 * args.videos] if args.scale else [args.videos]
+    width, height = (int(x) for x in args.source.split("x"))
     corpora = {}
     for size in sizes:
-        corpora[size] = args.out / f"corpus-{size}"
+        corpora[size] = args.out / f"corpus-{size}-{args.frames}-{args.source}"
         if len(list(corpora[size].glob("*.mp4"))) != size:
             shutil.rmtree(corpora[size], ignore_errors=True)
-            make_corpus(corpora[size], size, seed=5, num_frames=FRAMES)
+            make_corpus(corpora[size], size, seed=5, num_frames=args.frames, width=width, height=height)
     runs = [("barrier", args.videos, args.videos), ("waves", args.videos, args.wave_size)]
     runs += [("waves", size, args.wave_size) for size in sizes[1:]]
     results = []
@@ -196,8 +199,9 @@ def report(results: list[dict[str, Any]], started: str, args: argparse.Namespace
         f"- machine: nproc {os.cpu_count()}, Python {platform.python_version()}, no GPU (2 fake GPUs, "
         f"2 workers each at most); load average at the end {load}",
         f"- date: {started}",
-        f"- corpus: synthetic videos of {FRAMES} frames, 512x384, H5 256; GPU phase {args.gpu_s_per_frame} s per "
-        "frame (hands half) per video, serialised per fake GPU; `keep_intermediates: none`",
+        f"- corpus: synthetic videos of {args.frames} frames at {args.source}, preprocessed to 512x384, H5 256; "
+        f"GPU phase {args.gpu_s_per_frame} s per frame (hands half) per video, serialised per fake GPU; "
+        "`keep_intermediates: none`",
         "",
         "| mode | videos | wave | wall s | first H5 s | GPU busy s | task span s | GPU idle share | peak intermediates MiB |",
         "|---|---|---|---|---|---|---|---|---|",

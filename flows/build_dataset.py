@@ -9,6 +9,14 @@ the later stages; every other video still lands. The run holds the dataset's loc
 (:mod:`trackset.dataset_lock`) from start to end, so a second run on the same dataset fails
 at once, naming the run that holds it.
 
+How a run ends says what happened, so the UI, an automation or a notification can tell:
+*Completed* when every video landed; *Completed* named ``CompletedWithFailures`` when some
+failed and the others landed; *Failed* when a stage failed every video it was given, not for
+the videos' own input (a broken model, a GPU too small: :func:`final_state`), when ``run.fail_on_video_error`` is set
+and any video failed (the nightly deployment sets it), or when the run exceeded
+``timeouts.flow_hours``. A run whose process died is marked *Crashed* by the automation
+``deployments/deploy.sh`` creates, once its heartbeats stop.
+
 Run it from the command line (``trackset run``), a deployment (``deployments/prefect.yaml``)
 or Python::
 
@@ -18,47 +26,133 @@ or Python::
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, cast
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
+from prefect.states import Completed
+from prefect.utilities.timeout import timeout
 
 from flows.run_cluster import RunCluster
 from flows.waves import process_waves
 from tasks.dataset_tasks import aggregate_statistics_task, import_intermediates_task, register_videos_task
+from tasks.run_logs import send_trackset_logs_to_prefect
 from trackset.adapters import check_real_backends
 from trackset.dataset_lock import DatasetLock
-from trackset.domain import STAGE_ORDER
+from trackset.domain import VideoFailure
 from trackset.errors import TracksetError
-from trackset.run_report import RunSummary, StageOutcome
-from trackset.settings import Settings, load_settings
+from trackset.layout import DatasetLayout
+from trackset.overrides import NO_OVERRIDES, SettingsOverrides
+from trackset.run_report import RunReport, RunSummary, StageOutcome, StageTally
+from trackset.settings import RunSettings, Settings, load_settings
+from trackset.stages.registry import enabled_stages
 from trackset.worklist import WorkList
 
 
 def resolve_settings(
     settings_path: str | None,
-    overrides: dict[str, Any] | None,
+    overrides: Mapping[str, Any] | SettingsOverrides | None,
     videos_dir: str | None = None,
     work_dir: str | None = None,
     dataset_dir: str | None = None,
 ) -> Settings:
-    """Settings with flow parameters on top (they win over env and file)."""
-    merged: dict[str, Any] = dict(overrides or {})
+    """Settings with flow parameters on top (they win over env and file), paths made absolute.
+
+    Paths are resolved once, here, against this process's working directory: every worker,
+    on whatever host and in whatever directory it runs, is handed the same absolute paths
+    (they must be on storage the workers share, README "Several machines").
+    """
+    merged: dict[str, Any] = overrides.as_dict() if isinstance(overrides, SettingsOverrides) else dict(overrides or {})
     paths = {k: v for k, v in (("videos_dir", videos_dir), ("work_dir", work_dir), ("dataset_dir", dataset_dir)) if v}
     if paths:
         merged["paths"] = {**merged.get("paths", {}), **paths}
-    return load_settings(settings_path, merged)
+    settings = load_settings(settings_path, merged)
+    folders = {name: getattr(settings.paths, name).resolve() for name in ("videos_dir", "work_dir", "dataset_dir")}
+    return settings.model_copy(update={"paths": settings.paths.model_copy(update=folders)})
 
 
 class VideosFailedError(TracksetError):
     """Raised at the end of a run with failures when ``run.fail_on_video_error`` is set."""
 
 
+class StageFailedError(VideosFailedError):
+    """Raised at the end of a run when a stage failed every video it was given.
+
+    A kind of :class:`VideosFailedError`, so the CLI reports it the same way (one line, exit 1).
+    """
+
+
+class RunTimeoutError(TimeoutError):
+    """The run took longer than ``timeouts.flow_hours``."""
+
+
+COMPLETED_WITH_FAILURES = "CompletedWithFailures"
+"""Name of the final state of a run where some videos failed and the others landed."""
+
+
+def _listed(failures: list[VideoFailure], shown: int = 10) -> str:
+    listed = "\n".join(f"  {f.video_id} {f.stage} ({f.kind}): {f.reason}" for f in failures[:shown])
+    more = f"\n  ... and {len(failures) - shown} more" if len(failures) > shown else ""
+    return listed + more
+
+
+def _stage_at_fault(failure: VideoFailure) -> bool:
+    """True unless the failure is the video's own: a typed input error (unreadable, unusable,
+    bad intermediate) is final at its first attempt; a video that does not fit on the GPU
+    (quarantined, out of memory) or an error retries did not cure says the stage is broken."""
+    return failure.kind != "error" or failure.attempts > 1
+
+
+def final_state(summary: RunSummary, run: RunSettings) -> RunSummary:
+    """What the run ends as (module docstring): the summary, or it in a named state.
+
+    A stage "failed every video" when none of the videos it was given got through and not
+    all of them failed for their own input: a run of one new broken file is not a broken
+    stage, a stage that quarantined every video is.
+
+    Returns:
+        ``summary`` when nothing failed (plain *Completed*); ``summary`` in a *Completed*
+        state named :data:`COMPLETED_WITH_FAILURES` when some videos failed. Prefect hands
+        the caller of the flow the summary either way, hence the return type.
+
+    Raises:
+        StageFailedError: a stage failed every video it was given, naming it.
+        VideosFailedError: videos failed and ``run.fail_on_video_error`` is set.
+    """
+    failures = summary.failures
+    if not failures:
+        return summary
+    dead = [
+        tally
+        for tally in summary.stages
+        if tally.failed and not (tally.done or tally.skipped) and any(map(_stage_at_fault, tally.failures))
+    ]
+    if dead:
+        names = ", ".join(f"{tally.stage} ({tally.failed})" for tally in dead)
+        raise StageFailedError(
+            f"every video failed in {names}; the run cannot have built anything past it:\n"
+            + _listed([f for tally in dead for f in tally.failures])
+        )
+    if run.fail_on_video_error:
+        raise VideosFailedError(
+            f"{len(failures)} video(s) failed (run.fail_on_video_error is set); the others landed:\n"
+            + _listed(failures)
+        )
+    state = Completed(
+        name=COMPLETED_WITH_FAILURES,
+        message=f"{len(failures)} of {summary.videos_pending} video(s) failed; the others landed (see run-summary)",
+        data=summary,
+    )
+    return cast(RunSummary, state)  # Prefect ends the run in this state and returns its data
+
+
 @flow(name="build-dataset")
 def build_dataset(
     settings_path: str | None = None,
-    overrides: dict[str, Any] | None = None,
+    overrides: SettingsOverrides = NO_OVERRIDES,
     videos_dir: str | None = None,
     work_dir: str | None = None,
     dataset_dir: str | None = None,
@@ -67,18 +161,30 @@ def build_dataset(
     """Process new or changed videos and rewrite the statistics of the whole dataset.
 
     Args:
-        settings_path: settings YAML; ``None`` uses defaults and ``TRACKSET_*`` variables.
-        overrides: nested settings that win over the file and the environment.
-        videos_dir, work_dir, dataset_dir: shortcuts for the ``paths`` settings.
+        settings_path: settings YAML (relative to the checkout); empty uses the defaults and
+            the ``TRACKSET_*`` variables.
+        overrides: settings that win over the file and the environment, by section (the
+            run form shows each with its description; the API rejects a wrong value).
+        videos_dir: shortcut for ``paths.videos_dir``.
+        work_dir: shortcut for ``paths.work_dir``.
+        dataset_dir: shortcut for ``paths.dataset_dir``.
         import_dir: build from the script pipeline's intermediates in this directory instead
             of from videos: only the H5 build and the statistics run (trackset.importer).
     """
+    send_trackset_logs_to_prefect()
     logger = get_run_logger()
     settings = resolve_settings(settings_path, overrides, videos_dir, import_dir or work_dir, dataset_dir)
     if not import_dir:
         check_real_backends(settings)  # a missing model fails the run before any video
-    with DatasetLock(settings.paths.dataset_dir, flow_run_id=str(flow_run.id or "")):
-        summary = _build(settings, import_dir is not None)
+    hours = settings.timeouts.flow_hours
+    try:
+        with (
+            timeout(hours * 3600 if hours else None, timeout_exc_type=RunTimeoutError),
+            DatasetLock(settings.paths.dataset_dir, flow_run_id=str(flow_run.id or "")),
+        ):
+            summary = _build(settings, import_dir is not None)
+    except RunTimeoutError:
+        raise RunTimeoutError(f"the run took longer than timeouts.flow_hours ({hours:g} h)") from None
     create_markdown_artifact(
         summary.to_markdown(),
         key="run-summary",
@@ -91,14 +197,13 @@ def build_dataset(
         summary.videos_pending,
         len(summary.failures),
     )
-    if summary.failures and settings.run.fail_on_video_error:
-        listed = "\n".join(f"  {f.video_id} {f.stage} ({f.kind}): {f.reason}" for f in summary.failures[:10])
-        more = f"\n  ... and {len(summary.failures) - 10} more" if len(summary.failures) > 10 else ""
-        raise VideosFailedError(
-            f"{len(summary.failures)} video(s) failed (run.fail_on_video_error is set); "
-            f"the others landed:\n{listed}{more}"
-        )
-    return summary
+    return final_state(summary, settings.run)
+
+
+def run_name() -> str:
+    """This run's name for its report: UTC start time and flow run name, sortable by time."""
+    started = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{started}-{flow_run.name or 'run'}"
 
 
 def _build(settings: Settings, importing: bool) -> RunSummary:
@@ -108,20 +213,27 @@ def _build(settings: Settings, importing: bool) -> RunSummary:
         stages: list[str] = ["h5_build"]
     else:
         registration = register_videos_task(settings)
-        stages = list(STAGE_ORDER)
+        stages = list(enabled_stages(settings))
+    report = DatasetLayout(settings.paths.dataset_dir).run_report(run_name())
     summary = RunSummary(
         dataset_dir=str(settings.paths.dataset_dir),
         videos_total=len(registration.videos),
         videos_pending=len(registration.pending),
         extra_failures=list(registration.excluded),
+        report_path=str(report),
     )
+    RunReport(report).write(StageOutcome("register", failures=list(registration.excluded)))
     if registration.pending:
+        if not importing:  # the workers are asked at start whether they can write it: it must exist
+            settings.paths.work_dir.mkdir(parents=True, exist_ok=True)
         # One cluster for the whole run: every stage and wave connects to it by address.
         with RunCluster(settings) as cluster, WorkList.written("waves", registration.pending) as work:
+            if cluster.client is not None:
+                get_run_logger().info("Dask dashboard of this run: %s", cluster.client.dashboard_link)
             waves = process_waves.with_options(task_runner=cluster.task_runner())
-            summary.stages = waves(work, cluster.attached(settings), stages, release=not importing)
+            summary.stages = waves(work, cluster.attached(settings), stages, str(report), importing=importing)
     else:
-        summary.stages = [StageOutcome(stage) for stage in stages]
+        summary.stages = [StageTally(stage) for stage in stages]
     summary.statistics = aggregate_statistics_task(settings)
     return summary
 

@@ -7,8 +7,11 @@ Commands::
     trackset make-corpus OUT [--videos 6 --frames 40 --seed 0]
     trackset import-intermediates DIR [--dataset-dir D]   # the script pipeline's outputs
     trackset validate DATASET_DIR [--deep]     # layout, ranges, statistics vs partials
+    trackset show VIDEO_ID [--dataset-dir D --out DIR]   # an MP4 and a PNG with the tracks drawn in
+    trackset --version
 
-Exit status: 0 when every video landed, 1 when some failed (listed), 2 on bad settings.
+Errors go to stderr, results to stdout; the exit status says which kind of error it was
+(:data:`EXIT_CODES`, also in ``trackset --help``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +29,34 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from trackset.errors import ModelUnavailableError, SettingsError
+from trackset import __version__
+from trackset.dataset_lock import DatasetBusyError, DatasetLock
+from trackset.domain import is_video_id
+from trackset.errors import ClusterShapeError, ModelUnavailableError, SettingsError
 from trackset.run_report import RunSummary
 
 console = Console()
+err_console = Console(stderr=True)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
+EXIT_CODES = f"""exit status:
+  {EXIT_OK}  done: every video landed (validate: the dataset is valid; show: pictures written)
+  {EXIT_FAILED}  some videos failed, each listed with its stage and reason (validate: problems found;
+     show: an H5 that cannot be read)
+  {EXIT_USAGE}  bad arguments or settings, every one listed with where its value came from (the
+     settings file and line, the TRACKSET_* variable, or the --set assignment), a missing
+     real-model package, or a cluster that cannot run the build; nothing was processed
+  {EXIT_BUSY}  the dataset is being built by another run (named); nothing was processed"""
+
+
+class UsageError(Exception):
+    """An argument names something that is not there (exit status 2, like argparse's errors)."""
+
+
+def error(message: str) -> None:
+    """One error line on stderr (messages hold brackets such as ``[0, 1]``: never markup)."""
+    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+
 
 # What the demo's synthetic models pretend to hold on the (fake) GPUs, after the measured
 # footprints of the real models (FORMATS.md: ViPE ~13 GB to load, +1-4 GB per video), so
@@ -35,7 +64,12 @@ console = Console()
 # this is bookkeeping on the fake GPUs, not host memory.
 DEMO_COSTS = {
     "depth_camera": {"model_mb": 13_000, "per_video_mb": 1_000, "per_frame_mb": 16},
+    # SAM3: "~8-10GB per worker" (y2r config.yaml, gsam and gsam_human).
+    "object_masks": {"model_mb": 7_000, "per_video_mb": 1_000, "per_frame_mb": 8},
+    "human_masks": {"model_mb": 7_000, "per_video_mb": 1_000, "per_frame_mb": 8},
+    "clean_frames": {"model_mb": 9_000, "per_video_mb": 2_000, "per_frame_mb": 8},
     "tracks_3d": {"model_mb": 6_000, "per_video_mb": 500, "per_frame_mb": 8},
+    "tracks_2d": {"model_mb": 2_000, "per_video_mb": 500, "per_frame_mb": 8},
     "hands": {"model_mb": 3_000, "per_video_mb": 200, "per_frame_mb": 4},
 }
 
@@ -48,16 +82,68 @@ def parse_assignments(assignments: list[str]) -> dict[str, Any]:
         {'h5': {'target_size': 128}, 'cluster': {'gpus': [0, 1]}}
     """
     out: dict[str, Any] = {}
+    problems = []
     for assignment in assignments:
-        key, sep, raw = assignment.partition("=")
-        if not sep or not key:
-            raise SettingsError(f"settings: --set expects key=value, got {assignment!r}")
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
+        try:
+            key, value = _assignment(assignment)
+            node = out
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise ValueError(f"{part} is set to a value by an earlier --set, not to a section")
+            node[leaf] = value
+        except ValueError as exc:
+            problems.append(f"settings: --set {assignment}: {exc}")
+    if problems:
+        raise SettingsError("\n".join(problems))
     return out
+
+
+def _assignment(assignment: str) -> tuple[str, Any]:
+    """``key=value`` as the dotted key and its value parsed as YAML.
+
+    Examples:
+        >>> _assignment("cluster.gpus=[0, 1]")
+        ('cluster.gpus', [0, 1])
+        >>> _assignment("h5.target_size=[1")
+        Traceback (most recent call last):
+        ...
+        ValueError: the value is not valid YAML: expected ',' or ']', but got '<stream end>' (column 3 of the value)
+    """
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key or "" in key.split("."):
+        raise ValueError("expected key=value with a dotted key, e.g. h5.target_size=128")
+    try:
+        return key, yaml.safe_load(raw)
+    except yaml.MarkedYAMLError as exc:
+        column = f" (column {exc.problem_mark.column + 1} of the value)" if exc.problem_mark else ""
+        raise ValueError(f"the value is not valid YAML: {exc.problem}{column}") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"the value is not valid YAML: {exc}") from None
+
+
+def override_labels(args: argparse.Namespace) -> Callable[[str], str]:
+    """How an override is named in an error: the ``--set`` assignment it came from.
+
+    Examples:
+        >>> label = override_labels(argparse.Namespace(command="run", set=["h5={target_size: 0}"]))
+        >>> label("h5.target_size"), label("run.wave_size")
+        ('--set h5={target_size: 0}', 'the overrides (run.wave_size)')
+    """
+    given: dict[str, str] = {}
+    for assignment in getattr(args, "set", None) or []:
+        given[assignment.partition("=")[0]] = f"--set {assignment}"
+    whose = "the demo's settings" if getattr(args, "command", None) == "demo" else "the overrides"
+
+    def label(key: str) -> str:
+        parts = key.split(".")
+        for depth in range(len(parts), 0, -1):  # an assignment of a whole section names its keys too
+            if ".".join(parts[:depth]) in given:
+                return given[".".join(parts[:depth])]
+        return f"{whose} ({key})"
+
+    return label
 
 
 def _rounded(value: object) -> str:
@@ -69,31 +155,26 @@ def _rounded(value: object) -> str:
 
 def print_summary(summary: RunSummary) -> None:
     """Videos, frames, tracks per frame, seconds per stage and output paths."""
-    h5 = next((s for s in summary.stages if s.stage == "h5_build"), None)
-    videos = Table(title="Videos built this run")
+    h5 = summary.stage("h5_build")
+    shown = len(h5.sample)
+    title = "Videos built this run" if shown == h5.done else f"First {shown} of {h5.done} videos built this run"
+    videos = Table(title=title)
     for column in ("video", "frames", "windows", "tracks per frame", "H5 file"):
         videos.add_column(column)
-    for record in sorted(h5.records if h5 else [], key=lambda r: r.video_id):
-        if record.status == "done":
-            videos.add_row(
-                record.video_id,
-                str(record.info.get("frames", "")),
-                str(record.info.get("windows", "")),
-                str(record.info.get("tracks_per_frame", "")),
-                record.outputs[0] if record.outputs else "",
-            )
+    for record in h5.sample:
+        videos.add_row(
+            record.video_id,
+            str(record.info.get("frames", "")),
+            str(record.info.get("windows", "")),
+            str(record.info.get("tracks_per_frame", "")),
+            record.outputs[0] if record.outputs else "",
+        )
     console.print(videos)
     stages = Table(title="Stages")
     for column in ("stage", "done", "skipped", "failed", "seconds (sum over videos)"):
         stages.add_column(column)
-    for outcome in summary.stages:
-        stages.add_row(
-            outcome.stage,
-            str(sum(r.status == "done" for r in outcome.records)),
-            str(sum(r.status == "skipped" for r in outcome.records)),
-            str(len(outcome.failures)),
-            f"{outcome.seconds():.2f}",
-        )
+    for tally in summary.stages:
+        stages.add_row(tally.stage, str(tally.done), str(tally.skipped), str(tally.failed), f"{tally.seconds:.2f}")
     console.print(stages)
     statistics = Table(title="Dataset statistics (normalization_stats.yaml)")
     for column in ("statistic", "samples", "mean", "std"):
@@ -115,34 +196,96 @@ def print_summary(summary: RunSummary) -> None:
 
 
 def _run(settings_path: str | None, overrides: dict[str, Any], import_dir: str | None = None) -> int:
-    from flows.build_dataset import VideosFailedError, build_dataset, resolve_settings
-    from trackset.adapters import check_real_backends
+    from flows.temporary_server import EarlyServer
+    from trackset.settings import load_settings
 
-    settings = resolve_settings(settings_path, overrides)  # fail in one line before Prefect starts
-    if import_dir is None:
-        check_real_backends(settings)
+    load_settings(settings_path, overrides)  # bad settings fail here, before Prefect is imported
+    server = EarlyServer.start_if_needed()  # boots while the flow's modules import
     try:
-        summary = build_dataset(settings_path=settings_path, overrides=overrides, import_dir=import_dir)
+        from flows.build_dataset import VideosFailedError, build_dataset, resolve_settings
+        from flows.live_progress import live_progress
+        from trackset.adapters import check_real_backends
+
+        settings = resolve_settings(settings_path, overrides)
+        if import_dir is None:
+            check_real_backends(settings)
+        # The flow takes the dataset's lock itself; trying it here first turns a dataset held by
+        # another run into one line, without a doomed flow run and its traceback.
+        with DatasetLock(settings.paths.dataset_dir):
+            pass
+    finally:
+        server.wait()
+    try:
+        with live_progress(err_console, sys.stdout, sys.stderr) or nullcontext():
+            summary = build_dataset(settings_path=settings_path, overrides=overrides, import_dir=import_dir)
     except VideosFailedError as exc:  # run.fail_on_video_error: the rest landed, the run failed
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        return 1
+        error(str(exc))
+        return EXIT_FAILED
     print_summary(summary)
-    return 1 if summary.failures else 0
+    print_pictures(summary)
+    if summary.failures:
+        report_failures(summary)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def print_pictures(summary: RunSummary) -> None:
+    """Where the pictures of this run's videos are (``run.pictures_videos``), if it drew any."""
+    from trackset.pictures import run_pictures
+
+    built = [record.video_id for record in summary.records("h5_build") if record.status == "done"]
+    for pictures in run_pictures(Path(summary.dataset_dir), built):
+        console.print(
+            f"pictures of {pictures.video_id}: {pictures.mp4}  {pictures.png}", highlight=False, soft_wrap=True
+        )
+
+
+def report_failures(summary: RunSummary, shown: int = 10) -> None:
+    """The failed videos on stderr, so a script sees them without parsing the summary."""
+    failures = summary.failures
+    error(f"{len(failures)} video(s) failed; the others landed")
+    for failure in failures[:shown]:
+        err_console.print(
+            f"  {failure.video_id} {failure.stage} ({failure.kind}): {escape(failure.reason)}", soft_wrap=True
+        )
+    if len(failures) > shown:
+        where = f" in {summary.report_path}" if summary.report_path else ""
+        err_console.print(f"  ... and {len(failures) - shown} more{where}", soft_wrap=True)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from trackset.synthetic.corpus import make_corpus
+    from trackset.synthetic.corpus import load_scene_for, make_corpus, write_metadata
 
     out = Path(args.out)
     videos = out / "videos"
     if not any(videos.glob("*.mp4")):
         console.print(f"making a synthetic corpus of {args.videos} videos in {videos}")
-        make_corpus(videos, num_videos=args.videos, num_frames=args.frames, seed=args.seed)
+        make_corpus(videos, num_videos=args.videos, num_frames=args.frames, seed=args.seed, metadata=True)
+    elif not (videos / "metadata.csv").is_file():  # a corpus made before the demo had texts
+        clips = sorted(videos.glob("*.mp4"))
+        write_metadata(videos, clips, [load_scene_for(clip) for clip in clips])
     overrides = {
         "paths": {"videos_dir": str(videos), "work_dir": str(out / "work"), "dataset_dir": str(out / "dataset")},
         "synthetic": DEMO_COSTS,
+        "h5": {"include_text": True},
+        "run": {"pictures_videos": 2},  # <out>/dataset/pictures: two videos drawn (trackset.pictures)
     }
-    return _run(None, overrides)
+    status = _run(None, overrides)
+    print_clips(out / "work", out / "dataset")
+    return status
+
+
+def print_clips(work_dir: Path, dataset_dir: Path) -> None:
+    """The demo's clips: text, object-mask prompt and coverage, points per window."""
+    from trackset.clip_report import clip_rows
+
+    table = Table(title="Object-masked tracks and texts (root/text)")
+    for column in ("video", "prompt", "mask % of pixels", "points per window", "text"):
+        table.add_column(column)
+    for row in clip_rows(work_dir, dataset_dir):
+        cells = (row.video_id, escape(row.prompt), f"{row.mask_percent}", f"{row.points_per_window}", escape(row.text))
+        table.add_row(*cells)
+    console.print(table)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -156,11 +299,34 @@ def cmd_import(args: argparse.Namespace) -> int:
     return _run(args.settings, overrides, import_dir=args.dir)
 
 
+def cmd_settings(args: argparse.Namespace) -> int:
+    """Every setting's key, default and description: the ones settings.yaml's comments and the
+    run form show (``trackset.settings.settings_reference``)."""
+    from trackset.settings import settings_reference
+
+    reference = settings_reference()
+    sections = {key.rpartition(".")[0] for key in reference}
+    shown = 0
+    for key, info in reference.items():
+        if not key.startswith(args.prefix):
+            continue
+        shown += 1
+        default = "" if key in sections else f" = {info.get_default(call_default_factory=True)!r}"
+        console.print(
+            f"[bold]{key}[/bold]{escape(default)}  {escape(info.description or '')}", highlight=False, soft_wrap=True
+        )
+    if not shown:
+        raise UsageError(f"no setting starts with {args.prefix!r} (trackset settings lists them all)")
+    return EXIT_OK
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from trackset.settings import load_settings
     from trackset.validate import validate_dataset
 
     settings = load_settings(args.settings)
+    if not Path(args.dataset_dir).is_dir():
+        raise UsageError(f"no dataset directory {args.dataset_dir}")
     report = validate_dataset(Path(args.dataset_dir), settings.h5, settings.statistics.std_floor, deep=args.deep)
     table = Table(title=f"validate {args.dataset_dir}")
     for column in ("file", "status", "detail"):
@@ -172,9 +338,47 @@ def cmd_validate(args: argparse.Namespace) -> int:
     console.print(table)
     if report.ok:
         console.print("dataset is valid")
-        return 0
-    console.print(f"[red]{len(report.problems)} problem(s)[/red]")
-    return 1
+        return EXIT_OK
+    error(f"{len(report.problems)} problem(s) in {args.dataset_dir} (listed above)")
+    return EXIT_FAILED
+
+
+def video_id_argument(text: str) -> str:
+    """A video id as the dataset names it; a bare number is padded (``42`` -> ``00042``).
+
+    Examples:
+        >>> video_id_argument("42"), video_id_argument("00042"), video_id_argument("123456")
+        ('00042', '00042', '123456')
+    """
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a video id (digits, e.g. 00042): {text!r}")
+    padded = f"{int(text):05d}"
+    if not is_video_id(padded):
+        raise argparse.ArgumentTypeError(f"not a video id: {text!r}")
+    return padded
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from trackset.layout import DatasetLayout
+    from trackset.pictures import pictures_dir, write_pictures
+    from trackset.settings import load_settings
+
+    settings = load_settings(args.settings)
+    dataset = Path(args.dataset_dir) if args.dataset_dir else settings.paths.dataset_dir
+    out = Path(args.out) if args.out else pictures_dir(dataset)
+    status = EXIT_OK
+    for video_id in args.video_ids:
+        try:
+            paths = write_pictures(dataset, video_id, out, settings.h5)
+        except FileNotFoundError as exc:
+            raise UsageError(str(exc)) from None
+        except (OSError, KeyError) as exc:  # a corrupt or incomplete H5: that video failed
+            error(f"video {video_id}: cannot draw {DatasetLayout(dataset).h5(video_id)}: {exc}")
+            status = EXIT_FAILED
+            continue
+        for path in paths:
+            console.print(str(path), highlight=False, soft_wrap=True)
+    return status
 
 
 def cmd_make_corpus(args: argparse.Namespace) -> int:
@@ -187,6 +391,7 @@ def cmd_make_corpus(args: argparse.Namespace) -> int:
         seed=args.seed,
         codec=args.codec,
         container=args.container,
+        metadata=True,
     )
     for path in paths:
         console.print(str(path))
@@ -194,7 +399,14 @@ def cmd_make_corpus(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trackset", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="trackset",
+        description="Raw videos to an HDF5 dataset of point tracks: run the flow, make a synthetic corpus, "
+        "try the demo, check a dataset, look at a video's tracks.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="make a synthetic corpus and run the full flow on it")
@@ -206,14 +418,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the build-dataset flow")
     run.add_argument("--settings", default="settings.yaml", help="settings YAML")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    run.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting (keys: trackset settings)"
+    )
     run.set_defaults(func=cmd_run)
 
     imports = sub.add_parser("import-intermediates", help="build the dataset from the script pipeline's intermediates")
     imports.add_argument("dir", help="directory with frames/, vipe/, tracks_3d/, hand_poses/")
     imports.add_argument("--dataset-dir", help="where the H5 files go (default: paths.dataset_dir)")
     imports.add_argument("--settings", default=None, help="settings YAML")
-    imports.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    imports.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting (keys: trackset settings)"
+    )
     imports.set_defaults(func=cmd_import)
 
     validate = sub.add_parser("validate", help="check every H5, the partials and normalization_stats.yaml")
@@ -230,6 +446,21 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("--codec", default="libx264")
     corpus.add_argument("--container", default="mp4")
     corpus.set_defaults(func=cmd_make_corpus)
+
+    reference = sub.add_parser(
+        "settings", help="list every setting: its key for --set and TRACKSET_*, default and description"
+    )
+    reference.add_argument("prefix", nargs="?", default="", help="only keys starting with this, e.g. h5 or cluster.")
+    reference.set_defaults(func=cmd_settings)
+
+    show = sub.add_parser("show", help="draw a video's tracks, camera motion and wrists into an MP4 and a PNG")
+    show.add_argument("video_ids", nargs="+", type=video_id_argument, metavar="VIDEO_ID", help="e.g. 00042 or 42")
+    show.add_argument("--dataset-dir", help="the dataset directory (default: paths.dataset_dir)")
+    show.add_argument("--out", help="where the pictures go (default: <dataset dir>/pictures)")
+    show.add_argument("--settings", default=None, help="settings YAML (its h5 depth range colours the points)")
+    show.set_defaults(func=cmd_show)
+    for command in sub.choices.values():
+        command.epilog, command.formatter_class = EXIT_CODES, argparse.RawDescriptionHelpFormatter
     return parser
 
 
@@ -245,14 +476,25 @@ EPHEMERAL_SERVER_DEFAULTS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit status (:data:`EXIT_CODES`), errors on stderr."""
     for key, value in EPHEMERAL_SERVER_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: usage errors (2, on stderr), --help and --version (0)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         return args.func(args)
-    except (SettingsError, ModelUnavailableError) as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        return 2
+    except SettingsError as exc:
+        for line in exc.lines(override_labels(args)):
+            error(line)
+        return EXIT_USAGE
+    except (ModelUnavailableError, ClusterShapeError, UsageError) as exc:
+        error(str(exc))
+        return EXIT_USAGE
+    except DatasetBusyError as exc:
+        error(str(exc))
+        return EXIT_BUSY
 
 
 if __name__ == "__main__":

@@ -26,11 +26,14 @@ from types import TracebackType
 from typing import Any
 
 from distributed import Client, SpecCluster
+from distributed.comm.core import CommClosedError
 from prefect.client.orchestration import get_client
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
+import trackset
 from trackset.cluster_plan import ClusterPlan, ClusterWorker
+from trackset.errors import ClusterShapeError
 from trackset.fake_device import ledger_dir_for
 from trackset.gpu_inventory import GpuInfo, detect_inventory
 from trackset.settings import Settings
@@ -110,23 +113,31 @@ class RunCluster:
             return ThreadPoolTaskRunner(max_workers=self.settings.cluster.cpu_workers)
         return DaskTaskRunner(address=self.address)
 
-    def plan(self) -> ClusterPlan | None:
+    def plan(self, readable: list[str] | None = None, writable: list[str] | None = None) -> ClusterPlan | None:
         """The workers grouped by GPU, as they report themselves, each ranked; None for threads.
 
         Workers started by someone else offer ``GPU=1`` but no ``GPU_RANK``: they get one
-        (:class:`~trackset.worker_probe.GpuRanks`) before any GPU task is submitted.
+        (:class:`~trackset.worker_probe.GpuRanks`) before any GPU task is submitted. With
+        ``readable`` / ``writable`` folders, every worker is also checked (:meth:`check`).
+
+        Raises:
+            ClusterShapeError: naming every worker that cannot take part, and why.
         """
         if self.client is None:
             return None
-        plan = self._read_plan(self.client)
+        plan = self._read_plan(self.client, readable, writable)
         if plan.unranked():
             self.client.register_plugin(GpuRanks(plan.ranks()))
-            plan = self._read_plan(self.client)
+            plan = self._read_plan(self.client, None, None)
         return plan
 
-    def _read_plan(self, client: Client) -> ClusterPlan:
+    def _read_plan(self, client: Client, readable: list[str] | None, writable: list[str] | None) -> ClusterPlan:
         workers = client.scheduler_info(n_workers=-1)["workers"]
-        answers = client.run(describe_worker, str(self.settings.paths.work_dir), on_error="return")
+        checking = readable is not None or writable is not None
+        api_url = worker_env()["PREFECT_API_URL"] if checking else ""
+        answers = client.run(describe_worker, readable or [], writable or [], api_url, on_error="return")
+        if checking:
+            self.check(workers, answers)
         # A worker that died since the scheduler listed it answers with an error: it takes no part.
         facts = {address: answer for address, answer in answers.items() if isinstance(answer, dict)}
         return ClusterPlan(
@@ -137,11 +148,38 @@ class RunCluster:
                     str(facts[address]["host"]),
                     facts[address]["gpu"],
                     dict(info.get("resources", {})),
+                    facts[address].get("gpu_uuid"),
                 )
                 for address, info in workers.items()
                 if address in facts
             ]
         )
+
+    def check(self, workers: dict[str, Any], answers: dict[str, Any]) -> None:
+        """Fail at once, naming the workers, when the cluster cannot run the build as it is.
+
+        A worker without trackset, or of another version, answers ``describe_worker`` with an
+        error or another version; one on a host that does not share the run's folders, or that
+        cannot reach the Prefect API its task runs report to, names that problem.
+        """
+        problems = []
+        for address, answer in sorted(answers.items()):
+            name = workers.get(address, {}).get("name", address)
+            where = f"worker {name} ({address})"
+            if isinstance(answer, OSError | CommClosedError):
+                continue  # gone since the scheduler listed it
+            if isinstance(answer, BaseException):
+                problems.append(f"{where} cannot run trackset's code: {type(answer).__name__}: {answer}")
+            elif answer["version"] != trackset.__version__:
+                problems.append(f"{where} has trackset {answer['version']}, this flow {trackset.__version__}")
+            else:
+                problems += [f"{where} {problem}" for problem in answer["problems"]]
+        if problems:
+            raise ClusterShapeError(
+                f"the cluster at {self.address} cannot run this build (every worker needs this trackset "
+                "installed and the run's folders on shared storage, see README 'Several machines'):\n  "
+                + "\n  ".join(problems)
+            )
 
     def gpu_infos(self, plan: ClusterPlan) -> list[GpuInfo]:
         """Every GPU of ``plan`` as it is now, each asked of its first worker."""

@@ -24,14 +24,14 @@ from flows.run_cluster import RunCluster
 from flows.submission import ProgressReport, SubmittedStage, collect_stage_tasks, submit_stage_tasks
 from trackset.cluster_plan import ClusterPlan, gpu_task_resources
 from trackset.domain import StageRecord, VideoRef, stage_slug
-from trackset.errors import TracksetError
+from trackset.errors import ClusterShapeError
 from trackset.gpu_inventory import GpuInfo
 from trackset.layout import DatasetLayout
 from trackset.manifest import Manifest
 from trackset.packing import PackingResult, PackingSettings, pack_gpu_stage
 from trackset.profile_store import ProfileStore
 from trackset.registration import quarantine_key
-from trackset.run_report import StageOutcome, stage_table
+from trackset.run_report import RunReport, StageOutcome, StageTally
 from trackset.settings import Settings
 from trackset.sizing import format_gib
 from trackset.stages.base import worker_name
@@ -39,8 +39,15 @@ from trackset.stages.registry import build_stage, prior_peak_bytes, stage_spec
 from trackset.worklist import WorkList
 
 
-class ClusterShapeError(TracksetError):
-    """The cluster cannot run a stage as it is (no GPU worker, say); names what is wrong."""
+def chunk_videos(videos: int, slots: int, most: int) -> int:
+    """Videos per task of a GPU round: ``most`` (``cluster.gpu_task_videos``), fewer when
+    the round would otherwise leave some of its ``slots`` (workers it may use) idle.
+
+    Examples:
+        >>> chunk_videos(500, 16, 8), chunk_videos(20, 16, 8), chunk_videos(3, 4, 8)
+        (8, 2, 1)
+    """
+    return max(1, min(most, -(-videos // max(slots, 1))))
 
 
 @dataclass
@@ -59,7 +66,13 @@ class StageRun:
     """One stage over every wave of a run (see the module docstring)."""
 
     def __init__(
-        self, stage: str, settings: Settings, total: int, cluster: RunCluster, plan: ClusterPlan | None
+        self,
+        stage: str,
+        settings: Settings,
+        total: int,
+        cluster: RunCluster,
+        plan: ClusterPlan | None,
+        report: RunReport,
     ) -> None:
         self.stage = stage
         self.settings = settings
@@ -67,7 +80,10 @@ class StageRun:
         self.plan = plan
         self.checker = build_stage(stage, settings)
         self.config = self.checker.config
-        self.outcome = StageOutcome(stage)
+        self.tally = StageTally(stage)
+        self.report = report
+        self._wave = StageOutcome(stage)  # this wave's records: the only per-video state kept
+        self._todo: set[str] = set()
         self.total = total
         self.uses_gpu = stage_spec(stage).resources.uses_gpu
         self.shard_size = settings.cluster.cpu_task_videos if stage_spec(stage).batched else None
@@ -93,7 +109,8 @@ class StageRun:
         """Record the videos already current as skipped; return the rest, to run."""
         todo = [video for video in videos if not self.checker.is_done(video)]
         todo_ids = {video.video_id for video in todo}
-        self.outcome.records += [
+        self._todo |= todo_ids
+        self._wave.records += [
             StageRecord(v.video_id, self.stage, "skipped", worker=worker_name())
             for v in videos
             if v.video_id not in todo_ids
@@ -138,18 +155,26 @@ class StageRun:
                 self.cluster.release(self.stage)  # the next stage gets the GPU memory
         return self._advance(wave, videos)
 
-    def finish(self) -> StageOutcome:
-        """Publish ``stage-<stage>`` for the whole run and return the stage's outcome."""
+    def finish(self) -> StageTally:
+        """Publish ``stage-<stage>`` for the whole run and return the stage's tally."""
         create_table_artifact(
-            stage_table(self.outcome.records, self.outcome.failures),
+            self.tally.table(),
             key=f"stage-{stage_slug(self.stage)}",
-            description=f"Every video of {self.stage} in this run: status, seconds, peak memory, worker, GPU, attempts",
+            description=(
+                f"{self.stage} in this run: each worker's videos, seconds and peak memory, then the failures; "
+                f"every video in {self.report.path}"
+            ),
         )
-        return self.outcome
+        return self.tally
 
     def _fold(self, part: StageOutcome) -> None:
-        self.outcome.records += part.records
-        self.outcome.failures += part.failures
+        for record in part.records:
+            if record.status == "skipped" and record.video_id in self._todo:
+                # Due when the wave started and current when its task ran: an earlier attempt
+                # of this run (a worker killed mid-chunk, a retried shard) finished it.
+                record.status = "done"
+        self._wave.records += part.records
+        self._wave.failures += part.failures
 
     def _advance(self, wave: int, videos: list[VideoRef]) -> list[VideoRef]:
         """Count the wave as finished here and return its videos this stage let through.
@@ -159,8 +184,11 @@ class StageRun:
         self.accounted += wave
         if self._progress is not None:
             self._progress.done = self.accounted
-            self._progress.for_subflow().report(0)
-        succeeded = {record.video_id for record in self.outcome.records}
+            self._progress.for_subflow().report(0, final=True)
+        succeeded = {record.video_id for record in self._wave.records}
+        self.report.write(self._wave)
+        self.tally.add(self._wave)
+        self._wave, self._todo = StageOutcome(self.stage), set()
         return [video for video in videos if video.video_id in succeeded]
 
     # -- GPU stages ------------------------------------------------------------------------
@@ -174,7 +202,7 @@ class StageRun:
             result = pack_gpu_stage(
                 self.stage,
                 videos,
-                lambda batch, _w, *, profiling: self._tasks(batch, None),
+                lambda batch, _w, *, profiling: self._tasks(batch, None, cluster.cpu_workers),
                 [],
                 packing,
                 resizable=False,
@@ -198,7 +226,7 @@ class StageRun:
                     "%s: %d videos on %d GPUs x %d workers", self.stage, len(batch), len(gpus), workers_per_gpu
                 )
                 with tags(f"workers-per-gpu-{workers_per_gpu}"):  # each round's task runs, in the UI and the API
-                    return self._tasks(batch, resources)
+                    return self._tasks(batch, resources, len(gpus) * workers_per_gpu)
 
             result = pack_gpu_stage(
                 self.stage,
@@ -239,9 +267,14 @@ class StageRun:
             self.known_peak = result.peak_bytes
             self.profiles.save(self.stage, self.config.cache_key(), gpus, result.peak_bytes)
 
-    def _tasks(self, videos: list[VideoRef], resources: dict[str, float] | None) -> StageOutcome:
-        """One round of the stage's tasks, here in ``process-waves``, asking for ``resources``."""
-        submitted = submit_stage_tasks(self.stage, videos, self.config, self.settings.retry, None, resources)
+    def _tasks(self, videos: list[VideoRef], resources: dict[str, float] | None, slots: int) -> StageOutcome:
+        """One round of the stage's tasks, here in ``process-waves``, asking for ``resources``.
+
+        Videos go in chunks (:func:`chunk_videos`): a Prefect task per video would cost its
+        overhead and a task run in the server's database for each of them.
+        """
+        chunk = chunk_videos(len(videos), slots, self.settings.cluster.gpu_task_videos)
+        submitted = submit_stage_tasks(self.stage, videos, self.config, self.settings.retry, chunk, resources)
         return collect_stage_tasks(submitted, self.progress.for_subflow())
 
     def _profile(self, videos: list[VideoRef], resources: dict[str, float]) -> StageOutcome:

@@ -21,15 +21,20 @@ final task of ``build-dataset`` over the whole dataset.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows.run_cluster import RunCluster
+from flows.run_cluster import RunCluster, worker_env
 from flows.stage_runs import StageRun
 from flows.submission import SubmittedStage
+from trackset.cluster_plan import ClusterPlan
 from trackset.domain import VideoRef
+from trackset.errors import ClusterShapeError
+from trackset.pictures import pictures_dir, write_run_pictures
 from trackset.retention import release_intermediates
-from trackset.run_report import StageOutcome
+from trackset.run_report import RunReport, StageTally
 from trackset.settings import Settings
 from trackset.sizing import format_gib
 from trackset.stages.registry import stage_spec
@@ -89,14 +94,17 @@ class CpuLane:
         """Wait for the first stage, run the others; return the videos that got through all."""
         if not self.runs:
             return list(self.videos)
-        alive = self.runs[0].collect(self.size, self.videos, self.submitted)
+        submitted, self.submitted = self.submitted, None  # its futures go once collected
+        alive = self.runs[0].collect(self.size, self.videos, submitted)
         for run in self.runs[1:]:
             alive = run.run(self.size, alive)
         return alive
 
 
 @flow(name="process-waves", flow_run_name="waves")
-def process_waves(work: WorkList, settings: Settings, stages: list[str], release: bool = True) -> list[StageOutcome]:
+def process_waves(
+    work: WorkList, settings: Settings, stages: list[str], report: str, importing: bool = False
+) -> list[StageTally]:
     """Run ``stages`` over the videos of ``work`` in waves (module docstring).
 
     Args:
@@ -104,49 +112,84 @@ def process_waves(work: WorkList, settings: Settings, stages: list[str], release
         settings: the run's settings (``run.wave_size``, ``run.keep_intermediates``), with
             ``cluster.scheduler_address`` set to the run's cluster unless it runs on threads.
         stages: the stages to run, in pipeline order.
-        release: delete unkept intermediates of finished waves (False for imports, whose
-            intermediates belong to the script pipeline).
+        report: where the run report goes (``trackset.run_report``): every video's record.
+        importing: the work directory holds the script pipeline's intermediates: read only,
+            and none of them is ever deleted.
 
     Returns:
-        Each stage's outcome over every wave.
+        Each stage's tally over every wave.
+
+    Raises:
+        ClusterShapeError: a worker cannot take part (trackset missing or of another version,
+            a folder of the run it cannot see, the Prefect API out of its reach), named.
     """
-    with RunCluster(settings) as cluster:
-        return _stream(work.load(), settings, stages, release, cluster)
+    paths = settings.paths
+    readable = [str(paths.work_dir)] if importing else [str(paths.videos_dir)]
+    writable = [str(paths.dataset_dir)] + ([] if importing else [str(paths.work_dir)])
+    # Task runs report to this flow's API wherever their worker runs: the URL travels in the
+    # settings context Prefect ships with each task (the temporary server of a CLI run too).
+    with (
+        RunCluster(settings) as cluster,
+        temporary_settings(updates={PREFECT_API_URL: worker_env()["PREFECT_API_URL"]}),
+    ):
+        plan = cluster.plan(readable, writable)
+        return _stream(work.load(), settings, stages, RunReport(Path(report)), not importing, cluster, plan)
 
 
 def _stream(
-    videos: list[VideoRef], settings: Settings, stages: list[str], release: bool, cluster: RunCluster
-) -> list[StageOutcome]:
+    videos: list[VideoRef],
+    settings: Settings,
+    stages: list[str],
+    report: RunReport,
+    release: bool,
+    cluster: RunCluster,
+    plan: ClusterPlan | None,
+) -> list[StageTally]:
     logger = get_run_logger()
-    plan = cluster.plan()
-    runs = {stage: StageRun(stage, settings, len(videos), cluster, plan) for stage in stages}
+    runs = {stage: StageRun(stage, settings, len(videos), cluster, plan, report) for stage in stages}
     head, gpu, tail = (list(map(runs.__getitem__, lane)) for lane in split_lanes(stages))
+    if gpu and plan is not None and not plan.gpus:
+        raise ClusterShapeError(
+            f"no worker of the cluster at {cluster.address} offers a GPU "
+            "(start GPU workers pinned with CUDA_VISIBLE_DEVICES and --resources GPU=1)"
+        )
     waves = waves_of(videos, settings.run.wave_size)
     logger.info("%d videos in %d waves of up to %d", len(videos), len(waves), settings.run.wave_size)
 
-    heads = [CpuLane(head, wave, len(wave)) for wave in waves]
-    if heads:
-        heads[0].start()
+    ahead = CpuLane(head, waves[0], len(waves[0])).start() if waves else None
     behind: tuple[list[VideoRef], CpuLane] | None = None
+    pictures_left = settings.run.pictures_videos
     for index, wave in enumerate(waves):
-        alive = heads[index].finish()
-        if index + 1 < len(heads):
-            heads[index + 1].start()  # preprocess the next wave while this one is on the GPUs
+        alive = ahead.finish() if ahead is not None else list(wave)
+        ahead = None
+        if index + 1 < len(waves):  # preprocess the next wave while this one is on the GPUs
+            ahead = CpuLane(head, waves[index + 1], len(waves[index + 1])).start()
         for run in gpu:
             alive = run.run(len(wave), alive)
         if behind is not None:
-            _land(*behind, settings, release)  # the previous wave's H5 ran beside these GPU stages
+            # The previous wave's H5 ran beside these GPU stages.
+            pictures_left -= _land(*behind, settings, release, pictures_left)
         behind = (wave, CpuLane(tail, alive, len(wave)).start())
         logger.info("wave %d of %d: %d videos through the GPU stages", index + 1, len(waves), len(alive))
     if behind is not None:
-        _land(*behind, settings, release)
+        _land(*behind, settings, release, pictures_left)
     return [run.finish() for run in runs.values()]
 
 
-def _land(wave: list[VideoRef], lane: CpuLane, settings: Settings, release: bool) -> None:
-    """Finish a wave's last CPU stages, then free its intermediates (those not kept)."""
-    lane.finish()
+def _land(wave: list[VideoRef], lane: CpuLane, settings: Settings, release: bool, pictures: int) -> int:
+    """Finish a wave's last CPU stages, draw the pictures of up to ``pictures`` of its videos
+    (``run.pictures_videos``), then free its intermediates (those not kept).
+
+    Returns:
+        How many videos got pictures.
+    """
+    landed = lane.finish()
+    chosen = [video.video_id for video in landed[: max(pictures, 0)]]
+    if chosen:
+        drawn = write_run_pictures(settings.paths.dataset_dir, chosen, settings.h5)
+        get_run_logger().info("pictures of %d videos in %s", len(drawn), pictures_dir(settings.paths.dataset_dir))
     if release:
         freed = release_intermediates(wave, settings)
         if freed:
             get_run_logger().info("freed %s of intermediates of %d videos", format_gib(freed), len(wave))
+    return len(chosen)

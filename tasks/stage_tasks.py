@@ -6,23 +6,68 @@ so the worker's model cache survives changes to knobs the stage does not read.
 Prefect's own cache is off (``NO_CACHE``) on purpose: completion lives in marker and
 partials files beside the outputs, so a reset Prefect database or deleted outputs can
 never make a run skip work that is not on disk.
+
+Each video runs within its stage's time budget (``timeouts``: a floor plus seconds per
+frame, :func:`within_budget`). A task holds several videos, so one Prefect
+``timeout_seconds`` could not name the video that hung, and would either kill a chunk of
+long videos or let a short one hang for the whole chunk's time.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
 from prefect.tasks import exponential_backoff
+from prefect.utilities.timeout import timeout
 
 from tasks.retry import retry_on_transient
+from tasks.run_logs import send_trackset_logs_to_prefect
 from trackset.domain import StageRecord, VideoFailure, VideoRef, stage_slug
 from trackset.settings import RetrySettings
+from trackset.stages.base import Stage
 from trackset.stages.config import StageConfig
 from trackset.stages.registry import GPU_STAGES
 from trackset.worker_cache import get_stage
+
+
+class VideoTimeoutError(TimeoutError):
+    """A video took longer than its stage's budget (``timeouts``).
+
+    Not a :class:`~trackset.errors.TracksetError`: a hang is usually transient (a stuck
+    driver call, a stalled network file system), so it is retried like one
+    (tasks/retry.py); a video that keeps timing out is reported with this message.
+    """
+
+
+@contextmanager
+def video_budget(runner: Stage[Any], video: VideoRef, config: StageConfig) -> Iterator[None]:
+    """Stop what runs inside once ``video`` exceeds ``floor_s + s_per_frame x frames`` of
+    ``config.timeout``.
+
+    The stop is Prefect's cancel scope: an exception raised in this thread when the time is
+    up. It interrupts Python code at once, and a call into C (a CUDA kernel, a read) as soon
+    as it returns; a call that never returns keeps its thread (README "Timeouts").
+
+    Raises:
+        VideoTimeoutError: naming the stage, the video and its budget.
+    """
+    budget = config.timeout
+    frames = runner.frame_count(video)
+    seconds = budget.budget_s(frames)
+    try:
+        with timeout(seconds, timeout_exc_type=VideoTimeoutError):
+            yield
+    except VideoTimeoutError:
+        length = f"{frames} frames" if frames is not None else "length unknown"
+        raise VideoTimeoutError(
+            f"{runner.name}: video {video.video_id} took over {seconds:g} s, its budget "
+            f"({budget.floor_s:g} s + {budget.s_per_frame:g} s per frame, {length}; timeouts in the settings)"
+        ) from None
 
 
 def _run_name(kind: str) -> str:
@@ -39,8 +84,11 @@ def _run_name(kind: str) -> str:
     retry_condition_fn=retry_on_transient,
 )
 def process_video(stage: str, video: VideoRef, config: StageConfig) -> StageRecord:
-    """Run ``stage`` on one video with this worker's cached model."""
-    record = get_stage(stage, config).run(video)
+    """Run ``stage`` on one video with this worker's cached model, within its time budget."""
+    send_trackset_logs_to_prefect()
+    runner = get_stage(stage, config)
+    with video_budget(runner, video, config):
+        record = runner.run(video)
     record.info["attempts"] = task_run.run_count
     return record
 
@@ -54,9 +102,19 @@ def process_video(stage: str, video: VideoRef, config: StageConfig) -> StageReco
 def process_shard(
     stage: str, shard: int, videos: list[VideoRef], config: StageConfig
 ) -> list[StageRecord | VideoFailure]:
-    """Run ``stage`` on a batch of videos; a bad video fails alone, transient errors retry the shard."""
+    """Run ``stage`` on a batch of videos: a bad or out-of-memory video fails alone, transient
+    errors and timeouts retry the shard (its finished videos are then skipped; one that still
+    fails is then run alone, ``flows/submission.py``)."""
+    send_trackset_logs_to_prefect()
     runner = get_stage(stage, config)
-    return [runner.run_isolated(video) for video in videos]
+    results: list[StageRecord | VideoFailure] = []
+    for video in videos:
+        with video_budget(runner, video, config):
+            results.append(runner.run_isolated(video))
+    for result in results:
+        if isinstance(result, StageRecord):
+            result.info["attempts"] = task_run.run_count
+    return results
 
 
 def configured(task_: Task[..., Any], stage: str, retry: RetrySettings) -> Task[..., Any]:

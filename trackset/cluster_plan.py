@@ -22,7 +22,7 @@ Examples:
     ...     ClusterWorker("tcp://a:4", "cpu-w0", "a", None, {"CPU": 1}),
     ... ])
     >>> plan.gpus, plan.slots_per_gpu, plan.cpu_task_resources
-    ([GpuKey(host='a', index=0), GpuKey(host='a', index=1)], 1, {'CPU': 1})
+    ([GpuKey(host='a', index=0, uuid=None), GpuKey(host='a', index=1, uuid=None)], 1, {'CPU': 1})
 """
 
 from __future__ import annotations
@@ -57,10 +57,12 @@ def gpu_task_resources(per_gpu: int) -> dict[str, int]:
 
 @dataclass(frozen=True, order=True)
 class GpuKey:
-    """One physical GPU of the cluster: its host and its index there."""
+    """One physical GPU of the cluster: its host, its index there, and its NVML UUID where
+    there is NVML (workers of two SLURM jobs on one host may all see their GPU as index 0)."""
 
     host: str
     index: int
+    uuid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class ClusterWorker:
     host: str
     gpu: int | None
     resources: dict[str, float] = field(default_factory=dict)
+    gpu_uuid: str | None = None
 
     @property
     def serves_gpu(self) -> bool:
@@ -87,7 +90,7 @@ class ClusterPlan:
         groups: dict[GpuKey, list[ClusterWorker]] = {}
         for worker in self.workers:
             if worker.serves_gpu and worker.gpu is not None:
-                groups.setdefault(GpuKey(worker.host, worker.gpu), []).append(worker)
+                groups.setdefault(GpuKey(worker.host, worker.gpu, worker.gpu_uuid), []).append(worker)
         self.by_gpu = dict(sorted(groups.items()))
 
     @property

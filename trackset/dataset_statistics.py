@@ -13,8 +13,10 @@ from trackset.statistics import VideoPartials, aggregate, normalization_stats, w
 
 
 def write_dataset_statistics(dataset: DatasetLayout, std_floor: float) -> dict[str, object]:
-    """Merge the partials of every video in ``dataset`` and write the statistics YAML."""
+    """Merge the partials of every video in ``dataset`` and write the statistics YAML of its
+    track type (that of its videos' partials; 3D for a dataset without any)."""
     partials = [VideoPartials.read(dataset.partials(video_id)) for video_id in dataset.partial_ids()]
-    stats = normalization_stats(aggregate(partials), std_floor)
+    track_type = partials[0].track_type if partials else "3d"
+    stats = normalization_stats(aggregate(partials, track_type), std_floor, track_type)
     write_stats_yaml(dataset.stats_yaml, stats)
     return stats

@@ -12,8 +12,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-StageName = Literal["preprocess", "depth_camera", "tracks_3d", "hands", "h5_build"]
-STAGE_ORDER: tuple[StageName, ...] = ("preprocess", "depth_camera", "tracks_3d", "hands", "h5_build")
+StageName = Literal[
+    "preprocess",
+    "human_masks",
+    "clean_frames",
+    "depth_camera",
+    "object_masks",
+    "tracks_3d",
+    "tracks_2d",
+    "hands",
+    "h5_build",
+]
+#: The full pipeline, in order; which of these a run includes depends on its settings
+#: (:func:`trackset.stages.registry.enabled_stages`). The GPU stages are contiguous, between
+#: the CPU stages preprocess and h5_build, which ``flows/waves.py`` relies on.
+STAGE_ORDER: tuple[StageName, ...] = (
+    "preprocess",
+    "human_masks",
+    "clean_frames",
+    "depth_camera",
+    "object_masks",
+    "tracks_3d",
+    "tracks_2d",
+    "hands",
+    "h5_build",
+)
+TrackType = Literal["3d", "2d"]
 
 FailureKind = Literal["error", "out_of_memory", "quarantined"]
 RecordStatus = Literal["done", "skipped"]

@@ -88,10 +88,18 @@ def _is_alive(pid: int) -> bool:
 
 @dataclass
 class _Ledger:
-    """One fake GPU's ledger: bytes held now and the high-water mark, per process id."""
+    """One fake GPU's ledger: bytes held now and high-water marks, per process id.
+
+    ``peak`` restarts per video (the memory probe); ``top`` is the process's high-water over
+    its life and ``holders`` the most processes that held memory on the GPU at once: what a
+    test reads to see that a stage's model was released before the next one loaded, and how
+    many workers shared the GPU.
+    """
 
     held: dict[int, int] = field(default_factory=dict)
     peak: dict[int, int] = field(default_factory=dict)
+    top: dict[int, int] = field(default_factory=dict)
+    holders: int = 0
 
     @classmethod
     def parse(cls, text: str) -> _Ledger:
@@ -99,16 +107,21 @@ class _Ledger:
         return cls(
             held={int(pid): int(n) for pid, n in data.get("held", {}).items()},
             peak={int(pid): int(n) for pid, n in data.get("peak", {}).items()},
+            top={int(pid): int(n) for pid, n in data.get("top", {}).items()},
+            holders=int(data.get("holders", 0)),
         )
 
     def dump(self) -> str:
-        return json.dumps({"held": self.held, "peak": self.peak}, sort_keys=True)
+        return json.dumps(
+            {"held": self.held, "peak": self.peak, "top": self.top, "holders": self.holders}, sort_keys=True
+        )
 
     def drop_dead(self) -> None:
-        for pid in set(self.held) | set(self.peak):
+        for pid in set(self.held) | set(self.peak) | set(self.top):
             if not _is_alive(pid):
                 self.held.pop(pid, None)
                 self.peak.pop(pid, None)
+                self.top.pop(pid, None)
 
 
 class FakeDevice:
@@ -208,6 +221,8 @@ class FakeDevice:
                 raise self._out_of_memory(nbytes, ledger)
             ledger.held[me] = ledger.held.get(me, 0) + nbytes
             ledger.peak[me] = max(ledger.peak.get(me, 0), ledger.held[me])
+            ledger.top[me] = max(ledger.top.get(me, 0), ledger.held[me])
+            ledger.holders = max(ledger.holders, sum(1 for held in ledger.held.values() if held))
 
         self._transact(charge)
         if self.materialize and nbytes:
@@ -279,6 +294,14 @@ class FakeDevice:
     def peak_bytes(self, pid: int | None = None) -> int:
         """High-water mark of process ``pid`` (default: this one) since its last reset."""
         return self._read().peak.get(os.getpid() if pid is None else pid, 0)
+
+    def lifetime_peaks(self) -> dict[int, int]:
+        """Each live process's high-water mark over its life (never reset by a video or teardown)."""
+        return dict(self._read().top)
+
+    def most_holders(self) -> int:
+        """The most processes that held memory on this GPU at the same time."""
+        return self._read().holders
 
     def used_by_others(self) -> int:
         """Bytes every other live process holds on this fake GPU now."""

@@ -311,8 +311,15 @@ class _SmallDatasetWriter:
         dataset.close()
 
 
-def write_h5(path: Path, arrays: VideoArrays, compression: str = "none") -> None:
-    """Write the FORMATS.md layout atomically and byte-reproducibly."""
+def write_text(f: h5py.File, text: str | None) -> None:
+    """``root/text``, the clip's description, as a scalar variable-length UTF-8 string (the
+    script's ``h5py.special_dtype(vlen=str)``); nothing when there is none."""
+    if text:
+        f.create_dataset(schema.root_path(schema.TEXT), data=text, dtype=h5py.string_dtype(), track_times=False)
+
+
+def write_h5(path: Path, arrays: VideoArrays, compression: str = "none", text: str | None = None) -> None:
+    """Write the FORMATS.md layout atomically and byte-reproducibly (``root/text`` when given)."""
     big = {} if compression == "none" else {"compression": compression}
     plain = {"track_times": False}
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
@@ -339,3 +346,4 @@ def write_h5(path: Path, arrays: VideoArrays, compression: str = "none") -> None
         f.create_dataset(schema.root_path(schema.NUM_FRAMES), data=arrays.num_frames, **plain)
         f.create_dataset(schema.root_path(schema.NUM_TRACK_TS), data=arrays.num_track_ts, **plain)
         f.create_dataset(schema.root_path(schema.TRACK_TYPE), data=schema.TRACK_TYPE_3D, **plain)
+        write_text(f, text)

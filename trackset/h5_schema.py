@@ -38,8 +38,14 @@ TRACK_TYPE = "track_type"
 TEXT = "text"  # optional language description
 ROOT_KEYS: frozenset[str] = frozenset({VIDEO, DEPTH, INTRINSICS, TRACKS, NUM_FRAMES, NUM_TRACK_TS, TRACK_TYPE, TEXT})
 
-#: The value of ``root/track_type``: the only track type trackset writes.
+#: The values of ``root/track_type``: 3D tracks (TAPIP3D, with depth, poses and hands) or
+#: 2D tracks (CoTracker, pixels only), as the script pipeline's ``create_h5_dataset.py``.
 TRACK_TYPE_3D = "3d"
+TRACK_TYPE_2D = "2d"
+#: Components of a track point: (u, v, d) or (u, v); ``track_dim`` of the statistics.
+TRACK_DIMS: dict[str, int] = {TRACK_TYPE_3D: 3, TRACK_TYPE_2D: 2}
+#: What a 2D file has directly under ``root`` (the 3D layout less depth and intrinsics).
+ROOT_KEYS_2D: frozenset[str] = frozenset({VIDEO, TRACKS, NUM_FRAMES, NUM_TRACK_TS, TRACK_TYPE, TEXT})
 
 #: The name of the group of the window starting at frame ``t``, as a ``str.format`` template.
 WINDOW_GROUP_FORMAT = "frame_{t:04d}"
@@ -56,6 +62,12 @@ WINDOW_SHAPES: dict[str, tuple[Dim, ...]] = {
     QUERY_COORDS: (POINTS, 3),
     DISPLACEMENTS: (STEPS, POINTS, 3),
     POSES: (STEPS, 9),
+}
+#: The datasets of a 2D window group: (u, v) only, no camera poses and no hands (the
+#: script's 2D writer; its reader reads poses for 3D only).
+WINDOW_SHAPES_2D: dict[str, tuple[Dim, ...]] = {
+    QUERY_COORDS: (POINTS, 2),
+    DISPLACEMENTS: (STEPS, POINTS, 2),
 }
 
 # Suffixes of a hand's datasets after ``<side>_wrist_``, with their symbolic shapes, in the
@@ -127,6 +139,16 @@ def hand_key(side: str, suffix: str) -> str:
 WINDOW_KEYS: frozenset[str] = frozenset(
     {*WINDOW_SHAPES, *(hand_key(side, suffix) for side in HAND_SIDES for suffix in HAND_SHAPES)}
 )
+
+
+def window_shapes(track_type: str) -> dict[str, tuple[Dim, ...]]:
+    """The datasets every window group of a ``track_type`` file holds, with their shapes.
+
+    Examples:
+        >>> window_shapes(TRACK_TYPE_2D)[DISPLACEMENTS], list(window_shapes(TRACK_TYPE_3D))
+        (('L', 'N', 2), ['query_coords', 'displacements', 'poses'])
+    """
+    return WINDOW_SHAPES_2D if track_type == TRACK_TYPE_2D else WINDOW_SHAPES
 
 
 def resolve_shape(shape: tuple[Dim, ...], sizes: Mapping[str, int]) -> tuple[Dim, ...]:

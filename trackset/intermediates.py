@@ -17,8 +17,10 @@ numpy arrays, so a file whose ``intrinsics`` is a numpy array is the scripts'.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -239,23 +241,53 @@ def read_frames(work: WorkLayout, video_id: str) -> tuple[np.ndarray, FramesMeta
     return frames, meta
 
 
+PNG_DECODE_THREADS_MAX = 8
+"""Most threads decoding one video's PNG frames: past the cores they only add switches."""
+
+
+def png_decode_threads() -> int:
+    """Threads that decode a video's PNGs: the cores this process may run on, at most
+    :data:`PNG_DECODE_THREADS_MAX`."""
+    return max(1, min(PNG_DECODE_THREADS_MAX, len(os.sched_getaffinity(0))))
+
+
 def _read_png_frames(folder: Path, video_id: str) -> np.ndarray:
-    """The script pipeline's ``frames/<vid>/<n:05d>.png`` as one RGB array."""
+    """The script pipeline's ``frames/<vid>/<n:05d>.png`` as one RGB array, each file decoded once.
+
+    PNG decoding is most of an import's time per video (~4 ms per 512x384 frame, as long as
+    the resize). ``cv2.imread`` and ``cv2.cvtColor`` release the GIL, so the frames are
+    decoded in a thread pool, each converted straight into its slot of the output: no list
+    of frames and no stacked copy. The first frame fixes the shape every other must have.
+    """
     import cv2
 
     files = sorted(folder.glob("*.png")) if folder.is_dir() else []
     if not files:
         raise BadInputError(video_id, "preprocess", folder, "no frames (neither frames.npy nor PNG files)")
-    images = []
-    for file in files:
+
+    def decode(file: Path) -> np.ndarray:
         image = cv2.imread(str(file), cv2.IMREAD_COLOR)
         if image is None:
             raise BadInputError(video_id, "preprocess", file, "unreadable PNG")
-        images.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
-    shapes = {img.shape for img in images}
-    if len(shapes) != 1:
-        raise BadInputError(video_id, "preprocess", folder, f"frames differ in size: {sorted(shapes)}")
-    return np.stack(images)
+        return image
+
+    first = decode(files[0])
+    frames = np.empty((len(files), *first.shape), dtype=np.uint8)
+
+    def convert(index: int, image: np.ndarray) -> None:
+        if image.shape != first.shape:
+            reason = f"frames differ in size: {files[index].name} is {image.shape}, {files[0].name} {first.shape}"
+            raise BadInputError(video_id, "preprocess", folder, reason)
+        cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=frames[index])
+
+    def decode_into(index: int) -> None:
+        convert(index, decode(files[index]))
+
+    convert(0, first)
+    with ThreadPoolExecutor(png_decode_threads(), thread_name_prefix=f"png-{video_id}") as pool:
+        for _ in pool.map(decode_into, range(1, len(files))):
+            pass  # re-raises the first frame's error, in frame order
+    return frames
 
 
 def write_depth_camera(path: Path, result: DepthCamera) -> None:
@@ -429,3 +461,146 @@ def read_hand_poses(path: Path, video_id: str, num_frames: int) -> HandPoses:
         )
     intrinsics = check.array("intrinsics", (3, 3), "f")
     return HandPoses(sides["left"], sides["right"], intrinsics.astype(np.float64), num_frames, conventions_of(data))
+
+
+@dataclass
+class VideoMasks:
+    """Per-frame masks of what a prompt names: ``masks (T,H,W)`` bool, the union over objects.
+
+    ``masks`` is ``None`` when the clip had no prompt (no noun in ``metadata.csv`` and no
+    ``object_masks.text_prompt``): like the script pipeline, whose TAPIP3D then samples its
+    queries from the whole frame, such a clip is tracked without masks.
+    """
+
+    masks: np.ndarray | None
+    prompt: str
+    key_frame: int = 0
+
+    @property
+    def prompted(self) -> bool:
+        return self.masks is not None
+
+
+def write_masks(path: Path, result: VideoMasks, height: int, width: int) -> None:
+    """``object_masks/<vid>.npz`` or ``human_masks/<vid>.npz``: ``masks`` (T,H,W) bool
+    (compressed: a mask is mostly one value), ``prompt``, ``key_frame``."""
+    masks = np.zeros((0, height, width), bool) if result.masks is None else np.asarray(result.masks, dtype=bool)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, masks=masks, prompt=np.array(result.prompt), key_frame=np.int64(result.key_frame))
+
+
+def read_masks(path: Path, video_id: str, stage: str, num_frames: int, height: int, width: int) -> VideoMasks:
+    """Read and validate a masks file of ``stage`` written for a ``(num_frames, height, width)`` video."""
+    if not path.is_file():
+        raise BadInputError(video_id, stage, path, "file is missing")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise BadInputError(video_id, stage, path, f"unreadable: {exc}".splitlines()[0]) from None
+    check = _Checker(video_id, stage, path, arrays)
+    prompt = str(check.array("prompt", (), "U"))
+    masks = check.array("masks", (None, height, width), "b")
+    if prompt and masks.shape[0] != num_frames:
+        raise check.fail(f"'masks' has {masks.shape[0]} frames but the video has {num_frames}")
+    key_frame = int(check.array("key_frame", (), "i"))
+    return VideoMasks(masks if prompt else None, prompt, key_frame)
+
+
+def write_clean_frames(work: WorkLayout, video_id: str, frames: np.ndarray) -> None:
+    """``clean_frames/<vid>/frames.npy`` (T,H,W,3 uint8), the preprocessed frames' layout."""
+    with atomic_path(work.clean_frames_npy(video_id)) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, np.ascontiguousarray(frames, dtype=np.uint8))
+
+
+def read_clean_frames(work: WorkLayout, video_id: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The inpainted frames of a video whose preprocessed frames have ``shape``."""
+    path = work.clean_frames_npy(video_id)
+    if not path.is_file():
+        raise BadInputError(video_id, "clean_frames", path, "file is missing")
+    try:
+        frames = np.load(path, mmap_mode="r")
+    except (ValueError, OSError) as exc:
+        raise BadInputError(video_id, "clean_frames", path, f"unreadable: {exc}") from None
+    check = _Checker(video_id, "clean_frames", path, {"frames": frames})
+    check.array("frames", tuple(shape), "u")
+    return np.asarray(frames)
+
+
+def read_stage_frames(work: WorkLayout, video_id: str, clean: bool) -> tuple[np.ndarray, FramesMeta]:
+    """The frames a stage sees: the inpainted ones when ``clean`` (human removal), else the
+    preprocessed ones; the preprocessed frames' meta either way."""
+    frames, meta = read_frames(work, video_id)
+    return (read_clean_frames(work, video_id, frames.shape), meta) if clean else (frames, meta)
+
+
+@dataclass
+class Tracks2d:
+    """Sliding-window 2D tracks: ``tracks[w]`` is ``(T_win, N_w, 2)`` pixel ``(x, y)`` of the
+    preprocessed frames at every step of window ``w`` (CoTracker's output, the script's
+    ``tracks/<vid>.pt``)."""
+
+    windows: list[tuple[int, int]]
+    tracks: list[np.ndarray]
+    num_frames: int
+    window_length: int
+    stride: int
+    grid_size: int = 0
+    resolution: tuple[int, int] = (0, 0)
+
+
+def write_tracks_2d(path: Path, video_name: str, tracks: Tracks2d) -> None:
+    """``tracks_2d/<vid>.pt`` with the script's keys (``tracks`` as ``(1, T, N, 2)``), torch tensors."""
+    payload = {
+        "tracks": [torch.from_numpy(np.asarray(t, dtype=np.float32)[None]) for t in tracks.tracks],
+        "windows": [(int(s), int(e)) for s, e in tracks.windows],
+        "video_name": video_name,
+        "window_length": int(tracks.window_length),
+        "stride": int(tracks.stride),
+        "grid_size": int(tracks.grid_size),
+        "num_frames": int(tracks.num_frames),
+        "resolution": tuple(int(x) for x in tracks.resolution),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def read_tracks_2d(path: Path, video_id: str, num_frames: int) -> Tracks2d:
+    """Read and validate ``tracks_2d/<vid>.pt``."""
+    stage = "tracks_2d"
+    data = load_pt(path, video_id, stage)
+    check = _Checker(video_id, stage, path, data)
+    raw_tracks, raw_windows = check.get("tracks"), check.get("windows")
+    if not isinstance(raw_tracks, (list, tuple)) or not isinstance(raw_windows, (list, tuple)):
+        raise check.fail("'tracks' and 'windows' must be lists")
+    if len(raw_tracks) != len(raw_windows):
+        raise check.fail(f"{len(raw_tracks)} track windows but {len(raw_windows)} window ranges")
+    name = data.get("video_name", video_id)
+    if not isinstance(name, str) or name != video_id:
+        raise check.fail(f"video_name is {name!r}, not {video_id!r} (a file from another video?)")
+    stored_frames = int(data.get("num_frames", num_frames))
+    if stored_frames != num_frames:
+        raise check.fail(f"num_frames is {stored_frames} but the video has {num_frames} frames (from another video?)")
+    windows: list[tuple[int, int]] = []
+    tracks: list[np.ndarray] = []
+    for index, (window, raw) in enumerate(zip(raw_windows, raw_tracks, strict=True)):
+        start, end = (int(x) for x in window)
+        if not 0 <= start < end <= num_frames:
+            raise check.fail(f"window {index} = ({start}, {end}) outside the video's {num_frames} frames")
+        arr = check.array(f"tracks[{index}]", (1, end - start, None, 2), "f", value=raw)
+        if not np.isfinite(arr).all():
+            raise check.fail(f"'tracks[{index}]' has non-finite values")
+        windows.append((start, end))
+        tracks.append(arr[0].astype(np.float64))
+    resolution = [int(x) for x in data.get("resolution", (0, 0))]
+    if len(resolution) != 2:
+        raise check.fail(f"'resolution' is {resolution}, expected (height, width)")
+    return Tracks2d(
+        windows=windows,
+        tracks=tracks,
+        num_frames=num_frames,
+        window_length=int(data.get("window_length", windows[0][1] - windows[0][0] if windows else 0)),
+        stride=int(data.get("stride", 1)),
+        grid_size=int(data.get("grid_size", 0)),
+        resolution=(resolution[0], resolution[1]),
+    )

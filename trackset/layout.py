@@ -42,6 +42,25 @@ class WorkLayout:
     def hand_poses(self, video_id: str) -> Path:
         return self.root / "hand_poses" / f"{check_video_id(video_id)}.pt"
 
+    def human_masks(self, video_id: str) -> Path:
+        """Person masks ``(T,H,W)`` of the preprocessed frames (the script's ``human_masks/``)."""
+        return self.root / "human_masks" / f"{check_video_id(video_id)}.npz"
+
+    def clean_frames_dir(self, video_id: str) -> Path:
+        """``clean_frames/<vid>/``: ``frames.npy`` with the people inpainted (the script's ``clean_frames/``)."""
+        return self.root / "clean_frames" / check_video_id(video_id)
+
+    def clean_frames_npy(self, video_id: str) -> Path:
+        return self.clean_frames_dir(video_id) / "frames.npy"
+
+    def object_masks(self, video_id: str) -> Path:
+        """Masks ``(T,H,W)`` of the objects the clip's prompt names (the script's ``masks/``)."""
+        return self.root / "object_masks" / f"{check_video_id(video_id)}.npz"
+
+    def tracks_2d(self, video_id: str) -> Path:
+        """Sliding-window 2D tracks in pixels (the script's ``tracks/``)."""
+        return self.root / "tracks_2d" / f"{check_video_id(video_id)}.pt"
+
     def marker(self, stage: str, video_id: str) -> Path:
         """Completion marker of a stage: written last, holds the fingerprint of its inputs."""
         return self.root / "markers" / stage / f"{check_video_id(video_id)}.json"
@@ -67,6 +86,15 @@ class DatasetLayout:
     @property
     def manifest(self) -> Path:
         return self.root / "manifest.jsonl"
+
+    @property
+    def done_index(self) -> Path:
+        """Which videos' H5 files are current, with their files' sizes and mtimes (trackset.done_index)."""
+        return self.root / "done-index.jsonl"
+
+    def run_report(self, run: str) -> Path:
+        """The per-video report of one run (``trackset.run_report``), beside the dataset."""
+        return self.root / "runs" / f"{run}.jsonl"
 
     def partial_ids(self) -> list[str]:
         """Ids of every video with stored partials, sorted (the merge order of statistics)."""

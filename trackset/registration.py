@@ -13,6 +13,7 @@ from functools import cache, partial
 from pathlib import Path
 
 from trackset.domain import VideoFailure, VideoRef, video_id_order
+from trackset.done_index import DoneIndex
 from trackset.errors import BadInputError
 from trackset.importer import register_imports, scan_intermediates
 from trackset.layout import DatasetLayout
@@ -20,6 +21,7 @@ from trackset.manifest import Manifest
 from trackset.settings import ClusterSettings, Settings
 from trackset.stages.config import StageConfig, short_hash
 from trackset.stages.registry import build_stage, stage_config
+from trackset.track_type import check_track_type
 
 
 def quarantine_key(config: StageConfig, cluster: ClusterSettings, content_hash: str) -> str:
@@ -29,6 +31,25 @@ def quarantine_key(config: StageConfig, cluster: ClusterSettings, content_hash: 
     Retries, the runner and other stages' knobs leave it quarantined.
     """
     return short_hash(config.quarantine_key(content_hash), json.dumps(cluster.gpus))
+
+
+class CurrentH5:
+    """Whether a video's H5 is current, from the done index where it can tell (a ``stat`` of
+    two files), else from its partials, which the index then remembers (trackset.done_index)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.stage = build_stage("h5_build", settings)
+        self.done = DoneIndex.load(DatasetLayout(settings.paths.dataset_dir).done_index)
+
+    def is_current(self, video: VideoRef) -> bool:
+        h5_path, partials_path = self.stage.outputs(video.video_id)
+        fingerprint = self.stage.fingerprint(video)  # with the clip's text when h5.include_text
+        if self.done.is_current(video.video_id, fingerprint, h5_path, partials_path):
+            return True
+        if not self.stage.is_done(video):
+            return False
+        self.done.record(video.video_id, fingerprint, h5_path, partials_path)
+        return True
 
 
 @dataclass
@@ -54,12 +75,13 @@ class Registration:
 def register_videos(settings: Settings) -> Registration:
     """Update the manifest from ``paths.videos_dir`` and decide what needs processing."""
     dataset = DatasetLayout(settings.paths.dataset_dir)
+    check_track_type(dataset, settings.h5.track_type)  # before the manifest records anything
     manifest = Manifest.load(dataset.manifest)
     result = manifest.register(settings.paths.videos_dir, settings.paths.video_extensions)
     entries = sorted(
         result.new + result.changed + result.unchanged + result.moved, key=lambda e: video_id_order(e.video_id)
     )
-    h5 = build_stage("h5_build", settings)
+    h5 = CurrentH5(settings)
     registration = Registration(
         new=len(result.new), changed=len(result.changed), missing=len(result.missing), moved=len(result.moved)
     )
@@ -78,8 +100,9 @@ def register_videos(settings: Settings) -> Registration:
         reason = manifest.quarantined(entry.video_id, entry.sha256, partial(key_of, sha256=entry.sha256))
         if reason is not None:
             registration.excluded.append(VideoFailure(entry.video_id, "quarantine", reason, "quarantined", 0))
-        elif not h5.is_done(video):
+        elif not h5.is_current(video):
             registration.pending.append(video)
+    h5.done.flush()
     return registration
 
 
@@ -90,11 +113,13 @@ def import_intermediates(settings: Settings) -> Registration:
     """
     root = Path(settings.paths.work_dir)
     dataset = DatasetLayout(settings.paths.dataset_dir)
+    check_track_type(dataset, settings.h5.track_type)
     scan = scan_intermediates(root)
     register_imports(root, dataset, scan.videos)
-    h5 = build_stage("h5_build", settings)
+    h5 = CurrentH5(settings)
     registration = Registration(videos=list(scan.videos), new=len(scan.videos))
-    registration.pending = [video for video in scan.videos if not h5.is_done(video)]
+    registration.pending = [video for video in scan.videos if not h5.is_current(video)]
+    h5.done.flush()
     registration.excluded = [
         VideoFailure(name, "import", f"{root}: {reason}") for name, reason in sorted(scan.skipped.items())
     ]

@@ -1,49 +1,38 @@
-"""What a run did, per video and stage, in forms a terminal, a table artifact and markdown use.
+"""What a run did, per video and stage, bounded in memory and artifacts whatever the corpus.
 
-Pure data: the flow fills it, the CLI prints it, Prefect artifacts render it. Nothing is
-dropped silently: every video ends a run either done, skipped (already current), failed
-with its reason, or quarantined with its reason.
+A build of 50,000 videos has 250,000 per-video stage records: ~250 MB held in the flow
+process, a 6 MiB table per stage in the UI. So a run keeps per video only what it writes
+to its **report** (``<dataset_dir>/runs/<run>.jsonl``, one JSON line per video and stage:
+``pandas.read_json(path, lines=True)``), and in memory a :class:`StageTally` per stage:
+counts, seconds, a line per worker, the failures and a small sample. Artifacts and the
+terminal show the tallies, the failures (up to :data:`MAX_FAILURE_ROWS`) and where the
+report is.
+
+Nothing is dropped silently: every video ends a run done, skipped (already current),
+failed with its reason, or quarantined with its reason, in the report and in the tallies.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 from trackset.domain import StageRecord, VideoFailure, is_video_id, video_id_order
 
+MAX_FAILURE_ROWS = 200
+"""Failures listed in a stage table or the run summary; the report holds every one."""
 
-def stage_table(records: list[StageRecord], failures: list[VideoFailure]) -> list[dict[str, object]]:
-    """Rows of the ``stage-<stage>`` table artifact (DECISIONS.md columns), sorted by video."""
-    rows: list[dict[str, object]] = [
-        {
-            "video": r.video_id,
-            "status": r.status,
-            "seconds": round(r.seconds, 3),
-            "peak memory (MiB)": None if r.peak_bytes is None else round(r.peak_bytes / 2**20, 1),
-            "worker": r.worker,
-            "GPU": r.gpu,
-            "attempts": int(r.info.get("attempts", 1)),
-        }
-        for r in records
-    ]
-    rows += [
-        {
-            "video": f.video_id,
-            "status": f"{f.kind}: {f.reason}",
-            "seconds": None,
-            "peak memory (MiB)": None,
-            "worker": None,
-            "GPU": None,
-            "attempts": f.attempts,
-        }
-        for f in failures
-    ]
-    return sorted(rows, key=lambda row: _order(str(row["video"])))
+SAMPLE_RECORDS = 20
+"""Done records a tally keeps for the terminal's table of videos built."""
 
 
 @dataclass
 class StageOutcome:
-    """Records and failures of one stage over the videos it was given."""
+    """Records and failures of one stage over a bounded batch of videos (a wave, a round)."""
 
     stage: str
     records: list[StageRecord] = field(default_factory=list)
@@ -53,8 +42,142 @@ class StageOutcome:
     def succeeded(self) -> list[str]:
         return sorted((r.video_id for r in self.records), key=video_id_order)
 
-    def seconds(self) -> float:
-        return sum(r.seconds for r in self.records)
+
+@dataclass
+class WorkerLoad:
+    """What one worker did for a stage: videos done, seconds in the stage, highest peak."""
+
+    videos: int = 0
+    seconds: float = 0.0
+    peak_bytes: int | None = None
+    gpu: str | None = None
+    attempts: int = 1
+
+
+@dataclass
+class StageTally:
+    """One stage over a whole run, in constant memory per worker (failures aside).
+
+    Examples:
+        >>> tally = StageTally("hands")
+        >>> record = StageRecord("00001", "hands", "done", 2.0, worker="w0", info={"frames": 9})
+        >>> tally.add(StageOutcome("hands", [record]))
+        >>> tally.done, tally.seconds, tally.info_totals, tally.workers["w0"].videos
+        (1, 2.0, {'frames': 9.0}, 1)
+    """
+
+    stage: str
+    done: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    failures: list[VideoFailure] = field(default_factory=list)
+    workers: dict[str, WorkerLoad] = field(default_factory=dict)
+    info_totals: dict[str, float] = field(default_factory=dict)
+    sample: list[StageRecord] = field(default_factory=list)
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    def add(self, part: StageOutcome) -> None:
+        """Fold a batch's records and failures in."""
+        for record in part.records:
+            if record.status == "skipped":
+                self.skipped += 1
+                continue
+            self.done += 1
+            self.seconds += record.seconds
+            load = self.workers.setdefault(record.worker, WorkerLoad(gpu=record.gpu))
+            load.videos += 1
+            load.seconds += record.seconds
+            load.attempts = max(load.attempts, int(record.info.get("attempts", 1)))
+            if record.peak_bytes is not None:
+                load.peak_bytes = max(load.peak_bytes or 0, record.peak_bytes)
+            for key, value in record.info.items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    self.info_totals[key] = self.info_totals.get(key, 0.0) + float(value)
+            if len(self.sample) < SAMPLE_RECORDS:
+                self.sample.append(record)
+        self.failures += part.failures
+
+    def table(self) -> list[dict[str, object]]:
+        """Rows of the ``stage-<stage>`` table: one per worker, then the failures (bounded).
+
+        The columns are DECISIONS.md's (video, status, seconds, peak memory, worker, GPU,
+        attempts); a worker's row counts its videos in the first two.
+        """
+        rows: list[dict[str, object]] = [
+            {
+                "video": f"{load.videos} videos",
+                "status": "done",
+                "seconds": round(load.seconds, 3),
+                "peak memory (MiB)": None if load.peak_bytes is None else round(load.peak_bytes / 2**20, 1),
+                "worker": worker,
+                "GPU": load.gpu,
+                "attempts": load.attempts,
+            }
+            for worker, load in sorted(self.workers.items())
+        ]
+        if self.skipped:
+            rows.append(_row(f"{self.skipped} videos", "skipped (already current)"))
+        for failure in sorted(self.failures, key=lambda f: _order(f.video_id))[:MAX_FAILURE_ROWS]:
+            rows.append(_row(failure.video_id, f"{failure.kind}: {failure.reason}", failure.attempts))
+        if self.failed > MAX_FAILURE_ROWS:
+            rows.append(_row(f"{self.failed - MAX_FAILURE_ROWS} more", "failures: see the run report"))
+        return rows
+
+
+def _row(video: str, status: str, attempts: int | None = None) -> dict[str, object]:
+    return {
+        "video": video,
+        "status": status,
+        "seconds": None,
+        "peak memory (MiB)": None,
+        "worker": None,
+        "GPU": None,
+        "attempts": attempts,
+    }
+
+
+class RunReport:
+    """The per-video report of a run: one JSON line per video and stage, appended as waves finish.
+
+    ``row`` says what a line is: ``"record"`` (a :class:`StageRecord`: done or skipped) or
+    ``"failure"`` (a :class:`VideoFailure`, whose ``kind`` is error, out_of_memory or quarantined).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def write(self, part: StageOutcome) -> None:
+        """Append a batch's records and failures (flushed, so a crash keeps what finished)."""
+        lines = [json.dumps({"row": "record", **asdict(r)}, sort_keys=True) for r in part.records]
+        lines += [json.dumps({"row": "failure", **asdict(f)}, sort_keys=True) for f in part.failures]
+        if not lines:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as out:
+            out.write("\n".join(lines) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        """Every line, in the order written (none when the run processed nothing)."""
+        if not self.path.is_file():
+            return
+        with open(self.path, encoding="utf-8") as lines:
+            for line in lines:
+                if line.strip():
+                    yield json.loads(line)
+
+    def records(self, stage: str) -> list[StageRecord]:
+        """The stage's records of the run (done and skipped), in the order written."""
+        keep = ("video_id", "stage", "status", "seconds", "peak_bytes", "worker", "gpu", "outputs", "info")
+        return [
+            StageRecord(**{key: row[key] for key in keep})
+            for row in self.rows()
+            if row["row"] == "record" and row["stage"] == stage
+        ]
 
 
 @dataclass
@@ -64,22 +187,26 @@ class RunSummary:
     dataset_dir: str
     videos_total: int
     videos_pending: int
-    stages: list[StageOutcome] = field(default_factory=list)
+    stages: list[StageTally] = field(default_factory=list)
     statistics: dict[str, object] = field(default_factory=dict)
     extra_failures: list[VideoFailure] = field(default_factory=list)
+    report_path: str = ""
 
     @property
     def failures(self) -> list[VideoFailure]:
-        return [f for outcome in self.stages for f in outcome.failures] + self.extra_failures
+        return [f for tally in self.stages for f in tally.failures] + self.extra_failures
+
+    def stage(self, name: str) -> StageTally:
+        """The tally of stage ``name`` (an empty one if the run did not include it)."""
+        return next((tally for tally in self.stages if tally.stage == name), StageTally(name))
+
+    def records(self, stage: str) -> list[StageRecord]:
+        """Every record of ``stage`` in this run, read back from the run report."""
+        return RunReport(Path(self.report_path)).records(stage) if self.report_path else []
 
     def hand_windows_out_of_image(self) -> int:
         """Hand windows the H5 builds of this run dropped because the wrist left the image."""
-        return sum(
-            int(record.info.get("hand_windows_out_of_image", 0))
-            for outcome in self.stages
-            if outcome.stage == "h5_build"
-            for record in outcome.records
-        )
+        return int(self.stage("h5_build").info_totals.get("hand_windows_out_of_image", 0))
 
     def to_markdown(self) -> str:
         """The ``run-summary`` artifact: counts, failures with reasons, statistics, output."""
@@ -91,20 +218,27 @@ class RunSummary:
             f"- failures: **{len(self.failures)}**",
             f"- hand windows dropped, wrist outside the image: **{self.hand_windows_out_of_image()}**",
             f"- output: `{self.dataset_dir}`",
-            "",
-            "## Stages",
-            "",
-            "| stage | done | skipped | failed | seconds |",
-            "|---|---|---|---|---|",
         ]
-        for outcome in self.stages:
-            done = sum(r.status == "done" for r in outcome.records)
-            skipped = sum(r.status == "skipped" for r in outcome.records)
-            failed = len(outcome.failures)
-            lines.append(f"| {outcome.stage} | {done} | {skipped} | {failed} | {outcome.seconds():.1f} |")
-        if self.failures:
+        if self.report_path:
+            read = "`pandas.read_json(path, lines=True)`"
+            lines.append(f"- every video of this run: `{self.report_path}` (JSON lines: {read})")
+        lines += ["", "## Stages", "", "| stage | done | skipped | failed | seconds |", "|---|---|---|---|---|"]
+        for tally in self.stages:
+            lines.append(f"| {tally.stage} | {tally.done} | {tally.skipped} | {tally.failed} | {tally.seconds:.1f} |")
+        failures = self.failures
+        if failures:
             lines += ["", "## Failures", "", "| video | stage | kind | reason |", "|---|---|---|---|"]
-            lines += [f"| {f.video_id} | {f.stage} | {f.kind} | {f.reason.replace('|', '/')} |" for f in self.failures]
+            lines += [
+                f"| {f.video_id} | {f.stage} | {f.kind} | {f.reason.replace('|', '/')} |"
+                for f in failures[:MAX_FAILURE_ROWS]
+            ]
+            if len(failures) > MAX_FAILURE_ROWS:
+                lines.append(f"\n... and {len(failures) - MAX_FAILURE_ROWS} more in the run report.")
+        built = [record.video_id for record in self.stage("h5_build").sample]  # pictures go to the first ones
+        if built and self.dataset_dir:
+            from trackset.pictures import pictures_markdown, run_pictures  # lazy: cv2, PyAV and h5py are slow to import
+
+            lines += pictures_markdown(run_pictures(Path(self.dataset_dir), built))
         if self.statistics:
             lines += ["", "## Statistics", "", "| key | value |", "|---|---|"]
             for key, value in self.statistics.items():

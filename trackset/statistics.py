@@ -30,13 +30,27 @@ import numpy as np
 import yaml
 
 from trackset.domain import check_video_id, video_id_order
-from trackset.h5_schema import TRACK_TYPE_3D
+from trackset.h5_schema import TRACK_DIMS, TRACK_TYPE_2D, TRACK_TYPE_3D
 from trackset.layout import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-#: Every statistic a video contributes, with its number of components.
+#: Every statistic a video contributes, with its number of components (of a 3D video; a 2D
+#: video's displacements have 2, and it has no depth, pose or hand samples).
 STATISTIC_DIMS: dict[str, int] = {"displacement": 3, "depth": 1, "pose": 9, "hand_uvd": 3, "hand_rot": 6}
+
+
+def statistic_dims(track_type: str) -> dict[str, int]:
+    """:data:`STATISTIC_DIMS` of a ``track_type`` video.
+
+    Examples:
+        >>> statistic_dims("2d")["displacement"], statistic_dims("3d")["displacement"]
+        (2, 3)
+    """
+    if track_type not in TRACK_DIMS:
+        raise ValueError(f"unsupported track_type {track_type!r}: expected one of {sorted(TRACK_DIMS)}")
+    return {**STATISTIC_DIMS, "displacement": TRACK_DIMS[track_type]}
+
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -64,6 +78,12 @@ STATS_YAML_KEYS: tuple[str, ...] = (
     "hand_rot_disp_std",
     "hand_pose_num_samples",
 )
+#: The keys of a 2D dataset's ``normalization_stats.yaml``: what the script's
+#: ``create_h5_dataset.py`` writes for ``track_type: 2d`` (its ``norm_stats`` before the
+#: ``if track_type == '3d'`` block; depth, pose and hand keys are 3D only), and all that y2r's
+#: ``NormalizationStats`` reads for 2D (imagenet mean and std, track type and dim,
+#: displacement mean and std of (u, v)).
+STATS_YAML_KEYS_2D: tuple[str, ...] = STATS_YAML_KEYS[:7]
 STD_FLOORED_KEY = "std_floored"
 
 
@@ -90,7 +110,6 @@ STATISTIC_KEYS: tuple[StatisticKeys, ...] = (
     StatisticKeys("hand_uvd", "hand_uvd_disp", "hand_pose_num_samples"),
     StatisticKeys("hand_rot", "hand_rot_disp", "hand_pose_num_samples"),
 )
-_TRACK_DIMS = {TRACK_TYPE_3D: 3}
 
 
 @dataclass(frozen=True, eq=False)
@@ -327,11 +346,22 @@ class VideoPartials:
         check_video_id(self.video_id)
         if not isinstance(self.fingerprint, str):
             raise ValueError(f"fingerprint must be a string, got {_brief(self.fingerprint)}")
-        for name, dim in STATISTIC_DIMS.items():
+        if not isinstance(self.displacement, Moments):
+            raise ValueError(f"displacement must be Moments, got {self.displacement!r}")
+        for name, dim in statistic_dims(self.track_type).items():
             moments = getattr(self, name)
             if not isinstance(moments, Moments) or moments.dim != dim:
                 raise ValueError(f"{name} must be Moments of dimension {dim}, got {moments!r}")
+        if self.track_type == TRACK_TYPE_2D:
+            sampled = [name for name in ("depth", "pose", "hand_uvd") if getattr(self, name).count]
+            if sampled:
+                raise ValueError(f"video {self.video_id} has 2d tracks but {', '.join(sampled)} samples")
         _check_hand_counts(self.hand_uvd, self.hand_rot, f"video {self.video_id}")
+
+    @property
+    def track_type(self) -> str:
+        """``"2d"`` when the displacements have two components (u, v), else ``"3d"``."""
+        return TRACK_TYPE_2D if self.displacement.dim == TRACK_DIMS[TRACK_TYPE_2D] else TRACK_TYPE_3D
 
     def moments(self) -> dict[str, Moments]:
         """The five statistics by name, in :data:`STATISTIC_DIMS` order."""
@@ -381,26 +411,44 @@ class VideoPartials:
             raise ValueError(f"{path}: malformed statistics partials: {exc}") from None
 
 
-def aggregate(partials: Iterable[VideoPartials]) -> dict[str, Moments]:
+def partials_track_type(path: Path) -> str:
+    """The track type a partials file records (its displacement has 2 or 3 components),
+    without validating the rest of it: what a registration needs, once per run.
+
+    Raises:
+        ValueError: the file is not partials JSON.
+    """
+    try:
+        mean = json.loads(Path(path).read_text(encoding="utf-8"))["moments"]["displacement"]["mean"]
+    except (KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: malformed statistics partials: {exc}") from None
+    return TRACK_TYPE_2D if len(mean) == TRACK_DIMS[TRACK_TYPE_2D] else TRACK_TYPE_3D
+
+
+def aggregate(partials: Iterable[VideoPartials], track_type: str = TRACK_TYPE_3D) -> dict[str, Moments]:
     """Merge every video's moments, statistic by statistic, in sorted video-id order.
 
     The order is fixed here, not by the caller, because floating point merges differ in the
     last bits with the order and the statistics YAML must be byte-identical across runs.
 
     Raises:
-        ValueError: when a video id appears twice (it would be counted twice).
+        ValueError: when a video id appears twice (it would be counted twice), or a video's
+            tracks are not of ``track_type`` (2D and 3D videos never share statistics).
 
     Examples:
-        >>> aggregate([])["pose"].count
-        0
+        >>> aggregate([])["pose"].count, aggregate([], "2d")["displacement"].dim
+        (0, 2)
     """
     ordered = sorted(partials, key=lambda p: video_id_order(p.video_id))
     for previous, current in itertools.pairwise(ordered):
         if previous.video_id == current.video_id:
             raise ValueError(f"statistics partials of video {current.video_id} given twice")
+    for item in ordered:
+        if item.track_type != track_type:
+            raise ValueError(f"video {item.video_id} has {item.track_type} tracks in a {track_type} dataset")
     return {
         name: Moments.merge_all([Moments.empty(dim), *(getattr(p, name) for p in ordered)])
-        for name, dim in STATISTIC_DIMS.items()
+        for name, dim in statistic_dims(track_type).items()
     }
 
 
@@ -422,7 +470,8 @@ def normalization_stats(
     Args:
         merged: the five statistics of :data:`STATISTIC_DIMS`, e.g. from :func:`aggregate`.
         std_floor: smallest std written (``statistics.std_floor`` setting).
-        track_type: only ``"3d"`` is produced by trackset.
+        track_type: ``"3d"``, or ``"2d"``, whose file has :data:`STATS_YAML_KEYS_2D` only
+            (displacements of (u, v); no depth, pose or hand statistics), as the scripts write it.
 
     Raises:
         ValueError: on missing, extra or wrongly sized statistics, unequal hand counts, an
@@ -436,27 +485,38 @@ def normalization_stats(
         (1.0, 1e-06, 3, ['depth_std'])
         >>> "pose_mean" in stats, "pose_std" in stats, stats["pose_num_samples"]
         (False, False, 0)
+        >>> two_d = aggregate([], "2d")
+        >>> two_d["displacement"] = Moments.of(np.array([[0.0, 0.5], [0.5, 0.0]]))
+        >>> list(normalization_stats(two_d, std_floor=1e-6, track_type="2d"))  # doctest: +NORMALIZE_WHITESPACE
+        ['imagenet_mean', 'imagenet_std', 'track_type', 'track_dim', 'displacement_mean', 'displacement_std',
+         'displacement_num_samples', 'std_floored']
     """
-    if track_type not in _TRACK_DIMS:
-        raise ValueError(f"unsupported track_type {track_type!r}: expected one of {sorted(_TRACK_DIMS)}")
+    dims = statistic_dims(track_type)
     if not (np.isfinite(std_floor) and std_floor > 0):
         raise ValueError(f"std_floor must be a positive finite number, got {std_floor!r}")
-    if set(merged) != set(STATISTIC_DIMS):
-        raise ValueError(f"expected statistics {sorted(STATISTIC_DIMS)}, got {sorted(merged)}")
-    for name, dim in STATISTIC_DIMS.items():
+    if set(merged) != set(dims):
+        raise ValueError(f"expected statistics {sorted(dims)}, got {sorted(merged)}")
+    for name, dim in dims.items():
         if merged[name].dim != dim:
             raise ValueError(f"statistic {name} must have dimension {dim}, got {merged[name].dim}")
     _check_hand_counts(merged["hand_uvd"], merged["hand_rot"], "merged statistics")
+    keys = STATS_YAML_KEYS_2D if track_type == TRACK_TYPE_2D else STATS_YAML_KEYS
+    if track_type == TRACK_TYPE_2D:
+        sampled = [name for name in ("depth", "pose", "hand_uvd") if merged[name].count]
+        if sampled:
+            raise ValueError(f"a 2d dataset has no {', '.join(sampled)} samples, got some")
 
     values: dict[str, Any] = {
         "imagenet_mean": list(IMAGENET_MEAN),
         "imagenet_std": list(IMAGENET_STD),
         "track_type": track_type,
-        "track_dim": _TRACK_DIMS[track_type],
+        "track_dim": TRACK_DIMS[track_type],
     }
     floored: list[str] = []
     empty: list[str] = []
     for name, prefix, count_key in STATISTIC_KEYS:
+        if count_key not in keys:
+            continue
         moments = merged[name]
         values[count_key] = moments.count
         if moments.count == 0:
@@ -475,7 +535,7 @@ def normalization_stats(
         logger.warning("statistic %s has no samples: its mean and std are left out, with 0 samples", name)
     if floored:
         logger.warning("std below std_floor=%g raised to it: %s", std_floor, ", ".join(floored))
-    return {key: values[key] for key in (*STATS_YAML_KEYS, STD_FLOORED_KEY) if key in values}
+    return {key: values[key] for key in (*keys, STD_FLOORED_KEY) if key in values}
 
 
 def per_video_moments(
@@ -525,6 +585,21 @@ def per_video_moments(
         "hand_uvd": _moments_of_rows(hand_uvd_displacements, STATISTIC_DIMS["hand_uvd"]),
         "hand_rot": _moments_of_rows(hand_rot_displacements, STATISTIC_DIMS["hand_rot"]),
     }
+
+
+def per_video_moments_2d(displacements: Sequence[np.ndarray]) -> dict[str, Moments]:
+    """One 2D video's moments from its H5 values: every ``(u, v)`` displacement row of every
+    window (step 0 included), as for 3D; the other statistics are empty.
+
+    Examples:
+        >>> m = per_video_moments_2d([np.zeros((2, 3, 2))])
+        >>> m["displacement"].count, m["displacement"].dim, m["depth"].count
+        (6, 2, 0)
+    """
+    dims = statistic_dims(TRACK_TYPE_2D)
+    out = {name: Moments.empty(dim) for name, dim in dims.items()}
+    out["displacement"] = _moments_of_rows(displacements, dims["displacement"])
+    return out
 
 
 def _moments_of_rows(blocks: np.ndarray | Sequence[np.ndarray], dim: int) -> Moments:

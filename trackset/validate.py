@@ -9,8 +9,11 @@ is every kept wrist's (FORMATS.md's in-image rule, unless ``h5.hands_in_image`` 
 Per dataset: every H5 has its statistics partials and vice versa, and
 ``normalization_stats.yaml`` has exactly the keys trackset writes (FORMATS.md's, less the
 mean and std of a statistic without samples) and equals the statistics merged from the
-partials. With ``deep=True`` each video's moments are also recomputed from its H5 and
-compared with its partials (slow: it reads every value of every file).
+partials. A 2D dataset (``track_type: 2d``, recorded by the directory itself:
+:func:`trackset.track_type.recorded_track_type`) is checked against its own layout: no
+depth, intrinsics, poses or hands, ``(u, v)`` points, the 2D statistics keys. With
+``deep=True`` each video's moments are also recomputed from its H5 and compared with its
+partials (slow: it reads every value of every file).
 
 Nothing here raises on a bad dataset: every finding is a :class:`Problem` that names the
 file, so one corrupt file never hides the others. Files are read one at a time, and within a
@@ -54,7 +57,9 @@ from trackset.statistics import (
     aggregate,
     normalization_stats,
     per_video_moments,
+    per_video_moments_2d,
 )
+from trackset.track_type import recorded_track_type
 
 STATS_RTOL = 1e-12
 """Relative tolerance between the YAML and the merged partials (DECISIONS.md, "Determinism")."""
@@ -149,6 +154,8 @@ def validate_dataset(dataset_dir: Path, h5: H5Settings, std_floor: float, deep: 
         report.add(str(dataset_dir), "open", "not a directory")
         return report
     layout = DatasetLayout(dataset_dir)
+    recorded = recorded_track_type(layout)
+    track_type = recorded[0] if recorded is not None else h5.track_type
 
     video_ids: list[str] = []
     for path in sorted(dataset_dir.glob("*.hdf5")):
@@ -167,7 +174,7 @@ def validate_dataset(dataset_dir: Path, h5: H5Settings, std_floor: float, deep: 
 
     for video_id in video_ids:
         name = layout.h5(video_id).name
-        moments = _check_h5(layout.h5(video_id), name, h5, deep, report)
+        moments = _check_h5(layout.h5(video_id), name, h5, deep, report, track_type)
         if video_id not in partial_ids:
             report.add(name, "partials", f"no partials/{video_id}.json: the video is missing from the statistics")
         elif deep and moments is not None and video_id in partials:
@@ -177,7 +184,7 @@ def validate_dataset(dataset_dir: Path, h5: H5Settings, std_floor: float, deep: 
             _relative(layout.partials(video_id), dataset_dir), "partials", f"no {video_id}.hdf5 for these partials"
         )
 
-    _check_stats_yaml(layout, partials, unreadable, std_floor, report)
+    _check_stats_yaml(layout, partials, unreadable, std_floor, report, track_type)
     return report
 
 
@@ -206,9 +213,11 @@ def _read_partials(
 # ----------------------------------------------------------------------------- one H5 file
 
 
-def _check_h5(path: Path, name: str, h5: H5Settings, deep: bool, report: ValidationReport) -> dict[str, Moments] | None:
+def _check_h5(
+    path: Path, name: str, h5: H5Settings, deep: bool, report: ValidationReport, track_type: str = "3d"
+) -> dict[str, Moments] | None:
     """Check one H5 file into ``report``; return its recomputed moments when ``deep`` and valid."""
-    checker = _H5Checker(name, h5, deep)
+    checker = _H5Checker(name, h5, deep, track_type)
     try:
         f = h5py.File(path, "r")
     except Exception as exc:
@@ -242,8 +251,10 @@ class _Windows:
 class _H5Checker:
     """Checks of one open H5 file, collecting problems instead of raising."""
 
-    def __init__(self, name: str, h5: H5Settings, deep: bool) -> None:
+    def __init__(self, name: str, h5: H5Settings, deep: bool, track_type: str = schema.TRACK_TYPE_3D) -> None:
         self.name = name
+        self.track_type = track_type
+        self.three_d = track_type == schema.TRACK_TYPE_3D
         self.size = h5.target_size
         # Clipping happens in float32, so the bounds are the float32 roundings of the settings,
         # widened by one ulp to accept a clip done in float64 and rounded afterwards.
@@ -331,8 +342,9 @@ class _H5Checker:
         if not isinstance(root, h5py.Group):
             self.add("layout", f"{schema.ROOT}: missing group")
             return
-        for key in sorted(set(root) - schema.ROOT_KEYS):
-            self.add("layout", f"{root_path(key)}: not part of the FORMATS.md layout")
+        allowed = schema.ROOT_KEYS if self.three_d else schema.ROOT_KEYS_2D
+        for key in sorted(set(root) - allowed):
+            self.add("layout", f"{root_path(key)}: not part of the FORMATS.md {self.track_type} layout")
         size = self.size
 
         frames = None
@@ -346,11 +358,11 @@ class _H5Checker:
         frames = frames if frames is not None else num_frames
         self.num_frames = frames
 
-        depth = self.dataset(root, schema.DEPTH)
+        depth = self.dataset(root, schema.DEPTH) if self.three_d else None
         if depth is not None and self.expect(depth, _DEPTH, (frames, size, size), np.float32):
             self.check_depth(depth)
 
-        intrinsics = self.dataset(root, schema.INTRINSICS)
+        intrinsics = self.dataset(root, schema.INTRINSICS) if self.three_d else None
         if intrinsics is not None and self.expect(intrinsics, _INTRINSICS, (3, 3), np.float32):
             k = intrinsics[()].astype(np.float64)
             if not np.isfinite(k).all():
@@ -367,8 +379,11 @@ class _H5Checker:
         if track_type is not None:
             value = track_type[()] if track_type.shape == () else None
             value = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-            if value != schema.TRACK_TYPE_3D:
-                self.add("value", f"{root_path(schema.TRACK_TYPE)}: {value!r}, expected {schema.TRACK_TYPE_3D!r}")
+            if value != self.track_type:
+                self.add(
+                    "value",
+                    f"{root_path(schema.TRACK_TYPE)}: {value!r}, expected the dataset's {self.track_type!r}",
+                )
         text = self.dataset(root, schema.TEXT, required=False)
         if text is not None and (text.shape != () or text.dtype.kind not in "OSU"):
             self.add("dtype", f"{root_path(schema.TEXT)}: {text.dtype} of shape {text.shape}, expected a string scalar")
@@ -451,11 +466,12 @@ class _H5Checker:
         # One listing of the group's names: every h5py lookup costs tens of microseconds,
         # and a long video has hundreds of windows.
         present = set(group)
-        for extra in sorted(present - schema.WINDOW_KEYS):
-            self.window_issue("layout", extra, "not part of the FORMATS.md layout", key)
+        shapes = schema.window_shapes(self.track_type)
+        for extra in sorted(present - (schema.WINDOW_KEYS if self.three_d else set(shapes))):
+            self.window_issue("layout", extra, f"not part of the FORMATS.md {self.track_type} layout", key)
         sizes = {schema.STEPS: length}  # POINTS is bound by the first dataset that has it
         arrays: dict[str, np.ndarray] = {}
-        for name, shape in schema.WINDOW_SHAPES.items():
+        for name, shape in shapes.items():
             item = group[name] if name in present else None
             if not isinstance(item, h5py.Dataset):
                 self.window_issue("layout", name, "missing" if item is None else "a group, expected a dataset", key)
@@ -463,12 +479,13 @@ class _H5Checker:
             if self.window_dataset_ok(item, name, shape, sizes, key):
                 arrays[name] = item[()]
                 sizes.update(schema.bound_sizes(shape, item.shape, sizes))
-        if len(arrays) == len(schema.WINDOW_SHAPES):
+        if len(arrays) == len(shapes):
             windows.names.append(key)
             windows.query_coords.append(arrays[schema.QUERY_COORDS])
             windows.displacements.append(arrays[schema.DISPLACEMENTS])
-            windows.poses.append(arrays[schema.POSES])
-        for side in HAND_SIDES:
+            if self.three_d:
+                windows.poses.append(arrays[schema.POSES])
+        for side in HAND_SIDES if self.three_d else ():
             names = {suffix: schema.hand_key(side, suffix) for suffix in schema.HAND_SHAPES}
             missing = [name for name in names.values() if name not in present]
             if len(missing) == len(names):
@@ -513,6 +530,7 @@ class _H5Checker:
         names = windows.names
         if names:
             self.check_points(windows)
+        if names and self.three_d:
             poses = np.stack(windows.poses).astype(np.float64)  # (W,L,9)
             nonfinite = (~np.isfinite(poses)).sum(axis=(1, 2))
             self.per_window("finite", schema.POSES, nonfinite, names, "non-finite values: {}")
@@ -540,8 +558,11 @@ class _H5Checker:
         names = windows.names
         counts = np.array([q.shape[0] for q in windows.query_coords])
         owner = np.repeat(np.arange(len(names)), counts)  # window of each point
-        query = np.concatenate(windows.query_coords).astype(np.float64)  # (M,3)
-        disp = np.concatenate(windows.displacements, axis=1).astype(np.float64)  # (L,M,3)
+        query = np.concatenate(windows.query_coords).astype(np.float64)  # (M,3), or (M,2) in 2D
+        disp = np.concatenate(windows.displacements, axis=1).astype(np.float64)  # (L,M,3), or (L,M,2)
+        if not self.three_d:  # no depth: the depth rules below see a depth that passes them
+            query = np.concatenate([query, np.full((len(query), 1), self.depth_min)], axis=1)
+            disp = np.concatenate([disp, np.zeros((*disp.shape[:2], 1))], axis=2)
 
         def by_window(bad_points: ArrayLike) -> np.ndarray:
             return np.bincount(owner, weights=bad_points, minlength=len(names)).astype(np.int64)
@@ -631,6 +652,8 @@ class _H5Checker:
         them. Float64 copies of float32 values give the same moments bit for bit."""
         if self.problems or self._window_issues:
             return None  # values that failed a check make no comparable moments
+        if not self.three_d:
+            return per_video_moments_2d(windows.displacements)
         sides = [side for side in HAND_SIDES if side in hands]
         return per_video_moments(
             self.depth_moments,
@@ -678,6 +701,7 @@ def _check_stats_yaml(
     unreadable: list[str],
     std_floor: float,
     report: ValidationReport,
+    track_type: str = "3d",
 ) -> None:
     name = layout.stats_yaml.name
     if not layout.stats_yaml.is_file():
@@ -695,7 +719,7 @@ def _check_stats_yaml(
         report.add(name, "stats", f"not compared: partials of {', '.join(unreadable)} are unreadable")
         return
     try:
-        expected = normalization_stats(aggregate(partials.values()), std_floor)
+        expected = normalization_stats(aggregate(partials.values(), track_type), std_floor, track_type)
     except ValueError as exc:
         report.add(name, "stats", f"not compared: the partials do not merge: {_first_line(exc)}")
         return

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -44,23 +45,72 @@ def visible_gpu() -> int | None:
     return int(first) if first.isdigit() else None
 
 
-def describe_worker(work_dir: str) -> dict[str, Any]:
-    """This worker's host, pid, GPU, trackset version, Prefect API and view of the work dir."""
-    folder = Path(work_dir)
-    if not folder.is_dir():
-        work_dir_problem = f"cannot see the work directory {work_dir}"
-    elif not os.access(folder, os.R_OK | os.W_OK | os.X_OK):
-        work_dir_problem = f"cannot read and write the work directory {work_dir}"
-    else:
-        work_dir_problem = ""
+def path_problems(readable: list[str], writable: list[str]) -> list[str]:
+    """What this process cannot do with the run's folders (they must be shared storage).
+
+    Examples:
+        >>> path_problems(["/no/such/videos"], [])
+        ['cannot see /no/such/videos']
+    """
+    problems = []
+    for folder, mode, verb in [(p, os.R_OK | os.X_OK, "read") for p in readable] + [
+        (p, os.R_OK | os.W_OK | os.X_OK, "read and write") for p in writable
+    ]:
+        if not Path(folder).is_dir():
+            problems.append(f"cannot see {folder}")
+        elif not os.access(folder, mode):
+            problems.append(f"cannot {verb} {folder}")
+    return problems
+
+
+def api_problem(api_url: str, timeout_s: float = 5.0) -> str:
+    """Why this process cannot reach the Prefect API at ``api_url``, or "" when it can."""
+    try:
+        with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=timeout_s) as answer:
+            return "" if answer.status == 200 else f"the Prefect API at {api_url} answered {answer.status}"
+    except (OSError, ValueError) as exc:
+        return f"cannot reach the Prefect API at {api_url} ({exc})"
+
+
+def describe_worker(readable: list[str], writable: list[str], api_url: str) -> dict[str, Any]:
+    """This worker's host, pid, GPU and trackset version, and what stops it working for the run:
+    folders it cannot see (``readable``, ``writable``) and the flow's Prefect API out of reach."""
+    problems = path_problems(readable, writable)
+    if api_url:
+        problem = api_problem(api_url)
+        if problem:
+            problems.append(problem)
+    gpu = visible_gpu()
     return {
         "host": socket.gethostname(),
         "pid": os.getpid(),
-        "gpu": visible_gpu(),
+        "gpu": gpu,
+        "gpu_uuid": gpu_uuid(gpu) if gpu is not None else None,
         "version": trackset.__version__,
-        "api_url": os.environ.get("PREFECT_API_URL", ""),
-        "work_dir_problem": work_dir_problem,
+        "problems": problems,
     }
+
+
+def gpu_uuid(index: int) -> str | None:
+    """The NVML UUID of GPU ``index`` as this process sees it; None without NVML (fake GPUs).
+
+    Two SLURM jobs on one host each see their own GPU as index 0: the UUID tells them apart.
+    """
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:  # no driver: fake GPUs are told apart by index
+        return None
+    try:
+        uuid = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(index))
+        return uuid.decode() if isinstance(uuid, bytes) else str(uuid)
+    except pynvml.NVMLError:
+        return None
+    finally:
+        pynvml.nvmlShutdown()
 
 
 def current_gpu(cluster: ClusterSettings, work_dir: str) -> GpuInfo:

@@ -203,11 +203,14 @@ class PrefectServer:
 
 
 def artifacts_by_key(client: SyncPrefectClient, flow_run_id: UUID) -> dict[str, Artifact]:
-    """Artifacts of a flow run and its subflows (``memory-profile-*`` come from ``profile-memory``)."""
-    subflows = client.read_flow_runs(
-        flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id]))
-    )
-    run_ids = [flow_run_id, *(run.id for run in subflows)]
+    """Artifacts of a flow run and its subflows at any depth (``waves``, then ``profile-memory``)."""
+    run_ids, frontier = [flow_run_id], [flow_run_id]
+    while frontier:
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier))
+        )
+        frontier = [run.id for run in children]
+        run_ids += frontier
     artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=run_ids)))
     return {artifact.key: artifact for artifact in artifacts if artifact.key}
 

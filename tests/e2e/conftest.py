@@ -43,6 +43,7 @@ LEAN_DASK: dict[str, Any] = {
     },
     "synthetic": {
         "depth_camera": {"model_mb": 2000, "per_video_mb": 200, "per_frame_mb": 4},
+        "object_masks": {"model_mb": 1000, "per_video_mb": 100, "per_frame_mb": 1},
         "tracks_3d": {"model_mb": 1000, "per_video_mb": 100, "per_frame_mb": 2},
         "hands": {"model_mb": 500, "per_video_mb": 50, "per_frame_mb": 1},
     },

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from pathlib import Path
 from uuid import UUID
@@ -32,8 +33,10 @@ from tests.e2e import (
     upcoming_auto_scheduled_runs,
     video_ids,
 )
-from trackset.domain import STAGE_ORDER, stage_slug
-from trackset.stages.registry import GPU_STAGES
+from trackset.domain import stage_slug
+from trackset.run_report import RunReport
+from trackset.settings import Settings
+from trackset.stages.registry import GPU_STAGES, enabled_stages
 
 pytestmark = pytest.mark.slow
 
@@ -58,9 +61,10 @@ def manifest_sources(dataset: Path) -> dict[str, str]:
     return {line["video_id"]: line["source"] for line in lines if line.get("kind") == "video"}
 
 
-def table_statuses(artifact: Artifact) -> dict[str, str]:
-    """Video -> status of a ``stage-<stage>`` table artifact."""
-    return {row["video"]: row["status"] for row in json.loads(artifact.data)}
+def report_statuses(summary: Artifact, stage: str) -> dict[str, str]:
+    """Video -> status of ``stage`` in the run report the ``run-summary`` artifact names."""
+    [path] = re.findall(r"every video of this run: `([^`]+)`", summary.data)
+    return {record.video_id: record.status for record in RunReport(Path(path)).records(stage)}
 
 
 def completed_run(server: PrefectServer, flow_run_id: UUID) -> tuple[FlowRun, dict[str, Artifact]]:
@@ -98,20 +102,23 @@ def test_manual_run_builds_the_dataset_and_publishes_every_artifact(deployed: Pr
     assert all((dataset / f"{vid}.hdf5").is_file() for vid in video_ids(0, BASE_VIDEOS))
     assert yaml.safe_load((dataset / STATS).read_text())["pose_num_samples"] > 0
 
-    slugs = [stage_slug(stage) for stage in STAGE_ORDER]
+    stages = enabled_stages(Settings())
+    gpu_stages = [stage for stage in stages if stage in GPU_STAGES]
+    slugs = [stage_slug(stage) for stage in stages]
     expected = {"run-summary"} | {f"progress-{s}" for s in slugs} | {f"stage-{s}" for s in slugs}
-    expected |= {f"memory-profile-{stage_slug(stage)}" for stage in GPU_STAGES}  # Dask runner only
+    expected |= {f"memory-profile-{stage_slug(stage)}" for stage in gpu_stages}  # Dask runner only
     assert expected <= set(artifacts), f"missing artifacts: {sorted(expected - set(artifacts))}"
     assert {artifacts[f"progress-{s}"].data for s in slugs} == {100}
-    for slug in slugs:
-        assert table_statuses(artifacts[f"stage-{slug}"]) == dict.fromkeys(video_ids(0, BASE_VIDEOS), "done"), slug
+    for stage in stages:
+        statuses = report_statuses(artifacts["run-summary"], stage)
+        assert statuses == dict.fromkeys(video_ids(0, BASE_VIDEOS), "done"), stage
     summary = artifacts["run-summary"].data
     assert f"videos in dataset: **{BASE_VIDEOS}**" in summary
     assert f"videos processed this run: **{BASE_VIDEOS}**" in summary
     assert "failures: **0**" in summary
     # The GPU stages ran on the pinned Dask workers (gpu<g>-w<k>), not in the flow's process.
-    for stage in GPU_STAGES:
-        workers = {row["worker"] for row in json.loads(artifacts[f"stage-{stage_slug(stage)}"].data)}
+    for stage in gpu_stages:
+        workers = {row["worker"] for row in json.loads(artifacts[f"stage-{stage_slug(stage)}"].data) if row["worker"]}
         assert workers == {"gpu0-w0"}, (stage, workers)
 
 
@@ -135,7 +142,7 @@ def test_nightly_refresh_processes_only_added_videos_and_matches_a_clean_build(
     _, artifacts = completed_run(deployed, nightly_id)
     completed_run(deployed, clean_id)
     added = video_ids(BASE_VIDEOS, BASE_VIDEOS + ADDED_VIDEOS)
-    assert table_statuses(artifacts["stage-h5-build"]) == dict.fromkeys(added, "done")
+    assert report_statuses(artifacts["run-summary"], "h5_build") == dict.fromkeys(added, "done")
     summary = artifacts["run-summary"].data
     assert f"videos in dataset: **{BASE_VIDEOS + ADDED_VIDEOS}**" in summary
     assert f"videos processed this run: **{ADDED_VIDEOS}**" in summary
@@ -156,7 +163,9 @@ def test_nightly_schedule_is_the_deploy_time_cron_and_the_server_schedules_runs(
     assert (schedule.schedule.cron, schedule.schedule.timezone, schedule.active) == ("0 2 * * *", "UTC", True)
     runs = wait_for_upcoming_runs(deployed, deployment.id, "02:00", ZoneInfo("UTC"))
     assert len(runs) >= 3  # the scheduler keeps at least three upcoming runs
-    assert all(run.parameters == {"settings_path": "settings.yaml", "overrides": {}} for run in runs)
+    # The unattended refresh runs with the stricter failure setting and a time limit.
+    nightly_overrides = {"run": {"fail_on_video_error": True}, "timeouts": {"flow_hours": 20}}
+    assert all(run.parameters == {"settings_path": "settings.yaml", "overrides": nightly_overrides} for run in runs)
 
     # docs/prefect.md: cron and timezone are chosen when deploying.
     deployed.deploy(TRACKSET_NIGHTLY_CRON="30 3 * * 1-5", TRACKSET_NIGHTLY_TIMEZONE="Europe/Berlin")

@@ -1,4 +1,4 @@
-"""The Prefect UI, in a real headless Chromium, shows a build's run summary.
+"""The Prefect UI, in a real headless Chromium, shows a build's run summary and a typed run form.
 
 A user opens the flow run, its Artifacts tab, the ``run-summary`` card, and that run's
 version of the artifact; the rendered markdown must show the run's video counts. Debian's
@@ -97,3 +97,27 @@ def test_flow_run_artifacts_tab_leads_to_the_rendered_run_summary(
     expect(markdown).to_contain_text("failures: 0")
     expect(page).to_have_url(re.compile(rf"/artifacts/artifact/{summary.id}(\?|$)"))
     page.screenshot(path=tmp_path / "3-run-summary.png", full_page=True)
+
+
+def test_the_run_form_of_the_manual_deployment_explains_the_settings(
+    browser_tools: None, deployed: PrefectServer, page: Page, tmp_path: Path
+):
+    """Deployment, Run, Custom run: the form shows the settings with their descriptions."""
+    from playwright.sync_api import expect
+
+    from trackset.settings import Settings
+
+    with deployed.client() as client:
+        deployment = client.read_deployment_by_name("build-dataset/manual")
+    h5 = Settings.model_fields["h5"]
+    target_size = h5.annotation.model_fields["target_size"]  # type: ignore[union-attr]
+
+    page.goto(f"{deployed.ui_url}/v2/deployments/deployment/{deployment.id}/run")
+    expect(page.get_by_text(str(Settings.model_fields["run"].description), exact=True)).to_be_visible()
+    page.screenshot(path=tmp_path / "1-run-form.png", full_page=True)
+    section = page.get_by_text(str(h5.description), exact=True)
+    section.scroll_into_view_if_needed()
+    expect(section).to_be_visible()
+    # A setting's own description, inside its section of the form.
+    expect(page.locator("body")).to_contain_text(str(target_size.description))
+    page.screenshot(path=tmp_path / "2-run-form-h5.png", full_page=True)

@@ -587,5 +587,5 @@ def test_the_cli_exits_1_when_the_flow_fails_on_video_errors(baseline, tmp_path,
     settings.write_text(yaml.safe_dump(overrides(root)))
     code = main(["run", "--settings", str(settings), "--set", "run.fail_on_video_error=true"])
     assert code == 1
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "zz_not_a_video.mp4" in out

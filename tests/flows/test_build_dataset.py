@@ -229,9 +229,9 @@ def test_wrist_rotations_are_true_rotations_in_window_camera_zero(built, video_i
 
 def test_hand_windows_outside_the_crop_are_counted_in_the_record_and_summary(built):
     root, summary = built
-    h5 = next(outcome for outcome in summary.stages if outcome.stage == "h5_build")
+    h5_records = summary.records("h5_build")
     total = 0
-    for record in h5.records:
+    for record in h5_records:
         scene, times = _scene_and_times(root, record.video_id)
         expected = sum(
             bool(scene.hand_valid(side, times[s : s + L]).all()) and not _hand_kept(scene, times, side, s)
@@ -304,7 +304,7 @@ def test_second_run_processes_nothing_and_rewrites_same_statistics(built):
     before = digests(root / "dataset")
     summary = build_dataset(overrides=overrides(root))
     assert summary.videos_pending == 0
-    assert all(r.status == "skipped" for outcome in summary.stages for r in outcome.records)
+    assert all(r.status == "skipped" for tally in summary.stages for r in summary.records(tally.stage))
     assert digests(root / "dataset") == before
 
 
@@ -323,7 +323,7 @@ def test_crash_and_resume_matches_a_clean_run(built, corpus, tmp_path):
     (root / "work" / "markers" / "tracks_3d" / "00002.json").unlink()
     (dataset / "partials" / "00002.json").unlink()
     summary = build_dataset(overrides=overrides(root))
-    redone = {r.video_id for o in summary.stages for r in o.records if r.status == "done"}
+    redone = {r.video_id for o in summary.stages for r in summary.records(o.stage) if r.status == "done"}
     assert redone == {"00001", "00002"}
     assert digests(dataset) == digests(clean_root / "dataset")
 
@@ -334,7 +334,7 @@ def test_changed_window_length_reruns_only_affected_stages(built, corpus, tmp_pa
     shutil.copytree(built[0] / "work", root / "work")
     shutil.copytree(built[0] / "dataset", root / "dataset")
     summary = build_dataset(overrides=overrides(root, tracks_3d={"window_length": 8}))
-    status = {o.stage: {r.status for r in o.records} for o in summary.stages}
+    status = {o.stage: {r.status for r in summary.records(o.stage)} for o in summary.stages}
     assert status["preprocess"] == status["depth_camera"] == status["hands"] == {"skipped"}
     assert status["tracks_3d"] == status["h5_build"] == {"done"}
     with h5py.File(root / "dataset" / "00000.hdf5") as f:

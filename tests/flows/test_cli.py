@@ -1,27 +1,85 @@
-"""The ``trackset`` command line: one-line errors and exit codes before any video is touched."""
+"""The ``trackset`` command line against the real flow and server: one-line errors on stderr
+and exit codes before any video is touched (every other error path:
+``tests/unit/test_cli_errors.py``), and the live display's reading of a run's progress."""
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
+
 import pytest
 
-from flows.cli import main
+from flows.cli import EXIT_BUSY, EXIT_USAGE, main
+from flows.live_progress import api_fetch
+from trackset.dataset_lock import DatasetLock
+
+
+def run_args(tmp_path, *args: str) -> list[str]:
+    videos = tmp_path / "videos"
+    return [
+        "run",
+        "--settings",
+        "settings.yaml",
+        "--set",
+        f"paths.videos_dir={videos}",
+        "--set",
+        f"paths.work_dir={tmp_path / 'work'}",
+        "--set",
+        f"paths.dataset_dir={tmp_path / 'dataset'}",
+        *args,
+    ]
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--set", "h5.target_size=0"], "settings: h5.target_size: Input should be greater than 0"),
-        (["--set", "h5.nope=1"], "settings: h5.nope: unknown key"),
+        (
+            ["--set", "h5.target_size=0"],
+            "settings: h5.target_size: Input should be greater than 0 (got 0); from --set h5.target_size=0",
+        ),
+        (["--set", "h5.nope=1"], "settings: h5.nope: unknown key; from --set h5.nope=1"),
         (["--set", "depth_camera.backend=real"], "backend 'real' for depth_camera needs the 'vipe' package"),
         (["--set", "hands.backend=real"], "backend 'real' for hands needs"),
     ],
 )
 def test_bad_settings_and_missing_models_fail_in_one_line(tmp_path, capsys, args, message):
-    videos = tmp_path / "videos"
-    code = main(["run", "--settings", "settings.yaml", "--set", f"paths.videos_dir={videos}",
-                 "--set", f"paths.dataset_dir={tmp_path / 'dataset'}", *args])
-    out = capsys.readouterr().out
-    assert code == 2
-    error_lines = [line for line in out.splitlines() if line.startswith("error:")]
+    code = main(run_args(tmp_path, *args))
+    captured = capsys.readouterr()
+    assert code == EXIT_USAGE and captured.out == ""
+    error_lines = [line for line in captured.err.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1 and message in error_lines[0]
     assert not (tmp_path / "dataset").exists()  # nothing was touched
+
+
+def test_a_dataset_held_by_another_run_exits_3_naming_the_holder(tmp_path, capsys):
+    (tmp_path / "videos").mkdir()
+    with DatasetLock(tmp_path / "dataset", flow_run_id="the-nightly-build"):
+        code = main(run_args(tmp_path, "--set", "cluster.runner=threads"))
+    captured = capsys.readouterr()
+    assert code == EXIT_BUSY
+    error_lines = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1
+    assert f"error: dataset {tmp_path / 'dataset'} is being built by another run" in error_lines[0]
+    assert "flow run the-nightly-build" in error_lines[0]
+    assert not (tmp_path / "work").exists()
+
+
+def test_the_live_display_reads_the_progress_of_runs_started_after_it():
+    from prefect import flow
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+    @flow
+    def earlier():
+        create_progress_artifact(5.0, key="progress-hands")
+
+    @flow
+    def staged():
+        create_progress_artifact(100.0, key="progress-preprocess")
+        depth = create_progress_artifact(10.0, key="progress-depth-camera")
+        update_progress_artifact(depth, 40.0)
+
+    earlier()
+    time.sleep(0.05)
+    fetch = api_fetch(datetime.now(UTC))
+    staged()
+    assert fetch() == {"preprocess": 100.0, "depth-camera": 40.0}

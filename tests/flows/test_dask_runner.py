@@ -39,10 +39,6 @@ def corpus(tmp_path_factory) -> Path:
     return root
 
 
-def stage(summary, name):
-    return next(o for o in summary.stages if o.stage == name)
-
-
 async def artifact_keys(keys: list[str]) -> set[str]:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
@@ -55,17 +51,17 @@ def test_gpu_tasks_run_pinned_round_robin_on_gpu_workers_sized_by_profile(corpus
     (tmp_path / "videos").symlink_to(corpus)
     summary = build_dataset(overrides=overrides(tmp_path))
     assert not summary.failures
-    depth = stage(summary, "depth_camera")
-    assert len(depth.records) == 6
-    for record in depth.records:
+    depth = summary.records("depth_camera")
+    assert len(depth) == 6
+    for record in depth:
         # Worker gpu{g}-w{k} saw CUDA_VISIBLE_DEVICES=g inside its own process.
         assert record.worker.startswith(f"gpu{record.gpu}-w"), (record.worker, record.gpu)
         assert record.peak_bytes == (13_000 + 1_000 + 16 * 12) * 2**20
-    assert {r.gpu for r in depth.records} == {"0", "1"}
-    workers = {r.worker for r in depth.records}
+    assert {r.gpu for r in depth} == {"0", "1"}
+    workers = {r.worker for r in depth}
     assert workers <= {f"gpu{g}-w{k}" for g in (0, 1) for k in (0, 1)}
     assert any(w.endswith("-w1") for w in workers)  # the sized cluster had 2 workers per GPU
-    assert all(r.worker.startswith("cpu-w") for r in stage(summary, "h5_build").records)
+    assert all(r.worker.startswith("cpu-w") for r in summary.records("h5_build"))
     keys = ["memory-profile-depth-camera", "stage-depth-camera", "progress-depth-camera", "run-summary"]
     assert asyncio.run(artifact_keys(keys)) == set(keys)
 
@@ -74,11 +70,11 @@ def test_a_worker_that_cannot_load_its_model_does_not_stop_the_others(corpus, tm
     (tmp_path / "videos").symlink_to(corpus)
     preload = str(Path(__file__).with_name("preload_broken_gpu1.py"))
     summary = build_dataset(overrides=overrides(tmp_path, cluster={"worker_preload": [preload]}))
-    depth = stage(summary, "depth_camera")
-    assert depth.records, "the GPU 0 workers kept processing"
-    assert all(r.gpu == "0" for r in depth.records)
-    assert depth.failures, "the GPU 1 workers' videos are reported, not lost"
-    assert all("weights unreadable on worker gpu1-" in f.reason for f in depth.failures)
+    depth, failures = summary.records("depth_camera"), summary.stage("depth_camera").failures
+    assert depth, "the GPU 0 workers kept processing"
+    assert all(r.gpu == "0" for r in depth)
+    assert failures, "the GPU 1 workers' videos are reported, not lost"
+    assert all("weights unreadable on worker gpu1-" in f.reason for f in failures)
     landed = sorted(p.stem for p in (tmp_path / "dataset").glob("*.hdf5"))
-    assert landed == sorted(r.video_id for r in depth.records)
-    assert len(landed) + len(depth.failures) == 6
+    assert landed == sorted(r.video_id for r in depth)
+    assert len(landed) + len(failures) == 6

@@ -2,15 +2,9 @@
 
 A normal trackset build of a synthetic corpus (a camera turning about every axis, hands
 rotating about every axis) is the reference. Its intermediates are then rewritten as the
-scripts produce them, from the scene's ground truth:
-
-- PNG frames, numpy arrays inside the ``.pt`` files, the scripts' keys;
-- ``window_poses`` = X_k = E_s^-1 E_{s+k} computed in float32 from the depth file, as
-  ``relativize_poses`` does, and 3D points as an ideal tracker reports them when given X_k
-  as its world->camera extrinsics (``process_tapip3d.py``): q_k = X_k^-1 c_k, with c_k the
-  true point in camera s+k;
-- left-hand rotations as WiLoR reports them (``process_wilor.py`` stores them mirrored,
-  M R M with M = diag(-1, 1, 1)).
+scripts produce them, from the scene's ground truth (:mod:`trackset.synthetic.script_format`:
+PNG frames, a compressed depth npz, numpy arrays inside the ``.pt`` files, the scripts'
+poses and mirrored left hands).
 
 Importing them must give the reference's H5 files within float32 rounding: same windows,
 points, poses and hands. Expectations use numpy on the scene's parameters only.
@@ -18,26 +12,22 @@ points, poses and hands. Expectations use numpy on the scene's parameters only.
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
-import cv2
 import h5py
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from flows.build_dataset import build_dataset
 from flows.cli import main as cli_main
 from tests.flows.helpers import paths_under
-from trackset.synthetic.corpus import encode_scene, load_scene_for, video_seed
+from trackset.synthetic.corpus import encode_scene, video_seed
 from trackset.synthetic.scene import SceneSpec
+from trackset.synthetic.script_format import write_script_format
 
 # Seed 4 at 14 frames: video 00000 has both hands in the crop for full windows.
 NUM_VIDEOS, NUM_FRAMES, SEED = 2, 14, 4
-MIRROR = np.diag([-1.0, 1.0, 1.0])
 ATOL = 2e-6  # float32 rounding of metre-scale points and unit rotations, a few ulps
 
 
@@ -45,79 +35,9 @@ def run_overrides(root: Path) -> dict:
     return {"paths": paths_under(root), "cluster": {"runner": "threads"}}
 
 
-def scene_times(root: Path, index: int) -> tuple[SceneSpec, np.ndarray]:
-    """The scene of video ``index`` and the source times of its kept frames."""
-    meta = json.loads((root / "work" / "frames" / f"{index:05d}" / "meta.json").read_text())
-    return load_scene_for(root / "videos" / f"clip_{index:03d}.mp4"), np.asarray(meta["timestamps_s"])
-
-
-def script_tracks(work: Path, video_id: str, scene: SceneSpec, times: np.ndarray) -> dict:
-    """``tracks_3d/<vid>.pt`` as process_tapip3d.py writes it, from an ideal tracker."""
-    native = torch.load(work / "tracks_3d" / f"{video_id}.pt", weights_only=True)
-    with np.load(work / "vipe" / f"{video_id}.npz") as vipe:
-        stored = vipe["extrinsics"]  # float32, what the scripts load
-    truth = scene.extrinsics(times)
-    tracks, window_poses = [], []
-    for (s, e), points in zip(native["windows"], native["tracks"], strict=True):
-        x = np.stack([np.linalg.inv(stored[s]) @ stored[k] for k in range(s, e)])  # float32, relativize_poses
-        camera0 = points[0].double().numpy()  # the true points of steps s..e-1 in camera s
-        ideal = []
-        for k, step in enumerate(camera0):
-            seen = (truth[s + k] @ np.linalg.inv(truth[s]))[:3]  # camera s -> camera s+k
-            c_k = step @ seen[:, :3].T + seen[:, 3]
-            world = np.linalg.inv(x[k].astype(np.float64))  # TAPIP3D's world of step k
-            ideal.append(c_k @ world[:3, :3].T + world[:3, 3])
-        tracks.append(torch.from_numpy(np.stack(ideal).astype(np.float32))[None])
-        window_poses.append(x)
-    return {
-        "tracks": tracks,
-        "windows": native["windows"],
-        "window_poses": window_poses,
-        "global_frame0_pose": np.stack([np.linalg.inv(stored[0]) @ stored[s] for s, _ in native["windows"]]),
-        "intrinsics": native["intrinsics"].numpy(),
-        "video_name": video_id,
-        "window_length": native["window_length"],
-        "stride": native["stride"],
-        "grid_size": 64,
-        "num_frames": native["num_frames"],
-        "resolution": native["resolution"],
-    }
-
-
-def script_hands(video_id: str, scene: SceneSpec, times: np.ndarray, intrinsics: np.ndarray) -> dict:
-    """``hand_poses/<vid>.pt`` as process_wilor.py writes it: numpy, left rotations mirrored."""
-    extrinsics = scene.extrinsics(times)
-    result: dict = {"video_name": video_id, "num_frames": NUM_FRAMES, "intrinsics": intrinsics}
-    for side in ("left", "right"):
-        valid = scene.hand_valid(side, times)
-        wrist = extrinsics @ scene.wrist_poses_world(side, times)  # in the camera of each frame
-        if side == "left":
-            wrist[:, :3, :3] = MIRROR @ wrist[:, :3, :3] @ MIRROR  # WiLoR's global_orient of a left hand
-        wrist[~valid] = np.nan
-        result[f"{side}_valid"] = valid
-        result[f"{side}_wrist_pose"] = wrist.astype(np.float32)
-        fingers = np.zeros((NUM_FRAMES, 15, 3, 3), np.float32)
-        fingers[~valid] = np.nan
-        result[f"{side}_hand_pose"] = fingers
-        result[f"{side}_joints_3d"] = np.full((NUM_FRAMES, 21, 3), np.nan, np.float32)
-        result[f"{side}_betas"] = np.zeros(10, np.float32)
-    return result
-
-
 def to_script_format(root: Path, out: Path, index: int) -> None:
-    """Rewrite one video's intermediates the way the script pipeline stores them."""
-    video_id, work = f"{index:05d}", root / "work"
-    scene, times = scene_times(root, index)
-    frames = np.load(work / "frames" / video_id / "frames.npy")
-    (out / "frames" / video_id).mkdir(parents=True)
-    for number, frame in enumerate(frames):
-        cv2.imwrite(str(out / "frames" / video_id / f"{number:05d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    for folder in ("vipe", "tracks_3d", "hand_poses"):
-        (out / folder).mkdir(exist_ok=True)
-    shutil.copy(work / "vipe" / f"{video_id}.npz", out / "vipe" / f"{video_id}.npz")
-    tracks = script_tracks(work, video_id, scene, times)
-    torch.save(tracks, out / "tracks_3d" / f"{video_id}.pt")
-    torch.save(script_hands(video_id, scene, times, tracks["intrinsics"]), out / "hand_poses" / f"{video_id}.pt")
+    """Rewrite one video of the reference build the way the script pipeline stores it."""
+    write_script_format(root / "videos" / f"clip_{index:03d}.mp4", root / "work", f"{index:05d}", out)
 
 
 @pytest.fixture(scope="module")
@@ -188,8 +108,7 @@ def test_import_of_script_intermediates_equals_a_native_build(pipeline_run, tmp_
         for side in hands_seen:
             hands_seen[side] += sum(key.endswith(f"{side}_wrist_query_rot_6d") for key in native)
     assert hands_seen["left"] > 0 and hands_seen["right"] > 0
-    h5 = next(outcome for outcome in summary.stages if outcome.stage == "h5_build")
-    assert {record.info["input_conventions"] for record in h5.records} == {"script"}
+    assert {record.info["input_conventions"] for record in summary.records("h5_build")} == {"script"}
 
     manifest = (tmp_path / "dataset" / "manifest.jsonl").read_text()
     assert '"video_id":"00000"' in manifest and "import:" in manifest

@@ -63,7 +63,8 @@ def test_three_waves_give_the_bytes_of_one_and_land_early_h5_files_first(corpus,
     last_depth = (root / "work" / "vipe" / f"{vid(2)}.npz").stat().st_mtime_ns
     assert first_h5 < last_depth
     for outcome in summary.stages:  # every stage saw every video exactly once
-        assert sorted(r.video_id for r in outcome.records) == [vid(i) for i in range(NUM_VIDEOS)], outcome.stage
+        got = sorted(r.video_id for r in summary.records(outcome.stage))
+        assert got == [vid(i) for i in range(NUM_VIDEOS)], outcome.stage
 
 
 def test_without_kept_intermediates_nothing_remains_and_a_changed_setting_recomputes_from_source(
@@ -76,13 +77,13 @@ def test_without_kept_intermediates_nothing_remains_and_a_changed_setting_recomp
     assert sorted(p.stem for p in (root / "dataset").glob("*.hdf5")) == [vid(i) for i in range(NUM_VIDEOS)]
 
     again = build_dataset(overrides=lean)
-    assert again.videos_pending == 0 and all(not o.records for o in again.stages)
+    assert again.videos_pending == 0 and all(not again.records(o.stage) for o in again.stages)
 
     shorter = merge_sections(lean, {"tracks_3d": {"window_length": 6}})
     with caplog.at_level("INFO"):
         changed = build_dataset(overrides=shorter)
     for outcome in changed.stages:  # everything from the source: the intermediates were gone
-        assert {r.status for r in outcome.records} == {"done"}, outcome.stage
+        assert {r.status for r in changed.records(outcome.stage)} == {"done"}, outcome.stage
     assert "preprocess: 2 videos recompute from their source" in caplog.text
     clean = fresh(corpus, tmp_path / "clean")
     build_dataset(overrides=merge_sections(overrides(clean), {"tracks_3d": {"window_length": 6}}))
@@ -110,7 +111,7 @@ def test_ids_past_99999_build_end_to_end_and_load_in_the_readers_order(corpus, t
     summary = build_dataset(overrides=overrides(root, run={"wave_size": 2}))
     assert not summary.failures
     expected = ["99998", "99999", "100000"]
-    assert sorted(r.video_id for r in summary.stages[-1].records) == sorted(expected)
+    assert sorted(r.video_id for r in summary.records("h5_build")) == sorted(expected)
     report = validate_dataset(root / "dataset", Settings(h5={"target_size": 64}).h5, 1e-6)
     assert report.ok, report.problems
     loaded = load_y2r(root / "dataset")

@@ -293,9 +293,7 @@ def wrist_at(u: float, v: float, depth: float = 1.0 + 0.02) -> np.ndarray:
     return np.array([(u - 32) / 50 * depth, (v - 24) / 50 * depth, depth])
 
 
-def test_wilor_right_hand_depth_jump_dropped_then_interpolated(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_wilor_right_hand_depth_jump_dropped_then_interpolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     result, state, frames = run_wilor(monkeypatch, tmp_path)
     right = result.right
     assert right.valid.all()
@@ -399,24 +397,53 @@ def _checkpoint(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     ("module", "missing", "overrides", "expected"),
     [
-        (vipe, ["vipe"], {"depth_camera": {"backend": "real"}},
-         "backend 'real' for depth_camera needs the 'vipe' package (pip install nvidia-vipe, see docs/real-models.md);"
-         " set depth_camera.backend: synthetic to run without it"),
-        (vipe, [], {"depth_camera": {"backend": "real", "weights_dir": "/nonexistent/vipe"}},
-         "depth_camera.weights_dir = /nonexistent/vipe, which is not a directory"),
-        (tapip3d, ["models"], {"tracks_3d": {"backend": "real"}},
-         "needs the 'models' package (a checkout of github.com/zbw001/TAPIP3D on PYTHONPATH"),
+        (
+            vipe,
+            ["vipe"],
+            {"depth_camera": {"backend": "real"}},
+            "backend 'real' for depth_camera needs the 'vipe' package (pip install nvidia-vipe, see docs/real-models.md);"
+            " set depth_camera.backend: synthetic to run without it",
+        ),
+        (
+            vipe,
+            [],
+            {"depth_camera": {"backend": "real", "weights_dir": "/nonexistent/vipe"}},
+            "depth_camera.weights_dir = /nonexistent/vipe, which is not a directory",
+        ),
+        (
+            tapip3d,
+            ["models"],
+            {"tracks_3d": {"backend": "real"}},
+            "needs the 'models' package (a checkout of github.com/zbw001/TAPIP3D on PYTHONPATH",
+        ),
         (tapip3d, [], {"tracks_3d": {"backend": "real"}}, "set tracks_3d.weights_path"),
-        (tapip3d, [], {"tracks_3d": {"backend": "real", "weights_path": "/nonexistent/tapip3d_final.pth"}},
-         "tracks_3d.weights_path = /nonexistent/tapip3d_final.pth, which is not a file"),
+        (
+            tapip3d,
+            [],
+            {"tracks_3d": {"backend": "real", "weights_path": "/nonexistent/tapip3d_final.pth"}},
+            "tracks_3d.weights_path = /nonexistent/tapip3d_final.pth, which is not a file",
+        ),
         (wilor, ["wilor"], {"hands": {"backend": "real"}}, "needs the 'wilor' package"),
         (wilor, ["ultralytics"], {"hands": {"backend": "real"}}, "needs the 'ultralytics' package"),
         (wilor, [], {"hands": {"backend": "real"}}, "set hands.weights_dir"),
-        (wilor, [], {"hands": {"backend": "real", "weights_dir": "/nonexistent/wilor"}},
-         "wilor_final.ckpt under hands.weights_dir = /nonexistent/wilor"),
+        (
+            wilor,
+            [],
+            {"hands": {"backend": "real", "weights_dir": "/nonexistent/wilor"}},
+            "wilor_final.ckpt under hands.weights_dir = /nonexistent/wilor",
+        ),
     ],
-    ids=["vipe-package", "vipe-weights", "tapip3d-code", "tapip3d-unset", "tapip3d-file", "wilor-package",
-         "ultralytics-package", "wilor-unset", "wilor-file"],
+    ids=[
+        "vipe-package",
+        "vipe-weights",
+        "tapip3d-code",
+        "tapip3d-unset",
+        "tapip3d-file",
+        "wilor-package",
+        "ultralytics-package",
+        "wilor-unset",
+        "wilor-file",
+    ],
 )
 def test_missing_model_parts_fail_early_in_one_line(
     monkeypatch: pytest.MonkeyPatch, module, missing: list[str], overrides: dict, expected: str

@@ -236,3 +236,13 @@ def test_current_fake_device_follows_cuda_visible_devices(tmp_path, visible, ind
 def test_current_fake_device_rejects_unknown_gpus(tmp_path, visible, message):
     with patch.dict(os.environ, {"CUDA_VISIBLE_DEVICES": visible}), pytest.raises(ValueError, match=message):
         current_fake_device(CLUSTER.fake_gpus, tmp_path)
+
+
+def test_the_ledger_keeps_each_process_lifetime_peak_and_the_most_holders_at_once(tmp_path):
+    device = FakeDevice(tmp_path, 0, 10_000)
+    with device.hold(3_000):
+        device.reset_peak()
+    device.release_all()  # a stage's teardown: its per-video peak goes, the lifetime one stays
+    with device.hold(2_000):
+        assert device.lifetime_peaks()[os.getpid()] == 3_000
+    assert device.peak_bytes() == 2_000 and device.most_holders() == 1

@@ -33,8 +33,18 @@ from trackset.synthetic.corpus import write_scene_sidecar
 from trackset.synthetic.scene import Plane, SceneSpec
 
 FRAMES, LENGTH, POINTS = 13, 10, 48
-TRACK_KEYS = {"tracks", "windows", "window_poses", "intrinsics", "video_name", "window_length", "stride",
-              "grid_size", "num_frames", "resolution"}
+TRACK_KEYS = {
+    "tracks",
+    "windows",
+    "window_poses",
+    "intrinsics",
+    "video_name",
+    "window_length",
+    "stride",
+    "grid_size",
+    "num_frames",
+    "resolution",
+}
 HAND_KEYS = {"intrinsics", "num_frames"} | {
     f"{side}_{key}" for side in ("left", "right") for key in ("valid", "wrist_pose", "hand_pose", "joints_3d", "betas")
 }
@@ -45,6 +55,8 @@ def make_settings(root, **overrides: dict) -> Settings:
     sections = {
         "paths": {"work_dir": root / "work", "dataset_dir": root / "dataset", "videos_dir": root / "videos"},
         "tracks_3d": {"window_length": LENGTH, "points_per_window": POINTS},
+        # Queries from the whole frame; the masked ones are tests/unit/test_mask_stages.py's.
+        "object_masks": {"enabled": False},
     }
     for section, values in overrides.items():
         sections[section] = {**sections.get(section, {}), **values}
@@ -63,8 +75,9 @@ def add_video(settings: Settings, spec: SceneSpec, video_id: str) -> VideoRef:
     write_scene_sidecar(source, spec)
     times = spec.frame_times()
     frames = np.stack([spec.render(float(t))[0] for t in times])
-    meta = FramesMeta(video_id, len(times), spec.fps, spec.width, spec.height, str(source), spec.width, spec.height,
-                      times.tolist())
+    meta = FramesMeta(
+        video_id, len(times), spec.fps, spec.width, spec.height, str(source), spec.width, spec.height, times.tolist()
+    )
     write_frames(WorkLayout(settings.paths.work_dir), meta, frames)
     return VideoRef(video_id, source, f"hash-{video_id}")
 
@@ -149,8 +162,13 @@ def test_hands_file_has_exactly_the_contract(processed):
     path = WorkLayout(settings.paths.work_dir).hand_poses(video.video_id)
     data = load_pt(path, video.video_id, "hands")
     assert set(data) == HAND_KEYS
-    shapes = {"valid": (FRAMES,), "wrist_pose": (FRAMES, 4, 4), "hand_pose": (FRAMES, 15, 3, 3),
-              "joints_3d": (FRAMES, 21, 3), "betas": (10,)}
+    shapes = {
+        "valid": (FRAMES,),
+        "wrist_pose": (FRAMES, 4, 4),
+        "hand_pose": (FRAMES, 15, 3, 3),
+        "joints_3d": (FRAMES, 21, 3),
+        "betas": (10,),
+    }
     for side in ("left", "right"):
         for key, shape in shapes.items():
             value = data[f"{side}_{key}"]
@@ -158,8 +176,11 @@ def test_hands_file_has_exactly_the_contract(processed):
             assert value.dtype == (torch.bool if key == "valid" else torch.float32)
     assert data["num_frames"] == FRAMES and tuple(data["intrinsics"].shape) == (3, 3)
     hands = read_hand_poses(path, video.video_id, FRAMES)
-    assert infos["hands"].info == {"frames": FRAMES, "left_valid_frames": int(hands.left.valid.sum()),
-                                   "right_valid_frames": int(hands.right.valid.sum())}
+    assert infos["hands"].info == {
+        "frames": FRAMES,
+        "left_valid_frames": int(hands.left.valid.sum()),
+        "right_valid_frames": int(hands.right.valid.sum()),
+    }
 
 
 def test_a_second_run_skips_current_outputs(processed):
@@ -201,8 +222,13 @@ def test_wrongly_shaped_backend_output_fails_the_video(tmp_path, monkeypatch):
     video = add_video(settings, SceneSpec.from_seed(1, num_frames=4), "00001")
     stage = build(DepthCameraStage, settings)
     stage.setup()
-    monkeypatch.setattr(stage.backend, "infer", lambda video, frames, meta: DepthCamera(
-        np.ones((4, 10, 10), np.float32), np.tile(np.eye(3), (4, 1, 1)), np.tile(np.eye(4), (4, 1, 1))))
+    monkeypatch.setattr(
+        stage.backend,
+        "infer",
+        lambda video, frames, meta: DepthCamera(
+            np.ones((4, 10, 10), np.float32), np.tile(np.eye(3), (4, 1, 1)), np.tile(np.eye(4), (4, 1, 1))
+        ),
+    )
     with pytest.raises(BadInputError, match=r"'depths' of shape \(4, 10, 10\), expected \(4, 384, 512\)"):
         stage.process(video)
 

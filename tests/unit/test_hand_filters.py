@@ -111,9 +111,7 @@ def line(steps: list[float]) -> np.ndarray:
         ([5, 0, 0.05], [0, 1, 1], 10, 1.0, [0, 1, 1]),
     ],
 )
-def test_drop_fast_jumps(
-    xs: list[float], valid: list[int], fps: float, speed: float, expected: list[int]
-) -> None:
+def test_drop_fast_jumps(xs: list[float], valid: list[int], fps: float, speed: float, expected: list[int]) -> None:
     out = drop_fast_jumps(line(xs), np.array(valid, bool), fps=fps, max_speed_m_s=speed)
     assert out.astype(int).tolist() == expected
 

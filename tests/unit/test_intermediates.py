@@ -42,15 +42,21 @@ def test_depth_camera_round_trip_dtypes(tmp_path):
     write_depth_camera(path, depth_camera())
     with np.load(path) as raw:
         assert {k: raw[k].dtype for k in raw.files} == {
-            "depths": np.float16, "intrinsics": np.float32, "extrinsics": np.float32,
+            "depths": np.float16,
+            "intrinsics": np.float32,
+            "extrinsics": np.float32,
         }
     assert read_depth_camera(path, "00000", T).depths.shape == (T, 8, 10)
 
 
 def test_depth_camera_wrong_shape_names_key_and_file(tmp_path):
     path = tmp_path / "00000.npz"
-    np.savez(path, depths=np.ones((T, 8, 10), np.float16), intrinsics=np.ones((T, 3, 4), np.float32),
-             extrinsics=np.ones((T, 4, 4), np.float32))
+    np.savez(
+        path,
+        depths=np.ones((T, 8, 10), np.float16),
+        intrinsics=np.ones((T, 3, 4), np.float32),
+        extrinsics=np.ones((T, 4, 4), np.float32),
+    )
     with pytest.raises(BadInputError, match=r"video 00000, stage depth_camera \(.*00000.npz\): 'intrinsics' has shape"):
         read_depth_camera(path, "00000")
 

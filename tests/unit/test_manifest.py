@@ -369,8 +369,11 @@ def test_a_moved_or_renamed_file_keeps_its_id_and_is_not_new(videos, manifest_pa
     assert _ids(result.moved) == {"kitchen/take 1.mp4": "00000"}
     assert _ids(result.new) == {"c.mp4": "00002"} and not result.missing
     reloaded = Manifest.load(manifest_path)
-    assert {e.source: e.video_id for e in reloaded.entries()} == {"kitchen/take 1.mp4": "00000", "b.mp4": "00001",
-                                                                   "c.mp4": "00002"}
+    assert {e.source: e.video_id for e in reloaded.entries()} == {
+        "kitchen/take 1.mp4": "00000",
+        "b.mp4": "00001",
+        "c.mp4": "00002",
+    }
     # A new file at the old path is a new video; an unchanged moved file is not hashed again.
     _write(videos / "a.mp4", b"another")
     hashed: list[Path] = []

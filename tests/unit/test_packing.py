@@ -91,7 +91,11 @@ def test_out_of_memory_videos_rerun_one_worker_fewer_until_they_fit():
         (["00003"], 2),
     ]
     assert {r.video_id: r.info["workers_per_gpu"] for r in result.outcome.records} == {
-        "00000": 1, "00001": 1, "00002": 4, "00004": 3, "00003": 2,
+        "00000": 1,
+        "00001": 1,
+        "00002": 4,
+        "00004": 3,
+        "00003": 2,
     }
     assert not result.outcome.failures
     every_video_once(result, videos(5))
@@ -126,7 +130,8 @@ def test_a_peak_above_a_whole_gpu_fails_the_rest_at_once_and_keeps_what_ran():
     assert len(run.calls) == 1  # no video after profiling was submitted
     assert [r.video_id for r in result.outcome.records] == ["00000", "00001"]
     assert [(f.video_id, f.reason) for f in result.outcome.failures] == [
-        ("00002", result.error), ("00003", result.error)
+        ("00002", result.error),
+        ("00003", result.error),
     ]
     every_video_once(result, videos(4))
 

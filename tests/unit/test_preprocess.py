@@ -74,7 +74,9 @@ def flat(index: int, height: int = 48, width: int = 64) -> np.ndarray:
 
 def make_stage(tmp_path: Path, **preprocess: object) -> PreprocessStage:
     options = {"fps": 10.0, "width": 64, "height": 48, **preprocess}
-    return PreprocessStage(stage_config("preprocess", Settings(paths={"work_dir": tmp_path / "work"}, preprocess=options)))
+    return PreprocessStage(
+        stage_config("preprocess", Settings(paths={"work_dir": tmp_path / "work"}, preprocess=options))
+    )
 
 
 def run(stage: PreprocessStage, source: Path) -> tuple[np.ndarray, dict]:
@@ -284,12 +286,21 @@ def _video_stream_without_frames(path: Path) -> Path:
     ("make", "error", "reason"),
     [
         (lambda d: _truncate(_long_clip(d / "cut.mkv"), 0.5), BadInputError, "truncated"),
-        (lambda d: _truncate(encode(d / "cut.webm", flat, codec="libvpx-vp9", pix_fmt="yuv420p", count=90), 0.5),
-         BadInputError, "truncated"),
-        (lambda d: _truncate(encode(d / "cut.mp4", flat, codec="libx264", pix_fmt="yuv420p", count=30), 0.6),
-         BadInputError, "no audio or video stream"),
-        (lambda d: _truncate(encode(d / "cut.avi", flat, codec="mpeg4", pix_fmt="yuv420p", count=30), 0.6),
-         BadInputError, "cannot open|corrupt"),
+        (
+            lambda d: _truncate(encode(d / "cut.webm", flat, codec="libvpx-vp9", pix_fmt="yuv420p", count=90), 0.5),
+            BadInputError,
+            "truncated",
+        ),
+        (
+            lambda d: _truncate(encode(d / "cut.mp4", flat, codec="libx264", pix_fmt="yuv420p", count=30), 0.6),
+            BadInputError,
+            "no audio or video stream",
+        ),
+        (
+            lambda d: _truncate(encode(d / "cut.avi", flat, codec="mpeg4", pix_fmt="yuv420p", count=30), 0.6),
+            BadInputError,
+            "cannot open|corrupt",
+        ),
         (lambda d: _write(d / "empty.mp4", b""), BadInputError, "empty"),
         (lambda d: _write(d / "notes.mp4", b"not a video\n" * 50), BadInputError, "cannot open"),
         (lambda d: d / "missing.mp4", BadInputError, "missing"),
@@ -297,8 +308,18 @@ def _video_stream_without_frames(path: Path) -> Path:
         (lambda d: _audio_only(d / "speech.wav", "pcm_s16le"), UnusableVideoError, "no video stream"),
         (lambda d: _video_stream_without_frames(d / "hollow.avi"), UnusableVideoError, "no decodable video frame"),
     ],
-    ids=["truncated-mkv", "truncated-webm", "truncated-mp4", "truncated-avi", "zero-length", "text-as-mp4",
-         "missing", "audio-only-aac", "audio-only-wav", "no-frames"],
+    ids=[
+        "truncated-mkv",
+        "truncated-webm",
+        "truncated-mp4",
+        "truncated-avi",
+        "zero-length",
+        "text-as-mp4",
+        "missing",
+        "audio-only-aac",
+        "audio-only-wav",
+        "no-frames",
+    ],
 )
 def test_unusable_inputs_fail_the_video_with_a_typed_error(
     tmp_path: Path, make: Callable[[Path], Path], error: type[VideoError], reason: str

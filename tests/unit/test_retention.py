@@ -46,7 +46,11 @@ def make_video(settings: Settings, video_id: str, built: bool) -> VideoRef:
 
 @pytest.mark.parametrize(
     ("keep", "kept"),
-    [("all", {"preprocess", "depth_camera", "tracks_3d", "hands"}), ("none", set()), (["depth_camera"], {"depth_camera"})],
+    [
+        ("all", {"preprocess", "depth_camera", "tracks_3d", "hands"}),
+        ("none", set()),
+        (["depth_camera"], {"depth_camera"}),
+    ],
 )
 def test_only_unkept_intermediates_of_built_videos_go(tmp_path, keep, kept):
     settings = settings_for(tmp_path, keep)

@@ -25,6 +25,7 @@ from trackset.synthetic.scene import (
 
 def expected_pose(motion: RigidMotion, times: np.ndarray) -> np.ndarray:
     """``(T,4,4)`` body->world straight from a motion's parameters: a + b sin(w t + phi)."""
+
     def wave(osc: Oscillation) -> np.ndarray:
         t = np.asarray(times, dtype=np.float64)[:, None]
         return np.array(osc.offset) + np.array(osc.amplitude) * np.sin(np.array(osc.omega) * t + np.array(osc.phase))
@@ -87,8 +88,9 @@ def test_tilted_plane_matches_the_analytic_depth(spec):
     normal = np.array([0.3, -0.2, -1.0]) / np.linalg.norm([0.3, -0.2, -1.0])
     point = np.array([0.1, 0.0, 1.8])
     camera = still(offset=(0.05, -0.02, 0.1), rotvec=(0.02, -0.03, 0.01))
-    scene = replace(spec, camera=camera, planes=(Plane(tuple(point), tuple(normal), spec.planes[0].texture),),
-                    objects=(), hands=())
+    scene = replace(
+        spec, camera=camera, planes=(Plane(tuple(point), tuple(normal), spec.planes[0].texture),), objects=(), hands=()
+    )
     depth = scene.render_depth(0.0)[0]
 
     pose = expected_pose(camera, np.array([0.0]))[0]

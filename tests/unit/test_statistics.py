@@ -364,7 +364,7 @@ def test_zero_variance_components_are_floored_and_listed(caplog):
         (_merged(hand_uvd=Moments.of(np.ones((2, 3)))), {}, "hand_uvd has 2 samples but hand_rot has 0"),
         ({"depth": Moments.empty(1)}, {}, "expected statistics"),
         (_merged(pose=Moments.empty(3)), {}, "pose must have dimension 9"),
-        (_merged(), {"track_type": "2d"}, "unsupported track_type"),
+        (_merged(), {"track_type": "4d"}, "unsupported track_type"),
         (_merged(), {"std_floor": 0.0}, "std_floor"),
         (_merged(), {"std_floor": float("nan")}, "std_floor"),
     ],

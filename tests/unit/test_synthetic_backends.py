@@ -62,8 +62,9 @@ def clip(tmp_path_factory):
 
 
 def settings(**synthetic) -> Settings:
-    return Settings(tracks_3d={"window_length": LENGTH, "stride": STRIDE, "points_per_window": POINTS},
-                    synthetic=synthetic)
+    return Settings(
+        tracks_3d={"window_length": LENGTH, "stride": STRIDE, "points_per_window": POINTS}, synthetic=synthetic
+    )
 
 
 def make(backend_class, allocator=None, **synthetic):
@@ -224,8 +225,9 @@ def test_missing_sidecar_fails_the_video_naming_the_file(clip, tmp_path):
 
 
 def test_simulated_cost_charges_and_releases_through_the_allocator():
-    cost = SyntheticStageCost(model_mb=2, per_video_mb=1, per_frame_mb=0.5, load_s=0.05, gpu_s_per_frame=0.01,
-                              cpu_s_per_frame=0.02)
+    cost = SyntheticStageCost(
+        model_mb=2, per_video_mb=1, per_frame_mb=0.5, load_s=0.05, gpu_s_per_frame=0.01, cpu_s_per_frame=0.02
+    )
     allocator = RecordingAllocator()
     simulated = SimulatedCost(cost, allocator)
     start = time.perf_counter()
@@ -276,8 +278,12 @@ def test_backends_charge_their_own_stage_cost(clip):
     backend.infer(video, frames, meta, depth=None)
     backend.unload()
     mib = 2**20
-    assert allocator.calls == [("allocate", 3 * mib), ("allocate", FRAMES * mib), ("release", FRAMES * mib),
-                               ("release", 3 * mib)]
+    assert allocator.calls == [
+        ("allocate", 3 * mib),
+        ("allocate", FRAMES * mib),
+        ("release", FRAMES * mib),
+        ("release", 3 * mib),
+    ]
 
 
 def test_default_allocator_is_torch():

@@ -81,7 +81,12 @@ def test_cpu_worker_spec_hides_gpus(n_workers):
     for entry in spec.values():
         assert entry == {
             "cls": "distributed.Nanny",
-            "options": {"env": {"CUDA_VISIBLE_DEVICES": "", "X": "y"}, "resources": {"CPU": 1}, "host": "127.0.0.1", "nthreads": 1},
+            "options": {
+                "env": {"CUDA_VISIBLE_DEVICES": "", "X": "y"},
+                "resources": {"CPU": 1},
+                "host": "127.0.0.1",
+                "nthreads": 1,
+            },
         }
     with pytest.raises(ValueError):
         cpu_worker_spec(0)
@@ -144,7 +149,10 @@ def test_spec_cluster_pins_workers_round_robin():
         assert set(by_name) == set(spec)
         assert all(address.startswith("tcp://127.0.0.1:") for address in by_name.values())
         assert {worker["name"]: worker["resources"]["GPU_RANK"] for worker in info["workers"].values()} == {
-            "gpu0-w0": 1000, "gpu1-w0": 1000, "gpu0-w1": 999, "gpu1-w1": 999
+            "gpu0-w0": 1000,
+            "gpu1-w0": 1000,
+            "gpu0-w1": 999,
+            "gpu1-w1": 999,
         }
 
         # One task per worker, placed the way GPU stages submit: annotated with the resource.

@@ -1,4 +1,5 @@
-"""Adapters from the real models (ViPE, TAPIP3D, WiLoR) to the backend Protocols.
+"""Adapters from the real models (ViPE, TAPIP3D, WiLoR, SAM3, DiffuEraser, CoTracker3) to the
+backend Protocols.
 
 Each adapter module imports its model package lazily, inside ``load()``, so trackset
 imports and runs (with synthetic backends) where none of them is installed. Each also has
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from trackset.errors import ModelUnavailableError
 from trackset.settings import Settings
-from trackset.stages.registry import GPU_STAGES, stage_spec
+from trackset.stages.registry import GPU_STAGES, enabled_stages, stage_spec
 
 DOCS = "docs/real-models.md"
 
@@ -82,14 +83,16 @@ def torch_device() -> str:
 def check_real_backends(settings: Settings) -> None:
     """Fail before any video is touched when a stage set to ``backend: real`` cannot load.
 
-    The adapter of each stage is the module the stage table names for ``backend: real``
-    (:mod:`trackset.stages.registry`); its ``check_available(section)`` looks for the
-    package and weights without importing anything heavy.
+    The adapter of each stage the run includes is the module the stage table names for
+    ``backend: real`` (:mod:`trackset.stages.registry`); its ``check_available(section)``
+    looks for the package and weights without importing anything heavy. A stage the
+    settings leave out (human removal off, the other track type) is not checked.
 
     Raises:
         ModelUnavailableError: one line naming the missing package or file and the setting.
     """
-    for stage in GPU_STAGES:
+    included = set(enabled_stages(settings))
+    for stage in (name for name in GPU_STAGES if name in included):
         section = getattr(settings, stage)
         if section.backend == "real":
             module = stage_spec(stage).backends["real"].partition(":")[0]

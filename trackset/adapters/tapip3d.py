@@ -13,9 +13,10 @@ camera s), so the returned positions are already in camera 0 (FORMATS.md). The s
 pipeline passed ``E_s⁻¹ · E_{s+k}`` instead, which is not a world->camera transform when
 the camera rotates (the composition defect FORMATS.md lists).
 
-Query points are sampled at the window's first frame, among pixels with valid depth (and
-inside the object masks when the caller has them), with a seeded generator so a rerun
-gives the same points.
+Query points are the stage's when it has object masks (sampled from the window's first-frame
+mask by :mod:`trackset.query_points`, the script's ``use_masks``); otherwise they are sampled
+here at the window's first frame, among pixels with valid depth, with a seeded generator so
+a rerun gives the same points.
 
 A point is kept only if TAPIP3D's visibility (``sigmoid(logit) >= vis_threshold``) holds at
 every step of its window, as in the script pipeline; ``tracks_3d.visibility_threshold``
@@ -123,9 +124,12 @@ class TAPIP3DBackend:
         frames: np.ndarray,
         meta: FramesMeta,
         depth: DepthCamera,
+        queries: list[np.ndarray] | None = None,
         masks: np.ndarray | None = None,
     ) -> Tracks3d:
-        """Track each full window; ``masks`` (T, H, W), when given, restricts the queries.
+        """Track each full window from ``queries`` (per window, ``(N, 2)`` pixels ``(u, v)``
+        of its first frame) when given, else from pixels sampled with valid depth, inside
+        ``masks`` (T, H, W) when given.
 
         Points TAPIP3D reports invisible at any step (below ``tracks_3d.visibility_threshold``)
         are dropped from that window.
@@ -142,11 +146,13 @@ class TAPIP3DBackend:
                 depths[start : start + length],
                 depth.intrinsics[start : start + length],
                 window_world_to_camera(depth.extrinsics, int(start), length),
-                sample_query_pixels(
+                queries[index]
+                if queries is not None
+                else sample_query_pixels(
                     depths[start], section.points_per_window, int(start), None if masks is None else masks[start]
                 ),
             )
-            for start in starts
+            for index, start in enumerate(starts)
         ]
         return Tracks3d(
             windows=[(int(s), int(s) + length) for s in starts],

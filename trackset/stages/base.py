@@ -23,6 +23,9 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
+import numpy as np
+import torch
+
 from trackset.domain import StageName, StageRecord, VideoFailure, VideoRef
 from trackset.errors import VideoError
 from trackset.layout import DatasetLayout, WorkLayout, write_text_atomic
@@ -73,6 +76,16 @@ class Stage(ABC, Generic[ConfigT]):
         """Measures one video's peak device memory (``.peak_bytes``); CPU stages measure none."""
         return nullcontext()
 
+    def frame_count(self, video: VideoRef) -> int | None:
+        """Frames of ``video`` this stage works on, for its time budget (``timeouts``); None if unknown.
+
+        Read from the header of the preprocessed ``frames.npy`` (no pixels are loaded).
+        """
+        try:
+            return int(np.load(self.work.frames_npy(video.video_id), mmap_mode="r").shape[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
     def intermediate_paths(self, video_id: str) -> list[Path]:
         """What ``run.keep_intermediates`` deletes of this stage once the video's H5 is durable."""
         return self.outputs(video_id)
@@ -84,9 +97,14 @@ class Stage(ABC, Generic[ConfigT]):
         if not marker.is_file() or all(p.is_file() for p in self.outputs(video.video_id)):
             return False
         try:
-            return bool(json.loads(marker.read_text())["fingerprint"] == self.config.fingerprint(video.content_hash))
+            return bool(json.loads(marker.read_text())["fingerprint"] == self.fingerprint(video))
         except (ValueError, KeyError):
             return False
+
+    def fingerprint(self, video: VideoRef) -> str:
+        """What ``video``'s completion marker records: its content, the settings of this stage
+        and everything upstream, and its ``metadata.csv`` values these read."""
+        return self.config.video_fingerprint(video)
 
     def marker_path(self, video_id: str) -> Path:
         return self.work.marker(self.name, video_id)
@@ -100,11 +118,11 @@ class Stage(ABC, Generic[ConfigT]):
             stored = json.loads(marker.read_text())["fingerprint"]
         except (ValueError, KeyError):
             return False
-        return bool(stored == self.config.fingerprint(video.content_hash))
+        return bool(stored == self.fingerprint(video))
 
     def mark_done(self, video: VideoRef) -> None:
         """Record completion after every output has been renamed into place."""
-        fingerprint = self.config.fingerprint(video.content_hash)
+        fingerprint = self.fingerprint(video)
         write_text_atomic(self.marker_path(video.video_id), json.dumps({"fingerprint": fingerprint}))
 
     def run(self, video: VideoRef) -> StageRecord:
@@ -129,12 +147,22 @@ class Stage(ABC, Generic[ConfigT]):
         )
 
     def run_isolated(self, video: VideoRef) -> StageRecord | VideoFailure:
-        """:meth:`run`, with a typed video error returned as a failure instead of raised.
+        """:meth:`run`, with a typed video error or an out-of-memory error returned as a
+        failure instead of raised.
 
-        One bad video of a task that holds several then fails alone. Other exceptions
-        propagate, so the task's retry policy sees them.
+        One bad video of a task that holds several then fails alone, and one that ran out of
+        GPU memory comes back for the packing policy to run again on fewer workers per GPU
+        while the task goes on with its other videos. Other exceptions propagate, so the
+        task's retry policy sees them.
         """
         try:
             return self.run(video)
         except VideoError as exc:
             return VideoFailure(video.video_id, self.name, str(exc))
+        except torch.cuda.OutOfMemoryError as exc:
+            self.after_out_of_memory()
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            return VideoFailure(video.video_id, self.name, reason, "out_of_memory")
+
+    def after_out_of_memory(self) -> None:
+        """Give back what a video that ran out of memory left allocated (GPU stages)."""

@@ -20,18 +20,25 @@ import hashlib
 import json
 from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from trackset.domain import StageName
+from trackset.clip_metadata import ClipColumn, MetadataError, find_row, metadata_path
+from trackset.domain import StageName, VideoRef
 from trackset.settings import (
+    CleanFramesSettings,
     DepthCameraSettings,
     FakeGpu,
     H5Settings,
     HandsSettings,
+    HumanMasksSettings,
+    MetadataSettings,
+    ObjectMasksSettings,
     PathsSettings,
     PreprocessSettings,
     Settings,
+    StageTimeout,
     SyntheticModelSettings,
+    Tracks2dSettings,
     Tracks3dSettings,
 )
 
@@ -53,6 +60,15 @@ class StageConfig(BaseModel):
         paths: where videos, intermediates and outputs live.
         lineage: hash of this stage's output settings and those of every stage upstream
             (filled by the registry); with a video's content hash it is the fingerprint.
+        clip_columns: the ``metadata.csv`` columns whose per-clip value changes this stage's
+            outputs or those of a stage upstream (filled by the registry): a clip's noun
+            prompts its object masks, its text is written to its H5. They enter the
+            fingerprint per video (:meth:`video_fingerprint`), so editing one clip's row
+            redoes that clip, not the dataset. Not part of the cache key: no model depends on them.
+        metadata: where ``metadata.csv`` is and how its ids name videos (with ``clip_columns``).
+        timeout: how long one video may take in this stage (``timeouts``, filled by the
+            registry). Not part of the fingerprint or the cache key: a time limit changes no
+            output and needs no new model.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -60,6 +76,9 @@ class StageConfig(BaseModel):
     stage: ClassVar[StageName]
     paths: PathsSettings
     lineage: str = ""
+    clip_columns: tuple[ClipColumn, ...] = Field((), exclude=True)
+    timeout: StageTimeout = Field(StageTimeout(), exclude=True)
+    metadata: MetadataSettings = Field(MetadataSettings(), exclude=True)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
@@ -71,8 +90,33 @@ class StageConfig(BaseModel):
         raise NotImplementedError
 
     def fingerprint(self, content_hash: str) -> str:
-        """What a completion marker of a video with ``content_hash`` records."""
+        """What a completion marker of a video with ``content_hash`` records, per-clip
+        metadata aside (:meth:`video_fingerprint`)."""
         return short_hash(self.stage, content_hash, self.lineage)
+
+    def own_clip_columns(self) -> tuple[ClipColumn, ...]:
+        """The ``metadata.csv`` columns this stage itself reads (its inputs' come by the registry)."""
+        return ()
+
+    def video_fingerprint(self, video: VideoRef) -> str:
+        """What ``video``'s completion marker records: :meth:`fingerprint`, and the values of
+        :attr:`clip_columns` in its ``metadata.csv`` row when it has any (a clip without
+        them keeps the plain fingerprint, so a run without metadata fingerprints as before)."""
+        base = self.fingerprint(video.content_hash)
+        if not self.clip_columns:
+            return base
+        path = metadata_path(self.metadata.csv, self.paths.videos_dir)
+        try:
+            row = find_row(video, path, self.paths.videos_dir, self.metadata.clip_id)
+        except FileNotFoundError:
+            row = None
+        except MetadataError as exc:  # never current: the stage itself reports the file
+            return short_hash(base, "unusable metadata", str(exc))
+        values = [None if row is None else row.value(column) for column in self.clip_columns]
+        if all(value is None for value in values):
+            return base
+        pairs = zip(self.clip_columns, values, strict=True)
+        return short_hash(base, *(f"{column}={value!r}" for column, value in pairs))
 
     def cache_key(self) -> str:
         """Key of the worker model cache: everything this config holds."""
@@ -109,7 +153,15 @@ class ModelStageConfig(StageConfig):
     a real model's fingerprint or cache key.
     """
 
-    section: DepthCameraSettings | Tracks3dSettings | HandsSettings
+    section: (
+        DepthCameraSettings
+        | Tracks3dSettings
+        | HandsSettings
+        | HumanMasksSettings
+        | CleanFramesSettings
+        | ObjectMasksSettings
+        | Tracks2dSettings
+    )
     synthetic: SyntheticModelSettings | None = None
     fake_gpus: tuple[FakeGpu, ...] = ()
 
@@ -118,8 +170,17 @@ class ModelStageConfig(StageConfig):
         section = getattr(settings, cls.stage)
         synthetic = settings.synthetic.for_stage(cls.stage) if section.backend == "synthetic" else None
         return cls(
-            paths=settings.paths, section=section, synthetic=synthetic, fake_gpus=tuple(settings.cluster.fake_gpus)
+            paths=settings.paths,
+            section=section,
+            synthetic=synthetic,
+            fake_gpus=tuple(settings.cluster.fake_gpus),
+            **cls.reads(settings),
         )
+
+    @classmethod
+    def reads(cls, settings: Settings) -> dict[str, bool]:
+        """Which optional inputs this stage reads under ``settings`` (its extra fields)."""
+        return {}
 
     def output_settings(self) -> dict[str, Any]:
         out: dict[str, Any] = {"section": _dump(self.section)}
@@ -135,11 +196,79 @@ class DepthCameraConfig(ModelStageConfig):
     section: DepthCameraSettings
 
 
-class Tracks3dConfig(ModelStageConfig):
+class FrameReaderConfig(ModelStageConfig):
+    """A GPU stage that reads the inpainted frames when human removal is on (hands never do).
+
+    Attributes:
+        clean: read ``clean_frames/`` instead of the preprocessed frames.
+    """
+
+    clean: bool = False
+
+    @classmethod
+    def reads(cls, settings: Settings) -> dict[str, bool]:
+        return {"clean": settings.clean_frames.enabled}
+
+
+class TrackerConfig(FrameReaderConfig):
+    """A point tracker: its queries come from the object masks when there are any.
+
+    Attributes:
+        masked: object masks exist for its videos (``object_masks.enabled``).
+    """
+
+    masked: bool = False
+
+    @classmethod
+    def reads(cls, settings: Settings) -> dict[str, bool]:
+        return {**super().reads(settings), "masked": settings.object_masks.enabled}
+
+
+class Tracks3dConfig(TrackerConfig):
     """3D point tracks (TAPIP3D or synthetic)."""
 
     stage: ClassVar[StageName] = "tracks_3d"
     section: Tracks3dSettings
+
+
+class Tracks2dConfig(TrackerConfig):
+    """2D point tracks (CoTracker3 or synthetic).
+
+    Attributes:
+        subtract: person masks are removed from the object masks (``tracks_2d.subtract_human_masks``).
+    """
+
+    stage: ClassVar[StageName] = "tracks_2d"
+    section: Tracks2dSettings
+    subtract: bool = False
+
+    @classmethod
+    def reads(cls, settings: Settings) -> dict[str, bool]:
+        return {**super().reads(settings), "subtract": settings.tracks_2d.subtract_human_masks}
+
+
+class HumanMasksConfig(ModelStageConfig):
+    """Person masks (SAM3 or synthetic) on the preprocessed frames."""
+
+    stage: ClassVar[StageName] = "human_masks"
+    section: HumanMasksSettings
+
+
+class CleanFramesConfig(ModelStageConfig):
+    """Human removal (DiffuEraser or synthetic): the frames with the people inpainted."""
+
+    stage: ClassVar[StageName] = "clean_frames"
+    section: CleanFramesSettings
+
+
+class ObjectMasksConfig(FrameReaderConfig):
+    """Object masks from each clip's prompt (SAM3 or synthetic)."""
+
+    stage: ClassVar[StageName] = "object_masks"
+    section: ObjectMasksSettings
+
+    def own_clip_columns(self) -> tuple[ClipColumn, ...]:
+        return ("noun",) if self.section.text_prompt is None else ()
 
 
 class HandsConfig(ModelStageConfig):
@@ -158,7 +287,11 @@ class H5BuildConfig(StageConfig):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
-        return cls(paths=settings.paths, section=settings.h5, window_length=settings.tracks_3d.window_length)
+        tracker = settings.tracks_2d if settings.h5.track_type == "2d" else settings.tracks_3d
+        return cls(paths=settings.paths, section=settings.h5, window_length=tracker.window_length)
+
+    def own_clip_columns(self) -> tuple[ClipColumn, ...]:
+        return ("text",) if self.section.include_text else ()
 
     def output_settings(self) -> dict[str, Any]:
         return {"section": _dump(self.section), "window_length": self.window_length}

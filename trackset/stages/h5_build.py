@@ -7,6 +7,12 @@ is built, and a later run must still recognise every finished video.
 Inputs written by the script pipeline (an import) are first converted to trackset's
 conventions (:func:`trackset.importer.to_trackset_conventions`); which pipeline wrote a file
 is part of its content, so the content hash of an import already covers it.
+
+``h5.track_type: 2d`` writes the script's 2D layout from the 2D tracks instead
+(:mod:`trackset.h5_layout_2d`). With ``h5.include_text`` the clip's description in
+``metadata.csv`` becomes ``root/text``; a clip without one fails with the file and clip
+named (fix the row and rerun: that clip alone is rebuilt, since its text is part of its
+fingerprint), never a file that silently has no text.
 """
 
 from __future__ import annotations
@@ -16,13 +22,16 @@ from typing import ClassVar
 
 import cv2
 
+from trackset.clip_metadata import MetadataError, find_row, metadata_path
 from trackset.domain import StageName, VideoRef
+from trackset.errors import BadInputError
 from trackset.h5_layout import build_arrays, video_moments, write_h5
+from trackset.h5_layout_2d import build_arrays_2d, video_moments_2d, write_h5_2d
 from trackset.importer import to_trackset_conventions
-from trackset.intermediates import read_depth_camera, read_frames, read_hand_poses, read_tracks_3d
+from trackset.intermediates import read_depth_camera, read_frames, read_hand_poses, read_tracks_2d, read_tracks_3d
 from trackset.stages.base import Stage
 from trackset.stages.config import H5BuildConfig
-from trackset.statistics import VideoPartials
+from trackset.statistics import Moments, VideoPartials
 
 
 class H5BuildStage(Stage[H5BuildConfig]):
@@ -38,9 +47,6 @@ class H5BuildStage(Stage[H5BuildConfig]):
         which would oversubscribe the cores when several workers resize at once."""
         cv2.setNumThreads(1)
 
-    def fingerprint(self, video: VideoRef) -> str:
-        return self.config.fingerprint(video.content_hash)
-
     def is_done(self, video: VideoRef) -> bool:
         """True when the H5 exists and its partials carry the current fingerprint."""
         h5_path, partials_path = self.outputs(video.video_id)
@@ -51,12 +57,42 @@ class H5BuildStage(Stage[H5BuildConfig]):
         except ValueError:
             return False
 
+    def text(self, video: VideoRef) -> str | None:
+        """The clip's ``root/text`` when ``h5.include_text`` is set, else None.
+
+        Raises:
+            BadInputError: naming ``metadata.csv`` and the clip, when it is missing, unusable
+                or has no description for this clip.
+        """
+        if not self.config.section.include_text:
+            return None
+        config = self.config
+        path = metadata_path(config.metadata.csv, config.paths.videos_dir)
+        try:
+            row = find_row(video, path, config.paths.videos_dir, config.metadata.clip_id)
+        except FileNotFoundError:
+            reason = "h5.include_text is set but there is no such file"
+            raise BadInputError(video.video_id, self.name, path, reason) from None
+        except MetadataError as exc:
+            raise BadInputError(video.video_id, self.name, path, exc.reason) from None
+        if row is None or not row.text:
+            what = "no row" if row is None else f"an empty 'text' for clip_id {row.clip_id!r}"
+            reason = (
+                f"{what} for {Path(video.source).name} (metadata.clip_id: {config.metadata.clip_id}); "
+                "add its description, or set h5.include_text: false"
+            )
+            raise BadInputError(video.video_id, self.name, path, reason)
+        return row.text
+
     def process(self, video: VideoRef) -> dict[str, float | int | str]:
         vid = video.video_id
         # A stale H5 would be read by training but left out of the statistics: drop it (its
         # partials first) before rebuilding, so a failed rebuild leaves nothing that looks done.
         for stale in reversed(self.outputs(vid)):
             stale.unlink(missing_ok=True)
+        text = self.text(video)
+        if self.config.section.track_type == "2d":
+            return self.process_2d(video, text)
         frames, meta = read_frames(self.work, vid)
         depth = read_depth_camera(self.work.vipe(vid), vid, num_frames=meta.num_frames, depth_dtype=None)
         tracks = read_tracks_3d(self.work.tracks_3d(vid), vid, meta.num_frames)
@@ -65,17 +101,9 @@ class H5BuildStage(Stage[H5BuildConfig]):
         conventions = tracks.conventions
         tracks, hands = to_trackset_conventions(vid, tracks, hands, depth.extrinsics, self.work.tracks_3d(vid))
         arrays = build_arrays(vid, frames, depth, tracks, hands, self.config.section, self.config.window_length)
-        moments = video_moments(arrays)
-        h5_path, partials_path = self.outputs(vid)
-        write_h5(h5_path, arrays, self.config.section.compression)
-        # Partials are written last: their fingerprint is what marks the video complete.
-        try:
-            VideoPartials(video_id=vid, fingerprint=self.fingerprint(video), **moments).write(partials_path)
-        except BaseException:
-            # Without its partials the H5 would be read by training but left out of the
-            # statistics (a full disk, say): take it back, so the video is simply not done.
-            h5_path.unlink(missing_ok=True)
-            raise
+        h5_path, _ = self.outputs(vid)
+        write_h5(h5_path, arrays, self.config.section.compression, text)
+        self.write_partials(video, video_moments(arrays))
         points = sum(q.shape[0] for q in arrays.query_coords)
         return {
             "frames": arrays.num_frames,
@@ -84,7 +112,36 @@ class H5BuildStage(Stage[H5BuildConfig]):
             "hands": int(hands is not None),
             "hand_windows_out_of_image": arrays.hand_windows_out_of_image,
             "input_conventions": conventions,
+            "text": int(text is not None),
         }
+
+    def process_2d(self, video: VideoRef, text: str | None) -> dict[str, float | int | str]:
+        """The 2D layout from the frames and the 2D tracks."""
+        vid = video.video_id
+        frames, meta = read_frames(self.work, vid)
+        tracks = read_tracks_2d(self.work.tracks_2d(vid), vid, meta.num_frames)
+        arrays = build_arrays_2d(frames, tracks, self.config.section, self.config.window_length)
+        h5_path, _ = self.outputs(vid)
+        write_h5_2d(h5_path, arrays, self.config.section.compression, text)
+        self.write_partials(video, video_moments_2d(arrays))
+        points = sum(q.shape[0] for q in arrays.query_coords)
+        return {
+            "frames": arrays.num_frames,
+            "windows": len(arrays.starts),
+            "tracks_per_frame": round(points / max(len(arrays.starts), 1), 1),
+            "text": int(text is not None),
+        }
+
+    def write_partials(self, video: VideoRef, moments: dict[str, Moments]) -> None:
+        """Write the partials last: their fingerprint is what marks the video complete."""
+        h5_path, partials_path = self.outputs(video.video_id)
+        try:
+            VideoPartials(video_id=video.video_id, fingerprint=self.fingerprint(video), **moments).write(partials_path)
+        except BaseException:
+            # Without its partials the H5 would be read by training but left out of the
+            # statistics (a full disk, say): take it back, so the video is simply not done.
+            h5_path.unlink(missing_ok=True)
+            raise
 
     def mark_done(self, video: VideoRef) -> None:
         """Nothing to add: the partials file written by :meth:`process` is the marker."""

@@ -85,6 +85,12 @@ class ModelStage(Stage[ModelStageConfig], Generic[BackendT]):
         """Peak of one video on this worker's device (DECISIONS.md), once set up."""
         return self.device.probe() if self.device is not None else nullcontext()
 
+    def after_out_of_memory(self) -> None:
+        """Hand the blocks a failed video left in PyTorch's cache back to the driver, so the
+        chunk's next video starts from what the model itself holds."""
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def teardown(self) -> None:
         """Unload the backend and hand cached CUDA memory back to the driver."""
         if self.backend is not None:

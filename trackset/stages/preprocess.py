@@ -217,6 +217,24 @@ class PreprocessStage(Stage[PreprocessConfig]):
         """The whole ``frames/<vid>/`` folder, PNGs included."""
         return [self.work.frames_dir(video_id)]
 
+    def frame_count(self, video: VideoRef) -> int | None:
+        """Frames after resampling, from the duration the source declares (no frame is decoded)."""
+        try:
+            with av.open(str(video.source), mode="r") as container:
+                if not container.streams.video:
+                    return None
+                stream = container.streams.video[0]
+                declared = _declared_duration(container, stream)
+                rate = stream.average_rate
+        except (av.error.FFmpegError, OSError):
+            return None
+        if declared is None:
+            return None
+        # A declared duration includes the last frame's own interval; the resampling counts
+        # from the first frame's time to the last's.
+        span = Fraction(declared) - (1 / Fraction(rate) if rate else 0)
+        return output_frame_count(max(span, Fraction(0)), Fraction(self.config.section.fps))
+
     def process(self, video: VideoRef) -> dict[str, float | int | str]:
         vid, source = video.video_id, Path(video.source)
         self._check_readable(vid, source)

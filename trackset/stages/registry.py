@@ -7,16 +7,22 @@ imported only when used, so reading the table never imports a model, and
 ``trackset/stages/`` never imports ``trackset/synthetic/`` (the synthetic backends are
 named here like the real adapters are).
 
+Which stages a run includes, and so what each reads, depends on the settings
+(:func:`enabled_stages`, :func:`stage_inputs`): human removal is off by default, a 2D dataset
+runs CoTracker instead of TAPIP3D and needs neither depth nor hands.
+
 Examples:
     >>> [name for name in STAGE_ORDER if STAGES[name].resources.uses_gpu]
-    ['depth_camera', 'tracks_3d', 'hands']
-    >>> STAGES["tracks_3d"].inputs
-    ('depth_camera',)
+    ['human_masks', 'clean_frames', 'depth_camera', 'object_masks', 'tracks_3d', 'tracks_2d', 'hands']
+    >>> enabled_stages(Settings())
+    ['preprocess', 'depth_camera', 'object_masks', 'tracks_3d', 'hands', 'h5_build']
+    >>> stage_inputs("tracks_3d", Settings())
+    ('depth_camera', 'object_masks')
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
@@ -25,11 +31,15 @@ from trackset.domain import STAGE_ORDER, StageName
 from trackset.settings import Backend, Settings
 from trackset.sizing import gib_to_bytes
 from trackset.stages.config import (
+    CleanFramesConfig,
     DepthCameraConfig,
     H5BuildConfig,
     HandsConfig,
+    HumanMasksConfig,
+    ObjectMasksConfig,
     PreprocessConfig,
     StageConfig,
+    Tracks2dConfig,
     Tracks3dConfig,
     lineage_of,
 )
@@ -85,11 +95,14 @@ class StageSpec:
         name: the stage's name (``trackset.domain.StageName``).
         stage: ``"module:Class"`` of its :class:`~trackset.stages.base.Stage`.
         config: the :class:`~trackset.stages.config.StageConfig` it is built from.
-        inputs: the stages whose outputs it reads (their settings enter its fingerprint).
+        inputs: the stages whose outputs it may read; it reads those a run includes
+            (:func:`stage_inputs`), and their settings enter its fingerprint.
         resources: what one of its workers needs.
         batched: cheap per video, so several videos share one task
             (``cluster.cpu_task_videos``); Dask tasks cost ~0.3 s each.
         backends: ``backend`` setting value -> ``"module:Class"`` of the model backend.
+        enabled: whether a run with these settings includes the stage.
+        replaces: the script pipeline's stage (``dataset_scripts/config.yaml``) it replaces.
     """
 
     name: StageName
@@ -99,12 +112,58 @@ class StageSpec:
     resources: StageResources = StageResources()
     batched: bool = False
     backends: Mapping[Backend, str] = field(default_factory=dict)
+    enabled: Callable[[Settings], bool] = lambda settings: True
+    replaces: str = ""
+
+
+def _three_d(settings: Settings) -> bool:
+    return settings.h5.track_type == "3d"
+
+
+def _human_masks_needed(settings: Settings) -> bool:
+    """Person masks feed the inpainting, and the 2D tracker when it subtracts them."""
+    subtracts = settings.h5.track_type == "2d" and settings.tracks_2d.subtract_human_masks
+    return settings.clean_frames.enabled or subtracts
+
+
+SAM3 = "trackset.adapters.sam3:SAM3Backend"
 
 
 STAGES: dict[StageName, StageSpec] = {
     spec.name: spec
     for spec in (
-        StageSpec("preprocess", "trackset.stages.preprocess:PreprocessStage", PreprocessConfig, batched=True),
+        StageSpec(
+            "preprocess",
+            "trackset.stages.preprocess:PreprocessStage",
+            PreprocessConfig,
+            batched=True,
+            replaces="preprocess",
+        ),
+        StageSpec(
+            "human_masks",
+            "trackset.stages.human_masks:HumanMasksStage",
+            HumanMasksConfig,
+            inputs=("preprocess",),
+            # SAM3: "~8-10GB per worker" (y2r config.yaml, gsam_human.max_workers).
+            resources=StageResources(gpus=1, gpu_memory_gb=10),
+            backends={"real": SAM3, "synthetic": "trackset.synthetic.masks:SyntheticHumanMasks"},
+            enabled=_human_masks_needed,
+            replaces="gsam_human",
+        ),
+        StageSpec(
+            "clean_frames",
+            "trackset.stages.clean_frames:CleanFramesStage",
+            CleanFramesConfig,
+            inputs=("human_masks",),
+            # DiffuEraser: 12 GB at 640x360 (its README; max_img_size 512 is below that).
+            resources=StageResources(gpus=1, gpu_memory_gb=12),
+            backends={
+                "real": "trackset.adapters.diffueraser:DiffuEraserBackend",
+                "synthetic": "trackset.synthetic.inpaint:SyntheticCleanFrames",
+            },
+            enabled=lambda settings: settings.clean_frames.enabled,
+            replaces="diffueraser",
+        ),
         StageSpec(
             "depth_camera",
             "trackset.stages.depth_camera:DepthCameraStage",
@@ -116,17 +175,47 @@ STAGES: dict[StageName, StageSpec] = {
                 "real": "trackset.adapters.vipe:ViPEBackend",
                 "synthetic": "trackset.synthetic.backends:SyntheticDepthCamera",
             },
+            enabled=_three_d,
+            replaces="vipe",
+        ),
+        StageSpec(
+            "object_masks",
+            "trackset.stages.object_masks:ObjectMasksStage",
+            ObjectMasksConfig,
+            inputs=("preprocess", "clean_frames"),
+            # SAM3: "~8-10GB per worker" (y2r config.yaml, gsam.max_workers).
+            resources=StageResources(gpus=1, gpu_memory_gb=10),
+            backends={"real": SAM3, "synthetic": "trackset.synthetic.masks:SyntheticObjectMasks"},
+            enabled=lambda settings: settings.object_masks.enabled,
+            replaces="gsam",
         ),
         StageSpec(
             "tracks_3d",
             "trackset.stages.tracks_3d:Tracks3dStage",
             Tracks3dConfig,
-            inputs=("depth_camera",),
+            inputs=("depth_camera", "clean_frames", "object_masks"),
             resources=StageResources(gpus=1, gpu_memory_gb=8),
             backends={
                 "real": "trackset.adapters.tapip3d:TAPIP3DBackend",
                 "synthetic": "trackset.synthetic.backends:SyntheticTracks3d",
             },
+            enabled=_three_d,
+            replaces="tapip3d",
+        ),
+        StageSpec(
+            "tracks_2d",
+            "trackset.stages.tracks_2d:Tracks2dStage",
+            Tracks2dConfig,
+            inputs=("preprocess", "clean_frames", "object_masks", "human_masks"),
+            # CoTracker3 offline: the scripts give no figure; a 10-frame 512x384 window and
+            # a 64x64 grid stay near 4 GB. Profiling replaces it.
+            resources=StageResources(gpus=1, gpu_memory_gb=4),
+            backends={
+                "real": "trackset.adapters.cotracker:CoTracker3Backend",
+                "synthetic": "trackset.synthetic.tracks_2d:SyntheticTracks2d",
+            },
+            enabled=lambda settings: not _three_d(settings),
+            replaces="cotracker",
         ),
         StageSpec(
             "hands",
@@ -138,13 +227,16 @@ STAGES: dict[StageName, StageSpec] = {
                 "real": "trackset.adapters.wilor:WiLoRBackend",
                 "synthetic": "trackset.synthetic.backends:SyntheticHands",
             },
+            enabled=_three_d,
+            replaces="wilor",
         ),
         StageSpec(
             "h5_build",
             "trackset.stages.h5_build:H5BuildStage",
             H5BuildConfig,
-            inputs=("tracks_3d", "hands"),
+            inputs=("tracks_3d", "tracks_2d", "hands"),
             batched=True,
+            replaces="create_h5_dataset",
         ),
     )
 }
@@ -152,6 +244,31 @@ if tuple(STAGES) != STAGE_ORDER:  # pragma: no cover - a wrong edit of the table
     raise RuntimeError(f"the stage table lists {tuple(STAGES)}, not the pipeline order {STAGE_ORDER}")
 
 GPU_STAGES: tuple[StageName, ...] = tuple(name for name, spec in STAGES.items() if spec.resources.uses_gpu)
+
+
+def enabled_stages(settings: Settings) -> list[StageName]:
+    """The stages a run with ``settings`` includes, in pipeline order.
+
+    Examples:
+        >>> enabled_stages(Settings(h5={"track_type": "2d"}, object_masks={"enabled": False}))
+        ['preprocess', 'tracks_2d', 'h5_build']
+        >>> enabled_stages(Settings(clean_frames={"enabled": True}))[:4]
+        ['preprocess', 'human_masks', 'clean_frames', 'depth_camera']
+    """
+    return [name for name in STAGE_ORDER if STAGES[name].enabled(settings)]
+
+
+def stage_inputs(name: str, settings: Settings) -> tuple[StageName, ...]:
+    """The stages whose outputs ``name`` reads in a run with ``settings``.
+
+    Examples:
+        >>> stage_inputs("tracks_3d", Settings(clean_frames={"enabled": True}))
+        ('depth_camera', 'clean_frames', 'object_masks')
+        >>> stage_inputs("hands", Settings(clean_frames={"enabled": True}))  # hands see the original frames
+        ('depth_camera',)
+    """
+    enabled = set(enabled_stages(settings))
+    return tuple(upstream for upstream in stage_spec(name).inputs if upstream in enabled)
 
 
 def stage_spec(name: str) -> StageSpec:
@@ -189,8 +306,15 @@ def stage_config(name: str, settings: Settings) -> StageConfig:
     """
     spec = stage_spec(name)
     config = spec.config.from_settings(settings)
-    inputs = [stage_config(upstream, settings).lineage for upstream in spec.inputs]
-    return config.model_copy(update={"lineage": lineage_of(spec.name, config, inputs)})
+    upstream = [stage_config(input_name, settings) for input_name in stage_inputs(name, settings)]
+    columns = {*config.own_clip_columns(), *(column for other in upstream for column in other.clip_columns)}
+    update = {
+        "lineage": lineage_of(spec.name, config, [other.lineage for other in upstream]),
+        "clip_columns": tuple(sorted(columns)),
+        "metadata": settings.metadata,
+        "timeout": settings.timeouts.for_stage(name),
+    }
+    return config.model_copy(update=update)
 
 
 def build_stage(name: str, settings: Settings) -> Stage[Any]:

@@ -1,5 +1,8 @@
 """Synthetic stand-ins for ViPE, TAPIP3D and WiLoR, exact up to optional noise.
 
+(SAM3, DiffuEraser and CoTracker have theirs in :mod:`~trackset.synthetic.masks`,
+:mod:`~trackset.synthetic.inpaint` and :mod:`~trackset.synthetic.tracks_2d`.)
+
 Each backend implements its Protocol of :mod:`trackset.stages.backends`, reads the scene
 sidecar of ``video.source`` (:func:`~trackset.synthetic.corpus.load_scene_for`) and evaluates
 the scene at the frames' source times (``FramesMeta.timestamps_s``), so whatever resampling
@@ -27,13 +30,30 @@ from trackset.allocator import Allocator
 from trackset.domain import StageName, VideoRef
 from trackset.errors import BadInputError
 from trackset.intermediates import HAND_SIDES, DepthCamera, FramesMeta, Hand, HandPoses, Tracks3d
-from trackset.settings import DepthCameraSettings, HandsSettings, SyntheticModelSettings, Tracks3dSettings
+from trackset.settings import (
+    CleanFramesSettings,
+    DepthCameraSettings,
+    HandsSettings,
+    HumanMasksSettings,
+    ObjectMasksSettings,
+    SyntheticModelSettings,
+    Tracks2dSettings,
+    Tracks3dSettings,
+)
 from trackset.synthetic.corpus import load_scene_for, sidecar_path
 from trackset.synthetic.cost import SimulatedCost
 from trackset.synthetic.scene import HAND_IDS, STATIC_ID, SceneSpec
 
 # Separate noise streams per stage, so depth noise and track noise are independent.
-_STAGE_STREAM: dict[str, int] = {"depth_camera": 1, "tracks_3d": 2, "hands": 3}
+_STAGE_STREAM: dict[str, int] = {
+    "depth_camera": 1,
+    "tracks_3d": 2,
+    "hands": 3,
+    "human_masks": 4,
+    "clean_frames": 5,
+    "object_masks": 6,
+    "tracks_2d": 7,
+}
 
 
 def frame_times(meta: FramesMeta, num_frames: int, fallback_fps: float) -> np.ndarray:
@@ -115,7 +135,15 @@ class _SyntheticBackend:
 
     def __init__(
         self,
-        section: DepthCameraSettings | Tracks3dSettings | HandsSettings,
+        section: (
+            DepthCameraSettings
+            | Tracks3dSettings
+            | HandsSettings
+            | HumanMasksSettings
+            | CleanFramesSettings
+            | ObjectMasksSettings
+            | Tracks2dSettings
+        ),
         synthetic: SyntheticModelSettings,
         allocator: Allocator | None = None,
     ) -> None:
@@ -176,17 +204,25 @@ class SyntheticDepthCamera(_SyntheticBackend):
 class SyntheticTracks3d(_SyntheticBackend):
     """TAPIP3D's role: true 3D tracks of query points, per window, in the window's camera 0.
 
-    For a window starting at frame s, query pixels are sampled on frame s
-    (:func:`sample_query_pixels`), back-projected with the true depth, and attached to the
-    body they lie on (body-frame coordinates; the background is the static world). Step k
-    of the window is ``E_s @ M(t_{s+k}) @ local``: a static point has exactly zero
-    displacement, a point on a moving box follows the box.
+    For a window starting at frame s, the query pixels are the stage's (sampled from the
+    object masks) or, without them, sampled on frame s (:func:`sample_query_pixels`); they
+    are back-projected with the true depth and attached to the body they lie on (body-frame
+    coordinates; the background is the static world). Step k of the window is
+    ``E_s @ M(t_{s+k}) @ local``: a static point has exactly zero displacement, a point on a
+    moving box follows the box.
     """
 
     stage: ClassVar[StageName] = "tracks_3d"
     section: Tracks3dSettings
 
-    def infer(self, video: VideoRef, frames: np.ndarray, meta: FramesMeta, depth: DepthCamera) -> Tracks3d:
+    def infer(
+        self,
+        video: VideoRef,
+        frames: np.ndarray,
+        meta: FramesMeta,
+        depth: DepthCamera,
+        queries: list[np.ndarray] | None = None,
+    ) -> Tracks3d:
         scene = self.scene(video)
         num_frames, height, width = frames.shape[:3]
         section = self.section
@@ -200,10 +236,15 @@ class SyntheticTracks3d(_SyntheticBackend):
         extrinsics, cameras = scene.extrinsics(times), scene.camera_poses(times)
         with self.cost.video(num_frames):
             tracks = []
-            for start in starts:  # one window at a time, each vectorised over its points
+            for index, start in enumerate(starts):  # one window at a time, each vectorised over its points
                 depth_s, ids_s = scene.render_depth(float(times[start]), width, height)
                 rng = video_rng(video.video_id, self.stage, int(start))
-                rows, cols = sample_query_pixels(ids_s, depth_s, section.points_per_window, rng)
+                if queries is None:
+                    rows, cols = sample_query_pixels(ids_s, depth_s, section.points_per_window, rng)
+                else:
+                    cols, rows = queries[index][:, 0], queries[index][:, 1]
+                    hit = depth_s[rows, cols] > 0  # a ray that hits nothing has no point to track
+                    rows, cols = rows[hit], cols[hit]
                 cam = geometry.backproject(cols, rows, depth_s[rows, cols].astype(np.float64), k)
                 world = cam @ cameras[start, :3, :3].T + cameras[start, :3, 3]
                 body = np.searchsorted(body_ids, ids_s[rows, cols])

@@ -12,6 +12,8 @@ wall-clock time.
 
 from __future__ import annotations
 
+import csv
+import io
 from concurrent.futures import ProcessPoolExecutor
 from fractions import Fraction
 from multiprocessing import get_context
@@ -20,9 +22,13 @@ from pathlib import Path
 import av
 import numpy as np
 
+from trackset.clip_metadata import METADATA_FILE
+from trackset.layout import write_text_atomic
 from trackset.synthetic.scene import SceneSpec
 
 SIDECAR_SUFFIX = ".scene.json"
+#: The noun of every synthetic clip: its manipulated objects are boxes (what SAM3 is prompted with).
+OBJECT_NOUN = "box"
 
 # Per-codec encoder options: visually clean output at modest size and speed. Codecs not
 # listed get a fixed bit rate instead.
@@ -76,6 +82,31 @@ def load_scene_for(video_path: Path | str) -> SceneSpec:
     return SceneSpec.from_json(path.read_text())
 
 
+def describe_scene(spec: SceneSpec) -> str:
+    """A clip's language description, from what its scene holds.
+
+    Examples:
+        >>> describe_scene(SceneSpec.from_seed(0))
+        'two hands reach past 3 textured boxes on a table'
+    """
+    count = len(spec.objects)
+    hands = {0: "no hands", 1: "one hand", 2: "two hands"}[len(spec.hands)]
+    return f"{hands} reach past {count} textured {OBJECT_NOUN if count == 1 else OBJECT_NOUN + 'es'} on a table"
+
+
+def write_metadata(out_dir: Path, videos: list[Path], specs: list[SceneSpec]) -> Path:
+    """``metadata.csv`` beside the clips, as the script pipeline's: ``clip_id,text,noun``,
+    the clip id being the file's stem (``metadata.clip_id: source``)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["clip_id", "text", "noun"])
+    for path, spec in zip(videos, specs, strict=True):
+        writer.writerow([path.stem, describe_scene(spec), OBJECT_NOUN])
+    target = Path(out_dir) / METADATA_FILE
+    write_text_atomic(target, buffer.getvalue())
+    return target
+
+
 def encode_scene(spec: SceneSpec, path: Path, codec: str = "libx264", container: str | None = None) -> Path:
     """Render every frame of ``spec`` and encode it to ``path`` (yuv420p); writes the sidecar too.
 
@@ -115,6 +146,7 @@ def make_corpus(
     width: int = 512,
     height: int = 384,
     processes: int = 1,
+    metadata: bool = False,
 ) -> list[Path]:
     """Write ``clip_000.<container>``, ... with their ``.scene.json`` sidecars into ``out_dir``.
 
@@ -128,6 +160,9 @@ def make_corpus(
         processes: clips rendered in parallel (each clip is one process's work, so the bytes
             do not depend on this). Workers are spawned, so the caller's ``__main__`` must be
             importable (a script or module, not code piped to ``python -``).
+        metadata: also write ``metadata.csv`` (a description and the noun ``box`` per clip,
+            :func:`write_metadata`), so object masks get their prompt and ``h5.include_text``
+            its text.
 
     Returns:
         The video paths, in clip order.
@@ -135,6 +170,8 @@ def make_corpus(
     out_dir = Path(out_dir)
     specs = [SceneSpec.from_seed(video_seed(seed, i), num_frames, fps, width, height) for i in range(num_videos)]
     paths = [out_dir / f"clip_{i:03d}.{container}" for i in range(num_videos)]
+    if metadata:
+        write_metadata(out_dir, paths, specs)
     if processes <= 1 or num_videos <= 1:
         return [encode_scene(spec, path, codec, container) for spec, path in zip(specs, paths, strict=True)]
     # spawn, not fork: the caller may hold torch or thread pools that a fork would copy half-way.

@@ -98,8 +98,16 @@ class Detector:
 
 
 class ViTDetDataset(torch.utils.data.Dataset):
-    def __init__(self, cfg: Cfg, img_cv2: np.ndarray, boxes: np.ndarray, right: np.ndarray, rescale_factor=2.5,
-                 train: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        cfg: Cfg,
+        img_cv2: np.ndarray,
+        boxes: np.ndarray,
+        right: np.ndarray,
+        rescale_factor=2.5,
+        train: bool = False,
+        **kwargs: Any,
+    ) -> None:
         self.cfg, self.img_cv2 = cfg, img_cv2
         boxes = boxes.astype(np.float32)
         self.center = (boxes[:, 2:4] + boxes[:, 0:2]) / 2.0

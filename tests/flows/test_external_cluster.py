@@ -1,0 +1,164 @@
+"""A build on a cluster started by hand: ``dask scheduler`` and ``dask worker`` processes (slow suite).
+
+Two GPU worker commands, each pinned with ``CUDA_VISIBLE_DEVICES`` and offering ``GPU=1``,
+start three worker processes each (``--nworkers 3``); a third command starts a CPU worker.
+Nobody gives them ``PREFECT_API_URL``: their task runs must still reach the test's server.
+The fake GPUs are 16 GiB: profiling two short videos plans two workers per GPU; a long video
+does not fit beside another one (whether two meet on a GPU depends on scheduling), and the
+giant fits nowhere, so it runs out of memory at two workers per GPU, is run again alone and
+is quarantined. The depth and tracks models are too large to be held together.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.run_history import waves_task_runs
+from flows.build_dataset import build_dataset
+from tests.flows.helpers import SMALL_H, SMALL_W, digests, merge_sections, small_build, vid
+from trackset.errors import ClusterShapeError
+from trackset.fake_device import FakeDevice, ledger_dir_for
+from trackset.synthetic.corpus import encode_scene, video_seed
+from trackset.synthetic.scene import SceneSpec
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+DASK = Path(sys.executable).with_name("dask")
+FRAMES = {"a_short": 8, "b_short": 8, "c_long": 30, "d_long": 30, "e_short": 8, "f_short": 8, "z_giant": 64}
+GIANT = vid(len(FRAMES) - 1)  # names sort in this order
+MIB = 2**20
+DEPTH = {"model_mb": 4000, "per_video_mb": 500, "per_frame_mb": 200}  # 5.96 GiB short, 10.25 long, 16.89 giant
+TRACKS = {"model_mb": 9000}  # with the depth model still loaded, a worker would hold 13,000 MiB
+
+
+def overrides(root: Path, **cluster) -> dict:
+    return merge_sections(
+        small_build(root, points_per_window=16),
+        {
+            "cluster": {
+                "runner": "dask",
+                "profiling_videos": 2,
+                "fake_gpus": [{"memory_gb": 16}, {"memory_gb": 16}],
+                "cpu_workers": 1,
+                **cluster,
+            },
+            "synthetic": {"depth_camera": DEPTH, "tracks_3d": TRACKS},
+        },
+    )
+
+
+class HandStartedCluster:
+    """``dask scheduler`` and ``dask worker`` commands, as a user would type them."""
+
+    def __init__(self, root: Path, gpu_workers: bool = True) -> None:
+        self.file = root / "scheduler.json"
+        env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_API")}
+        self.processes = [
+            subprocess.Popen(
+                [str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                 "--scheduler-file", str(self.file)],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            )
+        ]
+        deadline = time.monotonic() + 60
+        while not self.file.is_file():
+            assert time.monotonic() < deadline, "the scheduler did not start"
+            time.sleep(0.2)
+        common = ["worker", "--scheduler-file", str(self.file), "--nthreads", "1", "--host", "127.0.0.1"]
+        commands = [({"CUDA_VISIBLE_DEVICES": ""}, [*common, "--resources", "CPU=1", "--name", "hand-cpu"])]
+        if gpu_workers:
+            commands += [
+                ({"CUDA_VISIBLE_DEVICES": str(g)}, [*common, "--nworkers", "3", "--resources", "GPU=1", "--name", f"hand-gpu{g}"])
+                for g in (0, 1)
+            ]
+        for extra, command in commands:
+            self.processes.append(
+                subprocess.Popen([str(DASK), *command], env={**env, **extra}, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, start_new_session=True)
+            )
+        self.workers = 1 + (6 if gpu_workers else 0)
+
+    @property
+    def address(self) -> str:
+        import json
+
+        return json.loads(self.file.read_text())["address"]
+
+    def wait(self) -> None:
+        from distributed import Client
+
+        with Client(scheduler_file=str(self.file), timeout=60) as client:
+            client.wait_for_workers(self.workers, timeout=120)
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            os.killpg(process.pid, 15)
+        for process in self.processes:
+            process.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    videos = tmp_path_factory.mktemp("external-corpus") / "videos"
+    for index, (name, frames) in enumerate(FRAMES.items()):
+        encode_scene(SceneSpec.from_seed(video_seed(5, index), frames, 10.0, SMALL_W, SMALL_H), videos / f"{name}.mp4")
+    return videos
+
+
+def fresh(corpus: Path, root: Path) -> Path:
+    shutil.copytree(corpus, root / "videos")
+    return root
+
+
+def test_a_hand_started_cluster_is_profiled_sized_shrunk_and_gives_the_local_bytes(corpus, tmp_path):
+    local = fresh(corpus, tmp_path / "local")
+    assert [(f.video_id, f.kind) for f in build_dataset(overrides=overrides(local)).failures] == [(GIANT, "quarantined")]
+
+    cluster = HandStartedCluster(tmp_path)
+    try:
+        cluster.wait()
+        root = fresh(corpus, tmp_path / "external")
+        state = build_dataset(overrides=overrides(root, scheduler_address=cluster.address), return_state=True)
+        summary = state.result()
+        [giant] = summary.failures  # every other video fits one per GPU, so it lands
+        assert (giant.video_id, giant.kind, giant.stage) == (GIANT, "quarantined", "depth_camera")
+        assert "out of memory alone on a GPU" in giant.reason
+        assert digests(root / "dataset") == digests(local / "dataset")
+
+        # The workers' task runs reached this test's server, though nobody set their PREFECT_API_URL.
+        runs = waves_task_runs(state.state_details.flow_run_id, "depth-camera-")
+        sizes = {tag for run in runs for tag in run.tags if tag.startswith("workers-per-gpu-")}
+        assert sizes == {"workers-per-gpu-2", "workers-per-gpu-1"}  # planned 2 of 3, shrunk to 1
+        depth = {r.video_id: r for r in summary.records("depth_camera") if r.status == "done"}
+        assert set(depth) == {vid(i) for i in range(len(FRAMES))} - {GIANT}
+        assert all(r.worker.startswith("hand-gpu") for r in depth.values())
+        assert {r.info["workers_per_gpu"] for r in depth.values()} <= {1, 2}
+
+        ledgers = ledger_dir_for(root / "work")
+        for gpu in (0, 1):
+            device = FakeDevice(ledgers, gpu, 16 * 1024**3)
+            assert device.most_holders() == 2  # never the third worker of the GPU
+            # Each worker's highest hold is one stage's model and video, never depth and tracks at once.
+            assert max(device.lifetime_peaks().values()) < (DEPTH["model_mb"] + TRACKS["model_mb"]) * MIB
+    finally:
+        cluster.stop()
+
+
+def test_a_cluster_without_gpu_workers_fails_at_once_naming_the_cause(corpus, tmp_path):
+    cluster = HandStartedCluster(tmp_path, gpu_workers=False)
+    try:
+        cluster.wait()
+        root = fresh(corpus, tmp_path / "no-gpu")
+        started = time.monotonic()
+        with pytest.raises(ClusterShapeError, match=r"no worker of the cluster at tcp://127\.0\.0\.1:\d+ offers a GPU"):
+            build_dataset(overrides=overrides(root, scheduler_address=cluster.address))
+        assert time.monotonic() - started < 120
+    finally:
+        cluster.stop()

@@ -1,0 +1,58 @@
+"""The flow with the script's other stages: object-masked 3D tracks with text, then a 2D dataset.
+
+Two short clips of ``make_corpus(metadata=True)`` (a description and the noun ``box`` each),
+thread runner. The flow must run exactly the stages the settings include, and a dataset
+directory must keep one track type.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flows.build_dataset import build_dataset
+from tests.flows.helpers import SMALL_H, SMALL_W, merge_sections, small_build
+from tests.y2r_reader import load_y2r
+from trackset.clip_report import clip_rows
+from trackset.errors import SettingsError
+from trackset.synthetic.corpus import describe_scene, load_scene_for, make_corpus
+
+FRAMES = 12
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("masks_text")
+    make_corpus(root / "videos", 2, seed=5, num_frames=FRAMES, width=SMALL_W, height=SMALL_H, metadata=True)
+    return root
+
+
+def test_masked_3d_tracks_with_text_then_a_2d_dataset_beside_it(corpus: Path):
+    three_d = merge_sections(small_build(corpus, points_per_window=24), {"h5": {"include_text": True}})
+    summary = build_dataset(overrides=three_d)
+    assert not summary.failures
+    assert [tally.stage for tally in summary.stages] == [
+        "preprocess", "depth_camera", "object_masks", "tracks_3d", "hands", "h5_build",
+    ]
+    assert summary.stage("object_masks").info_totals["unprompted"] == 0
+    assert summary.stage("tracks_3d").info_totals["unmasked"] == 0
+    dataset = corpus / "dataset"
+    loaded = load_y2r(dataset, text_mode=True)
+    expected = [describe_scene(load_scene_for(corpus / "videos" / f"clip_{i:03d}.mp4")) for i in range(2)]
+    assert [loaded.texts[i] for i in range(2)] == expected and loaded.samples
+    rows = clip_rows(corpus / "work", dataset)  # what the demo prints
+    assert [(r.prompt, r.text) for r in rows] == [("box.", text) for text in expected]
+    assert all(0 < r.mask_percent < 100 and r.points_per_window > 0 for r in rows)
+
+    two_d = merge_sections(three_d, {"h5": {"track_type": "2d"}, "tracks_2d": {"grid_size": 32}})
+    with pytest.raises(SettingsError, match=r"holds '3d' tracks .* never mix"):
+        build_dataset(overrides=two_d)  # the same directory: refused
+    two_d["paths"]["dataset_dir"] = str(corpus / "dataset-2d")
+    summary = build_dataset(overrides=two_d)
+    assert not summary.failures
+    assert [tally.stage for tally in summary.stages] == ["preprocess", "object_masks", "tracks_2d", "h5_build"]
+    assert summary.stage("preprocess").skipped == 2 and summary.stage("object_masks").skipped == 2  # shared work
+    loaded = load_y2r(corpus / "dataset-2d", track_type="2d", text_mode=True)
+    assert loaded.stats["track_dim"] == 2 and loaded.samples
+    assert loaded.sample(0, num_track_ts=10)["query_coords"].shape[1] == 2

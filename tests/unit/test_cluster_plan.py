@@ -1,0 +1,40 @@
+"""Workers grouped by GPU: by NVML UUID where there is one, so two jobs' "GPU 0" stay apart."""
+
+from __future__ import annotations
+
+from trackset.cluster_plan import ClusterPlan, ClusterWorker, gpu_task_resources
+
+GPU = {"GPU": 1}
+
+
+def test_workers_of_two_jobs_that_each_see_gpu_0_are_two_gpus():
+    plan = ClusterPlan(
+        [
+            ClusterWorker("tcp://n1:1", "job1-0", "n1", 0, GPU, "GPU-aaaa"),
+            ClusterWorker("tcp://n1:2", "job1-1", "n1", 0, GPU, "GPU-aaaa"),
+            ClusterWorker("tcp://n1:3", "job2-0", "n1", 0, GPU, "GPU-bbbb"),
+        ]
+    )
+    assert [(key.uuid, [w.name for w in group]) for key, group in plan.by_gpu.items()] == [
+        ("GPU-aaaa", ["job1-0", "job1-1"]),
+        ("GPU-bbbb", ["job2-0"]),
+    ]
+    assert plan.slots_per_gpu == 1  # a plan can use as many workers per GPU as the smallest group has
+    assert plan.ranks() == {"job1-0": 1000, "job1-1": 999, "job2-0": 1000}
+    assert {w.name for w in plan.unranked()} == {"job1-0", "job1-1", "job2-0"}
+
+
+def test_a_worker_without_the_gpu_resource_or_a_pinned_gpu_takes_no_gpu_task():
+    plan = ClusterPlan(
+        [
+            ClusterWorker("tcp://a:1", "pinned-no-resource", "a", 0, {}),
+            ClusterWorker("tcp://a:2", "resource-no-pin", "a", None, GPU),
+        ]
+    )
+    assert plan.gpus == [] and plan.slots_per_gpu == 0
+    assert plan.cpu_task_resources == {}  # nobody offers CPU: CPU tasks may go anywhere
+
+
+def test_a_task_for_k_workers_per_gpu_fits_only_the_first_k_ranks():
+    need = gpu_task_resources(2)["GPU_RANK"]
+    assert [rank >= need for rank in (1000, 999, 998)] == [True, True, False]

@@ -1,0 +1,98 @@
+"""The live per-stage display of ``trackset run``: on only at a terminal, bars from the fetched
+progress, Prefect's log lines routed above them, and a clean stop however the run ends.
+
+The display's reading of a real server is checked in ``tests/flows/test_cli.py``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+
+import pytest
+from prefect.logging.handlers import PrefectConsoleHandler
+from rich.console import Console
+
+from flows.live_progress import LiveProgress, live_progress, wanted
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def terminal_env(monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setenv("TERM", "xterm-256color")
+
+
+def screen() -> Console:
+    return Console(file=io.StringIO(), force_terminal=True, width=100)
+
+
+def test_only_a_terminal_gets_a_display(terminal_env, monkeypatch):
+    assert wanted(Terminal(), Terminal())
+    assert not wanted(io.StringIO(), Terminal())  # stdout piped or captured (tests)
+    assert not wanted(Terminal(), io.StringIO())
+    assert live_progress(screen(), io.StringIO(), io.StringIO()) is None
+    monkeypatch.setenv("CI", "true")
+    assert not wanted(Terminal(), Terminal())
+    monkeypatch.setenv("CI", "")
+    monkeypatch.setenv("TERM", "dumb")
+    assert not wanted(Terminal(), Terminal())
+
+
+class Script:
+    """A fetch that fails while the server starts, then reports growing progress."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.enough = threading.Event()
+
+    def __call__(self) -> dict[str, float]:
+        self.calls += 1
+        if self.calls <= 2:
+            raise ConnectionError("not up yet")
+        if self.calls >= 6:
+            self.enough.set()
+        return {"preprocess": 100.0, "depth-camera": min(100.0, 20.0 * (self.calls - 2))}
+
+
+def test_bars_follow_the_fetched_progress_and_stop_with_the_run():
+    fetch, console = Script(), screen()
+    display = LiveProgress(fetch, console, interval_s=0.01)
+    with display:
+        assert fetch.enough.wait(10)
+    assert not display._thread.is_alive()
+    tasks = {task.description: task.completed for task in display.progress.tasks}
+    assert tasks == {"preprocess": 100.0, "depth-camera": 100.0}
+    text = console.file.getvalue()
+    assert "preprocess" in text and "depth-camera" in text and "100%" in text
+
+
+def test_an_error_in_the_run_stops_the_display_and_propagates():
+    fetch = Script()
+    display = LiveProgress(fetch, screen(), interval_s=0.01)
+    with pytest.raises(RuntimeError, match="the flow broke"), display:
+        fetch.enough.wait(10)
+        raise RuntimeError("the flow broke")
+    assert not display._thread.is_alive()
+    assert not display.progress.live.is_started
+
+
+def test_prefect_log_lines_print_through_the_display_and_get_their_console_back():
+    logger = logging.getLogger("prefect.test_live_progress")
+    handler = PrefectConsoleHandler(stream=io.StringIO())
+    own = handler.console
+    logger.addHandler(handler)
+    try:
+        console = screen()
+        with LiveProgress(lambda: {}, console, interval_s=0.01):
+            assert handler.console is console
+            logger.warning("a log line during the run")
+        assert handler.console is own
+        assert "a log line during the run" in console.file.getvalue()
+    finally:
+        logger.removeHandler(handler)

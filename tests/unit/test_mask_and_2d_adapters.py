@@ -1,0 +1,236 @@
+"""Contract tests of the SAM3, CoTracker3 and DiffuEraser adapters against fakes of their APIs.
+
+As for ViPE, TAPIP3D and WiLoR (test_adapters.py): each adapter must turn what its model
+returns into the intermediate the stage writes, and fail early in one line without its
+model. Expected values come from the fakes' scenes, written out here.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.unit.fakes import cotracker_api, diffueraser_api, sam3_api
+from trackset.adapters import cotracker, diffueraser, sam3
+from trackset.domain import VideoRef
+from trackset.errors import BadInputError, ModelUnavailableError
+from trackset.intermediates import FramesMeta, read_tracks_2d, write_tracks_2d
+from trackset.settings import CleanFramesSettings, HumanMasksSettings, ObjectMasksSettings, Tracks2dSettings
+
+VID = "00004"
+
+
+def frames_and_meta(t: int, h: int, w: int, fps: float = 10.0) -> tuple[np.ndarray, FramesMeta]:
+    frames = np.random.default_rng(1).integers(0, 256, (t, h, w, 3), dtype=np.uint8)
+    return frames, FramesMeta(VID, t, fps, w, h, timestamps_s=[i / fps for i in range(t)])
+
+
+def ref(tmp_path: Path) -> VideoRef:
+    return VideoRef(VID, tmp_path / "clip.mp4", "h")
+
+
+# ---------------------------------------------------------------- SAM3
+
+
+def test_sam3_masks_are_the_union_of_the_objects_over_every_frame(monkeypatch, tmp_path) -> None:
+    built = sam3_api.install(monkeypatch, prompts={"red block."})
+    frames, meta = frames_and_meta(8, 16, 24)
+    backend = sam3.SAM3Backend(ObjectMasksSettings(backend="real"))
+    backend.load()
+    masks = backend.infer(ref(tmp_path), frames, meta, "red block.", key_frame=0)
+    backend.unload()
+    expected = np.zeros((8, 16, 24), bool)
+    for t in range(8):  # two rectangles, rows 2-5 from column 3+t and rows 8-11 from column 1+t
+        expected[t, 2:6, 3 + t : 9 + t] = True
+        expected[t, 8:12, 1 + t : 4 + t] = True
+    np.testing.assert_array_equal(masks, expected)
+    kinds = [r["type"] for r in built[0].requests]
+    assert kinds == ["start_session", "add_prompt", "close_session"]
+    assert built[0].requests[1]["frame_index"] == 0 and built[0].requests[1]["text"] == "red block."
+    assert not built[0].sessions and built[0].shut_down  # the session closed, the predictor shut down
+
+
+def test_sam3_retries_on_the_middle_frame_when_the_key_frame_shows_nothing(monkeypatch, tmp_path) -> None:
+    built = sam3_api.install(monkeypatch, prompts={"person."}, appears_at=3)
+    frames, meta = frames_and_meta(8, 16, 24)
+    backend = sam3.SAM3Backend(HumanMasksSettings(backend="real"))
+    backend.load()
+    masks = backend.infer(ref(tmp_path), frames, meta, "person.", key_frame=0)
+    prompted = [(r["type"], r.get("frame_index")) for r in built[0].requests]
+    assert prompted[1:4] == [("add_prompt", 0), ("reset_session", None), ("add_prompt", 4)]  # the script's retry
+    assert masks.any(axis=(1, 2)).all()
+    nothing = backend.infer(ref(tmp_path), frames, meta, "a unicorn.", key_frame=-1)
+    assert nothing.shape == (8, 16, 24) and not nothing.any()
+
+
+def test_sam3_frames_reach_it_as_jpegs_and_the_checkpoint_as_a_path(monkeypatch, tmp_path) -> None:
+    built = sam3_api.install(monkeypatch, prompts={"box."})
+    checkpoint = tmp_path / "sam3.pt"
+    checkpoint.write_bytes(b"x")
+    backend = sam3.SAM3Backend(ObjectMasksSettings(backend="real", checkpoint_path=checkpoint))
+    backend.load()
+    assert built[0].kwargs["checkpoint_path"] == str(checkpoint)
+    frames, meta = frames_and_meta(3, 16, 24)
+    backend.infer(ref(tmp_path), frames, meta, "box.", key_frame=-1)
+    assert built[0].requests[1]["frame_index"] == 1  # -1 is the middle frame
+
+
+# ---------------------------------------------------------------- CoTracker3
+
+
+def test_cotracker_tracks_each_window_from_its_queries_and_drops_invisible_points(monkeypatch, tmp_path) -> None:
+    built = cotracker_api.install(monkeypatch, hide_below_x=4.0)
+    checkpoint = tmp_path / "scaled_offline.pth"
+    checkpoint.write_bytes(b"x")
+    section = Tracks2dSettings(backend="real", window_length=4, checkpoint_path=checkpoint)
+    backend = cotracker.CoTracker3Backend(section)
+    backend.load()
+    frames, meta = frames_and_meta(6, 12, 16)
+    windows = [(0, 4), (2, 6)]
+    queries = [np.array([[2, 3], [6, 5], [9, 1]]), np.zeros((0, 2), np.int64)]
+    result = backend.infer(ref(tmp_path), frames, meta, windows, queries)
+    model = built[0]
+    assert (model.checkpoint, model.offline) == (str(checkpoint), True)
+    first = model.calls[0]
+    assert first["video"].shape == (1, 4, 3, 12, 16)
+    np.testing.assert_array_equal(first["video"][0, 1], frames[1].transpose(2, 0, 1).astype(np.float32))  # 0-255
+    np.testing.assert_array_equal(first["queries"][0], [[0, 2, 3], [0, 6, 5], [0, 9, 1]])  # (t, x, y) at t = 0
+    assert len(model.calls) == 1  # a window without queries does not reach the model
+    kept = np.array([[6.0, 5.0], [9.0, 1.0]])  # x = 2 < 4 is hidden at the last step
+    expected = kept[None] + np.arange(4)[:, None, None] * np.array(cotracker_api.VELOCITY)
+    np.testing.assert_allclose(result.tracks[0], expected, atol=1e-6)
+    assert result.tracks[1].shape == (4, 0, 2) and result.windows == windows
+    path = tmp_path / "tracks_2d" / f"{VID}.pt"
+    write_tracks_2d(path, VID, result)
+    back = read_tracks_2d(path, VID, 6)
+    np.testing.assert_allclose(back.tracks[0], expected, atol=1e-6)
+
+
+def test_cotracker_threshold_zero_keeps_every_point_and_torch_hub_loads_it(monkeypatch, tmp_path) -> None:
+    cotracker_api.install(monkeypatch, hide_below_x=4.0)
+    monkeypatch.setattr(cotracker, "hub_checkout", lambda: tmp_path)  # the hub cache is filled
+    backend = cotracker.CoTracker3Backend(Tracks2dSettings(backend="real", window_length=3, visibility_threshold=0.0))
+    backend.load()
+    frames, meta = frames_and_meta(3, 12, 16)
+    result = backend.infer(ref(tmp_path), frames, meta, [(0, 3)], [np.array([[2, 3], [6, 5]])])
+    assert result.tracks[0].shape == (3, 2, 2)
+
+
+# ---------------------------------------------------------------- DiffuEraser
+
+
+def test_diffueraser_inpaints_what_the_masks_cover_through_lossless_videos(monkeypatch, tmp_path) -> None:
+    built = diffueraser_api.install(monkeypatch)
+    root = diffueraser_api.checkout(tmp_path / "DiffuEraser")
+    section = CleanFramesSettings(enabled=True, backend="real", checkout_dir=root, mask_dilation_iter=3)
+    backend = diffueraser.DiffuEraserBackend(section)
+    backend.load()
+    assert built["diffueraser"][0].cwd == str(root)  # built where weights/PCM_Weights resolves
+    assert built["diffueraser"][0].ckpt == "2-Step"
+    assert built["propainter"][0].model_dir == str(root / "weights" / "propainter")
+    frames, meta = frames_and_meta(24, 32, 48)
+    masks = np.zeros((24, 32, 48), bool)
+    masks[:, 8:20, 10:30] = True
+    clean = backend.infer(ref(tmp_path), frames, meta, masks)
+    expected = frames.copy()
+    expected[masks] = diffueraser_api.FILL
+    np.testing.assert_array_equal(clean, expected)  # the round trips through MP4 lose nothing
+    painter = built["propainter"][0].calls[0]
+    np.testing.assert_array_equal(painter["masks"], masks)
+    assert painter["mask_dilation"] == 3 and painter["video_length"] >= 24 / 10.0
+    assert built["diffueraser"][0].calls[0]["max_img_size"] == 512
+
+
+def test_diffueraser_refuses_videos_shorter_than_it_can_take(monkeypatch, tmp_path) -> None:
+    diffueraser_api.install(monkeypatch)
+    section = CleanFramesSettings(backend="real", checkout_dir=diffueraser_api.checkout(tmp_path / "D"))
+    backend = diffueraser.DiffuEraserBackend(section)
+    backend.load()
+    frames, meta = frames_and_meta(10, 32, 48)
+    with pytest.raises(BadInputError, match="at least 22 frames"):
+        backend.infer(ref(tmp_path), frames, meta, np.ones((10, 32, 48), bool))
+
+
+# ---------------------------------------------------------------- early, one-line failures
+
+
+@pytest.mark.parametrize(
+    ("check", "section", "expected"),
+    [
+        (sam3.check_available, ObjectMasksSettings(backend="real"), "the 'sam3' package"),
+        (
+            sam3.check_available,
+            HumanMasksSettings(backend="real", checkpoint_path=Path("/nope/sam3.pt")),
+            "the SAM3 checkpoint sam3.pt at human_masks.checkpoint_path = /nope/sam3.pt",
+        ),
+        (
+            cotracker.check_available,
+            Tracks2dSettings(backend="real", checkpoint_path=Path("/nope/c.pth")),
+            "the 'cotracker' package",
+        ),
+        (
+            cotracker.check_available,
+            Tracks2dSettings(backend="real"),
+            "CoTracker3 from torch.hub, not in the hub cache",
+        ),
+        (diffueraser.check_available, CleanFramesSettings(backend="real"), "set clean_frames.checkout_dir"),
+        (
+            diffueraser.check_available,
+            CleanFramesSettings(backend="real", checkout_dir=Path("/nope")),
+            "the DiffuEraser code at clean_frames.checkout_dir = /nope",
+        ),
+    ],
+    ids=[
+        "sam3-package",
+        "sam3-checkpoint",
+        "cotracker-package",
+        "cotracker-hub",
+        "diffueraser-unset",
+        "diffueraser-code",
+    ],
+)
+def test_missing_model_parts_fail_early_in_one_line(monkeypatch, tmp_path, check, section, expected) -> None:
+    for name in ("sam3", "sam3.model_builder", "cotracker", "cotracker.predictor"):
+        monkeypatch.setitem(sys.modules, name, None)
+    if isinstance(section, HumanMasksSettings):
+        sam3_api.install(monkeypatch, prompts=set())
+    monkeypatch.setattr(cotracker, "hub_checkout", lambda: tmp_path / "no-hub")
+    with pytest.raises(ModelUnavailableError) as caught:
+        check(section)
+    message = str(caught.value)
+    assert expected in message and "\n" not in message, message
+    assert message.endswith("backend: synthetic to run without it")
+
+
+def test_diffueraser_names_a_missing_weights_folder(monkeypatch, tmp_path) -> None:
+    diffueraser_api.install(monkeypatch)
+    root = diffueraser_api.checkout(tmp_path / "D")
+    (root / "weights" / "PCM_Weights").rmdir()
+    with pytest.raises(ModelUnavailableError, match="weights/PCM_Weights under clean_frames.checkout_dir"):
+        diffueraser.check_available(CleanFramesSettings(backend="real", checkout_dir=root))
+
+
+# ---------------------------------------------------------------- TAPIP3D with the stage's queries
+
+
+def test_tapip3d_tracks_exactly_the_query_pixels_it_is_given(monkeypatch, tmp_path) -> None:
+    from tests.unit.fakes import tapip3d_api
+    from tests.unit.test_adapters import K_TRACK, tapip3d_settings, tracking_inputs
+    from trackset.adapters import tapip3d
+
+    loaded = tapip3d_api.install(monkeypatch)
+    frames, meta, depth, _ = tracking_inputs()
+    backend = tapip3d.TAPIP3DBackend(tapip3d_settings(tmp_path))
+    backend.load()
+    queries = [np.array([[20, 5], [21, 5], [30, 20]]), np.array([[8, 8]]), np.zeros((0, 2), np.int64)]
+    result = backend.infer(ref(tmp_path), frames, meta, depth, queries)
+    assert [t.shape[1] for t in result.tracks] == [3, 1, 0]
+    for call, pixels in zip(loaded[0].calls, queries[:2], strict=True):
+        xyz = call["query_point"][:, 1:]
+        u = K_TRACK[0, 0] * xyz[:, 0] / xyz[:, 2] + K_TRACK[0, 2]
+        v = K_TRACK[1, 1] * xyz[:, 1] / xyz[:, 2] + K_TRACK[1, 2]
+        np.testing.assert_allclose(np.c_[u, v], pixels, atol=1e-4)  # no sampling of its own
+    assert len(loaded[0].calls) == 2  # an empty window does not reach the model

@@ -1,0 +1,66 @@
+"""Run records stay bounded in memory and in artifacts; every video is in the run report."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from trackset.domain import StageRecord, VideoFailure
+from trackset.run_report import MAX_FAILURE_ROWS, RunReport, RunSummary, StageOutcome, StageTally
+
+WORKERS = 8
+
+
+def batch(start: int, count: int, failures: int = 0) -> StageOutcome:
+    records = [
+        StageRecord(
+            f"{i:05d}", "depth_camera", "done", 1.5, 2**30, f"gpu{i % 2}-w{i % 4}", str(i % 2), info={"frames": 10}
+        )
+        for i in range(start, start + count)
+    ]
+    failed = [
+        VideoFailure(f"{i:05d}", "depth_camera", "x" * 80) for i in range(start + count, start + count + failures)
+    ]
+    return StageOutcome("depth_camera", records, failed)
+
+
+def test_a_tally_of_2000_videos_makes_a_bounded_table_and_summary(tmp_path):
+    tally = StageTally("depth_camera")
+    report = RunReport(tmp_path / "runs" / "run.jsonl")
+    for wave in range(4):  # 4 waves of 500: 2,000 records and 400 failures
+        part = batch(wave * 600, 500, 100)
+        tally.add(part)
+        report.write(part)
+    assert (tally.done, tally.failed, len(tally.workers)) == (2000, 400, 4)
+    rows = tally.table()
+    assert len(rows) == 4 + MAX_FAILURE_ROWS + 1  # a row per worker, the first failures, "N more"
+    assert len(json.dumps(rows)) < 256 * 1024
+    summary = RunSummary("dataset", 2400, 2400, [tally], report_path=str(report.path))
+    assert len(summary.to_markdown()) < 256 * 1024 and "200 more in the run report" in summary.to_markdown()
+    assert len(tally.sample) == 20 and tally.info_totals["frames"] == 20_000
+
+
+def test_the_report_holds_every_video_and_opens_in_pandas(tmp_path):
+    report = RunReport(tmp_path / "run.jsonl")
+    report.write(batch(0, 30, 5))
+    report.write(StageOutcome("h5_build", [StageRecord("00000", "h5_build", "skipped")]))
+    frame = pd.read_json(report.path, lines=True)
+    assert len(frame) == 36 and set(frame["row"]) == {"record", "failure"}
+    assert [r.video_id for r in report.records("depth_camera")] == [f"{i:05d}" for i in range(30)]
+    assert report.records("h5_build")[0].status == "skipped"
+    summary = RunSummary("dataset", 1, 1, report_path=str(report.path))
+    assert summary.records("depth_camera")[0] == batch(0, 1).records[0]
+
+
+def test_an_empty_run_has_an_empty_report(tmp_path):
+    assert RunReport(tmp_path / "none.jsonl").records("hands") == []
+    assert RunSummary("d", 0, 0).records("hands") == []
+
+
+@pytest.mark.parametrize("skipped", [0, 3])
+def test_skipped_videos_are_counted_not_listed(skipped):
+    tally = StageTally("hands")
+    tally.add(StageOutcome("hands", [StageRecord(f"{i:05d}", "hands", "skipped") for i in range(skipped)]))
+    assert tally.skipped == skipped and tally.done == 0 and len(tally.table()) == (1 if skipped else 0)
