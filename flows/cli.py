@@ -8,6 +8,7 @@ Commands::
     trackset import-intermediates DIR [--dataset-dir D]   # the script pipeline's outputs
     trackset validate DATASET_DIR [--deep]     # layout, ranges, statistics vs partials
     trackset show VIDEO_ID [--dataset-dir D --out DIR]   # an MP4 and a PNG with the tracks drawn in
+    trackset settings [PREFIX]                  # every setting, its default and description
     trackset --version
 
 Errors go to stderr, results to stdout; the exit status says which kind of error it was
