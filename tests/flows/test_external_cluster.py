@@ -142,9 +142,11 @@ def test_a_hand_started_cluster_is_profiled_sized_shrunk_and_gives_the_local_byt
         assert {r.info["workers_per_gpu"] for r in depth.values()} <= {1, 2}
 
         ledgers = ledger_dir_for(root / "work")
-        for gpu in (0, 1):
-            device = FakeDevice(ledgers, gpu, 16 * 1024**3)
-            assert device.most_holders() == 2  # never the third worker of the GPU
+        devices = [FakeDevice(ledgers, gpu, 16 * 1024**3) for gpu in (0, 1)]
+        # Never the third worker of a GPU. Which GPU gets two of the round's three chunks is
+        # the scheduler's choice, but one of them must (three chunks, two per GPU at most).
+        assert [d.most_holders() for d in devices] in ([2, 2], [2, 1], [1, 2])
+        for device in devices:
             # Each worker's highest hold is one stage's model and video, never depth and tracks at once.
             assert max(device.lifetime_peaks().values()) < (DEPTH["model_mb"] + TRACKS["model_mb"]) * MIB
     finally:
