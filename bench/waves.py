@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 SAMPLE_S = 0.2
-GPU_STAGE_TASKS = ("depth-camera-", "tracks-3d-", "hands-")
+GPU_STAGE_TASKS = ("depth-camera-", "object-masks-", "tracks-3d-", "hands-")
 INTERMEDIATES = ("frames", "vipe", "tracks_3d", "hand_poses")
 
 
@@ -52,7 +52,12 @@ def overrides(out: Path, wave_size: int, gpu_s_per_frame: float) -> dict[str, An
         "run": {"wave_size": wave_size, "keep_intermediates": "none"},
         "cluster": {"max_workers_per_gpu": 2, "cpu_workers": 2, "profiling_videos": 2},
         "tracks_3d": {"points_per_window": 64},
-        "synthetic": {"depth_camera": cost, "tracks_3d": cost, "hands": {**cost, "gpu_s_per_frame": gpu_s_per_frame / 2}},
+        "synthetic": {
+            "depth_camera": cost,
+            "object_masks": {**cost, "gpu_s_per_frame": gpu_s_per_frame / 2},
+            "tracks_3d": cost,
+            "hands": {**cost, "gpu_s_per_frame": gpu_s_per_frame / 2},
+        },
     }
 
 
@@ -200,7 +205,7 @@ def report(results: list[dict[str, Any]], started: str, args: argparse.Namespace
         f"2 workers each at most); load average at the end {load}",
         f"- date: {started}",
         f"- corpus: synthetic videos of {args.frames} frames at {args.source}, preprocessed to 512x384, H5 256; "
-        f"GPU phase {args.gpu_s_per_frame} s per frame (hands half) per video, serialised per fake GPU; "
+        f"GPU phase {args.gpu_s_per_frame} s per frame (object masks and hands half) per video, serialised per fake GPU; "
         "`keep_intermediates: none`",
         "",
         "| mode | videos | wave | wall s | first H5 s | GPU busy s | task span s | GPU idle share | peak intermediates MiB |",

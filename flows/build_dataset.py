@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Completed
 from prefect.utilities.timeout import timeout
@@ -230,6 +230,13 @@ def _build(settings: Settings, importing: bool) -> RunSummary:
         with RunCluster(settings) as cluster, WorkList.written("waves", registration.pending) as work:
             if cluster.client is not None:
                 get_run_logger().info("Dask dashboard of this run: %s", cluster.client.dashboard_link)
+                # In the run's Artifacts tab too, where users look while the stages run.
+                create_link_artifact(
+                    cluster.client.dashboard_link,
+                    link_text="Dask dashboard",
+                    key="dask-dashboard",
+                    description="Dask dashboard of this run's cluster (live while the run is)",
+                )
             waves = process_waves.with_options(task_runner=cluster.task_runner())
             summary.stages = waves(work, cluster.attached(settings), stages, str(report), importing=importing)
     else:

@@ -41,13 +41,19 @@ from trackset.worklist import WorkList
 
 def chunk_videos(videos: int, slots: int, most: int) -> int:
     """Videos per task of a GPU round: ``most`` (``cluster.gpu_task_videos``), fewer when
-    the round would otherwise leave some of its ``slots`` (workers it may use) idle.
+    the round would otherwise give some of its ``slots`` (workers it may use) fewer than
+    two tasks.
+
+    Two tasks per slot at least leave Dask room to balance: with one chunk per slot, the
+    slowest chunk holds up the stage while the other slots idle, and a round of 6 videos on
+    4 slots went as 3 chunks of 2, so one GPU got 4 videos and the other 2 (BENCHMARKS.md,
+    waves).
 
     Examples:
-        >>> chunk_videos(500, 16, 8), chunk_videos(20, 16, 8), chunk_videos(3, 4, 8)
-        (8, 2, 1)
+        >>> chunk_videos(500, 16, 8), chunk_videos(100, 16, 8), chunk_videos(20, 16, 8), chunk_videos(6, 4, 8)
+        (8, 3, 1, 1)
     """
-    return max(1, min(most, -(-videos // max(slots, 1))))
+    return max(1, min(most, videos // (2 * max(slots, 1))))
 
 
 @dataclass

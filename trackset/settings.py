@@ -345,7 +345,9 @@ class ClusterSettings(_Section):
         4, ge=1, description="videos per task of the CPU stages (Dask tasks cost ~0.3 s each: keep them coarse)"
     )
     gpu_task_videos: int = Field(
-        8, ge=1, description="most videos per task of a GPU stage (fewer when a round would leave workers idle)"
+        8,
+        ge=1,
+        description="most videos per task of a GPU stage (fewer when a round would give a worker under two tasks)",
     )
     worker_preload: list[str] = Field(
         [], description="Dask preload modules run in every worker at start (dask_setup(worker))"
@@ -442,6 +444,7 @@ class TimeoutSettings(_Section):
             >>> TimeoutSettings(stages={"hands": {"floor_s": 5}}).for_stage("hands").floor_s
             5.0
         """
+        # Keys are the StageName literal; any str may be asked (a stage without an entry gets the default).
         return self.stages.get(stage, self.default)  # type: ignore[call-overload]
 
 

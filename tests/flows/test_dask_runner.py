@@ -7,6 +7,7 @@ from inside the worker processes, through what each task recorded.
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import pytest
@@ -39,12 +40,12 @@ def corpus(tmp_path_factory) -> Path:
     return root
 
 
-async def artifact_keys(keys: list[str]) -> set[str]:
+async def artifacts(keys: list[str]) -> dict[str, object]:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     async with get_client() as client:
         found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
-    return {a.key for a in found}
+    return {a.key: a.data for a in found}
 
 
 def test_gpu_tasks_run_pinned_round_robin_on_gpu_workers_sized_by_profile(corpus, tmp_path):
@@ -62,8 +63,16 @@ def test_gpu_tasks_run_pinned_round_robin_on_gpu_workers_sized_by_profile(corpus
     assert workers <= {f"gpu{g}-w{k}" for g in (0, 1) for k in (0, 1)}
     assert any(w.endswith("-w1") for w in workers)  # the sized cluster had 2 workers per GPU
     assert all(r.worker.startswith("cpu-w") for r in summary.records("h5_build"))
-    keys = ["memory-profile-depth-camera", "stage-depth-camera", "progress-depth-camera", "run-summary"]
-    assert asyncio.run(artifact_keys(keys)) == set(keys)
+    keys = [
+        "memory-profile-depth-camera",
+        "stage-depth-camera",
+        "progress-depth-camera",
+        "run-summary",
+        "dask-dashboard",
+    ]
+    found = asyncio.run(artifacts(keys))
+    assert set(found) == set(keys)
+    assert re.search(r"\(http://127\.0\.0\.1:\d+/status\)", str(found["dask-dashboard"]))
 
 
 def test_a_worker_that_cannot_load_its_model_does_not_stop_the_others(corpus, tmp_path):

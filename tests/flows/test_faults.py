@@ -229,11 +229,12 @@ def inject_write_faults(monkeypatch) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def write_faults(corpus, tmp_path_factory):
-    """One run with four broken writes (shards of 2, so a failing video shares its shard)."""
+    """One run with four broken writes: CPU shards of 2, and on one worker GPU chunks of 3
+    (``chunk_videos(6, 1, 8)``), so a failing video shares its shard or chunk."""
     root = fresh(corpus, tmp_path_factory.mktemp("write-faults"))
     with pytest.MonkeyPatch.context() as monkeypatch:
         fired = inject_write_faults(monkeypatch)
-        summary = build_dataset(overrides=overrides(root, cluster={"cpu_task_videos": 2}))
+        summary = build_dataset(overrides=overrides(root, cluster={"cpu_task_videos": 2, "cpu_workers": 1}))
     return root, summary, fired
 
 
