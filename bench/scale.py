@@ -81,13 +81,15 @@ class Server:
             )
             self.env["PREFECT_API_DATABASE_CONNECTION_URL"] = started.stdout.strip().splitlines()[-1]
         prefect = Path(sys.executable).with_name("prefect")
-        self.process = subprocess.Popen(
-            [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(self.port), "--analytics-off"],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        self.log = root / "server.log"
+        with self.log.open("wb") as log:  # the child keeps its own handle
+            self.process = subprocess.Popen(
+                [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(self.port), "--analytics-off"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 180
         while True:
             try:
@@ -110,6 +112,13 @@ class Server:
             text=True,
         )
         return int(done.stdout.strip())
+
+    def check_alive(self) -> None:
+        """Raise with the end of the server's log when it has exited (it must outlive every run)."""
+        if self.process.poll() is not None:
+            tail = self.log.read_text(errors="replace").splitlines()[-30:]
+            exited = f"the Prefect server exited ({self.process.returncode}); {self.log}:"
+            raise RuntimeError("\n".join([exited, *tail]))
 
     def stop(self) -> None:
         os.killpg(self.process.pid, signal.SIGTERM)
@@ -269,11 +278,15 @@ def run_child(out: Path, server: Server) -> dict[str, Any]:
     sampler.start()
     stdout, _ = process.communicate()
     peaks = sampler.stop()
+    server.check_alive()
     if process.returncode:
         raise RuntimeError(f"the flow failed (exit {process.returncode})")
     result = json.loads(stdout.strip().splitlines()[-1])
-    os.environ["PREFECT_API_URL"] = server.url
-    result.update(api_facts(result["flow_run_id"]))
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    # Not os.environ: Prefect reads it once per process, and each size has a server of its own.
+    with temporary_settings(updates={PREFECT_API_URL: server.url}):
+        result.update(api_facts(result["flow_run_id"]))
     result["peaks"] = peaks
     result["db_bytes"] = server.db_bytes()
     return result
