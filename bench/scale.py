@@ -37,8 +37,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from trackset.domain import stage_slug
+from trackset.stages.registry import GPU_STAGES
+
 REPO = Path(__file__).resolve().parents[1]
-GPU_SLUGS = ("depth-camera", "object-masks", "tracks-3d", "hands")  # the GPU stages a 3D build runs
+GPU_SLUGS = tuple(stage_slug(stage) for stage in GPU_STAGES)  # task runs are named "<slug>-..."
 FRAMES, WIDTH, HEIGHT, H5_SIZE, DISTINCT = 8, 32, 24, 16, 40
 SAMPLE_S = 0.5
 MIB = 2**20

@@ -40,15 +40,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from trackset.domain import stage_slug
+from trackset.stages.registry import GPU_STAGES
+
 SAMPLE_S = 0.2
-GPU_STAGE_TASKS = ("depth-camera-", "object-masks-", "tracks-3d-", "hands-")
+# Task runs are named "<stage-slug>-<video or shard>": the registry says which stages use a GPU.
+GPU_STAGE_TASKS = tuple(f"{stage_slug(stage)}-" for stage in GPU_STAGES)
 INTERMEDIATES = ("frames", "vipe", "tracks_3d", "hand_poses")
 
 
 def overrides(out: Path, wave_size: int, gpu_s_per_frame: float) -> dict[str, Any]:
     cost = {"gpu_s_per_frame": gpu_s_per_frame, "cpu_s_per_frame": 0.005, "model_mb": 2000, "per_video_mb": 500}
     return {
-        "paths": {"videos_dir": str(out / "videos"), "work_dir": str(out / "work"), "dataset_dir": str(out / "dataset")},
+        "paths": {
+            "videos_dir": str(out / "videos"),
+            "work_dir": str(out / "work"),
+            "dataset_dir": str(out / "dataset"),
+        },
         "run": {"wave_size": wave_size, "keep_intermediates": "none"},
         "cluster": {"max_workers_per_gpu": 2, "cpu_workers": 2, "profiling_videos": 2},
         "tracks_3d": {"points_per_window": 64},
@@ -205,7 +213,8 @@ def report(results: list[dict[str, Any]], started: str, args: argparse.Namespace
         f"2 workers each at most); load average at the end {load}",
         f"- date: {started}",
         f"- corpus: synthetic videos of {args.frames} frames at {args.source}, preprocessed to 512x384, H5 256; "
-        f"GPU phase {args.gpu_s_per_frame} s per frame (object masks and hands half) per video, serialised per fake GPU; "
+        f"GPU phase {args.gpu_s_per_frame} s per frame (object masks and hands half) per video, "
+        "serialised per fake GPU; "
         "`keep_intermediates: none`",
         "",
         "| mode | videos | wave | wall s | first H5 s | GPU busy s | task span s | GPU idle share | peak intermediates MiB |",
