@@ -94,6 +94,7 @@ class StageRun:
         self.uses_gpu = stage_spec(stage).resources.uses_gpu
         self.shard_size = settings.cluster.cpu_task_videos if stage_spec(stage).batched else None
         self.known_peak: int | None = None
+        self.profiled = False  # an earlier wave of this run profiled the stage (with or without a peak)
         self.profiles = ProfileStore(settings.paths.work_dir)
         self.accounted = 0  # videos of the run this stage is finished with (done, skipped, failed or dropped)
         self._progress: StageProgress | None = None
@@ -242,6 +243,7 @@ class StageRun:
                 packing,
                 prior_peak_bytes=prior_peak_bytes(self.stage, self.settings),
                 known_peak_bytes=self.known_peak,
+                profile=not self.profiled,
             )
             self._remember_peak(result, gpus)
         self._record(result)
@@ -264,12 +266,18 @@ class StageRun:
         return gpus
 
     def _remember_peak(self, result: PackingResult, gpus: list[GpuInfo]) -> None:
-        """Reuse the peak for the next wave, unless it under-estimated (a wave shrank)."""
+        """Reuse the profile for the next wave, unless it under-estimated (a wave shrank).
+
+        A profile that measured no peak is reused too (as "profiled"): a stage that charges
+        no GPU memory would otherwise profile every wave again and measure nothing again.
+        """
         shrank = any(r.out_of_memory for r in result.rounds if not r.profiling)
         if shrank:
-            self.known_peak = None
+            self.known_peak, self.profiled = None, False
             self.profiles.forget(self.stage)
-        elif result.peak_source == "profiled" and result.peak_bytes is not None:
+            return
+        self.profiled = self.profiled or any(r.profiling for r in result.rounds)
+        if result.peak_source == "profiled" and result.peak_bytes is not None:
             self.known_peak = result.peak_bytes
             self.profiles.save(self.stage, self.config.cache_key(), gpus, result.peak_bytes)
 

@@ -101,6 +101,7 @@ def pack_gpu_stage(
     *,
     prior_peak_bytes: int | None = None,
     known_peak_bytes: int | None = None,
+    profile: bool = True,
     resizable: bool = True,
 ) -> PackingResult:
     """Run a GPU stage's ``videos`` through ``run`` by the out-of-memory policy (module docstring).
@@ -113,6 +114,8 @@ def pack_gpu_stage(
         settings: profiling count, headroom and the cap on workers per GPU.
         prior_peak_bytes: the stage's declared peak, used when no peak is measured.
         known_peak_bytes: a peak measured earlier; skips profiling.
+        profile: False where an earlier wave profiled and measured no peak: profiling again
+            would measure nothing again, so the prior (or one worker per GPU) sizes it at once.
         resizable: False where the cluster cannot be resized (threads, or workers started by
             someone else): everything runs once and out-of-memory videos are quarantined.
     """
@@ -125,7 +128,7 @@ def pack_gpu_stage(
 
     if known_peak_bytes is not None:
         result.peak_bytes, result.peak_source = known_peak_bytes, "given"
-    elif pending:
+    elif pending and profile:
         head, pending = pending[: settings.profiling_videos], pending[settings.profiling_videos :]
         part = _round(result, run, head, 1, profiling=True)
         _quarantine(result, _take_oom(result.outcome), "out of memory alone on a GPU while profiling")

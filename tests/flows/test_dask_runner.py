@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,41 @@ def test_a_worker_that_cannot_load_its_model_does_not_stop_the_others(corpus, tm
     landed = sorted(p.stem for p in (tmp_path / "dataset").glob("*.hdf5"))
     assert landed == sorted(r.video_id for r in depth)
     assert len(landed) + len(failures) == 6
+
+
+def add_video(source: Path, videos: Path) -> None:
+    """Copy a corpus video and its ground-truth sidecar (registration skips symlinked files)."""
+    for path in (source, source.with_suffix(".scene.json")):
+        shutil.copy2(path, videos / path.name)
+
+
+def test_each_gpu_stage_profiles_on_its_first_wave_only_and_the_next_run_starts_from_the_stored_peak(corpus, tmp_path):
+    """Depth charges the fake GPUs (a peak is measured and stored); the other GPU stages charge
+    nothing, and are not profiled again on later waves for it."""
+    from bench.run_history import stage_subflows
+    from trackset.settings import load_settings
+    from trackset.stages.registry import enabled_stages, stage_spec
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    sources = sorted(corpus.glob("*.mp4"))
+    for source in sources[:4]:
+        add_video(source, videos)
+    settings = overrides(tmp_path, run={"wave_size": 2}, cluster={"profiling_videos": 1})
+    gpu_stages = [s for s in enabled_stages(load_settings(None, settings)) if stage_spec(s).resources.uses_gpu]
+    assert "depth_camera" in gpu_stages and len(gpu_stages) > 1
+
+    def profiled(state) -> list[str]:
+        subflows = stage_subflows(state.state_details.flow_run_id)
+        return sorted(run.name.removeprefix("profile-") for run in subflows if run.name.startswith("profile-"))
+
+    first = build_dataset(overrides=settings, return_state=True)
+    assert not first.result().failures and len(first.result().records("depth_camera")) == 4
+    assert profiled(first) == sorted(gpu_stages)  # once each, on wave 1 of 2
+    assert (tmp_path / "work" / "profiles" / "depth_camera.json").is_file()
+
+    for source in sources[4:]:
+        add_video(source, videos)
+    second = build_dataset(overrides=settings, return_state=True)
+    assert [r.status for r in second.result().records("depth_camera")] == ["done"] * 2  # only the new
+    assert profiled(second) == sorted(set(gpu_stages) - {"depth_camera"})

@@ -157,6 +157,20 @@ def test_a_known_peak_skips_profiling():
     assert result.peak_source == "given"
 
 
+def test_a_stage_already_profiled_without_a_peak_is_not_profiled_again():
+    """A later wave of a stage whose profile measured nothing: the prior, else one worker per GPU."""
+    run = FakeGpuRun({v.video_id: 1.0 for v in videos(3)}, measured=False)
+    result = pack_gpu_stage("depth_camera", videos(3), run, [gpu(0, 32)], SETTINGS, profile=False)
+    assert run.calls == [(["00000", "00001", "00002"], 1, False)]
+    assert result.peak_source == "none"
+    run = FakeGpuRun({v.video_id: 1.0 for v in videos(3)}, measured=False)
+    result = pack_gpu_stage(
+        "depth_camera", videos(3), run, [gpu(0, 32)], SETTINGS, prior_peak_bytes=14 * GIB, profile=False
+    )
+    assert run.calls == [(["00000", "00001", "00002"], 2, False)]
+    assert result.peak_source == "prior"
+
+
 def test_fewer_videos_than_profiling_runs_only_the_profile():
     run = FakeGpuRun({"00000": 1.0})
     result = pack_gpu_stage("depth_camera", videos(1), run, [gpu(0, 16)], SETTINGS)
