@@ -99,8 +99,11 @@ class DiskSampler(threading.Thread):
         return self.peak
 
 
-def gpu_busy(flow_run_id: Any) -> tuple[float, float]:
-    """Seconds with at least one GPU-stage task running, and the span of all the run's tasks."""
+def gpu_busy(flow_run_id: Any) -> dict[str, float]:
+    """Seconds with at least one GPU-stage task running, the span of all the run's tasks, and
+    where the idle rest of the span lies: before the first GPU task (the first preprocessing),
+    between GPU tasks (stage transitions, waits for the CPU lanes), after the last (the last
+    H5 build)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId, TaskRunFilter
     from prefect.client.schemas.filters import TaskRunFilterFlowRunId
@@ -123,16 +126,39 @@ def gpu_busy(flow_run_id: Any) -> tuple[float, float]:
     intervals = sorted(
         (t.start_time.timestamp(), t.end_time.timestamp()) for t in timed if t.name.startswith(GPU_STAGE_TASKS)
     )
-    busy, current_end = 0.0, float("-inf")
+    return idle_breakdown(
+        intervals,
+        min(t.start_time.timestamp() for t in timed),
+        max(t.end_time.timestamp() for t in timed),
+    )
+
+
+def idle_breakdown(intervals: list[tuple[float, float]], first: float, last: float) -> dict[str, float]:
+    """Busy seconds of the union of sorted ``intervals`` within ``first``..``last``, and the idle rest.
+
+    Examples:
+        >>> idle_breakdown([(1, 3), (2, 4), (6, 7)], 0, 10) == {
+        ...     "gpu_busy_s": 4, "span_s": 10, "idle_head_s": 1, "idle_between_s": 2, "gaps": 1, "idle_tail_s": 3}
+        True
+    """
+    busy, between, gaps, current_end = 0.0, 0.0, 0, float("-inf")
     for start, end in intervals:
         if start > current_end:
+            if current_end > float("-inf"):
+                between, gaps = between + start - current_end, gaps + 1
             busy += end - start
             current_end = end
         elif end > current_end:
             busy += end - current_end
             current_end = end
-    span = max(t.end_time.timestamp() for t in timed) - min(t.start_time.timestamp() for t in timed)
-    return busy, span
+    return {
+        "gpu_busy_s": busy,
+        "span_s": last - first,
+        "idle_head_s": intervals[0][0] - first,
+        "idle_between_s": between,
+        "gaps": gaps,
+        "idle_tail_s": last - current_end,
+    }
 
 
 def child(out: Path, wave_size: int, gpu_s_per_frame: float) -> dict[str, Any]:
@@ -153,8 +179,7 @@ def child(out: Path, wave_size: int, gpu_s_per_frame: float) -> dict[str, Any]:
     if summary.failures:
         raise RuntimeError(f"{len(summary.failures)} failures, e.g. {summary.failures[0]}")
     first_h5 = min(p.stat().st_mtime for p in (out / "dataset").glob("*.hdf5")) - started
-    busy, span = gpu_busy(state.state_details.flow_run_id)
-    return {"wall_s": wall, "first_h5_s": first_h5, "gpu_busy_s": busy, "span_s": span, "peak_bytes": peak}
+    return {"wall_s": wall, "first_h5_s": first_h5, "peak_bytes": peak, **gpu_busy(state.state_details.flow_run_id)}
 
 
 def prepare(out: Path, corpus: Path) -> None:
@@ -170,6 +195,7 @@ def main() -> None:
     parser.add_argument("--gpu-s-per-frame", type=float, default=0.1)
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--source", default="1280x720", help="source video size WxH")
+    parser.add_argument("--modes", nargs="+", choices=("barrier", "waves"), default=["barrier", "waves"])
     parser.add_argument("--scale", action="store_true", help="also run the waves mode on twice the corpus")
     parser.add_argument("--out", type=Path, default=Path("/tmp/trackset-bench-waves"))
     parser.add_argument("--child", nargs=2, metavar=("DIR", "WAVE_SIZE"), help=argparse.SUPPRESS)
@@ -190,6 +216,7 @@ def main() -> None:
             make_corpus(corpora[size], size, seed=5, num_frames=args.frames, width=width, height=height)
     runs = [("barrier", args.videos, args.videos), ("waves", args.videos, args.wave_size)]
     runs += [("waves", size, args.wave_size) for size in sizes[1:]]
+    runs = [run for run in runs if run[0] in args.modes]
     results = []
     for mode, size, wave in runs:
         out = args.out / f"{mode}-{size}"
@@ -217,14 +244,17 @@ def report(results: list[dict[str, Any]], started: str, args: argparse.Namespace
         "serialised per fake GPU; "
         "`keep_intermediates: none`",
         "",
-        "| mode | videos | wave | wall s | first H5 s | GPU busy s | task span s | GPU idle share | peak intermediates MiB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| mode | videos | wave | wall s | first H5 s | GPU busy s | task span s | GPU idle share "
+        "| idle before / between (gaps) / after s | peak intermediates MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         idle = 1 - r["gpu_busy_s"] / r["span_s"]
         lines.append(
             f"| {r['mode']} | {r['videos']} | {r['wave']} | {r['wall_s']:.1f} | {r['first_h5_s']:.1f} "
-            f"| {r['gpu_busy_s']:.1f} | {r['span_s']:.1f} | {idle:.0%} | {r['peak_bytes'] / 2**20:.0f} |"
+            f"| {r['gpu_busy_s']:.1f} | {r['span_s']:.1f} | {idle:.0%} "
+            f"| {r['idle_head_s']:.1f} / {r['idle_between_s']:.1f} ({r['gaps']}) / {r['idle_tail_s']:.1f} "
+            f"| {r['peak_bytes'] / 2**20:.0f} |"
         )
     return "\n".join(lines)
 

@@ -14,9 +14,9 @@ every task runner connects to it by address:
 - ``cluster.runner: threads`` runs every task in the flow's own process (tests, laptops).
 
 The workers are asked what they are (:mod:`trackset.worker_probe`): host, GPU, how much
-of it is free now. Between stages the models are released on every worker
-(``release_stages`` through ``Client.run``), so a stage never loads its model on top of
-the previous stage's.
+of it is free now; each worker is asked once, as it joins. Between stages the models are
+released on every GPU worker (``release_stages`` through ``Client.run``), so a stage never
+loads its model on top of the previous stage's.
 """
 
 from __future__ import annotations
@@ -61,6 +61,9 @@ class RunCluster:
         self.address: str | None = None
         self.client: Client | None = None
         self._cluster: SpecCluster | None = None
+        # What each worker said of itself (host, GPU), by address: asked once per worker,
+        # since a stage transition that asks every busy CPU worker again waits on the slowest.
+        self._facts: dict[str, dict[str, Any]] = {}
 
     def __enter__(self) -> RunCluster:
         cluster = self.settings.cluster
@@ -132,14 +135,22 @@ class RunCluster:
         return plan
 
     def _read_plan(self, client: Client, readable: list[str] | None, writable: list[str] | None) -> ClusterPlan:
+        """The plan from the scheduler's worker list, asking only workers not seen before
+        what they are (all of them when checking folders and the API)."""
         workers = client.scheduler_info(n_workers=-1)["workers"]
         checking = readable is not None or writable is not None
-        api_url = worker_env()["PREFECT_API_URL"] if checking else ""
-        answers = client.run(describe_worker, readable or [], writable or [], api_url, on_error="return")
-        if checking:
-            self.check(workers, answers)
-        # A worker that died since the scheduler listed it answers with an error: it takes no part.
-        facts = {address: answer for address, answer in answers.items() if isinstance(answer, dict)}
+        asked = list(workers) if checking else [address for address in workers if address not in self._facts]
+        if asked:
+            api_url = worker_env()["PREFECT_API_URL"] if checking else ""
+            answers = client.run(
+                describe_worker, readable or [], writable or [], api_url, workers=asked, on_error="return"
+            )
+            if checking:
+                self.check(workers, answers)
+            # A worker that died since the scheduler listed it answers with an error: it takes no part.
+            self._facts.update({address: answer for address, answer in answers.items() if isinstance(answer, dict)})
+        self._facts = {address: facts for address, facts in self._facts.items() if address in workers}
+        facts = self._facts
         return ClusterPlan(
             [
                 ClusterWorker(
@@ -182,19 +193,19 @@ class RunCluster:
             )
 
     def gpu_infos(self, plan: ClusterPlan) -> list[GpuInfo]:
-        """Every GPU of ``plan`` as it is now, each asked of its first worker."""
+        """Every GPU of ``plan`` as it is now, asked of its workers in one round trip."""
         if self.client is None:
             return []
+        owner = {worker.address: gpu for gpu, group in plan.by_gpu.items() for worker in group}
+        cluster, work_dir = self.settings.cluster, str(self.settings.paths.work_dir)
+        answers = self.client.run(current_gpu, cluster, work_dir, workers=list(owner), on_error="return")
         infos = []
-        for gpu in plan.gpus:
-            addresses = [worker.address for worker in plan.by_gpu[gpu]]
-            work_dir = str(self.settings.paths.work_dir)
-            cluster = self.settings.cluster
-            answers = self.client.run(current_gpu, cluster, work_dir, workers=addresses, on_error="return")
+        for gpu, group in plan.by_gpu.items():
             # Any live worker of the GPU can tell; one that died since the plan was read cannot.
-            found = [answer for answer in answers.values() if isinstance(answer, GpuInfo)]
+            replies = [answers.get(worker.address) for worker in group]
+            found = [reply for reply in replies if isinstance(reply, GpuInfo)]
             if not found:
-                errors = "; ".join(str(answer) for answer in answers.values())
+                errors = "; ".join(str(reply) for reply in replies)
                 raise RuntimeError(f"no worker of GPU {gpu.index} on {gpu.host} answered: {errors}")
             info = found[0]
             name = info.name if plan.single_host else f"{info.name} @ {gpu.host}"
@@ -202,8 +213,13 @@ class RunCluster:
         return infos
 
     def release(self, stage: str) -> None:
-        """Free ``stage``'s models on every worker (and in this process, for threads)."""
+        """Free ``stage``'s models on the GPU workers (and in this process, for threads).
+
+        Only GPU workers load a GPU stage's model; the CPU workers, busy with the next wave's
+        preprocessing and the last one's H5 files, are not asked.
+        """
         release_stages(stage)
         if self.client is not None:
+            gpu_workers = [address for address, facts in self._facts.items() if facts["gpu"] is not None]
             # A worker that died holds no model; its replacement never loaded one.
-            self.client.run(release_stages, stage, on_error="ignore")
+            self.client.run(release_stages, stage, workers=gpu_workers or None, on_error="ignore")

@@ -1,4 +1,5 @@
-"""A misshaped cluster fails at once, naming each worker and what is wrong with it (fast)."""
+"""A misshaped cluster fails at once, naming each worker and what is wrong with it; stage
+transitions ask the workers only what they must (fast)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from distributed.comm.core import CommClosedError
 
 import trackset
 from flows.run_cluster import RunCluster
+from trackset.cluster_plan import GPU, GPU_RANK, gpu_rank
 from trackset.errors import ClusterShapeError
+from trackset.gpu_inventory import GpuInfo
 from trackset.settings import Settings
-from trackset.worker_probe import describe_worker
+from trackset.worker_probe import current_gpu, describe_worker
 
 
 def answer(**changes):
@@ -48,3 +51,51 @@ def test_a_worker_names_the_folders_and_the_api_it_cannot_reach(tmp_path):
     facts = describe_worker([str(tmp_path / "videos")], [str(tmp_path / "missing")], "http://127.0.0.1:9/api")
     assert facts["problems"][0] == f"cannot see {tmp_path / 'missing'}"
     assert facts["problems"][1].startswith("cannot reach the Prefect API at http://127.0.0.1:9/api")
+
+
+class FakeClient:
+    """A Dask client to a cluster of ``workers`` (address -> scheduler info) that records each
+    ``run``: which function, on which workers."""
+
+    def __init__(self, workers: dict[str, dict], gpus: dict[str, int | None]) -> None:
+        self.workers, self.gpus = workers, gpus
+        self.runs: list[tuple[str, list[str]]] = []
+
+    def scheduler_info(self, n_workers: int) -> dict:
+        return {"workers": dict(self.workers)}
+
+    def run(self, function, *args, workers=None, on_error="raise"):
+        asked = sorted(self.workers if workers is None else workers)
+        self.runs.append((function.__name__, asked))
+        if function is describe_worker:
+            return {address: answer(gpu=self.gpus[address]) for address in asked}
+        if function is current_gpu:
+            return {address: GpuInfo(self.gpus[address], "Fake", 16, 0, 16) for address in asked}
+        return {address: 0 for address in asked}
+
+
+def test_stage_transitions_ask_only_the_workers_they_need_once_each():
+    """Between two GPU stages a run reads the plan again, the GPUs and releases the models: the
+    busy CPU workers are asked nothing, each worker is described once, the GPUs in one call."""
+    gpu = {GPU: 1, GPU_RANK: gpu_rank(0)}
+    workers = {"tcp://a:1": {"name": "gpu0-w0", "resources": gpu}, "tcp://a:2": {"name": "gpu1-w0", "resources": gpu}}
+    workers["tcp://a:3"] = {"name": "cpu-w0", "resources": {"CPU": 1}}
+    client = FakeClient(workers, {"tcp://a:1": 0, "tcp://a:2": 1, "tcp://a:3": None})
+    cluster = RunCluster(Settings(cluster={"scheduler_address": "tcp://scheduler:8786"}))
+    cluster.client = client
+
+    plan = cluster.plan()
+    assert client.runs == [("describe_worker", ["tcp://a:1", "tcp://a:2", "tcp://a:3"])]
+    assert [g.index for g in plan.gpus] == [0, 1]
+    client.runs.clear()
+    assert [g.index for g in cluster.plan().gpus] == [0, 1] and client.runs == []  # nobody asked again
+    assert [info.index for info in cluster.gpu_infos(plan)] == [0, 1]
+    cluster.release("depth_camera")
+    assert client.runs == [("current_gpu", ["tcp://a:1", "tcp://a:2"]), ("release_stages", ["tcp://a:1", "tcp://a:2"])]
+
+    client.runs.clear()
+    del client.workers["tcp://a:2"]  # gpu1-w0 restarted under a new address
+    client.workers["tcp://a:4"], client.gpus["tcp://a:4"] = {"name": "gpu1-w0", "resources": gpu}, 1
+    assert [w.address for w in cluster.plan().workers if w.gpu is not None] == ["tcp://a:1", "tcp://a:4"]
+    cluster.release("tracks_3d")
+    assert client.runs == [("describe_worker", ["tcp://a:4"]), ("release_stages", ["tcp://a:1", "tcp://a:4"])]
