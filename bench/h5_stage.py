@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import multiprocessing
 import os
+import resource
 import shutil
 import time
 from collections.abc import Callable
@@ -70,13 +71,22 @@ def warm_up(out: Path, dataset: str, compression: str, ready: Barrier) -> None:
     ready.wait()
 
 
+def busy_cpu_s() -> float:
+    """CPU seconds the whole machine has spent not idle since boot (``/proc/stat``)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def worker(args: tuple[Path, str, str, list[VideoRef]]) -> dict[str, object]:
-    """One worker process: build its videos' H5 files, report timings and peak RSS."""
+    """One worker process: build its videos' H5 files, report timings, peak RSS, its own user
+    and system CPU seconds and page faults, and the machine's busy CPU seconds around it."""
     out, dataset, compression, refs = args
     from trackset.worker_cache import get_stage
 
     stage = get_stage("h5_build", stage_config("h5_build", bench_settings(out, dataset, compression)))
     seconds, rss_half = [], None
+    usage, machine = resource.getrusage(resource.RUSAGE_SELF), busy_cpu_s()
     first = time.perf_counter()
     for index, ref in enumerate(refs):
         start = time.perf_counter()
@@ -85,11 +95,18 @@ def worker(args: tuple[Path, str, str, list[VideoRef]]) -> dict[str, object]:
         seconds.append(time.perf_counter() - start)
         if index + 1 == max(1, len(refs) // 2):
             rss_half = read_vmhwm_bytes()
+    last, machine_end = time.perf_counter(), busy_cpu_s()
+    after = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "pid": os.getpid(),
         "seconds": seconds,
         "first": first,
-        "last": time.perf_counter(),
+        "last": last,
+        "user_s": after.ru_utime - usage.ru_utime,
+        "sys_s": after.ru_stime - usage.ru_stime,
+        "minor_faults": after.ru_minflt - usage.ru_minflt,
+        "machine_start": machine,
+        "machine_end": machine_end,
         "rss_half": rss_half,
         "rss_end": read_vmhwm_bytes(),
     }
@@ -181,9 +198,10 @@ def main() -> None:
     print(f"H5 stage, {len(refs)} videos x {args.frames} frames (512x384 -> 256), cpu_count={os.cpu_count()}")
     print(
         "| compression | workers | videos | wall s | wall s/video | s/video in worker | H5 MiB/video "
-        "| peak RSS/worker after half (MiB) | peak RSS/worker at end (MiB) |"
+        "| peak RSS/worker after half (MiB) | peak RSS/worker at end (MiB) | user s/video | sys s/video "
+        "| page faults/video | machine CPU s/video outside the workers |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     walls: dict[tuple[str, int], float] = {}
     for compression in args.compression:
         for workers in (1, 2):
@@ -193,9 +211,16 @@ def main() -> None:
             rss_end = max(int(r["rss_end"]) for r in results) / 2**20
             rss_half = max(int(r["rss_half"] or 0) for r in results) / 2**20
             h5_bytes = sum(p.stat().st_size for p in (args.out / f"dataset-{compression}-{workers}w").glob("*.hdf5"))
+            user, system = (sum(float(r[key]) for r in results) / len(refs) for key in ("user_s", "sys_s"))
+            faults = sum(int(r["minor_faults"]) for r in results) / len(refs)
+            # Busy CPU of the whole machine over the run, less the workers' own: the kernel's
+            # writeback of the page cache, and anything else that ran meanwhile.
+            machine = max(float(r["machine_end"]) for r in results) - min(float(r["machine_start"]) for r in results)
+            outside = (machine - sum(float(r["user_s"]) + float(r["sys_s"]) for r in results)) / len(refs)
             print(
                 f"| {compression} | {workers} | {len(refs)} | {wall:.2f} | {wall / len(refs):.3f} "
-                f"| {sum(per_video) / len(per_video):.3f} | {h5_bytes / len(refs) / 2**20:.1f} | {rss_half:.0f} | {rss_end:.0f} |",
+                f"| {sum(per_video) / len(per_video):.3f} | {h5_bytes / len(refs) / 2**20:.1f} | {rss_half:.0f} "
+                f"| {rss_end:.0f} | {user:.3f} | {system:.3f} | {faults:.0f} | {outside:.3f} |",
                 flush=True,
             )
     for compression in args.compression:

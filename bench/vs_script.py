@@ -23,6 +23,10 @@ changed and its sequential mode (``use_adaptive_workers: false``; 2 adaptive wor
 0.94x on this machine class, PLATFORM-NOTES.md). Wall time covers the whole command. The
 first video of each N is compared: root/video and root/depth must be bit-identical.
 
+``--before DIR`` also runs trackset from an earlier checkout (``git worktree add DIR
+<commit>``; imported through ``PYTHONPATH``) at the N of ``--before-videos``, interleaved
+with the rest, so the change is measured in the same run.
+
 ``--fixed-costs`` instead runs one import in this process, with timers around what a run
 pays whatever its size (module imports, the temporary Prefect server, registration, the
 Dask cluster, the waves subflow minus the H5 stage's own work, statistics).
@@ -110,17 +114,22 @@ def script_config(script_dir: Path, data: Path, output: Path, videos: int) -> di
     return config
 
 
-def clean_env() -> dict[str, str]:
-    """This environment without a Prefect API: trackset starts its temporary server, as for a user."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
+def clean_env(code: Path | None = None) -> dict[str, str]:
+    """This environment without a Prefect API: trackset starts its temporary server, as for a
+    user. With ``code``, trackset is imported from that checkout instead of this one."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
+    return env
 
 
-def run_trackset(data: Path, output: Path, runner: str) -> float:
-    """Wall seconds of ``trackset import-intermediates`` into a fresh ``output``."""
+def run_trackset(data: Path, output: Path, runner: str, code: Path | None = None) -> float:
+    """Wall seconds of ``trackset import-intermediates`` into a fresh ``output`` (from the
+    checkout ``code`` where given)."""
     shutil.rmtree(output, ignore_errors=True)
     command = [str(VENV_BIN / "trackset"), "import-intermediates", str(data), "--dataset-dir", str(output)]
     command += ["--set", f"cluster.runner={runner}"]
-    return timed_command(command, Path.cwd(), output.with_suffix(".log"))
+    return timed_command(command, Path.cwd(), output.with_suffix(".log"), clean_env(code))
 
 
 def run_script(script_dir: Path, data: Path, output: Path, videos: int) -> float:
@@ -131,14 +140,14 @@ def run_script(script_dir: Path, data: Path, output: Path, videos: int) -> float
     cwd.mkdir(parents=True)
     (cwd / "config.yaml").write_text(yaml.safe_dump(script_config(script_dir, data, output, videos)))
     command = [sys.executable, str(script_dir / "dataset_scripts" / "create_h5_dataset.py")]
-    return timed_command(command, cwd, output.with_suffix(".log"))
+    return timed_command(command, cwd, output.with_suffix(".log"), clean_env())
 
 
-def timed_command(command: list[str], cwd: Path, log: Path) -> float:
+def timed_command(command: list[str], cwd: Path, log: Path, env: dict[str, str]) -> float:
     """Run ``command`` (output to ``log``); its wall seconds, or exit naming the log on failure."""
     start = time.perf_counter()
     with open(log, "w") as handle:
-        status = subprocess.run(command, cwd=cwd, env=clean_env(), stdout=handle, stderr=subprocess.STDOUT).returncode
+        status = subprocess.run(command, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT).returncode
     seconds = time.perf_counter() - start
     if status != 0:
         sys.exit(f"{command[0]} {command[1]} failed ({status}); see {log}")
@@ -168,6 +177,10 @@ def compare(args: argparse.Namespace, scenes_dir: Path) -> None:
                 seconds = run_trackset(data, args.out / f"trackset-{runner}-{n}", runner)
                 walls.setdefault((f"trackset ({runner})", n), []).append(seconds)
                 print(f"repeat {repeat + 1} N={n} trackset {runner}: {seconds:.2f} s", flush=True)
+                if args.before is not None and n in args.before_videos:
+                    seconds = run_trackset(data, args.out / f"before-{runner}-{n}", runner, args.before)
+                    walls.setdefault((f"trackset before ({runner})", n), []).append(seconds)
+                    print(f"repeat {repeat + 1} N={n} trackset before {runner}: {seconds:.2f} s", flush=True)
             if script_dir is not None:
                 seconds = run_script(script_dir, data, args.out / f"script-{n}", n)
                 walls.setdefault(("script", n), []).append(seconds)
@@ -291,6 +304,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--runners", nargs="+", default=["dask", "threads"], choices=["dask", "threads"])
     parser.add_argument("--fixed-costs", action="store_true", help="time one run's fixed costs instead")
+    parser.add_argument("--before", type=Path, default=None, help="a checkout of an earlier trackset, run too")
+    parser.add_argument("--before-videos", type=int, nargs="+", default=[5], help="the N at which --before runs")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     scenes_dir = prepare_scenes(args.out, args.scenes, args.frames)
