@@ -21,10 +21,12 @@ loads its model on top of the previous stage's.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import dask
 from distributed import Client, SpecCluster
 from distributed.comm.core import CommClosedError
 from prefect.client.orchestration import get_client
@@ -52,6 +54,15 @@ def worker_env() -> dict[str, str]:
         return {"PREFECT_API_URL": str(client.api_url).rstrip("/")}
 
 
+# Every batched comm of Dask keeps its last ``low-level-log-length`` batches for debugging
+# (default 1,000). A batch that submits or dispatches a Prefect task holds the whole task
+# spec (the Prefect task, its parameters, its serialized context): in the flow process, the
+# client's comm to the scheduler and the in-process scheduler's comm to each worker kept
+# ~145 KiB per video of a 5,000-video build (BENCHMARKS.md, scale). A few batches are enough
+# to debug with.
+DASK_MESSAGE_LOG_LENGTH = 16
+
+
 class RunCluster:
     """The run's cluster (or none, for threads), open from ``__enter__`` to ``__exit__``."""
 
@@ -61,6 +72,7 @@ class RunCluster:
         self.address: str | None = None
         self.client: Client | None = None
         self._cluster: SpecCluster | None = None
+        self._context = ExitStack()
         # What each worker said of itself (host, GPU), by address: asked once per worker,
         # since a stage transition that asks every busy CPU worker again waits on the slowest.
         self._facts: dict[str, dict[str, Any]] = {}
@@ -69,6 +81,10 @@ class RunCluster:
         cluster = self.settings.cluster
         if self.threads:
             return self
+        # Before any comm opens: each reads the length once. Nanny workers get it too.
+        self._context.enter_context(
+            dask.config.set({"distributed.admin.low-level-log-length": DASK_MESSAGE_LOG_LENGTH})
+        )
         if cluster.scheduler_address:
             self.address = cluster.scheduler_address
             self.client = Client(self.address, timeout=cluster.connect_timeout_s)
@@ -93,6 +109,7 @@ class RunCluster:
             self.client.close()
         if self._cluster is not None:
             self._cluster.close()
+        self._context.close()
 
     def _local_gpus(self) -> list[int]:
         """The GPUs of this machine the run may use (``cluster.gpus``; fake ones without NVML)."""

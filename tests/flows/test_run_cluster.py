@@ -99,3 +99,19 @@ def test_stage_transitions_ask_only_the_workers_they_need_once_each():
     assert [w.address for w in cluster.plan().workers if w.gpu is not None] == ["tcp://a:1", "tcp://a:4"]
     cluster.release("tracks_3d")
     assert client.runs == [("describe_worker", ["tcp://a:4"]), ("release_stages", ["tcp://a:1", "tcp://a:4"])]
+
+
+def test_the_run_keeps_only_a_few_of_dasks_sent_batches_whatever_it_submits():
+    """Dask keeps each comm's last batches for debugging; a batch that submits a Prefect task
+    holds its whole spec, so 1,000 of them per comm grew the flow process with the corpus."""
+    from distributed import LocalCluster
+
+    from flows.run_cluster import DASK_MESSAGE_LOG_LENGTH
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as local:
+        cluster = RunCluster(Settings(cluster={"scheduler_address": local.scheduler_address}))
+        with cluster:
+            client = cluster.client
+            for index in range(3 * DASK_MESSAGE_LOG_LENGTH):
+                assert client.submit(pow, index, 2, pure=False).result() == index**2
+            assert len(client.scheduler_comm.recent_message_log) == DASK_MESSAGE_LOG_LENGTH
