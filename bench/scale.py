@@ -164,7 +164,8 @@ class PeakSampler(threading.Thread):
 
     def sample(self) -> None:
         roles = {"flow process (with the Dask scheduler)": [self.flow_pid], "server": [self.server_pid]}
-        roles["Dask worker (largest)"] = [p for p in descendants(self.flow_pid) if "worker" in _cmdline(p)]
+        # The Nannies live in the flow process; the workers are the processes they spawn.
+        roles["Dask worker (largest)"] = [p for p in descendants(self.flow_pid) if _is_spawned_worker(_cmdline(p))]
         for role, pids in roles.items():
             for pid in pids:
                 peak = vmhwm(pid)
@@ -180,6 +181,18 @@ class PeakSampler(threading.Thread):
         self.join()
         self.sample()
         return self.peaks
+
+
+def _is_spawned_worker(cmdline: str) -> bool:
+    """A process multiprocessing spawned, other than its resource tracker.
+
+    Examples:
+        >>> _is_spawned_worker("python -B -c from multiprocessing.spawn import spawn_main; spawn_main(tracker_fd=41)")
+        True
+        >>> _is_spawned_worker("python -c from multiprocessing.resource_tracker import main;main(7)")
+        False
+    """
+    return "spawn_main" in cmdline and "resource_tracker" not in cmdline
 
 
 def _cmdline(pid: int) -> str:

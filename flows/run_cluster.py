@@ -237,6 +237,9 @@ class RunCluster:
         """
         release_stages(stage)
         if self.client is not None:
-            gpu_workers = [address for address, facts in self._facts.items() if facts["gpu"] is not None]
-            # A worker that died holds no model; its replacement never loaded one.
-            self.client.run(release_stages, stage, workers=gpu_workers or None, on_error="ignore")
+            # Only live workers: connecting to one that died would wait out Dask's connect
+            # timeout. One that joined since the last plan is asked too (it may serve a GPU).
+            alive = self.client.scheduler_info(n_workers=-1)["workers"]
+            gpu_workers = [a for a in alive if a not in self._facts or self._facts[a]["gpu"] is not None]
+            if gpu_workers:
+                self.client.run(release_stages, stage, workers=gpu_workers, on_error="ignore")

@@ -100,6 +100,11 @@ def test_stage_transitions_ask_only_the_workers_they_need_once_each():
     cluster.release("tracks_3d")
     assert client.runs == [("describe_worker", ["tcp://a:4"]), ("release_stages", ["tcp://a:1", "tcp://a:4"])]
 
+    client.runs.clear()
+    del client.workers["tcp://a:4"]  # died after the plan was read: not waited for
+    cluster.release("hands")
+    assert client.runs == [("release_stages", ["tcp://a:1"])]
+
 
 def test_the_run_keeps_only_a_few_of_dasks_sent_batches_whatever_it_submits():
     """Dask keeps each comm's last batches for debugging; a batch that submits a Prefect task
