@@ -40,14 +40,14 @@ from trackset.worklist import WorkList
 
 
 def chunk_videos(videos: int, slots: int, most: int) -> int:
-    """Videos per task of a GPU round: ``most`` (``cluster.gpu_task_videos``), fewer when
-    the round would otherwise give some of its ``slots`` (workers it may use) fewer than
-    two tasks.
+    """Videos per task of a GPU round or a CPU stage: ``most`` (``cluster.gpu_task_videos``,
+    ``cluster.cpu_task_videos``), fewer when the videos would otherwise give some of the
+    ``slots`` (workers they may use) fewer than two tasks.
 
     Two tasks per slot at least leave Dask room to balance: with one chunk per slot, the
-    slowest chunk holds up the stage while the other slots idle, and a round of 6 videos on
-    4 slots went as 3 chunks of 2, so one GPU got 4 videos and the other 2 (BENCHMARKS.md,
-    waves).
+    slowest chunk holds up the stage while the other slots idle. A round of 6 videos on
+    4 GPU slots went as 3 chunks of 2, so one GPU got 4 videos and the other 2 (BENCHMARKS.md,
+    waves); an import of 5 videos on 2 CPU workers went as shards of 4 and 1.
 
     Examples:
         >>> chunk_videos(500, 16, 8), chunk_videos(100, 16, 8), chunk_videos(20, 16, 8), chunk_videos(6, 4, 8)
@@ -92,7 +92,7 @@ class StageRun:
         self._todo: set[str] = set()
         self.total = total
         self.uses_gpu = stage_spec(stage).resources.uses_gpu
-        self.shard_size = settings.cluster.cpu_task_videos if stage_spec(stage).batched else None
+        self.batched = stage_spec(stage).batched
         self.known_peak: int | None = None
         self.profiled = False  # an earlier wave of this run profiled the stage (with or without a peak)
         self.profiles = ProfileStore(settings.paths.work_dir)
@@ -139,7 +139,13 @@ class StageRun:
         if not todo:
             return None
         resources = self.plan.cpu_task_resources if self.plan is not None else None
-        return submit_stage_tasks(self.stage, todo, self.config, self.settings.retry, self.shard_size, resources)
+        shard = self._cpu_shard(len(todo)) if self.batched else None
+        return submit_stage_tasks(self.stage, todo, self.config, self.settings.retry, shard, resources)
+
+    def _cpu_shard(self, videos: int) -> int:
+        """Videos per task of a batched CPU stage (:func:`chunk_videos` over the CPU workers)."""
+        slots = self.plan.cpu_slots if self.plan is not None else self.settings.cluster.cpu_workers
+        return chunk_videos(videos, slots, self.settings.cluster.cpu_task_videos)
 
     def collect(self, wave: int, videos: list[VideoRef], submitted: SubmittedStage | None) -> list[VideoRef]:
         """Wait for :meth:`submit`'s tasks; return the videos of ``videos`` that got through.

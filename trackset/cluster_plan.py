@@ -116,6 +116,12 @@ class ClusterPlan:
         return min((len(group) for group in self.by_gpu.values()), default=0)
 
     @property
+    def cpu_slots(self) -> int:
+        """Workers a CPU task may run on: those offering ``CPU``, else every worker."""
+        offering = sum(w.resources.get(CPU, 0) >= 1 for w in self.workers)
+        return offering or len(self.workers)
+
+    @property
     def cpu_task_resources(self) -> dict[str, int]:
         """What CPU tasks ask for: ``CPU: 1`` when some worker offers it, else nothing."""
         return {CPU: 1} if any(w.resources.get(CPU, 0) >= 1 for w in self.workers) else {}

@@ -342,7 +342,7 @@ class ClusterSettings(_Section):
     scheduler_address: str | None = Field(None, description="tcp://host:8786 to use an existing Dask cluster")
     cpu_workers: int = Field(2, ge=1, description="workers of the CPU stages (preprocess, H5 build)")
     cpu_task_videos: int = Field(
-        4, ge=1, description="videos per task of the CPU stages (Dask tasks cost ~0.3 s each: keep them coarse)"
+        4, ge=1, description="most videos per task of the CPU stages (fewer when a worker would get under two tasks)"
     )
     gpu_task_videos: int = Field(
         8,

@@ -33,6 +33,9 @@ def test_a_worker_without_the_gpu_resource_or_a_pinned_gpu_takes_no_gpu_task():
     )
     assert plan.gpus == [] and plan.slots_per_gpu == 0
     assert plan.cpu_task_resources == {}  # nobody offers CPU: CPU tasks may go anywhere
+    assert plan.cpu_slots == 2
+    with_cpu = ClusterPlan([*plan.workers, ClusterWorker("tcp://a:3", "cpu-w0", "a", None, {"CPU": 1})])
+    assert with_cpu.cpu_slots == 1 and with_cpu.cpu_task_resources == {"CPU": 1}
 
 
 def test_a_task_for_k_workers_per_gpu_fits_only_the_first_k_ranks():
