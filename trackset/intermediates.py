@@ -16,6 +16,7 @@ numpy arrays, so a file whose ``intrinsics`` is a numpy array is the scripts'.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -139,13 +140,25 @@ def _numpy_safe_globals() -> list[Any]:
     ]
 
 
+@functools.cache
+def _allow_numpy_in_pt() -> None:
+    """Admit :func:`_numpy_safe_globals` to torch's weights-only loads, once per process.
+
+    Not ``torch.serialization.safe_globals(...)`` around each load: that context manager
+    swaps torch's process-wide allow-list on entry and exit, so under the thread runner one
+    thread's exit removed the numpy globals while another was loading ("Unsupported global:
+    numpy._core.multiarray._reconstruct" on a good file).
+    """
+    torch.serialization.add_safe_globals(_numpy_safe_globals())
+
+
 def load_pt(path: Path, video_id: str, stage: str) -> dict[str, Any]:
     """Load a ``.pt`` dict safely; numpy arrays only through the allow-list."""
     if not path.is_file():
         raise BadInputError(video_id, stage, path, "file is missing")
+    _allow_numpy_in_pt()
     try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
-            data = torch.load(path, map_location="cpu", weights_only=True)
+        data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise BadInputError(video_id, stage, path, f"refused to unpickle: {_unpickler_reason(exc)}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:

@@ -94,6 +94,22 @@ def test_script_pipeline_numpy_pt_loads_through_allow_list(tmp_path):
     assert isinstance(data["left_valid"], np.ndarray) and data["x"] == 1.5
 
 
+def test_numpy_pt_files_load_from_many_threads_at_once(tmp_path):
+    """The thread runner loads several videos' .pt files at once; the allow-list must hold for all."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = []
+    for index in range(8):
+        paths.append(tmp_path / f"{index:05d}.pt")
+        torch.save({"tracks": np.full((4, 3), index, np.float32), "visibility": np.ones(4, bool)}, paths[-1])
+
+    def load(index: int) -> float:
+        return float(load_pt(paths[index % 8], f"{index % 8:05d}", "tracks_3d")["tracks"][0, 0])
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(load, range(400))) == [float(i % 8) for i in range(400)]
+
+
 class _Payload:
     def __reduce__(self):
         return (print, ("this must never run",))
