@@ -213,9 +213,9 @@ class RunCluster:
         """Every GPU of ``plan`` as it is now, asked of its workers in one round trip."""
         if self.client is None:
             return []
-        owner = {worker.address: gpu for gpu, group in plan.by_gpu.items() for worker in group}
+        addresses = [worker.address for group in plan.by_gpu.values() for worker in group]
         cluster, work_dir = self.settings.cluster, str(self.settings.paths.work_dir)
-        answers = self.client.run(current_gpu, cluster, work_dir, workers=list(owner), on_error="return")
+        answers = self.client.run(current_gpu, cluster, work_dir, workers=addresses, on_error="return")
         infos = []
         for gpu, group in plan.by_gpu.items():
             # Any live worker of the GPU can tell; one that died since the plan was read cannot.

@@ -274,8 +274,9 @@ class StageRun:
     def _remember_peak(self, result: PackingResult, gpus: list[GpuInfo]) -> None:
         """Reuse the profile for the next wave, unless it under-estimated (a wave shrank).
 
-        A profile that measured no peak is reused too (as "profiled"): a stage that charges
-        no GPU memory would otherwise profile every wave again and measure nothing again.
+        A profiling round that measured no peak counts too (``profiled``, no ``known_peak``):
+        a stage that charges no GPU memory would otherwise profile every wave again and
+        measure nothing again.
         """
         shrank = any(r.out_of_memory for r in result.rounds if not r.profiling)
         if shrank:
