@@ -13,6 +13,10 @@ Each worker reports its seconds per video and its peak RSS (VmHWM); peak RSS is 
 reported after half of a worker's videos, to show it does not grow with the number of
 videos. Prints a markdown table for BENCHMARKS.md. ``--phases`` instead times each step of
 the stage (reads, resizes, moments, write) over the videos in this process.
+
+``--malloc glibc dask`` runs each configuration twice: with glibc's defaults (what the
+workers of a trackset run get, ``flows/run_cluster.py``) and with ``MALLOC_TRIM_THRESHOLD_=65536``,
+what Dask's Nanny sets in the workers it spawns unless told otherwise.
 """
 
 from __future__ import annotations
@@ -29,10 +33,10 @@ from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
 
+from trackset.domain import VideoRef
 from trackset.memory_probe import read_vmhwm_bytes
 from trackset.settings import Settings, load_settings
 from trackset.stages.registry import stage_config
-from trackset.domain import VideoRef
 
 SCRIPT_PIPELINE_S_PER_VIDEO = 3.6  # PLATFORM-NOTES.md, same machine class
 
@@ -44,6 +48,7 @@ def bench_settings(out: Path, dataset: str, compression: str = "none") -> Settin
 
 def prepare(out: Path, videos: int, frames: int) -> list[VideoRef]:
     """Synthetic corpus and its intermediates, made once and reused by later runs."""
+    from trackset.stages.registry import enabled_stages
     from trackset.synthetic.corpus import make_corpus
     from trackset.worker_cache import get_stage, release_stages
 
@@ -52,13 +57,17 @@ def prepare(out: Path, videos: int, frames: int) -> list[VideoRef]:
     if len(paths) < videos:
         paths = make_corpus(video_dir, videos, seed=11, num_frames=frames)
     refs = [
-        VideoRef(f"{i:05d}", path, hashlib.sha256(path.read_bytes()).hexdigest()) for i, path in enumerate(paths[:videos])
+        VideoRef(f"{i:05d}", path, hashlib.sha256(path.read_bytes()).hexdigest())
+        for i, path in enumerate(paths[:videos])
     ]
     settings = bench_settings(out, "unused")
-    for stage in ("preprocess", "depth_camera", "tracks_3d", "hands"):
+    for stage in enabled_stages(settings):  # those the default settings run before the H5 build
+        if stage == "h5_build":
+            continue
         runner = get_stage(stage, stage_config(stage, settings))
         for ref in refs:
-            runner.run(ref)
+            record = runner.run(ref)
+            assert record.status in ("done", "skipped"), record
         release_stages(stage)
     return refs
 
@@ -112,11 +121,17 @@ def worker(args: tuple[Path, str, str, list[VideoRef]]) -> dict[str, object]:
     }
 
 
-def run(out: Path, refs: list[VideoRef], workers: int, compression: str) -> tuple[float, list[dict[str, object]]]:
+# What each --malloc choice puts in the workers' environment (None: unset).
+MALLOC_ENV = {"glibc": None, "dask": "65536"}
+
+
+def run(
+    out: Path, refs: list[VideoRef], workers: int, compression: str, malloc: str = "glibc"
+) -> tuple[float, list[dict[str, object]]]:
     """Wall seconds (first video start to last video end, over all workers) and worker reports.
 
     ``perf_counter`` is the system-wide monotonic clock on Linux, so the workers' readings
-    compare.
+    compare. Spawned workers take this process's environment, as a Nanny's do.
     """
     dataset = f"dataset-{compression}-{workers}w"
     shutil.rmtree(out / dataset, ignore_errors=True)
@@ -124,8 +139,14 @@ def run(out: Path, refs: list[VideoRef], workers: int, compression: str) -> tupl
     chunks = [refs[i::workers] for i in range(workers)]
     context = multiprocessing.get_context("spawn")
     ready = context.Barrier(workers)
-    with context.Pool(workers, initializer=warm_up, initargs=(out, dataset, compression, ready)) as pool:
-        results = pool.map(worker, [(out, dataset, compression, chunk) for chunk in chunks], chunksize=1)
+    os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    if MALLOC_ENV[malloc] is not None:
+        os.environ["MALLOC_TRIM_THRESHOLD_"] = MALLOC_ENV[malloc]
+    try:
+        with context.Pool(workers, initializer=warm_up, initargs=(out, dataset, compression, ready)) as pool:
+            results = pool.map(worker, [(out, dataset, compression, chunk) for chunk in chunks], chunksize=1)
+    finally:
+        os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
     wall = max(float(r["last"]) for r in results) - min(float(r["first"]) for r in results)
     return wall, results
 
@@ -133,7 +154,13 @@ def run(out: Path, refs: list[VideoRef], workers: int, compression: str) -> tupl
 # Steps of one video in the H5 stage, timed by --phases where the stage looks them up.
 PHASES = {
     "trackset.stages.h5_build": (
-        "read_frames", "read_depth_camera", "read_tracks_3d", "read_hand_poses", "build_arrays", "video_moments", "write_h5"
+        "read_frames",
+        "read_depth_camera",
+        "read_tracks_3d",
+        "read_hand_poses",
+        "build_arrays",
+        "video_moments",
+        "write_h5",
     ),
     "trackset.h5_layout": ("resize_rgb", "resize_depth"),
 }
@@ -187,9 +214,16 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=190)
     parser.add_argument("--out", type=Path, default=Path("/tmp/trackset-bench-h5"))
     parser.add_argument(
-        "--compression", nargs="+", default=["none"], choices=["none", "lzf", "gzip"], help="h5.compression values to measure"
+        "--compression",
+        nargs="+",
+        default=["none"],
+        choices=["none", "lzf", "gzip"],
+        help="h5.compression values to measure",
     )
     parser.add_argument("--phases", action="store_true", help="time the steps of one video instead")
+    parser.add_argument(
+        "--malloc", nargs="+", default=["glibc"], choices=sorted(MALLOC_ENV), help="workers' malloc settings to measure"
+    )
     args = parser.parse_args()
     refs = prepare(args.out, args.videos, args.frames)
     if args.phases:
@@ -197,39 +231,40 @@ def main() -> None:
         return
     print(f"H5 stage, {len(refs)} videos x {args.frames} frames (512x384 -> 256), cpu_count={os.cpu_count()}")
     print(
-        "| compression | workers | videos | wall s | wall s/video | s/video in worker | H5 MiB/video "
+        "| compression | malloc | workers | videos | wall s | wall s/video | s/video in worker | H5 MiB/video "
         "| peak RSS/worker after half (MiB) | peak RSS/worker at end (MiB) | user s/video | sys s/video "
         "| page faults/video | machine CPU s/video outside the workers |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    walls: dict[tuple[str, int], float] = {}
-    for compression in args.compression:
-        for workers in (1, 2):
-            wall, results = run(args.out, refs, workers, compression)
-            walls[compression, workers] = wall
-            per_video = [s for r in results for s in r["seconds"]]
-            rss_end = max(int(r["rss_end"]) for r in results) / 2**20
-            rss_half = max(int(r["rss_half"] or 0) for r in results) / 2**20
-            h5_bytes = sum(p.stat().st_size for p in (args.out / f"dataset-{compression}-{workers}w").glob("*.hdf5"))
-            user, system = (sum(float(r[key]) for r in results) / len(refs) for key in ("user_s", "sys_s"))
-            faults = sum(int(r["minor_faults"]) for r in results) / len(refs)
-            # Busy CPU of the whole machine over the run, less the workers' own: the kernel's
-            # writeback of the page cache, and anything else that ran meanwhile.
-            machine = max(float(r["machine_end"]) for r in results) - min(float(r["machine_start"]) for r in results)
-            outside = (machine - sum(float(r["user_s"]) + float(r["sys_s"]) for r in results)) / len(refs)
-            print(
-                f"| {compression} | {workers} | {len(refs)} | {wall:.2f} | {wall / len(refs):.3f} "
-                f"| {sum(per_video) / len(per_video):.3f} | {h5_bytes / len(refs) / 2**20:.1f} | {rss_half:.0f} "
-                f"| {rss_end:.0f} | {user:.3f} | {system:.3f} | {faults:.0f} | {outside:.3f} |",
-                flush=True,
-            )
-    for compression in args.compression:
-        one, two = walls[compression, 1], walls[compression, 2]
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    walls: dict[tuple[str, str, int], float] = {}
+    for compression, malloc, workers in [(c, m, w) for c in args.compression for w in (1, 2) for m in args.malloc]:
+        wall, results = run(args.out, refs, workers, compression, malloc)
+        walls[compression, malloc, workers] = wall
+        per_video = [s for r in results for s in r["seconds"]]
+        rss_end = max(int(r["rss_end"]) for r in results) / 2**20
+        rss_half = max(int(r["rss_half"] or 0) for r in results) / 2**20
+        h5_bytes = sum(p.stat().st_size for p in (args.out / f"dataset-{compression}-{workers}w").glob("*.hdf5"))
+        user, system = (sum(float(r[key]) for r in results) / len(refs) for key in ("user_s", "sys_s"))
+        faults = sum(int(r["minor_faults"]) for r in results) / len(refs)
+        # Busy CPU of the whole machine over the run, less the workers' own: the kernel's
+        # writeback of the page cache, and anything else that ran meanwhile.
+        machine = max(float(r["machine_end"]) for r in results) - min(float(r["machine_start"]) for r in results)
+        outside = (machine - sum(float(r["user_s"]) + float(r["sys_s"]) for r in results)) / len(refs)
         print(
-            f"\n{compression}: speedup 2 vs 1 workers {one / two:.2f}x (parallel efficiency {one / two / 2:.0%}); "
+            f"| {compression} | {malloc} | {workers} | {len(refs)} | {wall:.2f} | {wall / len(refs):.3f} "
+            f"| {sum(per_video) / len(per_video):.3f} | {h5_bytes / len(refs) / 2**20:.1f} | {rss_half:.0f} "
+            f"| {rss_end:.0f} | {user:.3f} | {system:.3f} | {faults:.0f} | {outside:.3f} |",
+            flush=True,
+        )
+    for compression, malloc in [(c, m) for c in args.compression for m in args.malloc]:
+        one, two = walls[compression, malloc, 1], walls[compression, malloc, 2]
+        print(
+            f"\n{compression}, malloc {malloc}: speedup 2 vs 1 workers {one / two:.2f}x "
+            f"(parallel efficiency {one / two / 2:.0%}); "
             f"1 worker {one / len(refs):.3f} s/video = {one / len(refs) / SCRIPT_PIPELINE_S_PER_VIDEO:.2f} "
             f"of the script pipeline's {SCRIPT_PIPELINE_S_PER_VIDEO} s/video"
         )
+
 
 if __name__ == "__main__":
     main()

@@ -344,8 +344,12 @@ class ClusterSettings(_Section):
     cpu_task_videos: int = Field(
         4, ge=1, description="most videos per task of the CPU stages (fewer when a worker would get under two tasks)"
     )
+    # 10: four GPU stages at 0.1 task per video stay under the orchestration budget of 0.5 task
+    # runs per video (BENCHMARKS.md, scale) with room for the one-video profiling tasks and each
+    # wave's short last chunk, which 8 (0.5 exactly, 0.506 measured) did not leave; a worker
+    # killed mid-chunk loses at most ~7.5 min of ViPE (10 x 40-50 s) to Dask's rerun.
     gpu_task_videos: int = Field(
-        8,
+        10,
         ge=1,
         description="most videos per task of a GPU stage (fewer when a round would give a worker under two tasks)",
     )

@@ -3,6 +3,8 @@ transitions ask the workers only what they must (fast)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from distributed.comm.core import CommClosedError
 
@@ -120,3 +122,39 @@ def test_the_run_keeps_only_a_few_of_dasks_sent_batches_whatever_it_submits():
             for index in range(3 * DASK_MESSAGE_LOG_LENGTH):
                 assert client.submit(pow, index, 2, pure=False).result() == index**2
             assert len(client.scheduler_comm.recent_message_log) == DASK_MESSAGE_LOG_LENGTH
+
+
+def test_workers_a_nanny_spawns_keep_glibcs_adaptive_malloc():
+    """Dask's MALLOC_TRIM_THRESHOLD_ (65536) made every freed array a fresh mmap, faulted in
+    again for each frame and video; the run's workers must not get it (a real spawned worker)."""
+    import os
+
+    import dask
+    from distributed import Client, LocalCluster
+
+    from flows.run_cluster import run_dask_config
+
+    os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)  # a Nanny started earlier in this process leaves it set
+    with (
+        dask.config.set(run_dask_config()),
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as local,
+        Client(local) as client,
+    ):
+        assert list(client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values()) == [None]
+        assert list(client.run(os.environ.get, "OMP_NUM_THREADS").values()) == ["1"]  # Dask's others stay
+
+
+def test_the_dask_config_file_for_hand_started_clusters_says_what_the_run_sets():
+    import yaml
+
+    from flows.run_cluster import run_dask_config
+
+    def flat(tree: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in tree.items():
+            name = f"{prefix}{key}"
+            out |= flat(value, f"{name}.") if isinstance(value, dict) else {name: value}
+        return out
+
+    path = Path(__file__).parents[2] / "deployments" / "dask.yaml"
+    assert flat(yaml.safe_load(path.read_text())) == run_dask_config()
