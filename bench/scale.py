@@ -141,15 +141,20 @@ def vmhwm(pid: int) -> int | None:
 
 
 def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``. ``/proc/<pid>/task/<tid>/children`` lists the children
+    one thread started: the Nannies spawn their workers from the cluster's event-loop thread,
+    not the main one, so every thread's list is read."""
     found, frontier = [], [pid]
     while frontier:
         parent = frontier.pop()
-        try:
-            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-        except OSError:
-            continue
-        found += [int(c) for c in children]
-        frontier += [int(c) for c in children]
+        children = []
+        for listing in Path(f"/proc/{parent}/task").glob("*/children"):
+            try:
+                children += [int(c) for c in listing.read_text().split()]
+            except OSError:  # the thread or the process ended meanwhile
+                continue
+        found += children
+        frontier += children
     return found
 
 

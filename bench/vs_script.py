@@ -27,6 +27,10 @@ first video of each N is compared: root/video and root/depth must be bit-identic
 <commit>``; imported through ``PYTHONPATH``) at the N of ``--before-videos``, interleaved
 with the rest, so the change is measured in the same run.
 
+``--running-server`` also runs trackset with ``PREFECT_API_URL`` pointing at a Prefect server
+the benchmark started once before the runs (what a user with a server, README "A production
+server", pays): the temporary server's start and stop are then not part of a run.
+
 ``--fixed-costs`` instead runs one import in this process, with timers around what a run
 pays whatever its size (module imports, the temporary Prefect server, registration, the
 Dask cluster, the waves subflow minus the H5 stage's own work, statistics).
@@ -52,7 +56,10 @@ import numpy as np
 import yaml
 
 from trackset.domain import VideoRef
-from trackset.synthetic.script_format import copy_video, write_script_format
+
+# The synthetic scenes' modules (torch, cv2) are imported where they are used: Dask's Nanny
+# spawns workers that import this script again as their main module, and ``--fixed-costs``
+# would otherwise time the cluster's start with torch imported twice more on the same cores.
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -63,6 +70,7 @@ def prepare_scenes(out: Path, scenes: int, frames: int) -> Path:
     from trackset.settings import load_settings
     from trackset.stages.registry import enabled_stages, stage_config
     from trackset.synthetic.corpus import make_corpus
+    from trackset.synthetic.script_format import write_script_format
     from trackset.worker_cache import get_stage, release_stages
 
     target = out / f"scenes-{scenes}x{frames}"
@@ -93,6 +101,8 @@ def prepare_scenes(out: Path, scenes: int, frames: int) -> Path:
 
 def data_dir(out: Path, scenes_dir: Path, scenes: int, videos: int) -> Path:
     """A script data directory of ``videos`` videos, video i a copy of scene ``i % scenes``."""
+    from trackset.synthetic.script_format import copy_video
+
     target = out / f"data-{scenes_dir.name}-{videos}"
     if (target / "complete").is_file():
         return target
@@ -123,13 +133,15 @@ def clean_env(code: Path | None = None) -> dict[str, str]:
     return env
 
 
-def run_trackset(data: Path, output: Path, runner: str, code: Path | None = None) -> float:
+def run_trackset(data: Path, output: Path, runner: str, code: Path | None = None, api_url: str | None = None) -> float:
     """Wall seconds of ``trackset import-intermediates`` into a fresh ``output`` (from the
-    checkout ``code`` where given)."""
+    checkout ``code`` where given; reporting to the server at ``api_url`` where given, else
+    to the temporary server the command starts)."""
     shutil.rmtree(output, ignore_errors=True)
     command = [str(VENV_BIN / "trackset"), "import-intermediates", str(data), "--dataset-dir", str(output)]
     command += ["--set", f"cluster.runner={runner}"]
-    return timed_command(command, Path.cwd(), output.with_suffix(".log"), clean_env(code))
+    env = clean_env(code) | ({"PREFECT_API_URL": api_url} if api_url else {})
+    return timed_command(command, Path.cwd(), output.with_suffix(".log"), env)
 
 
 def run_script(script_dir: Path, data: Path, output: Path, videos: int) -> float:
@@ -171,26 +183,69 @@ def compare(args: argparse.Namespace, scenes_dir: Path) -> None:
         script_dir = None
     walls: dict[tuple[str, int], list[float]] = {}
     datas = {n: data_dir(args.out, scenes_dir, args.scenes, n) for n in args.videos}
-    for repeat in range(args.repeats):
-        for n, data in datas.items():
-            for runner in args.runners:
-                seconds = run_trackset(data, args.out / f"trackset-{runner}-{n}", runner)
-                walls.setdefault((f"trackset ({runner})", n), []).append(seconds)
-                print(f"repeat {repeat + 1} N={n} trackset {runner}: {seconds:.2f} s", flush=True)
-                if args.before is not None and n in args.before_videos:
-                    seconds = run_trackset(data, args.out / f"before-{runner}-{n}", runner, args.before)
-                    walls.setdefault((f"trackset before ({runner})", n), []).append(seconds)
-                    print(f"repeat {repeat + 1} N={n} trackset before {runner}: {seconds:.2f} s", flush=True)
-            if script_dir is not None:
-                seconds = run_script(script_dir, data, args.out / f"script-{n}", n)
-                walls.setdefault(("script", n), []).append(seconds)
-                print(f"repeat {repeat + 1} N={n} script: {seconds:.2f} s", flush=True)
-                first = "00000.hdf5"
-                for runner in args.runners:
-                    same = same_video_and_depth(
-                        args.out / f"trackset-{runner}-{n}" / first, args.out / f"script-{n}" / first
-                    )
-                    assert same, f"root/video or root/depth of {first} differ (trackset {runner} vs script, N={n})"
+    with running_server(args.running_server) as api_url:
+        for repeat in range(args.repeats):
+            for n, data in datas.items():
+                compare_once(args, script_dir, walls, repeat, n, data, api_url)
+    print_comparison(args, scenes_dir, walls, compared=script_dir is not None)
+
+
+@contextmanager
+def running_server(wanted: bool) -> Iterator[str | None]:
+    """A Prefect server for the runs of ``--running-server`` (its API URL), else None.
+
+    Started once, outside every timed run, as a user with a Prefect server has one running.
+    """
+    if not wanted:
+        yield None
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    try:
+        yield server.api_url
+    finally:
+        server.stop()
+
+
+def compare_once(
+    args: argparse.Namespace,
+    script_dir: Path | None,
+    walls: dict[tuple[str, int], list[float]],
+    repeat: int,
+    n: int,
+    data: Path,
+    api_url: str | None,
+) -> None:
+    """One repeat at N videos: each trackset variant, then the script, appended to ``walls``."""
+    for runner in args.runners:
+        seconds = run_trackset(data, args.out / f"trackset-{runner}-{n}", runner)
+        walls.setdefault((f"trackset ({runner})", n), []).append(seconds)
+        print(f"repeat {repeat + 1} N={n} trackset {runner}: {seconds:.2f} s", flush=True)
+        if api_url is not None:
+            output = args.out / f"trackset-{runner}-server-{n}"
+            seconds = run_trackset(data, output, runner, api_url=api_url)
+            walls.setdefault((f"trackset ({runner}, server running)", n), []).append(seconds)
+            print(f"repeat {repeat + 1} N={n} trackset {runner}, server running: {seconds:.2f} s", flush=True)
+        if args.before is not None and n in args.before_videos:
+            seconds = run_trackset(data, args.out / f"before-{runner}-{n}", runner, args.before)
+            walls.setdefault((f"trackset before ({runner})", n), []).append(seconds)
+            print(f"repeat {repeat + 1} N={n} trackset before {runner}: {seconds:.2f} s", flush=True)
+    if script_dir is not None:
+        seconds = run_script(script_dir, data, args.out / f"script-{n}", n)
+        walls.setdefault(("script", n), []).append(seconds)
+        print(f"repeat {repeat + 1} N={n} script: {seconds:.2f} s", flush=True)
+        first = "00000.hdf5"
+        for runner in args.runners:
+            same = same_video_and_depth(args.out / f"trackset-{runner}-{n}" / first, args.out / f"script-{n}" / first)
+            assert same, f"root/video or root/depth of {first} differ (trackset {runner} vs script, N={n})"
+
+
+def print_comparison(
+    args: argparse.Namespace, scenes_dir: Path, walls: dict[tuple[str, int], list[float]], compared: bool
+) -> None:
+    """The markdown table of every variant's wall seconds, videos/s and ratio to the script."""
     frames = sum(len(list((scenes_dir / "frames" / f"{i:05d}").glob("*.png"))) for i in range(args.scenes))
     print(
         f"\n{args.scenes} scenes, {frames} frames ({frames / args.scenes:.0f} per video, 512x384 -> 256), "
@@ -207,7 +262,7 @@ def compare(args: argparse.Namespace, scenes_dir: Path) -> None:
             ratio = f"{statistics.median(script) / median:.2f}x" if script else "-"
             each = ", ".join(f"{s:.1f}" for s in seconds)
             print(f"| {n} | {name} | {each} | {median:.2f} | {n / median:.3f} | {ratio} |")
-    if script_dir is not None:
+    if compared:
         print("root/video and root/depth of video 00000: bit-identical to the script's at every N")
 
 
@@ -306,6 +361,9 @@ def main() -> None:
     parser.add_argument("--fixed-costs", action="store_true", help="time one run's fixed costs instead")
     parser.add_argument("--before", type=Path, default=None, help="a checkout of an earlier trackset, run too")
     parser.add_argument("--before-videos", type=int, nargs="+", default=[5], help="the N at which --before runs")
+    parser.add_argument(
+        "--running-server", action="store_true", help="also run trackset against a Prefect server already running"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     scenes_dir = prepare_scenes(args.out, args.scenes, args.frames)

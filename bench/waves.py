@@ -99,11 +99,12 @@ class DiskSampler(threading.Thread):
         return self.peak
 
 
-def gpu_busy(flow_run_id: Any) -> dict[str, float]:
+def gpu_busy(flow_run_id: Any, timeline: Path) -> dict[str, float]:
     """Seconds with at least one GPU-stage task running, the span of all the run's tasks, and
     where the idle rest of the span lies: before the first GPU task (the first preprocessing),
     between GPU tasks (stage transitions, waits for the CPU lanes), after the last (the last
-    H5 build)."""
+    H5 build). Every task run's name, start and end go to ``timeline`` (JSON), to look at
+    what a gap is between."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId, TaskRunFilter
     from prefect.client.schemas.filters import TaskRunFilterFlowRunId
@@ -123,6 +124,8 @@ def gpu_busy(flow_run_id: Any) -> dict[str, float]:
             if len(timed) == len(tasks) or time.monotonic() > deadline:
                 break
             time.sleep(1)
+    rows = sorted((t.start_time.timestamp(), t.end_time.timestamp(), t.name) for t in timed)
+    timeline.write_text(json.dumps([{"start": start, "end": end, "task": name} for start, end, name in rows]))
     intervals = sorted(
         (t.start_time.timestamp(), t.end_time.timestamp()) for t in timed if t.name.startswith(GPU_STAGE_TASKS)
     )
@@ -179,7 +182,7 @@ def child(out: Path, wave_size: int, gpu_s_per_frame: float) -> dict[str, Any]:
     if summary.failures:
         raise RuntimeError(f"{len(summary.failures)} failures, e.g. {summary.failures[0]}")
     first_h5 = min(p.stat().st_mtime for p in (out / "dataset").glob("*.hdf5")) - started
-    return {"wall_s": wall, "first_h5_s": first_h5, "peak_bytes": peak, **gpu_busy(state.state_details.flow_run_id)}
+    return {"wall_s": wall, "first_h5_s": first_h5, "peak_bytes": peak, **gpu_busy(state.state_details.flow_run_id, out / "task-runs.json")}
 
 
 def prepare(out: Path, corpus: Path) -> None:
