@@ -112,6 +112,7 @@ class RunCluster:
             cluster.cpu_workers,
             env=worker_env(),
             preload=cluster.worker_preload,
+            cpu_nice=cluster.cpu_worker_nice,
         )
         self._cluster = SpecCluster(**spec)
         self.address = self._cluster.scheduler_address

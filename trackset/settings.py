@@ -341,6 +341,12 @@ class ClusterSettings(_Section):
     profiling_videos: int = Field(2, ge=1, description="K first videos profiled with one worker per GPU")
     scheduler_address: str | None = Field(None, description="tcp://host:8786 to use an existing Dask cluster")
     cpu_workers: int = Field(2, ge=1, description="workers of the CPU stages (preprocess, H5 build)")
+    cpu_worker_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="nice value of the CPU workers a run starts, so GPU workers get the cores first (0: same priority)",
+    )
     cpu_task_videos: int = Field(
         4, ge=1, description="most videos per task of the CPU stages (fewer when a worker would get under two tasks)"
     )

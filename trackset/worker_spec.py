@@ -23,6 +23,7 @@ import os
 from typing import Any
 
 from trackset.cluster_plan import CPU, GPU, GPU_RANK, gpu_rank
+from trackset.worker_priority import PRELOAD as PRIORITY_PRELOAD
 
 HOST = "127.0.0.1"
 """Where scheduler and workers listen: this machine only, never the host's public address."""
@@ -42,15 +43,22 @@ def gpu_worker_name(gpu: int, k: int) -> str:
     return f"gpu{gpu}-w{k}"
 
 
-def _nanny(options: dict[str, Any], preload: list[str] | None) -> dict[str, Any]:
-    """A spec entry for one ``Nanny`` on 127.0.0.1 with one thread.
+def _nanny(options: dict[str, Any], preload: list[str] | None, nice: int = 0) -> dict[str, Any]:
+    """A spec entry for one ``Nanny`` on 127.0.0.1 with one thread, ``nice`` lower in priority.
 
     One thread per worker: a GPU worker's memory was sized for one video at a time, and
     the fake device accounts memory per process.
     """
     options = {**options, "host": HOST, "nthreads": 1}
-    if preload:
-        options["preload"] = list(preload)
+    preloads: list[str] = list(preload or [])
+    argv: list[list[str]] = [[] for _ in preloads]
+    if nice:
+        preloads.append(PRIORITY_PRELOAD)
+        argv.append(["--nice", str(nice)])
+    if preloads:
+        options["preload"] = preloads
+    if nice:
+        options["preload_argv"] = argv
     return {"cls": "distributed.Nanny", "options": options}
 
 
@@ -110,8 +118,10 @@ def cpu_worker_spec(
     *,
     env: dict[str, str] | None = None,
     preload: list[str] | None = None,
+    nice: int = 0,
 ) -> dict[str, dict[str, Any]]:
-    """``n_workers`` CPU-only Nanny workers named ``cpu-w<k>``.
+    """``n_workers`` CPU-only Nanny workers named ``cpu-w<k>``, ``nice`` lower in priority
+    than the GPU workers (:mod:`trackset.worker_priority`).
 
     They see no GPU (``CUDA_VISIBLE_DEVICES=""``): a CPU stage that touches CUDA by
     accident would otherwise put a context on GPU 0 and eat memory the GPU workers were
@@ -121,11 +131,15 @@ def cpu_worker_spec(
         >>> spec = cpu_worker_spec(2)
         >>> list(spec), spec["cpu-w0"]["options"]["env"], spec["cpu-w0"]["options"]["resources"]
         (['cpu-w0', 'cpu-w1'], {'CUDA_VISIBLE_DEVICES': ''}, {'CPU': 1})
+        >>> options = cpu_worker_spec(1, preload=["mine"], nice=10)["cpu-w0"]["options"]
+        >>> options["preload"], options["preload_argv"]
+        (['mine', 'trackset.worker_priority'], [[], ['--nice', '10']])
     """
     if n_workers < 1:
         raise ValueError(f"n_workers must be at least 1, got {n_workers}")
     worker_env = {"CUDA_VISIBLE_DEVICES": "", **_check_env(env)}
-    return {f"cpu-w{k}": _nanny({"env": dict(worker_env), "resources": {CPU: 1}}, preload) for k in range(n_workers)}
+    options = {"resources": {CPU: 1}}
+    return {f"cpu-w{k}": _nanny({"env": dict(worker_env), **options}, preload, nice) for k in range(n_workers)}
 
 
 def scheduler_spec() -> dict[str, Any]:
@@ -145,19 +159,21 @@ def run_cluster_spec(
     *,
     env: dict[str, str] | None = None,
     preload: list[str] | None = None,
+    cpu_nice: int = 0,
 ) -> dict[str, Any]:
     """``SpecCluster`` arguments of the one cluster a run starts on this machine.
 
-    ``cpu_workers`` CPU workers for the CPU stages and ``workers_per_gpu`` pinned workers on
-    each GPU (the most a GPU stage may use there); a stage is sized by restricting its
-    tasks to some of them (:mod:`trackset.cluster_plan`), never by restarting the cluster.
+    ``cpu_workers`` CPU workers for the CPU stages (at ``cpu_nice``) and ``workers_per_gpu``
+    pinned workers on each GPU (the most a GPU stage may use there); a stage is sized by
+    restricting its tasks to some of them (:mod:`trackset.cluster_plan`), never by
+    restarting the cluster.
 
     Examples:
         >>> spec = run_cluster_spec([0, 1], 2, 1)
         >>> sorted(spec), list(spec["workers"])
         (['scheduler', 'workers'], ['cpu-w0', 'gpu0-w0', 'gpu1-w0', 'gpu0-w1', 'gpu1-w1'])
     """
-    workers = cpu_worker_spec(cpu_workers, env=env, preload=preload)
+    workers = cpu_worker_spec(cpu_workers, env=env, preload=preload, nice=cpu_nice)
     if gpus:
         workers |= gpu_worker_spec(gpus, workers_per_gpu, env=env, preload=preload)
     return {"workers": workers, "scheduler": scheduler_spec()}
