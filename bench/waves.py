@@ -22,7 +22,8 @@ idle share = 1 - (time at least one GPU-stage task ran, from the task runs in th
 API) / (first task start to last task end of the run); peak bytes of intermediates under
 the work directory (sampled every 0.2 s). With ``--scale`` the waves mode also runs on a
 corpus twice as large, to show the peak stays flat. Prints a markdown block for
-BENCHMARKS.md.
+BENCHMARKS.md. Each run's task runs (name, start, end) are left in ``<out>/<mode>-<videos>/task-runs.json``;
+``--gaps`` that file lists every stretch without a GPU-stage task and the tasks around it.
 """
 
 from __future__ import annotations
@@ -182,13 +183,39 @@ def child(out: Path, wave_size: int, gpu_s_per_frame: float) -> dict[str, Any]:
     if summary.failures:
         raise RuntimeError(f"{len(summary.failures)} failures, e.g. {summary.failures[0]}")
     first_h5 = min(p.stat().st_mtime for p in (out / "dataset").glob("*.hdf5")) - started
-    return {"wall_s": wall, "first_h5_s": first_h5, "peak_bytes": peak, **gpu_busy(state.state_details.flow_run_id, out / "task-runs.json")}
+    return {
+        "wall_s": wall,
+        "first_h5_s": first_h5,
+        "peak_bytes": peak,
+        **gpu_busy(state.state_details.flow_run_id, out / "task-runs.json"),
+    }
 
 
 def prepare(out: Path, corpus: Path) -> None:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     shutil.copytree(corpus, out / "videos")
+
+
+def print_gaps(timeline: Path) -> None:
+    """Each stretch without a GPU-stage task in a run's ``task-runs.json``, with the tasks around it."""
+    rows = json.loads(timeline.read_text())
+    origin = min(row["start"] for row in rows)
+    gpu = sorted((row for row in rows if row["task"].startswith(GPU_STAGE_TASKS)), key=lambda row: row["start"])
+    print(
+        f"first task {min(rows, key=lambda row: row['start'])['task']}; first GPU task at {gpu[0]['start'] - origin:.1f} s"
+    )
+    print("| gap s | at s | after | before |")
+    print("|---|---|---|---|")
+    end, last = float("-inf"), None
+    for row in gpu:
+        if last is not None and row["start"] > end:
+            print(f"| {row['start'] - end:.2f} | {end - origin:.1f} | {last['task']} | {row['task']} |")
+        if row["end"] > end:
+            end, last = row["end"], row
+    print(
+        f"last GPU task ends at {end - origin:.1f} s, the last task at {max(row['end'] for row in rows) - origin:.1f} s"
+    )
 
 
 def main() -> None:
@@ -202,7 +229,11 @@ def main() -> None:
     parser.add_argument("--scale", action="store_true", help="also run the waves mode on twice the corpus")
     parser.add_argument("--out", type=Path, default=Path("/tmp/trackset-bench-waves"))
     parser.add_argument("--child", nargs=2, metavar=("DIR", "WAVE_SIZE"), help=argparse.SUPPRESS)
+    parser.add_argument("--gaps", type=Path, metavar="TASK_RUNS_JSON", help="list the GPU idle gaps of a run instead")
     args = parser.parse_args()
+    if args.gaps:
+        print_gaps(args.gaps)
+        return
     if args.child:
         print(json.dumps(child(Path(args.child[0]), int(args.child[1]), args.gpu_s_per_frame)))
         return

@@ -345,7 +345,7 @@ class ClusterSettings(_Section):
         10,
         ge=0,
         le=19,
-        description="nice value of the CPU workers a run starts, so GPU workers get the cores first (0: same priority)",
+        description="added to the nice value of the CPU workers a run starts, so GPU work gets the cores first",
     )
     cpu_task_videos: int = Field(
         4, ge=1, description="most videos per task of the CPU stages (fewer when a worker would get under two tasks)"

@@ -4,8 +4,9 @@ On a machine whose cores are all busy, the CPU workers (the next wave's preproce
 last wave's H5 files) compete with what feeds the GPUs: the GPU workers' own CPU side
 (decoding, pre- and post-processing, Prefect's task start and end), the flow and the Prefect
 server. A GPU left waiting for a core is the costlier loss, and the CPU lanes of a wave have
-the whole of the next wave's GPU stages to finish in, so the CPU workers yield: they run at
-``cluster.cpu_worker_nice`` (``nice(1)``), the rest at the priority they were started with.
+the whole of the next wave's GPU stages to finish in, so the CPU workers yield: their nice
+value is raised by ``cluster.cpu_worker_nice`` (``nice(1)``), the rest keep the priority they
+were started with.
 
 Dask runs ``dask_setup`` in the worker process as it starts, on its event-loop thread; the
 threads that run tasks are created from it later and inherit the value (Linux keeps the nice

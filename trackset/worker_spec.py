@@ -138,8 +138,9 @@ def cpu_worker_spec(
     if n_workers < 1:
         raise ValueError(f"n_workers must be at least 1, got {n_workers}")
     worker_env = {"CUDA_VISIBLE_DEVICES": "", **_check_env(env)}
-    options = {"resources": {CPU: 1}}
-    return {f"cpu-w{k}": _nanny({"env": dict(worker_env), **options}, preload, nice) for k in range(n_workers)}
+    return {
+        f"cpu-w{k}": _nanny({"env": dict(worker_env), "resources": {CPU: 1}}, preload, nice) for k in range(n_workers)
+    }
 
 
 def scheduler_spec() -> dict[str, Any]:

@@ -19,7 +19,7 @@ def test_cpu_workers_run_their_tasks_niced_and_gpu_workers_do_not():
     base = priority()
     workers = cpu_worker_spec(1, nice=5) | gpu_worker_spec([0], 1)
     with (
-        SpecCluster(workers=workers, scheduler=scheduler_spec(), asynchronous=False) as cluster,
+        SpecCluster(workers=workers, scheduler=scheduler_spec()) as cluster,
         Client(cluster) as client,
     ):
         by_name = {info["name"]: address for address, info in client.scheduler_info()["workers"].items()}
