@@ -48,7 +48,7 @@ from trackset.layout import DatasetLayout
 from trackset.overrides import NO_OVERRIDES, SettingsOverrides
 from trackset.run_report import RunReport, RunSummary, StageOutcome, StageTally
 from trackset.settings import RunSettings, Settings, load_settings
-from trackset.stages.registry import enabled_stages
+from trackset.stages.registry import enabled_stages, stage_spec
 from trackset.worklist import WorkList
 
 
@@ -227,7 +227,11 @@ def _build(settings: Settings, importing: bool) -> RunSummary:
         if not importing:  # the workers are asked at start whether they can write it: it must exist
             settings.paths.work_dir.mkdir(parents=True, exist_ok=True)
         # One cluster for the whole run: every stage and wave connects to it by address.
-        with RunCluster(settings) as cluster, WorkList.written("waves", registration.pending) as work:
+        gpu_workers = any(stage_spec(stage).resources.uses_gpu for stage in stages)
+        with (
+            RunCluster(settings, gpu_workers) as cluster,
+            WorkList.written("waves", registration.pending) as work,
+        ):
             if cluster.client is not None:
                 get_run_logger().info("Dask dashboard of this run: %s", cluster.client.dashboard_link)
                 # In the run's Artifacts tab too, where users look while the stages run.

@@ -6,7 +6,8 @@ every task runner connects to it by address:
 
 - ``cluster.runner: dask`` without an address starts a ``SpecCluster`` of ``Nanny``
   workers on 127.0.0.1 (``trackset/worker_spec.py``): ``cluster.cpu_workers`` CPU workers
-  and ``cluster.max_workers_per_gpu`` workers pinned to each GPU. A GPU stage is sized by
+  and ``cluster.max_workers_per_gpu`` workers pinned to each GPU (only CPU workers for a
+  run without a GPU stage, an import). A GPU stage is sized by
   restricting its tasks to some of them (``trackset/cluster_plan.py``); workers it does not
   use never touch CUDA.
 - ``cluster.scheduler_address`` connects to a cluster someone else started (``dask
@@ -85,8 +86,12 @@ def run_dask_config() -> dict[str, Any]:
 class RunCluster:
     """The run's cluster (or none, for threads), open from ``__enter__`` to ``__exit__``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, gpu_workers: bool = True) -> None:
+        """``gpu_workers=False``: a run without a GPU stage (an import) starts only the CPU
+        workers, not the ``max_workers_per_gpu`` per GPU it would never use: 10 worker
+        processes to start and stop become 2 with the default settings."""
         self.settings = settings
+        self.gpu_workers = gpu_workers
         self.threads = settings.cluster.runner == "threads"
         self.address: str | None = None
         self.client: Client | None = None
@@ -107,7 +112,7 @@ class RunCluster:
             self.client = Client(self.address, timeout=cluster.connect_timeout_s)
             return self
         spec = run_cluster_spec(
-            self._local_gpus(),
+            self._local_gpus() if self.gpu_workers else [],
             cluster.max_workers_per_gpu,
             cluster.cpu_workers,
             env=worker_env(),

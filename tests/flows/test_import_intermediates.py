@@ -137,3 +137,24 @@ def test_import_again_skips_and_incomplete_video_is_reported(pipeline_run, tmp_p
     assert summary.videos_pending == 0
     assert [(f.video_id, f.stage) for f in summary.failures] == [("00001", "import")]
     assert "tracks_3d/ missing" in summary.failures[0].reason
+
+
+def test_a_dask_import_starts_only_the_cpu_workers_it_uses(pipeline_run, tmp_path, monkeypatch):
+    """An import has no GPU stage: the run's cluster must not start (and stop) the
+    ``max_workers_per_gpu`` workers per GPU it would never give a task."""
+    import flows.run_cluster as run_cluster
+
+    started: list[list[str]] = []
+    real = run_cluster.SpecCluster
+
+    def recording(**spec):
+        started.append(sorted(spec["workers"]))
+        return real(**spec)
+
+    monkeypatch.setattr(run_cluster, "SpecCluster", recording)
+    scripts, dataset = tmp_path / "script-output", tmp_path / "dataset"
+    to_script_format(pipeline_run, scripts, 0)
+    overrides = {"paths": {"dataset_dir": str(dataset)}, "cluster": {"runner": "dask", "cpu_workers": 2}}
+    summary = build_dataset(import_dir=str(scripts), overrides=overrides)
+    assert not summary.failures and (dataset / "00000.hdf5").is_file()
+    assert started == [["cpu-w0", "cpu-w1"]]
