@@ -125,23 +125,11 @@ def test_import_of_script_intermediates_equals_a_native_build(pipeline_run, tmp_
             np.testing.assert_allclose(stats[key], value, rtol=1e-5 if same_rows else 2e-3, err_msg=key)
 
 
-def test_import_again_skips_and_incomplete_video_is_reported(pipeline_run, tmp_path):
-    scripts = tmp_path / "script-output"
-    to_script_format(pipeline_run, scripts, 0)
-    to_script_format(pipeline_run, scripts, 1)
-    (scripts / "tracks_3d" / "00001.pt").unlink()
-    dataset = tmp_path / "dataset"
-    assert cli_main(["import-intermediates", str(scripts), "--dataset-dir", str(dataset)]) == 1
-    assert sorted(p.name for p in dataset.glob("*.hdf5")) == ["00000.hdf5"]
-    summary = build_dataset(import_dir=str(scripts), overrides={"paths": {"dataset_dir": str(dataset)}})
-    assert summary.videos_pending == 0
-    assert [(f.video_id, f.stage) for f in summary.failures] == [("00001", "import")]
-    assert "tracks_3d/ missing" in summary.failures[0].reason
-
-
-def test_a_dask_import_starts_only_the_cpu_workers_it_uses(pipeline_run, tmp_path, monkeypatch):
-    """An import has no GPU stage: the run's cluster must not start (and stop) the
-    ``max_workers_per_gpu`` workers per GPU it would never give a task."""
+def test_an_import_runs_on_cpu_workers_only_skips_when_done_and_reports_an_incomplete_video(
+    pipeline_run, tmp_path, monkeypatch
+):
+    """The CLI's import on the default Dask runner. It has no GPU stage, so the run's cluster
+    must not start (and stop) the ``max_workers_per_gpu`` workers per GPU it would never use."""
     import flows.run_cluster as run_cluster
 
     started: list[list[str]] = []
@@ -152,9 +140,15 @@ def test_a_dask_import_starts_only_the_cpu_workers_it_uses(pipeline_run, tmp_pat
         return real(**spec)
 
     monkeypatch.setattr(run_cluster, "SpecCluster", recording)
-    scripts, dataset = tmp_path / "script-output", tmp_path / "dataset"
+    scripts = tmp_path / "script-output"
     to_script_format(pipeline_run, scripts, 0)
-    overrides = {"paths": {"dataset_dir": str(dataset)}, "cluster": {"runner": "dask", "cpu_workers": 2}}
-    summary = build_dataset(import_dir=str(scripts), overrides=overrides)
-    assert not summary.failures and (dataset / "00000.hdf5").is_file()
-    assert started == [["cpu-w0", "cpu-w1"]]
+    to_script_format(pipeline_run, scripts, 1)
+    (scripts / "tracks_3d" / "00001.pt").unlink()
+    dataset = tmp_path / "dataset"
+    assert cli_main(["import-intermediates", str(scripts), "--dataset-dir", str(dataset)]) == 1
+    assert sorted(p.name for p in dataset.glob("*.hdf5")) == ["00000.hdf5"]
+    assert started == [["cpu-w0", "cpu-w1"]]  # cluster.cpu_workers: 2, and no GPU worker
+    summary = build_dataset(import_dir=str(scripts), overrides={"paths": {"dataset_dir": str(dataset)}})
+    assert summary.videos_pending == 0
+    assert [(f.video_id, f.stage) for f in summary.failures] == [("00001", "import")]
+    assert "tracks_3d/ missing" in summary.failures[0].reason
