@@ -88,8 +88,8 @@ class RunCluster:
 
     def __init__(self, settings: Settings, gpu_workers: bool = True) -> None:
         """``gpu_workers=False``: a run without a GPU stage (an import) starts only the CPU
-        workers, not the ``max_workers_per_gpu`` per GPU it would never use: 10 worker
-        processes to start and stop become 2 with the default settings."""
+        workers, not the ``max_workers_per_gpu`` per GPU it would never use (on two GPUs
+        with the defaults, 10 worker processes to start and stop become 2)."""
         self.settings = settings
         self.gpu_workers = gpu_workers
         self.threads = settings.cluster.runner == "threads"
