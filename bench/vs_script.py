@@ -219,23 +219,21 @@ def compare_once(
     api_url: str | None,
 ) -> None:
     """One repeat at N videos: each trackset variant, then the script, appended to ``walls``."""
+
+    def record(name: str, seconds: float) -> None:
+        walls.setdefault((name, n), []).append(seconds)
+        print(f"repeat {repeat + 1} N={n} {name}: {seconds:.2f} s", flush=True)
+
     for runner in args.runners:
-        seconds = run_trackset(data, args.out / f"trackset-{runner}-{n}", runner)
-        walls.setdefault((f"trackset ({runner})", n), []).append(seconds)
-        print(f"repeat {repeat + 1} N={n} trackset {runner}: {seconds:.2f} s", flush=True)
+        record(f"trackset ({runner})", run_trackset(data, args.out / f"trackset-{runner}-{n}", runner))
         if api_url is not None:
             output = args.out / f"trackset-{runner}-server-{n}"
-            seconds = run_trackset(data, output, runner, api_url=api_url)
-            walls.setdefault((f"trackset ({runner}, server running)", n), []).append(seconds)
-            print(f"repeat {repeat + 1} N={n} trackset {runner}, server running: {seconds:.2f} s", flush=True)
+            record(f"trackset ({runner}, server running)", run_trackset(data, output, runner, api_url=api_url))
         if args.before is not None and n in args.before_videos:
-            seconds = run_trackset(data, args.out / f"before-{runner}-{n}", runner, args.before)
-            walls.setdefault((f"trackset before ({runner})", n), []).append(seconds)
-            print(f"repeat {repeat + 1} N={n} trackset before {runner}: {seconds:.2f} s", flush=True)
+            output = args.out / f"before-{runner}-{n}"
+            record(f"trackset before ({runner})", run_trackset(data, output, runner, args.before))
     if script_dir is not None:
-        seconds = run_script(script_dir, data, args.out / f"script-{n}", n)
-        walls.setdefault(("script", n), []).append(seconds)
-        print(f"repeat {repeat + 1} N={n} script: {seconds:.2f} s", flush=True)
+        record("script", run_script(script_dir, data, args.out / f"script-{n}", n))
         first = "00000.hdf5"
         for runner in args.runners:
             same = same_video_and_depth(args.out / f"trackset-{runner}-{n}" / first, args.out / f"script-{n}" / first)

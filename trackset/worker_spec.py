@@ -50,15 +50,12 @@ def _nanny(options: dict[str, Any], preload: list[str] | None, nice: int = 0) ->
     the fake device accounts memory per process.
     """
     options = {**options, "host": HOST, "nthreads": 1}
-    preloads: list[str] = list(preload or [])
-    argv: list[list[str]] = [[] for _ in preloads]
-    if nice:
+    preloads = list(preload or [])
+    if nice:  # the others take no arguments: Dask pairs preload_argv with preload by position
+        options["preload_argv"] = [[] for _ in preloads] + [["--nice", str(nice)]]
         preloads.append(PRIORITY_PRELOAD)
-        argv.append(["--nice", str(nice)])
     if preloads:
         options["preload"] = preloads
-    if nice:
-        options["preload_argv"] = argv
     return {"cls": "distributed.Nanny", "options": options}
 
 

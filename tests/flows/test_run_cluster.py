@@ -124,7 +124,7 @@ def test_the_run_keeps_only_a_few_of_dasks_sent_batches_whatever_it_submits():
             assert len(client.scheduler_comm.recent_message_log) == DASK_MESSAGE_LOG_LENGTH
 
 
-def test_workers_a_nanny_spawns_keep_glibcs_adaptive_malloc():
+def test_workers_a_nanny_spawns_keep_glibcs_adaptive_malloc(monkeypatch):
     """Dask's MALLOC_TRIM_THRESHOLD_ (65536) made every freed array a fresh mmap, faulted in
     again for each frame and video; the run's workers must not get it (a real spawned worker)."""
     import os
@@ -134,7 +134,7 @@ def test_workers_a_nanny_spawns_keep_glibcs_adaptive_malloc():
 
     from flows.run_cluster import run_dask_config
 
-    os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)  # a Nanny started earlier in this process leaves it set
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)  # a Nanny started earlier in this process sets it
     with (
         dask.config.set(run_dask_config()),
         LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as local,
