@@ -166,8 +166,10 @@ PHASES = {
 }
 
 
-def phases(out: Path, refs: list[VideoRef]) -> None:
-    """Seconds per video of each step of the stage, in this process (one worker, warmed up).
+def phases(settings: Settings, refs: list[VideoRef], extra: dict[str, tuple[str, ...]] | None = None) -> None:
+    """Seconds per video of each step of the stage, in this process (one worker, warmed up),
+    building into ``settings.paths.dataset_dir`` (emptied first); ``extra`` steps are timed too
+    (``bench/vs_script.py --phases`` adds the import path's).
 
     ``build_arrays`` includes ``resize_rgb`` and ``resize_depth``; the frames are memory-mapped,
     so reading them is paid inside ``resize_rgb``.
@@ -188,24 +190,27 @@ def phases(out: Path, refs: list[VideoRef]) -> None:
 
         return wrapper
 
-    for module_name, names in PHASES.items():
+    extra = extra or {}
+    steps = {module: PHASES.get(module, ()) + extra.get(module, ()) for module in PHASES | extra}
+    for module_name, names in steps.items():
         module = importlib.import_module(module_name)
         for name in names:
             setattr(module, name, timed(name, getattr(module, name)))
-    dataset = "dataset-phases"
-    shutil.rmtree(out / dataset, ignore_errors=True)
+    shutil.rmtree(settings.paths.dataset_dir, ignore_errors=True)
     os.sync()
-    stage = get_stage("h5_build", stage_config("h5_build", bench_settings(out, dataset)))
-    start = time.perf_counter()
+    stage = get_stage("h5_build", stage_config("h5_build", settings))
+    start, cpu_start = time.perf_counter(), time.process_time()
     for ref in refs:
-        stage.run(ref)
-    total = time.perf_counter() - start
+        record = stage.run(ref)
+        assert record.status == "done", record
+    total, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     print(f"Steps of the H5 stage, one worker, {len(refs)} videos: seconds per video")
     print("| step | s/video |")
     print("|---|---|")
-    for name in (n for names in PHASES.values() for n in names):
+    for name in (n for names in steps.values() for n in names):
         print(f"| {name} | {spent.get(name, 0.0) / len(refs):.3f} |")
     print(f"| whole stage (run) | {total / len(refs):.3f} |")
+    print(f"| whole stage, CPU s of this process | {cpu / len(refs):.3f} |")
 
 
 def main() -> None:
@@ -227,7 +232,7 @@ def main() -> None:
     args = parser.parse_args()
     refs = prepare(args.out, args.videos, args.frames)
     if args.phases:
-        phases(args.out, refs)
+        phases(bench_settings(args.out, "dataset-phases"), refs)
         return
     print(f"H5 stage, {len(refs)} videos x {args.frames} frames (512x384 -> 256), cpu_count={os.cpu_count()}")
     print(

@@ -31,6 +31,10 @@ with the rest, so the change is measured in the same run.
 the benchmark started once before the runs (what a user with a server, README "A production
 server", pays): the temporary server's start and stop are then not part of a run.
 
+``--phases`` instead times each step of the H5 stage on the import path (PNG decode, the
+``.pt`` reads and conversions included) over the first N of ``--videos``, in this process
+(``bench/h5_stage.py``'s ``phases``).
+
 ``--fixed-costs`` instead runs one import in this process, with timers around what a run
 pays whatever its size (module imports, the temporary Prefect server, registration, the
 Dask cluster, the waves subflow minus the H5 stage's own work, statistics).
@@ -347,6 +351,29 @@ def fixed_costs(args: argparse.Namespace, scenes_dir: Path) -> None:
     print(f"| wall in this process, imports included | {total:.2f} |")
 
 
+# The import path's own steps, timed by --phases beside the H5 stage's (bench/h5_stage.py).
+IMPORT_PHASES = {
+    "trackset.stages.h5_build": ("to_trackset_conventions",),
+    "trackset.intermediates": ("_read_png_frames", "load_pt"),
+}
+
+
+def import_phases(args: argparse.Namespace, scenes_dir: Path) -> None:
+    """Seconds per video of each step of an import's H5 stage, in this process."""
+    from h5_stage import phases  # bench/ is this script's directory, first on sys.path
+
+    from trackset.registration import import_intermediates
+    from trackset.settings import load_settings
+
+    n = args.videos[0]
+    data = data_dir(args.out, scenes_dir, args.scenes, n)
+    paths = {"work_dir": str(data), "videos_dir": str(data), "dataset_dir": str(args.out / f"phases-{n}")}
+    settings = load_settings(overrides={"paths": paths})
+    shutil.rmtree(settings.paths.dataset_dir, ignore_errors=True)
+    refs = import_intermediates(settings).pending
+    phases(settings, refs, IMPORT_PHASES)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--script-dir", type=Path, default=None, help="a checkout of hgupt3/y2r")
@@ -357,6 +384,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--runners", nargs="+", default=["dask", "threads"], choices=["dask", "threads"])
     parser.add_argument("--fixed-costs", action="store_true", help="time one run's fixed costs instead")
+    parser.add_argument("--phases", action="store_true", help="time the import's H5 steps instead")
     parser.add_argument("--before", type=Path, default=None, help="a checkout of an earlier trackset, run too")
     parser.add_argument("--before-videos", type=int, nargs="+", default=[5], help="the N at which --before runs")
     parser.add_argument(
@@ -367,6 +395,8 @@ def main() -> None:
     scenes_dir = prepare_scenes(args.out, args.scenes, args.frames)
     if args.fixed_costs:
         fixed_costs(args, scenes_dir)
+    elif args.phases:
+        import_phases(args, scenes_dir)
     else:
         compare(args, scenes_dir)
 
