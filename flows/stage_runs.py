@@ -5,7 +5,8 @@ videos whose outputs are current, runs the rest as tasks on the run's cluster (C
 submitted and collected separately, so they run beside a GPU stage; GPU stages by the
 packing policy of :mod:`trackset.packing`, held to the first ``k`` workers of each GPU by
 Dask resources, their profiling videos in a ``profile-memory`` subflow), frees the stage's
-models on every worker, and folds the outcome into the stage's total. It keeps the stage's
+models on every worker, and folds the outcome into the stage's total. A GPU stage's videos
+that need no GPU (unprompted clips of the object masks) are written here, without a task. It keeps the stage's
 progress count behind ``progress-<stage>``, the GPU peak measured on the first wave (reused
 by later waves and stored for later runs, :mod:`trackset.profile_store`), and publishes
 ``stage-<stage>`` when the run ends. Quarantines go into the manifest here.
@@ -160,13 +161,31 @@ class StageRun:
         """Run the stage on ``videos`` now (GPU stages through the packing policy)."""
         if not self.uses_gpu:
             return self.collect(wave, videos, self.submit(videos))
-        todo = self.split(videos)
+        todo = self._without_gpu(self.split(videos))
         if todo:
             try:
                 self._fold(self._run_gpu(todo))
             finally:
                 self.cluster.release(self.stage)  # the next stage gets the GPU memory
         return self._advance(wave, videos)
+
+    def _without_gpu(self, videos: list[VideoRef]) -> list[VideoRef]:
+        """Run here the videos whose outputs need no GPU (:meth:`~trackset.stages.base.Stage.needs_gpu`);
+        return the others, for GPU tasks."""
+        local = [video for video in videos if not self.checker.needs_gpu(video)]
+        if not local:
+            return videos
+        outcome = StageOutcome(self.stage)
+        for video in local:
+            result = self.checker.run_isolated(video)
+            (outcome.records if isinstance(result, StageRecord) else outcome.failures).append(result)
+        self._fold(outcome)
+        logger = get_run_logger()
+        logger.info("%s: %d videos need no GPU; written here, without a task", self.stage, len(local))
+        for failure in outcome.failures:
+            logger.warning("%s failed for video %s: %s", self.stage, failure.video_id, failure.reason)
+        ids = {video.video_id for video in local}
+        return [video for video in videos if video.video_id not in ids]
 
     def finish(self) -> StageTally:
         """Publish ``stage-<stage>`` for the whole run and return the stage's tally."""

@@ -1,18 +1,20 @@
 """The flow with the script's other stages: object-masked 3D tracks with text, then a 2D dataset.
 
-Two short clips of ``make_corpus(metadata=True)`` (a description and the noun ``box`` each),
-thread runner. The flow must run exactly the stages the settings include, and a dataset
+Two short clips of ``make_corpus(metadata=True)`` (a description each; the noun ``box`` for
+the first, none for the second), thread runner. The flow must run exactly the stages the
+settings include, give only the prompted clip a GPU task of the object masks, and a dataset
 directory must keep one track type.
 """
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
 
 from flows.build_dataset import build_dataset
-from tests.flows.helpers import SMALL_H, SMALL_W, merge_sections, small_build
+from tests.flows.helpers import SMALL_H, SMALL_W, merge_sections, small_build, vid
 from tests.y2r_reader import load_y2r
 from trackset.clip_report import clip_rows
 from trackset.errors import SettingsError
@@ -25,25 +27,44 @@ FRAMES = 12
 def corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("masks_text")
     make_corpus(root / "videos", 2, seed=5, num_frames=FRAMES, width=SMALL_W, height=SMALL_H, metadata=True)
+    csv_path = root / "videos" / "metadata.csv"
+    rows = list(csv.DictReader(csv_path.open()))
+    rows[1]["noun"] = ""  # clip_001 has a description but nothing to prompt SAM3 with
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
     return root
 
 
-def test_masked_3d_tracks_with_text_then_a_2d_dataset_beside_it(corpus: Path):
+def test_masked_3d_tracks_with_text_then_a_2d_dataset_beside_it(corpus: Path, monkeypatch):
+    import flows.stage_runs as stage_runs
+
+    tasked: dict[str, list[str]] = {}  # the videos each stage gave tasks
+    real = stage_runs.submit_stage_tasks
+
+    def recording(stage, videos, *args, **kwargs):
+        tasked.setdefault(stage, []).extend(v.video_id for v in videos)
+        return real(stage, videos, *args, **kwargs)
+
+    monkeypatch.setattr(stage_runs, "submit_stage_tasks", recording)
     three_d = merge_sections(small_build(corpus, points_per_window=24), {"h5": {"include_text": True}})
     summary = build_dataset(overrides=three_d)
     assert not summary.failures
     assert [tally.stage for tally in summary.stages] == [
         "preprocess", "depth_camera", "object_masks", "tracks_3d", "hands", "h5_build",
     ]
-    assert summary.stage("object_masks").info_totals["unprompted"] == 0
-    assert summary.stage("tracks_3d").info_totals["unmasked"] == 0
+    assert summary.stage("object_masks").info_totals["unprompted"] == 1
+    assert tasked["object_masks"] == [vid(0)] and tasked["depth_camera"] == [vid(0), vid(1)]  # no SAM3 task for 00001
+    assert summary.stage("tracks_3d").info_totals["unmasked"] == 1
     dataset = corpus / "dataset"
     loaded = load_y2r(dataset, text_mode=True)
     expected = [describe_scene(load_scene_for(corpus / "videos" / f"clip_{i:03d}.mp4")) for i in range(2)]
     assert [loaded.texts[i] for i in range(2)] == expected and loaded.samples
     rows = clip_rows(corpus / "work", dataset)  # what the demo prints
-    assert [(r.prompt, r.text) for r in rows] == [("box.", text) for text in expected]
-    assert all(0 < r.mask_percent < 100 and r.points_per_window > 0 for r in rows)
+    assert [(r.prompt, r.text) for r in rows] == [("box.", expected[0]), ("", expected[1])]
+    assert 0 < rows[0].mask_percent < 100 and rows[1].mask_percent == 0
+    assert all(r.points_per_window > 0 for r in rows)
 
     two_d = merge_sections(three_d, {"h5": {"track_type": "2d"}, "tracks_2d": {"grid_size": 32}})
     with pytest.raises(SettingsError, match=r"holds '3d' tracks .* never mix"):

@@ -86,6 +86,16 @@ class Stage(ABC, Generic[ConfigT]):
         except (OSError, ValueError, IndexError):
             return None
 
+    def needs_gpu(self, video: VideoRef) -> bool:
+        """Whether ``video``'s outputs take work on a GPU worker (GPU stages only ask).
+
+        A video whose outputs need no model (an unprompted clip's file without masks) is
+        run by the flow where it plans the wave, without a task: at 50,000 such videos a
+        task each would cost ~5,000 chunk task runs and leave the GPUs idle through every
+        one's Prefect start and end for ~3 ms of work (BENCHMARKS.md, waves).
+        """
+        return True
+
     def intermediate_paths(self, video_id: str) -> list[Path]:
         """What ``run.keep_intermediates`` deletes of this stage once the video's H5 is durable."""
         return self.outputs(video_id)

@@ -8,10 +8,11 @@ propagates over the video; the union of the objects is stored per frame. The mas
 taken on the inpainted frames when human removal is on, so a hand in front of an object
 does not cut it.
 
-A clip without a prompt gets a masks file without masks (``unprompted`` in its record)
-and is tracked with queries from the whole frame, which is what the script pipeline does
-with a clip it has no noun for (its ``gsam`` skips it and TAPIP3D, finding no mask file,
-samples a grid over the frame).
+A clip without a prompt gets a masks file without masks (``unprompted`` in its record),
+written by the flow without a GPU task (:meth:`ObjectMasksStage.needs_gpu`), and is
+tracked with queries from the whole frame, which is what the script pipeline does with a
+clip it has no noun for (its ``gsam`` skips it and TAPIP3D, finding no mask file, samples
+a grid over the frame).
 """
 
 from __future__ import annotations
@@ -63,6 +64,14 @@ class ObjectMasksStage(MaskStage):
         except MetadataError as exc:
             raise BadInputError(video.video_id, self.name, path, exc.reason) from None
         return noun_prompt(row.noun) if row is not None and row.noun else None
+
+    def needs_gpu(self, video: VideoRef) -> bool:
+        """Only a clip with a prompt needs SAM3; an unreadable ``metadata.csv`` goes to its task,
+        which fails the video naming the file, as it does for a prompted clip."""
+        try:
+            return self.prompt(video) is not None
+        except BadInputError:
+            return True
 
     def process(self, video: VideoRef) -> dict[str, float | int | str]:
         frames, meta = read_stage_frames(self.work, video.video_id, self.config.clean)
