@@ -6,10 +6,11 @@ submitted and collected separately, so they run beside a GPU stage; GPU stages b
 packing policy of :mod:`trackset.packing`, held to the first ``k`` workers of each GPU by
 Dask resources, their profiling videos in a ``profile-memory`` subflow), frees the stage's
 models on every worker, and folds the outcome into the stage's total. A GPU stage's videos
-that need no GPU (unprompted clips of the object masks) are written here, without a task. It keeps the stage's
-progress count behind ``progress-<stage>``, the GPU peak measured on the first wave (reused
-by later waves and stored for later runs, :mod:`trackset.profile_store`), and publishes
-``stage-<stage>`` when the run ends. Quarantines go into the manifest here.
+that need no GPU (unprompted clips of the object masks) are written here, without a task.
+It keeps the stage's progress count behind ``progress-<stage>``, the GPU peak measured on
+the first wave (reused by later waves and stored for later runs,
+:mod:`trackset.profile_store`), and publishes ``stage-<stage>`` when the run ends.
+Quarantines go into the manifest here.
 """
 
 from __future__ import annotations
@@ -171,21 +172,30 @@ class StageRun:
 
     def _without_gpu(self, videos: list[VideoRef]) -> list[VideoRef]:
         """Run here the videos whose outputs need no GPU (:meth:`~trackset.stages.base.Stage.needs_gpu`);
-        return the others, for GPU tasks."""
+        return the others, for GPU tasks.
+
+        A typed video error fails the video here, as in a task. Any other error (a full disk,
+        say) must not fail the run from the flow: that video goes to a task, whose retries
+        and isolation apply to it as to every other.
+        """
         local = [video for video in videos if not self.checker.needs_gpu(video)]
         if not local:
             return videos
-        outcome = StageOutcome(self.stage)
-        for video in local:
-            result = self.checker.run_isolated(video)
-            (outcome.records if isinstance(result, StageRecord) else outcome.failures).append(result)
-        self._fold(outcome)
         logger = get_run_logger()
-        logger.info("%s: %d videos need no GPU; written here, without a task", self.stage, len(local))
+        outcome, written = StageOutcome(self.stage), set()
+        for video in local:
+            try:
+                result = self.checker.run_isolated(video)
+            except Exception as exc:  # the video's task retries it, as any task's error
+                logger.warning("%s: video %s goes to a task after %s", self.stage, video.video_id, repr(exc))
+                continue
+            (outcome.records if isinstance(result, StageRecord) else outcome.failures).append(result)
+            written.add(video.video_id)
+        self._fold(outcome)
+        logger.info("%s: %d videos need no GPU; written here, without a task", self.stage, len(written))
         for failure in outcome.failures:
             logger.warning("%s failed for video %s: %s", self.stage, failure.video_id, failure.reason)
-        ids = {video.video_id for video in local}
-        return [video for video in videos if video.video_id not in ids]
+        return [video for video in videos if video.video_id not in written]
 
     def finish(self) -> StageTally:
         """Publish ``stage-<stage>`` for the whole run and return the stage's tally."""

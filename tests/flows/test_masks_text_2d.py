@@ -77,3 +77,39 @@ def test_masked_3d_tracks_with_text_then_a_2d_dataset_beside_it(corpus: Path, mo
     loaded = load_y2r(corpus / "dataset-2d", track_type="2d", text_mode=True)
     assert loaded.stats["track_dim"] == 2 and loaded.samples
     assert loaded.sample(0, num_track_ts=10)["query_coords"].shape[1] == 2
+
+
+def test_an_unprompted_clip_whose_masks_cannot_be_written_in_the_flow_goes_to_a_task(
+    corpus: Path, tmp_path: Path, monkeypatch
+):
+    """A full disk, say, while the flow writes an unprompted clip's masks: the run goes on and
+    the clip gets a task, which writes them."""
+    import shutil
+
+    import flows.stage_runs as stage_runs
+    import trackset.stages.mask_stage as mask_stage
+
+    shutil.copytree(corpus / "videos", tmp_path / "videos")
+    tasked: list[str] = []
+    real_submit, real_write = stage_runs.submit_stage_tasks, mask_stage.write_masks
+    calls: list[str] = []
+
+    def recording(stage, videos, *args, **kwargs):
+        if stage == "object_masks":
+            tasked.extend(v.video_id for v in videos)
+        return real_submit(stage, videos, *args, **kwargs)
+
+    def full_once(path, *args, **kwargs):
+        calls.append(path.name)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(stage_runs, "submit_stage_tasks", recording)
+    monkeypatch.setattr(mask_stage, "write_masks", full_once)
+    summary = build_dataset(overrides=small_build(tmp_path, points_per_window=24))
+    assert not summary.failures
+    assert calls[0] == f"{vid(1)}.npz"  # the flow's write of the unprompted clip failed
+    assert tasked == [vid(0), vid(1)]  # so it went to a task beside the prompted clip
+    assert summary.stage("object_masks").info_totals["unprompted"] == 1
+    assert sorted(p.stem for p in (tmp_path / "dataset").glob("*.hdf5")) == [vid(0), vid(1)]
