@@ -23,7 +23,7 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact
 
 from flows.profile_memory import profile_memory
 from flows.run_cluster import RunCluster
-from flows.submission import ProgressReport, SubmittedStage, collect_stage_tasks, submit_stage_tasks
+from flows.submission import ProgressReport, SubmittedStage, collect_stage_tasks, log_failures, submit_stage_tasks
 from trackset.cluster_plan import ClusterPlan, gpu_task_resources
 from trackset.domain import StageRecord, VideoRef, stage_slug
 from trackset.errors import ClusterShapeError
@@ -189,12 +189,11 @@ class StageRun:
             except Exception as exc:  # the video's task retries it, as any task's error
                 logger.warning("%s: video %s goes to a task after %s", self.stage, video.video_id, repr(exc))
                 continue
-            (outcome.records if isinstance(result, StageRecord) else outcome.failures).append(result)
+            outcome.add(result)
             written.add(video.video_id)
         self._fold(outcome)
         logger.info("%s: %d videos need no GPU; written here, without a task", self.stage, len(written))
-        for failure in outcome.failures:
-            logger.warning("%s failed for video %s: %s", self.stage, failure.video_id, failure.reason)
+        log_failures(outcome)
         return [video for video in videos if video.video_id not in written]
 
     def finish(self) -> StageTally:

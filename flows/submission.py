@@ -23,7 +23,7 @@ from prefect.futures import PrefectFuture, as_completed
 
 from tasks.retry import is_out_of_memory
 from tasks.stage_tasks import configured, process_shard, process_video
-from trackset.domain import StageRecord, VideoFailure, VideoRef
+from trackset.domain import VideoFailure, VideoRef
 from trackset.errors import TracksetError
 from trackset.run_report import StageOutcome
 from trackset.settings import RetrySettings
@@ -120,6 +120,13 @@ def submit_stage_tasks(
     return SubmittedStage(stage, config, retry, futures, resources)
 
 
+def log_failures(outcome: StageOutcome) -> None:
+    """One warning per failed video of ``outcome``, in the flow's log."""
+    logger = get_run_logger()
+    for failure in outcome.failures:
+        logger.warning("%s failed for video %s (%s): %s", outcome.stage, failure.video_id, failure.kind, failure.reason)
+
+
 def collect_stage_tasks(submitted: SubmittedStage, progress: ProgressReport | None = None) -> StageOutcome:
     """Wait for submitted tasks and gather their records and failures.
 
@@ -139,8 +146,7 @@ def collect_stage_tasks(submitted: SubmittedStage, progress: ProgressReport | No
         if state.is_completed():
             results = state.result()
             for result in results if isinstance(results, list) else [results]:
-                target = outcome.records if isinstance(result, StageRecord) else outcome.failures
-                target.append(result)
+                outcome.add(result)
         else:
             exc = state.result(raise_on_failure=False)
             if len(batch) > 1 and not isinstance(exc, TracksetError):
@@ -156,8 +162,7 @@ def collect_stage_tasks(submitted: SubmittedStage, progress: ProgressReport | No
         if progress is not None:
             progress.report(finished)
 
-    for failure in outcome.failures:
-        logger.warning("%s failed for video %s (%s): %s", stage, failure.video_id, failure.kind, failure.reason)
+    log_failures(outcome)
     if isolate:
         # Videos the shard finished before failing are current now and come back as skipped.
         single = collect_stage_tasks(

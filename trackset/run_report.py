@@ -42,6 +42,13 @@ class StageOutcome:
     def succeeded(self) -> list[str]:
         return sorted((r.video_id for r in self.records), key=video_id_order)
 
+    def add(self, result: StageRecord | VideoFailure) -> None:
+        """File one video's result, as ``Stage.run_isolated`` returns it, as a record or a failure."""
+        if isinstance(result, StageRecord):
+            self.records.append(result)
+        else:
+            self.failures.append(result)
+
 
 @dataclass
 class WorkerLoad:
