@@ -11,19 +11,36 @@ It keeps the stage's progress count behind ``progress-<stage>``, the GPU peak me
 the first wave (reused by later waves and stored for later runs,
 :mod:`trackset.profile_store`), and publishes ``stage-<stage>`` when the run ends.
 Quarantines go into the manifest here.
+
+Once a stage's peak is known, its first round of a wave does not wait for the stage before
+to end: that stage's first round queues it (:meth:`StageRun._look_ahead`), each task behind
+the upstream task of its videos, and the last GPU stage of a wave queues the next wave's
+first one. Dask then starts the next stage on each GPU worker as it frees, instead of every
+GPU idling through the flow's collection, the models' release, the submission and Prefect's
+task start at each stage boundary. Where the two stages' workers do not fit one GPU
+together, the next stage waits, as it always did.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from prefect import get_run_logger, tags
 from prefect.artifacts import create_progress_artifact, create_table_artifact
+from prefect.futures import wait
 
 from flows.profile_memory import profile_memory
 from flows.run_cluster import RunCluster
-from flows.submission import ProgressReport, SubmittedStage, collect_stage_tasks, log_failures, submit_stage_tasks
+from flows.submission import (
+    ProgressReport,
+    SubmittedStage,
+    collect_stage_tasks,
+    log_failures,
+    submit_after,
+    submit_stage_tasks,
+)
 from trackset.cluster_plan import ClusterPlan, gpu_task_resources
 from trackset.domain import StageRecord, VideoRef, stage_slug
 from trackset.errors import ClusterShapeError
@@ -35,9 +52,9 @@ from trackset.profile_store import ProfileStore
 from trackset.registration import quarantine_key
 from trackset.run_report import RunReport, StageOutcome, StageTally
 from trackset.settings import Settings
-from trackset.sizing import format_gib
+from trackset.sizing import PeakExceedsGpuError, format_gib, plan_workers_per_gpu, stages_fit_together
 from trackset.stages.base import worker_name
-from trackset.stages.registry import build_stage, prior_peak_bytes, stage_spec
+from trackset.stages.registry import build_stage, prior_peak_bytes, stage_inputs, stage_spec
 from trackset.worklist import WorkList
 
 
@@ -68,6 +85,38 @@ class StageProgress:
     def for_subflow(self) -> ProgressReport:
         """The handle a subflow or a collection reports through, from what is finished now."""
         return ProgressReport(self.report.artifact_id, self.report.total, self.done)
+
+
+@dataclass(frozen=True)
+class QueuedRound:
+    """A GPU stage's first round of a wave, submitted behind the previous stage's tasks.
+
+    Attributes:
+        submitted: its tasks, each waiting on one task of the previous stage.
+        workers_per_gpu: the size it was submitted at, from the stage's known peak.
+        gpus: the GPUs that size was computed from, so the stage's own packing sizes alike.
+    """
+
+    submitted: SubmittedStage
+    workers_per_gpu: int
+    gpus: list[GpuInfo]
+
+    @property
+    def video_ids(self) -> set[str]:
+        return {video.video_id for batch in self.submitted.futures.values() for video in batch}
+
+
+@dataclass(frozen=True)
+class NextWave:
+    """The next wave, for the last GPU stage of a wave to queue the first one's round.
+
+    Attributes:
+        first: the wave's first GPU stage.
+        videos: the wave's videos that got through its CPU stages (waits for them).
+    """
+
+    first: StageRun
+    videos: Callable[[], list[VideoRef]]
 
 
 class StageRun:
@@ -101,6 +150,9 @@ class StageRun:
         self.accounted = 0  # videos of the run this stage is finished with (done, skipped, failed or dropped)
         self._progress: StageProgress | None = None
         self._gpus_checked = False
+        self._queued: QueuedRound | None = None  # this wave's first round, queued by the stage before
+        self._early: set[str] = set()  # this wave's videos the stage before already wrote here
+        self._ahead: StageRun | None = None  # the stage this one queued a round of, this wave
 
     @property
     def progress(self) -> StageProgress:
@@ -158,14 +210,30 @@ class StageRun:
             self._fold(collect_stage_tasks(submitted, self.progress.for_subflow()))
         return self._advance(wave, videos)
 
-    def run(self, wave: int, videos: list[VideoRef]) -> list[VideoRef]:
-        """Run the stage on ``videos`` now (GPU stages through the packing policy)."""
+    def run(
+        self, wave: int, videos: list[VideoRef], after: Sequence[StageRun] = (), next_wave: NextWave | None = None
+    ) -> list[VideoRef]:
+        """Run the stage on ``videos`` now (GPU stages through the packing policy).
+
+        ``after`` are the GPU stages that follow in the wave: the first of them with GPU
+        work gets its first round queued behind this stage's tasks (:meth:`_look_ahead`).
+        The last GPU stage of a wave gets ``next_wave`` instead, and queues its first GPU stage.
+        """
         if not self.uses_gpu:
             return self.collect(wave, videos, self.submit(videos))
-        todo = self._without_gpu(self.split(videos))
-        if todo:
+        queued, self._queued = self._queued, None
+        early, self._early = self._early, set()
+        self._ahead = None
+        handled = early | (queued.video_ids if queued is not None else set())
+        todo = self._without_gpu(self.split([video for video in videos if video.video_id not in handled]))
+        covered = [video for video in videos if queued is not None and video.video_id in queued.video_ids]
+        if queued is not None and not covered:
+            # Every video of the queued round failed the stage before: its tasks ran nothing.
+            self._fold(collect_stage_tasks(queued.submitted))
+            queued = None
+        if todo or covered:
             try:
-                self._fold(self._run_gpu(todo))
+                self._fold(self._run_gpu(todo + covered, after, queued, next_wave))
             finally:
                 self.cluster.release(self.stage)  # the next stage gets the GPU memory
         return self._advance(wave, videos)
@@ -234,8 +302,20 @@ class StageRun:
 
     # -- GPU stages ------------------------------------------------------------------------
 
-    def _run_gpu(self, videos: list[VideoRef]) -> StageOutcome:
-        """Give the packing policy its ``run``, then record what it decided."""
+    def _run_gpu(
+        self,
+        videos: list[VideoRef],
+        after: Sequence[StageRun] = (),
+        queued: QueuedRound | None = None,
+        next_wave: NextWave | None = None,
+    ) -> StageOutcome:
+        """Give the packing policy its ``run``, then record what it decided.
+
+        With a ``queued`` round (its tasks already submitted, sized from the known peak on
+        ``queued.gpus``), the first sized round collects those tasks and runs only the
+        videos they do not hold; the cap on workers per GPU is that round's size, so the
+        packing sizes the round exactly as it was queued.
+        """
         cluster = self.settings.cluster
         if self.plan is None:
             # Threads in one process: nothing to size, nothing to shrink.
@@ -255,19 +335,52 @@ class StageRun:
                     f"{self.stage}: no worker of the cluster at {self.cluster.address} offers a GPU "
                     "(start GPU workers pinned with CUDA_VISIBLE_DEVICES and --resources GPU=1)"
                 )
-            gpus = self._gpus(plan)
+            gpus = queued.gpus if queued is not None else self._gpus(plan)
             most = min(cluster.max_workers_per_gpu, plan.slots_per_gpu)
+            if queued is not None:
+                most = queued.workers_per_gpu
             packing = PackingSettings(cluster.profiling_videos, cluster.headroom, most)
+            sized, profiled_peak = 0, None
 
             def run(batch: list[VideoRef], workers_per_gpu: int, *, profiling: bool) -> StageOutcome:
+                nonlocal sized, queued, profiled_peak
                 resources = gpu_task_resources(workers_per_gpu)
                 if profiling:
-                    return self._profile(batch, resources)
+                    part = self._profile(batch, resources)
+                    peaks = [r.peak_bytes for r in part.records if r.status == "done" and r.peak_bytes]
+                    profiled_peak = max(peaks, default=None)  # the packing's peak, as it takes it
+                    return part
+                sized += 1
+                if sized > 1:
+                    self._settle_ahead()  # a smaller round after out-of-memory has the GPUs to itself
                 get_run_logger().info(
                     "%s: %d videos on %d GPUs x %d workers", self.stage, len(batch), len(gpus), workers_per_gpu
                 )
-                with tags(f"workers-per-gpu-{workers_per_gpu}"):  # each round's task runs, in the UI and the API
-                    return self._tasks(batch, resources, len(gpus) * workers_per_gpu)
+                slots = len(gpus) * workers_per_gpu
+                waiting, queued = queued, None
+                held = waiting.video_ids if waiting is not None else set()
+                fresh = [video for video in batch if video.video_id not in held]
+                round_tag = f"workers-per-gpu-{workers_per_gpu}"  # each round's task runs, in the UI and the API
+                with tags(round_tag):
+                    submitted = self._submit(fresh, resources, slots) if fresh else None
+                if waiting is not None:
+                    submitted = waiting.submitted.joined(submitted)
+                if submitted is None:
+                    return StageOutcome(self.stage)
+                peak = self.known_peak if self.known_peak is not None else profiled_peak
+                if sized == 1 and peak is not None:
+                    self._look_ahead(submitted, after, next_wave, gpus, (peak, workers_per_gpu))
+                outcome = collect_stage_tasks(submitted, self.progress.for_subflow())
+                # A queued task skips the videos its upstream task failed; those the stage
+                # before finished later (a smaller round, a rerun alone) run here now.
+                seen = {r.video_id for r in outcome.records} | {f.video_id for f in outcome.failures}
+                missed = [video for video in batch if video.video_id in held and video.video_id not in seen]
+                if missed:
+                    with tags(round_tag):
+                        part = self._tasks(missed, resources, slots)
+                    outcome.records += part.records
+                    outcome.failures += part.failures
+                return outcome
 
             result = pack_gpu_stage(
                 self.stage,
@@ -286,6 +399,11 @@ class StageRun:
     def _gpus(self, plan: ClusterPlan) -> list[GpuInfo]:
         """The GPUs as they are now; on the first wave, also a stored profile to start from."""
         gpus = self.cluster.gpu_infos(plan)
+        self._load_profile(gpus)
+        return gpus
+
+    def _load_profile(self, gpus: list[GpuInfo]) -> None:
+        """Once per run: start from the profile an earlier run stored for these GPUs, if any."""
         if not self._gpus_checked:
             self._gpus_checked = True
             stored = self.profiles.load(self.stage, self.config.cache_key(), gpus)
@@ -297,7 +415,6 @@ class StageRun:
                     self.profiles.path(self.stage),
                     format_gib(stored.peak_bytes),
                 )
-        return gpus
 
     def _remember_peak(self, result: PackingResult, gpus: list[GpuInfo]) -> None:
         """Reuse the profile for the next wave, unless it under-estimated (a wave shrank).
@@ -317,14 +434,125 @@ class StageRun:
             self.profiles.save(self.stage, self.config.cache_key(), gpus, result.peak_bytes)
 
     def _tasks(self, videos: list[VideoRef], resources: dict[str, float] | None, slots: int) -> StageOutcome:
-        """One round of the stage's tasks, here in ``process-waves``, asking for ``resources``.
+        """One round of the stage's tasks, here in ``process-waves``, asking for ``resources``."""
+        return collect_stage_tasks(self._submit(videos, resources, slots), self.progress.for_subflow())
+
+    def _submit(self, videos: list[VideoRef], resources: dict[str, float] | None, slots: int) -> SubmittedStage:
+        """Submit a round of the stage's tasks, without waiting.
 
         Videos go in chunks (:func:`chunk_videos`): a Prefect task per video would cost its
         overhead and a task run in the server's database for each of them.
         """
         chunk = chunk_videos(len(videos), slots, self.settings.cluster.gpu_task_videos)
-        submitted = submit_stage_tasks(self.stage, videos, self.config, self.settings.retry, chunk, resources)
-        return collect_stage_tasks(submitted, self.progress.for_subflow())
+        return submit_stage_tasks(self.stage, videos, self.config, self.settings.retry, chunk, resources)
+
+    # -- the next stage's first round, queued behind this one --------------------------------
+
+    def _look_ahead(
+        self,
+        upstream: SubmittedStage,
+        after: Sequence[StageRun],
+        next_wave: NextWave | None,
+        gpus: list[GpuInfo],
+        sized: tuple[int, int],
+    ) -> None:
+        """Queue the next GPU stage's first round behind this round, ``sized`` (peak, workers per GPU).
+
+        Between two GPU stages every GPU would otherwise idle while the flow collects the
+        last tasks, frees the models and submits the next stage, and while Prefect starts
+        that stage's first tasks on the workers: 1.6-2.1 s per transition within a wave,
+        2.4-3.9 s between waves (BENCHMARKS.md, waves). Queued, the next stage's task of a
+        chunk starts on a free GPU worker as soon as this stage's task of that chunk ends;
+        the next wave's first stage, whose inputs are ready, as soon as a worker is free.
+        It is done only where the next stage's peak is known (a later wave, or a stored
+        profile) and fits beside this one on every GPU
+        (:func:`~trackset.sizing.stages_fit_together`).
+
+        A stage in between whose videos here all need no GPU (unprompted object masks) is
+        written now, in the flow, if it does not read this stage's outputs; the walk then
+        goes on to the stage after it. Such a stage may so write a video this stage then
+        fails: its record stays in the run report, and the video goes no further.
+        """
+        if not after:
+            if next_wave is not None and next_wave.first is not self:
+                next_wave.first._queue_ready(next_wave.videos(), gpus, sized, self.stage)
+                self._ahead = next_wave.first
+            return
+        reached = [video for batch in upstream.futures.values() for video in batch]
+        for nxt in after:
+            gpu_work = [v for v in reached if not nxt.checker.is_done(v) and nxt.checker.needs_gpu(v)]
+            if gpu_work:
+                nxt._queue(gpu_work, gpus, sized, self.stage, upstream)
+                self._ahead = nxt
+                return
+            if self.stage in stage_inputs(nxt.stage, self.settings):
+                return  # its outputs need this stage's: written once this stage is done
+            reached = nxt._write_early(reached)
+
+    def _queue_ready(self, videos: list[VideoRef], gpus: list[GpuInfo], earlier: tuple[int, int], behind: str) -> None:
+        """Queue this stage's first round of the next wave, whose videos are ready for it."""
+        todo = self._without_gpu(self.split(videos))
+        self._early |= {video.video_id for video in videos} - {video.video_id for video in todo}
+        if todo:
+            self._queue(todo, gpus, earlier, behind)
+
+    def _queue(
+        self,
+        videos: list[VideoRef],
+        gpus: list[GpuInfo],
+        earlier: tuple[int, int],
+        behind: str,
+        upstream: SubmittedStage | None = None,
+    ) -> None:
+        """Submit this stage's first round of the wave for ``videos`` now, each task behind
+        its ``upstream`` task if given, if this stage's known peak fits beside the ``earlier``
+        (peak, workers per GPU) of stage ``behind`` still running."""
+        self._load_profile(gpus)
+        if self.plan is None or self.known_peak is None:
+            return
+        cluster = self.settings.cluster
+        most = min(cluster.max_workers_per_gpu, self.plan.slots_per_gpu)
+        try:
+            workers = min(
+                plan_workers_per_gpu(gpu.available_bytes, self.known_peak, cluster.headroom, most) for gpu in gpus
+            )
+        except PeakExceedsGpuError:
+            return  # its own packing fails the stage with the reason
+        if not all(
+            stages_fit_together(earlier, (self.known_peak, workers), gpu.available_bytes, cluster.headroom)
+            for gpu in gpus
+        ):
+            get_run_logger().info("%s: waits for the GPUs as a whole: it does not fit beside %s", self.stage, behind)
+            return
+        resources = gpu_task_resources(workers)
+        ids = {video.video_id for video in videos}
+        with tags(f"workers-per-gpu-{workers}"):
+            if upstream is not None:
+                submitted = submit_after(self.stage, upstream, ids, self.config, self.settings.retry, resources)
+            else:
+                submitted = self._submit(videos, resources, len(gpus) * workers)
+        self._queued = QueuedRound(submitted, workers, gpus)
+        self._todo |= ids
+        get_run_logger().info(
+            "%s: %d videos queued behind %s's tasks (%d workers per GPU)", self.stage, len(ids), behind, workers
+        )
+
+    def _write_early(self, videos: list[VideoRef]) -> list[VideoRef]:
+        """Write ``videos`` in the flow now (they need no GPU, :meth:`_without_gpu`); return
+        those that are current here afterwards."""
+        todo = self._without_gpu(self.split(videos))
+        left = {video.video_id for video in todo}  # its write failed in the flow: its task runs it later
+        self._early |= {video.video_id for video in videos} - left
+        current = {record.video_id for record in self._wave.records}
+        return [video for video in videos if video.video_id in current]
+
+    def _settle_ahead(self) -> None:
+        """Wait for the round queued behind this stage and free its models, so a smaller
+        round of this stage after out-of-memory failures has the GPUs to itself."""
+        ahead = self._ahead
+        if ahead is not None and ahead._queued is not None:
+            wait(list(ahead._queued.submitted.futures))
+            self.cluster.release(ahead.stage)
 
     def _profile(self, videos: list[VideoRef], resources: dict[str, float]) -> StageOutcome:
         """The profiling round, as its own ``profile-memory`` subflow on the run's cluster."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
@@ -22,7 +22,7 @@ from prefect.artifacts import update_progress_artifact
 from prefect.futures import PrefectFuture, as_completed
 
 from tasks.retry import is_out_of_memory
-from tasks.stage_tasks import configured, process_shard, process_video
+from tasks.stage_tasks import configured, process_after, process_shard, process_video
 from trackset.domain import VideoFailure, VideoRef
 from trackset.errors import TracksetError
 from trackset.run_report import StageOutcome
@@ -87,10 +87,18 @@ class SubmittedStage:
     retry: RetrySettings
     futures: dict[PrefectFuture[Any], list[VideoRef]]
     resources: dict[str, float] | None = None
+    after: set[PrefectFuture[Any]] = field(default_factory=set)  # of ``submit_after``: see collect_stage_tasks
 
     @property
     def videos(self) -> int:
         return sum(len(batch) for batch in self.futures.values())
+
+    def joined(self, other: SubmittedStage | None) -> SubmittedStage:
+        """These tasks and ``other``'s (of the same stage and round), collected as one."""
+        if other is None:
+            return self
+        futures = {**self.futures, **other.futures}
+        return SubmittedStage(self.stage, self.config, self.retry, futures, self.resources, self.after | other.after)
 
 
 def submit_stage_tasks(
@@ -120,6 +128,34 @@ def submit_stage_tasks(
     return SubmittedStage(stage, config, retry, futures, resources)
 
 
+def submit_after(
+    stage: str,
+    upstream: SubmittedStage,
+    videos: set[str],
+    config: StageConfig,
+    retry: RetrySettings,
+    resources: dict[str, float] | None = None,
+) -> SubmittedStage:
+    """Submit ``stage`` for the ``videos`` of each upstream task, to start when that task ends.
+
+    One task per upstream task, holding that task's videos that are in ``videos``; it takes
+    the upstream future as a parameter, so Dask runs it as soon as its upstream task has
+    finished (``tasks.stage_tasks.process_after``), whatever the rest of the upstream stage
+    is doing. An upstream task with none of ``videos`` gets no task.
+    """
+    after_task = configured(process_after, stage, retry)
+    futures: dict[PrefectFuture[Any], list[VideoRef]] = {}
+    placement = dask.annotate(resources=resources) if resources else nullcontext()
+    index = 0
+    with placement:
+        for future, batch in upstream.futures.items():
+            chosen = [video for video in batch if video.video_id in videos]
+            if chosen:
+                futures[after_task.submit(stage, index, chosen, config, future)] = chosen
+                index += 1
+    return SubmittedStage(stage, config, retry, futures, resources, after=set(futures))
+
+
 def log_failures(outcome: StageOutcome) -> None:
     """One warning per failed video of ``outcome``, in the flow's log."""
     logger = get_run_logger()
@@ -147,6 +183,16 @@ def collect_stage_tasks(submitted: SubmittedStage, progress: ProgressReport | No
             results = state.result()
             for result in results if isinstance(results, list) else [results]:
                 outcome.add(result)
+        elif future in submitted.after:
+            # Its upstream task failed (NotReady), or it failed itself: which of its videos
+            # reached this stage is the caller's to tell, and it runs those (StageRun).
+            if not state.is_pending():
+                logger.warning(
+                    "%s: a task of %d videos failed (%s); those that reached it run again",
+                    stage,
+                    len(batch),
+                    state.message,
+                )
         else:
             exc = state.result(raise_on_failure=False)
             if len(batch) > 1 and not isinstance(exc, TracksetError):

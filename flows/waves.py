@@ -12,7 +12,10 @@ subflow's CPU runner, wave i+1 is preprocessed and wave i-1 gets its H5 files::
 
 This is plain Prefect/Dask concurrency on the run's one cluster (``flows/run_cluster.py``):
 CPU tasks are futures on CPU workers, submitted before the wave's GPU tasks and collected
-after them; GPU tasks ask for GPU workers. Once a
+after them; GPU tasks ask for GPU workers. From the second wave on, a GPU stage's tasks are
+queued behind the stage before's (Dask dependencies, :mod:`flows.stage_runs`), and the
+next wave's first GPU stage behind the last one of this wave, so the GPUs do not idle at
+stage boundaries. Once a
 wave's H5 files and partials are durable, the intermediates ``run.keep_intermediates``
 does not keep are deleted (:mod:`trackset.retention`). Statistics stay one sequential
 final task of ``build-dataset`` over the whole dataset.
@@ -27,7 +30,7 @@ from prefect import flow, get_run_logger
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.run_cluster import RunCluster, worker_env
-from flows.stage_runs import StageRun
+from flows.stage_runs import NextWave, StageRun
 from flows.submission import SubmittedStage
 from trackset.cluster_plan import ClusterPlan
 from trackset.domain import VideoRef
@@ -83,6 +86,7 @@ class CpuLane:
     videos: list[VideoRef]
     size: int
     submitted: SubmittedStage | None = None
+    finished: list[VideoRef] | None = None
 
     def start(self) -> CpuLane:
         """Submit the first stage's tasks and return at once."""
@@ -91,13 +95,20 @@ class CpuLane:
         return self
 
     def finish(self) -> list[VideoRef]:
-        """Wait for the first stage, run the others; return the videos that got through all."""
-        if not self.runs:
-            return list(self.videos)
-        submitted, self.submitted = self.submitted, None  # its futures go once collected
-        alive = self.runs[0].collect(self.size, self.videos, submitted)
-        for run in self.runs[1:]:
-            alive = run.run(self.size, alive)
+        """Wait for the first stage, run the others; return the videos that got through all.
+
+        Once only: a later call returns the same videos (the last GPU stage of the wave
+        before may have asked first, to queue this wave's first GPU stage).
+        """
+        if self.finished is not None:
+            return self.finished
+        alive = list(self.videos)
+        if self.runs:
+            submitted, self.submitted = self.submitted, None  # its futures go once collected
+            alive = self.runs[0].collect(self.size, self.videos, submitted)
+            for run in self.runs[1:]:
+                alive = run.run(self.size, alive)
+        self.finished = alive
         return alive
 
 
@@ -164,8 +175,10 @@ def _stream(
         ahead = None
         if index + 1 < len(waves):  # preprocess the next wave while this one is on the GPUs
             ahead = CpuLane(head, waves[index + 1], len(waves[index + 1])).start()
-        for run in gpu:
-            alive = run.run(len(wave), alive)
+        following = NextWave(gpu[0], ahead.finish) if gpu and ahead is not None else None
+        for position, run in enumerate(gpu):
+            last = position + 1 == len(gpu)
+            alive = run.run(len(wave), alive, gpu[position + 1 :], following if last else None)
         if behind is not None:
             # The previous wave's H5 ran beside these GPU stages.
             pictures_left -= _land(*behind, settings, release, pictures_left)

@@ -71,10 +71,15 @@ def video_budget(runner: Stage[Any], video: VideoRef, config: StageConfig) -> It
 
 
 def _run_name(kind: str) -> str:
-    """``<stage>-<video id>`` or ``<stage>-shard-<n>`` (DECISIONS.md), from the run's parameters."""
+    """``<stage>-<video id>`` or ``<stage>-shard-<n>`` (DECISIONS.md), from the run's parameters;
+    a queued task of one video (``process-after``) is named for its video too."""
     params = task_run.parameters
     slug = stage_slug(params["stage"])
-    return f"{slug}-{params['video'].video_id}" if kind == "video" else f"{slug}-shard-{params['shard']}"
+    if kind == "video":
+        return f"{slug}-{params['video'].video_id}"
+    if kind == "after" and len(params["videos"]) == 1:
+        return f"{slug}-{params['videos'][0].video_id}"
+    return f"{slug}-shard-{params['shard']}"
 
 
 @task(
@@ -105,6 +110,38 @@ def process_shard(
     """Run ``stage`` on a batch of videos: a bad or out-of-memory video fails alone, transient
     errors and timeouts retry the shard (its finished videos are then skipped; one that still
     fails is then run alone, ``flows/submission.py``)."""
+    return _run_each(stage, videos, config)
+
+
+@task(
+    name="process-after",
+    task_run_name=lambda: _run_name("after"),
+    cache_policy=NO_CACHE,
+    retry_condition_fn=retry_on_transient,
+)
+def process_after(
+    stage: str,
+    shard: int,
+    videos: list[VideoRef],
+    config: StageConfig,
+    upstream: StageRecord | list[StageRecord | VideoFailure],
+) -> list[StageRecord | VideoFailure]:
+    """Run ``stage`` on the videos of ``videos`` that the earlier stage's task finished.
+
+    ``upstream`` is that task's future when submitted, so Dask starts this task on a free
+    GPU worker as soon as the earlier one ends, while the flow still waits for the rest of
+    the earlier stage (``flows/stage_runs.py``). A video the earlier task failed is left
+    out, as the flow leaves out a video an earlier stage failed; when the earlier task
+    failed as a whole, Prefect does not run this one at all (``NotReady``).
+    """
+    results = upstream if isinstance(upstream, list) else [upstream]
+    finished = {result.video_id for result in results if isinstance(result, StageRecord)}
+    reached = [video for video in videos if video.video_id in finished]
+    return _run_each(stage, reached, config) if reached else []  # no model loaded for nothing
+
+
+def _run_each(stage: str, videos: list[VideoRef], config: StageConfig) -> list[StageRecord | VideoFailure]:
+    """The videos one by one with this worker's cached model; a failing video fails alone."""
     send_trackset_logs_to_prefect()
     runner = get_stage(stage, config)
     results: list[StageRecord | VideoFailure] = []

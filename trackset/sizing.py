@@ -134,6 +134,29 @@ def plan_workers_per_gpu(
     return max(1, min(fits, max_per_gpu))
 
 
+def stages_fit_together(first: tuple[int, int], second: tuple[int, int], total_bytes: int, headroom: float) -> bool:
+    """Whether two GPU stages may have tasks in flight on one GPU at once.
+
+    Each stage is ``(peak_bytes, workers_per_gpu)``: a stage sized to ``k`` workers runs on
+    the first ``k`` workers of every GPU (:func:`trackset.cluster_plan.gpu_task_resources`),
+    and a worker holds one GPU stage's model at a time (:mod:`trackset.worker_cache`). While
+    one stage's last tasks run and the next one's first tasks start, worker ``i`` may hold
+    either stage, so the GPU may hold, per worker, the larger peak of the stages it serves.
+    That sum must stay within ``headroom * total`` as each stage's own sizing does; where it
+    does not (a stage of large peak after one of many workers), the next stage waits for the
+    GPU as a whole.
+
+    Examples:
+        >>> stages_fit_together((10 * GIB, 2), (10 * GIB, 2), 24 * GIB, 0.9)  # 2 x 10 of 21.6
+        True
+        >>> stages_fit_together((5 * GIB, 4), (20 * GIB, 1), 24 * GIB, 0.9)  # 20 + 3 x 5 = 35
+        False
+    """
+    (peak_a, k_a), (peak_b, k_b) = first, second
+    held = sum(max(peak_a if i < k_a else 0, peak_b if i < k_b else 0) for i in range(max(k_a, k_b)))
+    return held <= Fraction(str(headroom)) * total_bytes
+
+
 def shrink(workers_per_gpu: int) -> int | None:
     """One fewer worker per GPU after out-of-memory failures, or None when already at one.
 

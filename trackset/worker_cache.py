@@ -6,6 +6,11 @@ for all its threads. The key is the stage's config (:mod:`trackset.stages.config
 paths, its own section and what it reads, so a run that changes a setting of another
 stage, the retries or the runner reuses the loaded model, and one that changes what this
 stage computes gets a fresh one.
+
+A process holds one GPU stage at a time: setting up a GPU stage tears down the others
+first. A worker may take the next stage's first task while the flow still waits for the
+current stage's last ones elsewhere (``flows/stage_runs.py``), and the memory sizing
+(:func:`trackset.sizing.stages_fit_together`) counts one model per worker, not two.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any
 
 from trackset.stages.base import Stage
 from trackset.stages.config import StageConfig
-from trackset.stages.registry import stage_class
+from trackset.stages.registry import GPU_STAGES, stage_class
 
 _stages: dict[tuple[str, str], Stage[Any]] = {}
 _lock = threading.Lock()
@@ -27,6 +32,9 @@ def get_stage(name: str, config: StageConfig) -> Stage[Any]:
     with _lock:
         stage = _stages.get(key)
         if stage is None:
+            if name in GPU_STAGES:
+                for other in [k for k in _stages if k[0] in GPU_STAGES]:
+                    _stages.pop(other).teardown()
             stage = stage_class(name)(config)
             stage.setup()
             _stages[key] = stage
