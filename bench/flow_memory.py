@@ -34,12 +34,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/trackset-bench-flow-memory"))
     args = parser.parse_args()
     import scale
-    from flows.cli import EPHEMERAL_SERVER_DEFAULTS
+
+    from trackset.flows.cli import EPHEMERAL_SERVER_DEFAULTS
 
     for key, value in {**EPHEMERAL_SERVER_DEFAULTS, "PREFECT_LOGGING_LEVEL": "WARNING"}.items():
         os.environ.setdefault(key, value)
-    import flows.waves as waves
-    from flows.build_dataset import build_dataset
+    import trackset.flows.waves as waves
+    from trackset.flows.build_dataset import build_dataset
 
     out = args.out / "runs" / "build"
     shutil.rmtree(out, ignore_errors=True)

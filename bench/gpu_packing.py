@@ -60,16 +60,18 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import run_history
-from flows.cli import EPHEMERAL_SERVER_DEFAULTS
-from trackset.sizing import GIB, shrink
+
 from trackset.domain import STAGE_ORDER, StageRecord
+from trackset.flows.cli import EPHEMERAL_SERVER_DEFAULTS
+from trackset.gpu.sizing import GIB, shrink
 from trackset.synthetic.corpus import encode_scene, video_seed
 from trackset.synthetic.scene import SceneSpec
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun, TaskRun
 
-    from trackset.run_report import RunSummary, StageOutcome
+    from trackset.domain import StageOutcome
+    from trackset.reports.run_report import RunSummary
 
 STAGE = "depth_camera"
 MIB = 2**20
@@ -196,7 +198,7 @@ def invalidate_depth(overrides: dict[str, Any], video_ids: list[str]) -> None:
     Their markers and outputs go (the H5 build has no marker: its partials file is one). The
     H5 files must go too, or registration finds every video current and runs nothing.
     """
-    from trackset.settings import load_settings
+    from trackset.config.settings import load_settings
     from trackset.stages.registry import build_stage
 
     settings = load_settings(overrides=overrides)
@@ -272,7 +274,7 @@ def read_rounds(subflows: list[FlowRun], task_runs: list[list[TaskRun]], records
 
 def run_config(config: Config, overrides: dict[str, Any], video_ids: list[str], frames: dict[str, int]) -> Result:
     """Run the flow once for ``config`` and read back what the depth stage did."""
-    from flows.build_dataset import build_dataset
+    from trackset.flows.build_dataset import build_dataset
 
     invalidate_depth(overrides, video_ids)
     run_overrides = with_cluster(
@@ -420,7 +422,7 @@ def main() -> None:
     args = parse_args()
     for key, value in {**EPHEMERAL_SERVER_DEFAULTS, "PREFECT_LOGGING_LEVEL": "WARNING"}.items():
         os.environ.setdefault(key, value)
-    from flows.build_dataset import build_dataset
+    from trackset.flows.build_dataset import build_dataset
 
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     machine = machine_line()

@@ -15,7 +15,7 @@ videos. Prints a markdown table for BENCHMARKS.md. ``--phases`` instead times ea
 the stage (reads, resizes, moments, write) over the videos in this process.
 
 ``--malloc glibc dask`` runs each configuration twice: with glibc's defaults (what the
-workers of a trackset run get, ``flows/run_cluster.py``) and with ``MALLOC_TRIM_THRESHOLD_=65536``,
+workers of a trackset run get, ``engine/run_cluster.py``) and with ``MALLOC_TRIM_THRESHOLD_=65536``,
 what Dask's Nanny sets in the workers it spawns unless told otherwise.
 """
 
@@ -33,9 +33,9 @@ from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
 
+from trackset.config.settings import Settings, load_settings
 from trackset.domain import VideoRef
-from trackset.memory_probe import read_vmhwm_bytes
-from trackset.settings import Settings, load_settings
+from trackset.gpu.memory_probe import read_vmhwm_bytes
 from trackset.stages.registry import stage_config
 
 SCRIPT_PIPELINE_S_PER_VIDEO = 3.6  # PLATFORM-NOTES.md, same machine class
@@ -48,9 +48,9 @@ def bench_settings(out: Path, dataset: str, compression: str = "none") -> Settin
 
 def prepare(out: Path, videos: int, frames: int) -> list[VideoRef]:
     """Synthetic corpus and its intermediates, made once and reused by later runs."""
+    from trackset.cluster.worker_cache import get_stage, release_stages
     from trackset.stages.registry import enabled_stages
     from trackset.synthetic.corpus import make_corpus
-    from trackset.worker_cache import get_stage, release_stages
 
     video_dir = out / "videos"
     paths = sorted(video_dir.glob("*.mp4"))
@@ -74,7 +74,7 @@ def prepare(out: Path, videos: int, frames: int) -> list[VideoRef]:
 
 def warm_up(out: Path, dataset: str, compression: str, ready: Barrier) -> None:
     """Pool initializer: import and set up the stage, then wait until every worker has."""
-    from trackset.worker_cache import get_stage
+    from trackset.cluster.worker_cache import get_stage
 
     get_stage("h5_build", stage_config("h5_build", bench_settings(out, dataset, compression)))
     ready.wait()
@@ -91,7 +91,7 @@ def worker(args: tuple[Path, str, str, list[VideoRef]]) -> dict[str, object]:
     """One worker process: build its videos' H5 files, report timings, peak RSS, its own user
     and system CPU seconds and page faults, and the machine's busy CPU seconds around it."""
     out, dataset, compression, refs = args
-    from trackset.worker_cache import get_stage
+    from trackset.cluster.worker_cache import get_stage
 
     stage = get_stage("h5_build", stage_config("h5_build", bench_settings(out, dataset, compression)))
     seconds, rss_half = [], None
@@ -162,7 +162,7 @@ PHASES = {
         "video_moments",
         "write_h5",
     ),
-    "trackset.h5_layout": ("resize_rgb", "resize_depth"),
+    "trackset.formats.h5_layout": ("resize_rgb", "resize_depth"),
 }
 
 
@@ -176,7 +176,7 @@ def phases(settings: Settings, refs: list[VideoRef], extra: dict[str, tuple[str,
     """
     import importlib
 
-    from trackset.worker_cache import get_stage
+    from trackset.cluster.worker_cache import get_stage
 
     spent: dict[str, float] = {}
 

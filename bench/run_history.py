@@ -3,7 +3,7 @@
 The benchmarks and the fault tests ask the API, not the flow's return value, how a stage
 was split into subflows (profiling, then one run per packing of the GPUs) and which videos
 each one ran: that is what a user sees in the UI. A stage subflow gets its videos as a
-work list file (trackset.worklist), so they are read from its task runs, which are named
+work list file (trackset.scheduling.worklist), so they are read from its task runs, which are named
 ``<stage>-<video id>`` (DECISIONS.md). Benchmarks import it as ``run_history`` (they run
 from ``bench/``), tests as ``bench.run_history``.
 """

@@ -211,7 +211,7 @@ def child(out: Path) -> None:
     """Run the flow in this process (its PREFECT_API_URL is the benchmark's server)."""
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
-    from flows.build_dataset import build_dataset
+    from trackset.flows.build_dataset import build_dataset
 
     started = time.time()
     state = build_dataset(overrides=settings(out), return_state=True)

@@ -5,7 +5,7 @@
 Issue 15 asks that the whole-dataset statistics stay exact (float64, fixed order) and read
 each partial once, measured at 50,000 partials. This writes ``--videos`` partials files of
 the real format (moments of random samples of each statistic's dimension, as the H5 stage
-would), then times :func:`trackset.dataset_statistics.write_dataset_statistics` twice, in a
+would), then times :func:`trackset.dataset.statistics.write_dataset_statistics` twice, in a
 fresh child process each time (the second finds the files in the page cache, as a nightly
 refresh right after a build does; the first after ``posix_fadvise(DONTNEED)`` on every
 file, the closest to a cold read without root). It counts the partial files opened by
@@ -33,8 +33,8 @@ MIB = 2**20
 def write_partials(dataset: Path, videos: int, seed: int) -> None:
     """``videos`` partials files under ``dataset/partials`` (skipped when already there)."""
     from trackset.domain import format_video_id
-    from trackset.layout import DatasetLayout
-    from trackset.statistics import Moments, VideoPartials, statistic_dims
+    from trackset.formats.layout import DatasetLayout
+    from trackset.formats.statistics import Moments, VideoPartials, statistic_dims
 
     layout = DatasetLayout(dataset)
     folder = layout.partials(format_video_id(0)).parent
@@ -63,9 +63,9 @@ def drop_page_cache(folder: Path) -> None:
 
 def child(dataset: Path) -> None:
     """Aggregate once, counting reads of each partial; print seconds, reads and peak RSS."""
-    from trackset.dataset_statistics import write_dataset_statistics
-    from trackset.layout import DatasetLayout
-    from trackset.memory_probe import read_vmhwm_bytes
+    from trackset.dataset.statistics import write_dataset_statistics
+    from trackset.formats.layout import DatasetLayout
+    from trackset.gpu.memory_probe import read_vmhwm_bytes
 
     reads: Counter[str] = Counter()
     original = Path.read_text

@@ -71,11 +71,11 @@ VENV_BIN = Path(sys.executable).parent
 def prepare_scenes(out: Path, scenes: int, frames: int) -> Path:
     """``scenes`` synthetic videos built by trackset's synthetic stages, then rewritten in the
     script's formats into ``<out>/scenes-<scenes>x<frames>``; made once, reused later."""
-    from trackset.settings import load_settings
+    from trackset.cluster.worker_cache import get_stage, release_stages
+    from trackset.config.settings import load_settings
     from trackset.stages.registry import enabled_stages, stage_config
     from trackset.synthetic.corpus import make_corpus
     from trackset.synthetic.script_format import write_script_format
-    from trackset.worker_cache import get_stage, release_stages
 
     target = out / f"scenes-{scenes}x{frames}"
     if (target / "complete").is_file():
@@ -294,13 +294,13 @@ def fixed_costs(args: argparse.Namespace, scenes_dir: Path) -> None:
         del os.environ[key]
     spent: dict[str, float] = {}
     start = time.perf_counter()
-    with timing(spent, "import flows.cli, flows.build_dataset (prefect, dask, torch)"):
+    with timing(spent, "import trackset.flows.cli, trackset.flows.build_dataset (prefect, dask, torch)"):
         from prefect.server.api.server import SubprocessASGIServer
 
-        import flows.build_dataset as build_module
-        import flows.cli as cli
-        import tasks.dataset_tasks as dataset_tasks
-        from flows.run_cluster import RunCluster
+        import trackset.flows.build_dataset as build_module
+        import trackset.flows.cli as cli
+        import trackset.tasks.dataset_tasks as dataset_tasks
+        from trackset.engine.run_cluster import RunCluster
     wrap(SubprocessASGIServer, "start", spent, "temporary Prefect server start")
     wrap(SubprocessASGIServer, "stop", spent, "temporary Prefect server stop")
     wrap(dataset_tasks, "import_intermediates", spent, "registration (scan, fingerprints, manifest), task body")
@@ -354,7 +354,7 @@ def fixed_costs(args: argparse.Namespace, scenes_dir: Path) -> None:
 # The import path's own steps, timed by --phases beside the H5 stage's (bench/h5_stage.py).
 IMPORT_PHASES = {
     "trackset.stages.h5_build": ("to_trackset_conventions",),
-    "trackset.intermediates": ("_read_png_frames", "load_pt"),
+    "trackset.formats.intermediates": ("_read_png_frames", "load_pt"),
 }
 
 
@@ -362,8 +362,8 @@ def import_phases(args: argparse.Namespace, scenes_dir: Path) -> None:
     """Seconds per video of each step of an import's H5 stage, in this process."""
     from h5_stage import phases  # bench/ is this script's directory, first on sys.path
 
-    from trackset.registration import import_intermediates
-    from trackset.settings import load_settings
+    from trackset.config.settings import load_settings
+    from trackset.dataset.registration import import_intermediates
 
     n = args.videos[0]
     data = data_dir(args.out, scenes_dir, args.scenes, n)

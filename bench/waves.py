@@ -109,8 +109,12 @@ def gpu_busy(flow_run_id: Any, timeline: Path) -> dict[str, float]:
     H5 build). Every task run's name, start and end go to ``timeline`` (JSON), to look at
     what a gap is between."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId, TaskRunFilter
-    from prefect.client.schemas.filters import TaskRunFilterFlowRunId
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+        TaskRunFilter,
+        TaskRunFilterFlowRunId,
+    )
 
     with get_client(sync_client=True) as client:
         runs, frontier = [], [flow_run_id]
@@ -169,11 +173,11 @@ def idle_breakdown(intervals: list[tuple[float, float]], first: float, last: flo
 
 def child(out: Path, wave_size: int, gpu_s_per_frame: float) -> dict[str, Any]:
     """Run the flow once in this process; return what was measured."""
-    from flows.cli import EPHEMERAL_SERVER_DEFAULTS
+    from trackset.flows.cli import EPHEMERAL_SERVER_DEFAULTS
 
     for key, value in {**EPHEMERAL_SERVER_DEFAULTS, "PREFECT_LOGGING_LEVEL": "WARNING"}.items():
         os.environ.setdefault(key, value)
-    from flows.build_dataset import build_dataset
+    from trackset.flows.build_dataset import build_dataset
 
     sampler = DiskSampler(out / "work")
     sampler.start()

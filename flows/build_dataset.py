@@ -6,7 +6,7 @@ those whose outputs are missing or stale through preprocess -> depth & camera ->
 ``flows/waves.py``), then aggregates statistics over *every* video of the dataset in one
 sequential final task. A video that fails a stage is reported with its reason and skips
 the later stages; every other video still lands. The run holds the dataset's lock
-(:mod:`trackset.dataset_lock`) from start to end, so a second run on the same dataset fails
+(:mod:`trackset.dataset.lock`) from start to end, so a second run on the same dataset fails
 at once, naming the run that holds it.
 
 How a run ends says what happened, so the UI, an automation or a notification can tell:
@@ -20,7 +20,7 @@ and any video failed (the nightly deployment sets it), or when the run exceeded
 Run it from the command line (``trackset run``), a deployment (``deployments/prefect.yaml``)
 or Python::
 
-    from flows.build_dataset import build_dataset
+    from trackset.flows.build_dataset import build_dataset
     build_dataset(settings_path="settings.yaml", overrides={"h5": {"target_size": 128}})
 """
 
@@ -36,20 +36,20 @@ from prefect.runtime import flow_run
 from prefect.states import Completed
 from prefect.utilities.timeout import timeout
 
-from flows.run_cluster import RunCluster
-from flows.waves import process_waves
-from tasks.dataset_tasks import aggregate_statistics_task, import_intermediates_task, register_videos_task
-from tasks.run_logs import send_trackset_logs_to_prefect
 from trackset.adapters import check_real_backends
-from trackset.dataset_lock import DatasetLock
-from trackset.domain import VideoFailure
+from trackset.config.overrides import NO_OVERRIDES, SettingsOverrides
+from trackset.config.settings import RunSettings, Settings, load_settings
+from trackset.dataset.lock import DatasetLock
+from trackset.domain import StageOutcome, VideoFailure
+from trackset.engine.run_cluster import RunCluster
 from trackset.errors import TracksetError
-from trackset.layout import DatasetLayout
-from trackset.overrides import NO_OVERRIDES, SettingsOverrides
-from trackset.run_report import RunReport, RunSummary, StageOutcome, StageTally
-from trackset.settings import RunSettings, Settings, load_settings
+from trackset.flows.waves import process_waves
+from trackset.formats.layout import DatasetLayout
+from trackset.reports.run_report import RunReport, RunSummary, StageTally
+from trackset.scheduling.worklist import WorkList
 from trackset.stages.registry import enabled_stages, stage_spec
-from trackset.worklist import WorkList
+from trackset.tasks.dataset_tasks import aggregate_statistics_task, import_intermediates_task, register_videos_task
+from trackset.tasks.run_logs import send_trackset_logs_to_prefect
 
 
 def resolve_settings(
@@ -169,7 +169,7 @@ def build_dataset(
         work_dir: shortcut for ``paths.work_dir``.
         dataset_dir: shortcut for ``paths.dataset_dir``.
         import_dir: build from the script pipeline's intermediates in this directory instead
-            of from videos: only the H5 build and the statistics run (trackset.importer).
+            of from videos: only the H5 build and the statistics run (trackset.dataset.importer).
     """
     send_trackset_logs_to_prefect()
     logger = get_run_logger()

@@ -31,10 +31,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from trackset import __version__
-from trackset.dataset_lock import DatasetBusyError, DatasetLock
+from trackset.dataset.lock import DatasetBusyError, DatasetLock
 from trackset.domain import is_video_id
 from trackset.errors import ClusterShapeError, ModelUnavailableError, SettingsError
-from trackset.run_report import RunSummary
+from trackset.reports.run_report import RunSummary
 
 console = Console()
 err_console = Console(stderr=True)
@@ -180,7 +180,7 @@ def print_summary(summary: RunSummary) -> None:
     statistics = Table(title="Dataset statistics (normalization_stats.yaml)")
     for column in ("statistic", "samples", "mean", "std"):
         statistics.add_column(column)
-    from trackset.statistics import STATISTIC_KEYS  # here: numpy stays out of the CLI's start-up
+    from trackset.formats.statistics import STATISTIC_KEYS  # here: numpy stays out of the CLI's start-up
 
     for _, name, count_key in STATISTIC_KEYS:
         stats = summary.statistics
@@ -197,15 +197,15 @@ def print_summary(summary: RunSummary) -> None:
 
 
 def _run(settings_path: str | None, overrides: dict[str, Any], import_dir: str | None = None) -> int:
-    from flows.temporary_server import EarlyServer
-    from trackset.settings import load_settings
+    from trackset.config.settings import load_settings
+    from trackset.flows.temporary_server import EarlyServer
 
     load_settings(settings_path, overrides)  # bad settings fail here, before Prefect is imported
     server = EarlyServer.start_if_needed()  # boots while the flow's modules import
     try:
-        from flows.build_dataset import VideosFailedError, build_dataset, resolve_settings
-        from flows.live_progress import live_progress
         from trackset.adapters import check_real_backends
+        from trackset.flows.build_dataset import VideosFailedError, build_dataset, resolve_settings
+        from trackset.flows.live_progress import live_progress
 
         settings = resolve_settings(settings_path, overrides)
         if import_dir is None:
@@ -232,7 +232,7 @@ def _run(settings_path: str | None, overrides: dict[str, Any], import_dir: str |
 
 def print_pictures(summary: RunSummary) -> None:
     """Where the pictures of this run's videos are (``run.pictures_videos``), if it drew any."""
-    from trackset.pictures import run_pictures
+    from trackset.reports.pictures import run_pictures
 
     built = [record.video_id for record in summary.records("h5_build") if record.status == "done"]
     for pictures in run_pictures(Path(summary.dataset_dir), built):
@@ -269,7 +269,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "paths": {"videos_dir": str(videos), "work_dir": str(out / "work"), "dataset_dir": str(out / "dataset")},
         "synthetic": DEMO_COSTS,
         "h5": {"include_text": True},
-        "run": {"pictures_videos": 2},  # <out>/dataset/pictures: two videos drawn (trackset.pictures)
+        "run": {"pictures_videos": 2},  # <out>/dataset/pictures: two videos drawn (trackset.reports.pictures)
     }
     status = _run(None, overrides)
     print_clips(out / "work", out / "dataset")
@@ -278,7 +278,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def print_clips(work_dir: Path, dataset_dir: Path) -> None:
     """The demo's clips: text, object-mask prompt and coverage, points per window."""
-    from trackset.clip_report import clip_rows
+    from trackset.reports.clip_report import clip_rows
 
     table = Table(title="Object-masked tracks and texts (root/text)")
     for column in ("video", "prompt", "mask % of pixels", "points per window", "text"):
@@ -302,8 +302,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_settings(args: argparse.Namespace) -> int:
     """Every setting's key, default and description: the ones settings.yaml's comments and the
-    run form show (``trackset.settings.settings_reference``)."""
-    from trackset.settings import settings_reference
+    run form show (``trackset.config.settings.settings_reference``)."""
+    from trackset.config.settings import settings_reference
 
     reference = settings_reference()
     sections = {key.rpartition(".")[0] for key in reference}
@@ -322,8 +322,8 @@ def cmd_settings(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from trackset.settings import load_settings
-    from trackset.validate import validate_dataset
+    from trackset.config.settings import load_settings
+    from trackset.dataset.validate import validate_dataset
 
     settings = load_settings(args.settings)
     if not Path(args.dataset_dir).is_dir():
@@ -360,9 +360,9 @@ def video_id_argument(text: str) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from trackset.layout import DatasetLayout
-    from trackset.pictures import pictures_dir, write_pictures
-    from trackset.settings import load_settings
+    from trackset.config.settings import load_settings
+    from trackset.formats.layout import DatasetLayout
+    from trackset.reports.pictures import pictures_dir, write_pictures
 
     settings = load_settings(args.settings)
     dataset = Path(args.dataset_dir) if args.dataset_dir else settings.paths.dataset_dir

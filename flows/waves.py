@@ -10,14 +10,14 @@ subflow's CPU runner, wave i+1 is preprocessed and wave i-1 gets its H5 files::
     CPU runner:  [pre 0] [pre 1 | H5 -  ] [pre 2 | H5 0 ] [  -  | H5 1 ] [H5 2]
     GPU stages:          [  wave 0      ] [  wave 1     ] [  wave 2    ]
 
-This is plain Prefect/Dask concurrency on the run's one cluster (``flows/run_cluster.py``):
+This is plain Prefect/Dask concurrency on the run's one cluster (``engine/run_cluster.py``):
 CPU tasks are futures on CPU workers, submitted before the wave's GPU tasks and collected
 after them; GPU tasks ask for GPU workers. From the second wave on, a GPU stage's tasks are
-queued behind the stage before's (Dask dependencies, :mod:`flows.stage_runs`), and the
+queued behind the stage before's (Dask dependencies, :mod:`trackset.engine.stage_runs`), and the
 next wave's first GPU stage behind the last one of this wave, so the GPUs do not idle at
 stage boundaries. Once a
 wave's H5 files and partials are durable, the intermediates ``run.keep_intermediates``
-does not keep are deleted (:mod:`trackset.retention`). Statistics stay one sequential
+does not keep are deleted (:mod:`trackset.dataset.retention`). Statistics stay one sequential
 final task of ``build-dataset`` over the whole dataset.
 """
 
@@ -29,19 +29,19 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows.run_cluster import RunCluster, worker_env
-from flows.stage_runs import NextWave, StageRun
-from flows.submission import SubmittedStage
-from trackset.cluster_plan import ClusterPlan
+from trackset.cluster.plan import ClusterPlan
+from trackset.config.settings import Settings
+from trackset.dataset.retention import release_intermediates
 from trackset.domain import VideoRef
+from trackset.engine.run_cluster import RunCluster, worker_env
+from trackset.engine.stage_runs import NextWave, StageRun
+from trackset.engine.submission import SubmittedStage
 from trackset.errors import ClusterShapeError
-from trackset.pictures import pictures_dir, write_run_pictures
-from trackset.retention import release_intermediates
-from trackset.run_report import RunReport, StageTally
-from trackset.settings import Settings
-from trackset.sizing import format_gib
+from trackset.gpu.sizing import format_gib
+from trackset.reports.pictures import pictures_dir, write_run_pictures
+from trackset.reports.run_report import RunReport, StageTally
+from trackset.scheduling.worklist import WorkList
 from trackset.stages.registry import stage_spec
-from trackset.worklist import WorkList
 
 
 def split_lanes(stages: list[str]) -> tuple[list[str], list[str], list[str]]:
@@ -123,7 +123,7 @@ def process_waves(
         settings: the run's settings (``run.wave_size``, ``run.keep_intermediates``), with
             ``cluster.scheduler_address`` set to the run's cluster unless it runs on threads.
         stages: the stages to run, in pipeline order.
-        report: where the run report goes (``trackset.run_report``): every video's record.
+        report: where the run report goes (``trackset.reports.run_report``): every video's record.
         importing: the work directory holds the script pipeline's intermediates: read only,
             and none of them is ever deleted.
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from trackset.dataset_statistics import write_dataset_statistics
-from trackset.layout import DatasetLayout
-from trackset.registration import Registration, import_intermediates, register_videos
-from trackset.settings import Settings
+from trackset.config.settings import Settings
+from trackset.dataset.registration import Registration, import_intermediates, register_videos
+from trackset.dataset.statistics import write_dataset_statistics
+from trackset.formats.layout import DatasetLayout
 
 
 @task(name="register-videos", cache_policy=NO_CACHE)

@@ -1,7 +1,7 @@
 """trackset's own log records (``logging.getLogger("trackset...")``) in the run's log in the UI.
 
-Prefect sends only its run loggers to the API; a warning of :mod:`trackset.statistics`
-(a std raised to the floor), :mod:`trackset.manifest` or a stage reached the terminal of
+Prefect sends only its run loggers to the API; a warning of :mod:`trackset.formats.statistics`
+(a std raised to the floor), :mod:`trackset.dataset.manifest` or a stage reached the terminal of
 whichever process logged it (a Dask worker's, for a stage) and never the run's page.
 ``PREFECT_LOGGING_EXTRA_LOGGERS=trackset`` would fix it only in processes started with that
 variable, which a worker's flow-run process, a local Dask worker spawned after Prefect set

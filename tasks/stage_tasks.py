@@ -25,14 +25,14 @@ from prefect.runtime import task_run
 from prefect.tasks import exponential_backoff
 from prefect.utilities.timeout import timeout
 
-from tasks.retry import retry_on_transient
-from tasks.run_logs import send_trackset_logs_to_prefect
+from trackset.cluster.worker_cache import get_stage
+from trackset.config.settings import RetrySettings
 from trackset.domain import StageRecord, VideoFailure, VideoRef, stage_slug
-from trackset.settings import RetrySettings
 from trackset.stages.base import Stage
 from trackset.stages.config import StageConfig
 from trackset.stages.registry import GPU_STAGES
-from trackset.worker_cache import get_stage
+from trackset.tasks.retry import retry_on_transient
+from trackset.tasks.run_logs import send_trackset_logs_to_prefect
 
 
 class VideoTimeoutError(TimeoutError):
@@ -109,7 +109,7 @@ def process_shard(
 ) -> list[StageRecord | VideoFailure]:
     """Run ``stage`` on a batch of videos: a bad or out-of-memory video fails alone, transient
     errors and timeouts retry the shard (its finished videos are then skipped; one that still
-    fails is then run alone, ``flows/submission.py``)."""
+    fails is then run alone, ``engine/submission.py``)."""
     return _run_each(stage, videos, config)
 
 
@@ -130,7 +130,7 @@ def process_after(
 
     ``upstream`` is that task's future when submitted, so Dask starts this task on a free
     GPU worker as soon as the earlier one ends, while the flow still waits for the rest of
-    the earlier stage (``flows/stage_runs.py``). A video the earlier task failed is left
+    the earlier stage (``engine/stage_runs.py``). A video the earlier task failed is left
     out, as the flow leaves out a video an earlier stage failed; when the earlier task
     failed as a whole, Prefect does not run this one at all (``NotReady``).
     """

@@ -143,3 +143,23 @@ class VideoFailure:
     reason: str
     kind: FailureKind = "error"
     attempts: int = 1
+
+
+@dataclass
+class StageOutcome:
+    """Records and failures of one stage over a bounded batch of videos (a wave, a round)."""
+
+    stage: str
+    records: list[StageRecord] = field(default_factory=list)
+    failures: list[VideoFailure] = field(default_factory=list)
+
+    @property
+    def succeeded(self) -> list[str]:
+        return sorted((r.video_id for r in self.records), key=video_id_order)
+
+    def add(self, result: StageRecord | VideoFailure) -> None:
+        """File one video's result, as ``Stage.run_isolated`` returns it, as a record or a failure."""
+        if isinstance(result, StageRecord):
+            self.records.append(result)
+        else:
+            self.failures.append(result)

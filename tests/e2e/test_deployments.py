@@ -33,9 +33,9 @@ from tests.e2e import (
     upcoming_auto_scheduled_runs,
     video_ids,
 )
+from trackset.config.settings import Settings
 from trackset.domain import stage_slug
-from trackset.run_report import RunReport
-from trackset.settings import Settings
+from trackset.reports.run_report import RunReport
 from trackset.stages.registry import GPU_STAGES, enabled_stages
 
 pytestmark = pytest.mark.slow

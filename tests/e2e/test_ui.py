@@ -105,7 +105,7 @@ def test_the_run_form_of_the_manual_deployment_explains_the_settings(
     """Deployment, Run, Custom run: the form shows the settings with their descriptions."""
     from playwright.sync_api import expect
 
-    from trackset.settings import Settings
+    from trackset.config.settings import Settings
 
     with deployed.client() as client:
         deployment = client.read_deployment_by_name("build-dataset/manual")

@@ -33,9 +33,9 @@ import pytest
 import torch
 import yaml
 
-from flows.build_dataset import VideosFailedError, build_dataset
-from flows.cli import main
 from tests.flows.helpers import SMALL_H, SMALL_S, SMALL_W, digests, merge_sections, small_build, vid
+from trackset.flows.build_dataset import VideosFailedError, build_dataset
+from trackset.flows.cli import main
 from trackset.synthetic.backends import SyntheticDepthCamera
 from trackset.synthetic.corpus import make_corpus, sidecar_path
 

@@ -21,9 +21,9 @@ import pytest
 import yaml
 from scipy.spatial.transform import Rotation
 
-from flows.build_dataset import build_dataset
 from tests.flows.helpers import digests, merge_sections, paths_under
-from trackset.statistics import STATS_YAML_KEYS
+from trackset.flows.build_dataset import build_dataset
+from trackset.formats.statistics import STATS_YAML_KEYS
 from trackset.synthetic.corpus import encode_scene, load_scene_for, video_seed
 from trackset.synthetic.scene import STATIC_ID, SceneSpec
 
@@ -362,7 +362,7 @@ def test_a_bad_video_fails_alone(built, corpus, tmp_path):
 
 
 def test_validate_cli_clean_then_one_corrupted_file(built, tmp_path, capsys):
-    from flows.cli import main
+    from trackset.flows.cli import main
 
     assert main(["validate", str(built[0] / "dataset")]) == 0
     copy = tmp_path / "dataset"

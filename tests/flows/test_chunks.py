@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.build_dataset import build_dataset
 from tests.flows.helpers import SMALL_H, SMALL_W, digests, merge_sections, small_build, vid
+from trackset.flows.build_dataset import build_dataset
 from trackset.synthetic.corpus import encode_scene, video_seed
 from trackset.synthetic.scene import SceneSpec
 
@@ -65,7 +65,7 @@ def test_a_bad_and_an_out_of_memory_video_fail_alone_inside_their_chunk(corpus, 
 def test_cpu_stages_split_a_small_wave_so_every_worker_gets_work(corpus, tmp_path, monkeypatch):
     """4 videos on 2 CPU workers: shards of one video each, not one shard of 4 (``cpu_task_videos``)
     leaving the other worker idle."""
-    import flows.stage_runs as stage_runs
+    import trackset.engine.stage_runs as stage_runs
 
     shards: dict[str, list[int | None]] = {}
     real = stage_runs.submit_stage_tasks

@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from flows.cli import EXIT_BUSY, EXIT_USAGE, main
-from flows.live_progress import api_fetch
-from trackset.dataset_lock import DatasetLock
+from trackset.dataset.lock import DatasetLock
+from trackset.flows.cli import EXIT_BUSY, EXIT_USAGE, main
+from trackset.flows.live_progress import api_fetch
 
 
 def run_args(tmp_path, *args: str) -> list[str]:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from prefect.client.orchestration import get_client
 
-from flows.build_dataset import build_dataset
 from tests.flows.helpers import digests, merge_sections, paths_under
+from trackset.flows.build_dataset import build_dataset
 from trackset.synthetic.corpus import make_corpus
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -101,7 +101,7 @@ def test_each_gpu_stage_profiles_on_its_first_wave_only_and_the_next_run_starts_
     nothing, and are not profiled again on later waves for it. The clips have no prompt, so
     the object masks run no GPU task and are never profiled."""
     from bench.run_history import stage_subflows
-    from trackset.settings import load_settings
+    from trackset.config.settings import load_settings
     from trackset.stages.registry import enabled_stages, stage_spec
 
     videos = tmp_path / "videos"

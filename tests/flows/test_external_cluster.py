@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 
 from bench.run_history import waves_task_runs
-from flows.build_dataset import build_dataset
 from tests.flows.helpers import SMALL_H, SMALL_W, digests, merge_sections, small_build, vid
 from trackset.errors import ClusterShapeError
-from trackset.fake_device import FakeDevice, ledger_dir_for
+from trackset.flows.build_dataset import build_dataset
+from trackset.gpu.fake_device import FakeDevice, ledger_dir_for
 from trackset.synthetic.corpus import encode_scene, video_seed
 from trackset.synthetic.scene import SceneSpec
 

@@ -28,11 +28,11 @@ import pytest
 import yaml
 from prefect.settings import get_current_settings
 
-from flows.build_dataset import build_dataset
 from bench.run_history import waves_task_runs
 from tests.flows.helpers import SMALL_H, SMALL_S, SMALL_W, digests, merge_sections, small_build, vid
-from trackset import h5_layout, intermediates
-from trackset import statistics as statistics_module
+from trackset.flows.build_dataset import build_dataset
+from trackset.formats import h5_layout, intermediates
+from trackset.formats import statistics as statistics_module
 from trackset.synthetic.corpus import make_corpus
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -202,7 +202,7 @@ def inject_write_faults(monkeypatch) -> dict[str, int]:
     def write_text_atomic(target: Path, text: str) -> None:
         if Path(target).name == f"{vid(PARTIALS)}.json":
             fired["partials"] += 1
-            from trackset.layout import atomic_path
+            from trackset.formats.layout import atomic_path
 
             with atomic_path(Path(target)) as tmp:
                 tmp.write_text(text[: len(text) // 2])

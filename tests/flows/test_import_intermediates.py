@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import yaml
 
-from flows.build_dataset import build_dataset
-from flows.cli import main as cli_main
 from tests.flows.helpers import paths_under
+from trackset.flows.build_dataset import build_dataset
+from trackset.flows.cli import main as cli_main
 from trackset.synthetic.corpus import encode_scene, video_seed
 from trackset.synthetic.scene import SceneSpec
 from trackset.synthetic.script_format import write_script_format
@@ -130,7 +130,7 @@ def test_an_import_runs_on_cpu_workers_only_skips_when_done_and_reports_an_incom
 ):
     """The CLI's import on the default Dask runner. It has no GPU stage, so the run's cluster
     must not start (and stop) the ``max_workers_per_gpu`` workers per GPU it would never use."""
-    import flows.run_cluster as run_cluster
+    import trackset.engine.run_cluster as run_cluster
 
     started: list[list[str]] = []
     real = run_cluster.SpecCluster

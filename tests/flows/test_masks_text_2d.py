@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from flows.build_dataset import build_dataset
 from tests.flows.helpers import SMALL_H, SMALL_W, merge_sections, small_build, vid
 from tests.y2r_reader import load_y2r
-from trackset.clip_report import clip_rows
 from trackset.errors import SettingsError
+from trackset.flows.build_dataset import build_dataset
+from trackset.reports.clip_report import clip_rows
 from trackset.synthetic.corpus import describe_scene, load_scene_for, make_corpus
 
 FRAMES = 12
@@ -38,7 +38,7 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def test_masked_3d_tracks_with_text_then_a_2d_dataset_beside_it(corpus: Path, monkeypatch):
-    import flows.stage_runs as stage_runs
+    import trackset.engine.stage_runs as stage_runs
 
     tasked: dict[str, list[str]] = {}  # the videos each stage gave tasks
     real = stage_runs.submit_stage_tasks
@@ -86,7 +86,7 @@ def test_an_unprompted_clip_whose_masks_cannot_be_written_in_the_flow_goes_to_a_
     the clip gets a task, which writes them."""
     import shutil
 
-    import flows.stage_runs as stage_runs
+    import trackset.engine.stage_runs as stage_runs
     import trackset.stages.mask_stage as mask_stage
 
     shutil.copytree(corpus / "videos", tmp_path / "videos")

@@ -7,17 +7,16 @@ from pathlib import Path
 import cloudpickle
 from prefect.context import serialize_context
 
-import flows.profile_memory as profile_memory_module
-from flows.profile_memory import profile_memory
-from trackset.run_report import StageOutcome
-from trackset.settings import Settings
+import trackset.flows.profile_memory as profile_memory_module
+from trackset.config.settings import Settings
+from trackset.domain import StageOutcome, VideoRef
+from trackset.flows.profile_memory import profile_memory
+from trackset.scheduling.worklist import WorkList
 from trackset.stages.registry import stage_config
-from trackset.domain import VideoRef
-from trackset.worklist import WorkList
 
 
 def test_task_context_does_not_grow_with_the_videos_of_the_subflow(monkeypatch):
-    """Prefect pickles the flow run's parameters into every task it submits (trackset.worklist)."""
+    """Prefect pickles the flow run's parameters into every task it submits (trackset.scheduling.worklist)."""
     context_bytes: dict[int, int] = {}
 
     def measure(stage, videos, config, retry, shard_size, progress, resources):  # what each task would ship

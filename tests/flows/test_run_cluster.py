@@ -9,12 +9,12 @@ import pytest
 from distributed.comm.core import CommClosedError
 
 import trackset
-from flows.run_cluster import RunCluster
-from trackset.cluster_plan import GPU, GPU_RANK, gpu_rank
+from trackset.cluster.plan import GPU, GPU_RANK, gpu_rank
+from trackset.cluster.worker_probe import current_gpu, describe_worker
+from trackset.config.settings import Settings
+from trackset.engine.run_cluster import RunCluster
 from trackset.errors import ClusterShapeError
-from trackset.gpu_inventory import GpuInfo
-from trackset.settings import Settings
-from trackset.worker_probe import current_gpu, describe_worker
+from trackset.gpu.inventory import GpuInfo
 
 
 def answer(**changes):
@@ -113,7 +113,7 @@ def test_the_run_keeps_only_a_few_of_dasks_sent_batches_whatever_it_submits():
     holds its whole spec, so 1,000 of them per comm grew the flow process with the corpus."""
     from distributed import LocalCluster
 
-    from flows.run_cluster import DASK_MESSAGE_LOG_LENGTH
+    from trackset.engine.run_cluster import DASK_MESSAGE_LOG_LENGTH
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as local:
         cluster = RunCluster(Settings(cluster={"scheduler_address": local.scheduler_address}))
@@ -132,7 +132,7 @@ def test_workers_a_nanny_spawns_keep_glibcs_adaptive_malloc(monkeypatch):
     import dask
     from distributed import Client, LocalCluster
 
-    from flows.run_cluster import run_dask_config
+    from trackset.engine.run_cluster import run_dask_config
 
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)  # a Nanny started earlier in this process sets it
     with (
@@ -147,7 +147,7 @@ def test_workers_a_nanny_spawns_keep_glibcs_adaptive_malloc(monkeypatch):
 def test_the_dask_config_file_for_hand_started_clusters_says_what_the_run_sets():
     import yaml
 
-    from flows.run_cluster import run_dask_config
+    from trackset.engine.run_cluster import run_dask_config
 
     def flat(tree: dict, prefix: str = "") -> dict:
         out = {}

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from flows.build_dataset import build_dataset
 from tests.flows.helpers import SMALL_H, SMALL_W, digests, merge_sections, small_build, vid
 from tests.y2r_reader import load_y2r
-from trackset.dataset_lock import DatasetBusyError, DatasetLock
-from trackset.manifest import ManifestEntry
+from trackset.config.settings import Settings
+from trackset.dataset.lock import DatasetBusyError, DatasetLock
+from trackset.dataset.manifest import ManifestEntry
+from trackset.dataset.validate import validate_dataset
+from trackset.flows.build_dataset import build_dataset
 from trackset.synthetic.corpus import make_corpus
-from trackset.validate import validate_dataset
-from trackset.settings import Settings
 
 NUM_VIDEOS, FRAMES, SEED = 3, 12, 3
 INTERMEDIATE_DIRS = ("frames", "vipe", "tracks_3d", "hand_poses")

@@ -1,7 +1,7 @@
 """Contract tests of the real-model adapters against fakes of the models' public APIs.
 
 Each adapter must turn what its model returns into the FORMATS.md intermediate, which the
-``trackset.intermediates`` writers accept and readers read back. Expected values come from
+``trackset.formats.intermediates`` writers accept and readers read back. Expected values come from
 the fakes' analytic scenes (numpy/scipy formulas written here), not from trackset helpers.
 """
 
@@ -18,9 +18,10 @@ from scipy.spatial.transform import Rotation
 
 from tests.unit.fakes import tapip3d_api, vipe_api, wilor_api
 from trackset.adapters import tapip3d, vipe, wilor
+from trackset.config.settings import DepthCameraSettings, HandsSettings, Settings, Tracks3dSettings
+from trackset.domain import VideoRef
 from trackset.errors import ModelUnavailableError
-from trackset.geometry import window_relative_poses
-from trackset.intermediates import (
+from trackset.formats.intermediates import (
     HAND_SIDES,
     DepthCamera,
     FramesMeta,
@@ -31,8 +32,7 @@ from trackset.intermediates import (
     write_hand_poses,
     write_tracks_3d,
 )
-from trackset.settings import DepthCameraSettings, HandsSettings, Settings, Tracks3dSettings
-from trackset.domain import VideoRef
+from trackset.geometry.camera import window_relative_poses
 
 VID = "00003"
 

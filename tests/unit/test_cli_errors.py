@@ -15,18 +15,18 @@ import h5py
 import numpy as np
 import pytest
 
-import flows.build_dataset
-from flows.cli import EXIT_BUSY, EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
-from flows.temporary_server import EarlyServer
-from trackset.dataset_lock import DatasetBusyError, LockHolder
-from trackset.domain import StageRecord, VideoFailure
+import trackset.flows.build_dataset
+from trackset.config.settings import H5Settings
+from trackset.dataset.lock import DatasetBusyError, LockHolder
+from trackset.domain import StageOutcome, StageRecord, VideoFailure
 from trackset.errors import ClusterShapeError
-from trackset.h5_layout import VideoArrays, write_h5
-from trackset.layout import DatasetLayout
-from trackset.pictures import write_run_pictures
-from trackset.run_report import RunReport, RunSummary, StageOutcome, StageTally
-from trackset.settings import H5Settings
-from trackset.statistics import Moments
+from trackset.flows.cli import EXIT_BUSY, EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+from trackset.flows.temporary_server import EarlyServer
+from trackset.formats.h5_layout import VideoArrays, write_h5
+from trackset.formats.layout import DatasetLayout
+from trackset.formats.statistics import Moments
+from trackset.reports.pictures import write_run_pictures
+from trackset.reports.run_report import RunReport, RunSummary, StageTally
 
 
 @pytest.fixture(autouse=True)
@@ -73,7 +73,7 @@ def no_flow(monkeypatch):
             raise outcome["raise"]
         return outcome["summary"]
 
-    monkeypatch.setattr(flows.build_dataset, "build_dataset", fake_build)
+    monkeypatch.setattr(trackset.flows.build_dataset, "build_dataset", fake_build)
     return outcome
 
 
@@ -282,7 +282,7 @@ def test_failed_videos_exit_1_and_are_listed_on_stderr(capsys, paths, no_flow, t
             "error: no worker of the cluster at tcp://x:8786 offers a GPU",
         ),
         (
-            flows.build_dataset.VideosFailedError("2 video(s) failed (run.fail_on_video_error is set)"),
+            trackset.flows.build_dataset.VideosFailedError("2 video(s) failed (run.fail_on_video_error is set)"),
             EXIT_FAILED,
             "error: 2 video(s) failed (run.fail_on_video_error is set)",
         ),

@@ -9,10 +9,10 @@ import pytest
 
 from tests.unit.test_mask_stages import add_video, run, settings_for
 from tests.y2r_reader import load_y2r
-from trackset.clip_metadata import ClipMetadata, MetadataError, find_row, video_keys
-from trackset.dataset_statistics import write_dataset_statistics
+from trackset.dataset.statistics import write_dataset_statistics
 from trackset.domain import VideoRef
-from trackset.layout import DatasetLayout
+from trackset.formats.clip_metadata import ClipMetadata, MetadataError, find_row, video_keys
+from trackset.formats.layout import DatasetLayout
 from trackset.stages.registry import build_stage
 from trackset.synthetic.scene import SceneSpec
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trackset.cluster_plan import ClusterPlan, ClusterWorker, gpu_task_resources
+from trackset.cluster.plan import ClusterPlan, ClusterWorker, gpu_task_resources
 
 GPU = {"GPU": 1}
 

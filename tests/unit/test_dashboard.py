@@ -6,7 +6,7 @@ import urllib.request
 
 from distributed import Client, SpecCluster
 
-from trackset.worker_spec import scheduler_spec
+from trackset.cluster.worker_spec import scheduler_spec
 
 
 def test_the_scheduler_the_run_starts_serves_its_dashboard():

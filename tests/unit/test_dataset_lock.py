@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from trackset.dataset_lock import LOCK_NAME, DatasetBusyError, DatasetLock
+from trackset.dataset.lock import LOCK_NAME, DatasetBusyError, DatasetLock
 
 
 def test_a_second_holder_fails_at_once_naming_the_first(tmp_path):
@@ -27,7 +27,7 @@ def test_a_second_holder_fails_at_once_naming_the_first(tmp_path):
 
 def test_another_process_holding_the_lock_is_named(tmp_path):
     code = (
-        "import sys, time; from pathlib import Path; from trackset.dataset_lock import DatasetLock; "
+        "import sys, time; from pathlib import Path; from trackset.dataset.lock import DatasetLock; "
         f"lock = DatasetLock(Path({str(tmp_path)!r}), flow_run_id='other'); lock.acquire(); "
         "print('held', flush=True); time.sleep(60)"
     )

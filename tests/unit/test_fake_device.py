@@ -13,8 +13,8 @@ from unittest.mock import patch
 
 import pytest
 
-from trackset.fake_device import FakeDevice, current_fake_device, ledger_dir_for
-from trackset.settings import ClusterSettings, FakeGpu
+from trackset.config.settings import ClusterSettings, FakeGpu
+from trackset.gpu.fake_device import FakeDevice, current_fake_device, ledger_dir_for
 
 MIB = 1024**2
 SPAWN = multiprocessing.get_context("spawn")  # as Dask's Nanny starts workers

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from trackset.config.settings import ClusterSettings, FakeGpu
 from trackset.errors import SettingsError
-from trackset.fake_device import FakeDevice
-from trackset.gpu_inventory import FakeInventory, GpuInfo, NvmlInventory, NvmlUnavailableError, detect_inventory
-from trackset.settings import ClusterSettings, FakeGpu
+from trackset.gpu.fake_device import FakeDevice
+from trackset.gpu.inventory import FakeInventory, GpuInfo, NvmlInventory, NvmlUnavailableError, detect_inventory
 
 GIB = 1024**3
 
@@ -231,8 +231,8 @@ def test_missing_pynvml_falls_back_to_fake(monkeypatch):
 def test_real_pynvml_imports_without_future_warning_and_detects_something():
     code = (
         "import pynvml\n"
-        "from trackset.gpu_inventory import detect_inventory\n"
-        "from trackset.settings import ClusterSettings\n"
+        "from trackset.gpu.inventory import detect_inventory\n"
+        "from trackset.config.settings import ClusterSettings\n"
         "print(detect_inventory(ClusterSettings()).kind)\n"
     )
     result = subprocess.run(
@@ -264,7 +264,7 @@ def other_process_holding(tmp_path):
         f"""
         import sys
         from pathlib import Path
-        from trackset.fake_device import FakeDevice
+        from trackset.gpu.fake_device import FakeDevice
         FakeDevice(Path({str(tmp_path)!r}), 1, {16 * GIB}).allocate({3 * GIB})
         print("held", flush=True)
         sys.stdin.read()

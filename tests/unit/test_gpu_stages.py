@@ -12,8 +12,10 @@ import pytest
 import torch
 
 from tests.unit.test_scene import expected_extrinsics, still
+from trackset.config.settings import Settings
+from trackset.domain import VideoRef
 from trackset.errors import BadInputError, ModelUnavailableError, UnusableVideoError
-from trackset.intermediates import (
+from trackset.formats.intermediates import (
     DepthCamera,
     FramesMeta,
     load_pt,
@@ -22,13 +24,11 @@ from trackset.intermediates import (
     read_tracks_3d,
     write_frames,
 )
-from trackset.layout import WorkLayout
-from trackset.settings import Settings
-from trackset.domain import VideoRef
+from trackset.formats.layout import WorkLayout
 from trackset.stages.depth_camera import DepthCameraStage, flat_frame_fraction
 from trackset.stages.hands import HandsStage
-from trackset.stages.tracks_3d import Tracks3dStage
 from trackset.stages.registry import stage_config, stage_spec
+from trackset.stages.tracks_3d import Tracks3dStage
 from trackset.synthetic.corpus import write_scene_sidecar
 from trackset.synthetic.scene import Plane, SceneSpec
 

@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from trackset import h5_schema as schema
-from trackset.dataset_statistics import write_dataset_statistics
-from trackset.h5_layout import build_arrays, resize_depth, video_moments, write_h5
-from trackset.intermediates import DepthCamera, Hand, HandPoses, Tracks3d
-from trackset.layout import DatasetLayout
-from trackset.settings import H5Settings
-from trackset.statistics import VideoPartials
-from trackset.validate import validate_dataset
+from trackset.config.settings import H5Settings
+from trackset.dataset.statistics import write_dataset_statistics
+from trackset.dataset.validate import validate_dataset
+from trackset.formats import h5_schema as schema
+from trackset.formats.h5_layout import build_arrays, resize_depth, video_moments, write_h5
+from trackset.formats.intermediates import DepthCamera, Hand, HandPoses, Tracks3d
+from trackset.formats.layout import DatasetLayout
+from trackset.formats.statistics import VideoPartials
 
 T, L, H, W, S = 14, 10, 384, 512, 256
 FX, CX, CY = 400.0, 256.0, 192.0

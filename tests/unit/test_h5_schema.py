@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trackset import h5_schema as schema
+from trackset.formats import h5_schema as schema
 
 # Written out from FORMATS.md ("HDF5 layout"), not taken from the implementation.
 FORMATS_ROOT_KEYS = {"video", "depth", "intrinsics", "tracks", "num_frames", "num_track_ts", "track_type", "text"}

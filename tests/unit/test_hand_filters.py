@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from trackset.hand_filters import backproject_wrist, drop_fast_jumps, interpolate_gaps, sample_valid_depth
+from trackset.geometry.hand_filters import backproject_wrist, drop_fast_jumps, interpolate_gaps, sample_valid_depth
 
 K = np.array([[500.0, 0.0, 320.0], [0.0, 500.0, 240.0], [0.0, 0.0, 1.0]])
 

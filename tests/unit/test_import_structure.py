@@ -1,6 +1,8 @@
 """The layering rules of DECISIONS.md, checked on the source: what may import what.
 
-- ``trackset/`` is the pure core: it never imports Prefect, ``tasks`` or ``flows``.
+- ``trackset/`` is the pure core: it never imports Prefect, ``trackset.tasks``,
+  ``trackset.engine`` or ``trackset.flows`` (the repository's ``tasks/``, ``engine/`` and
+  ``flows/`` folders, installed under the ``trackset`` name).
 - ``trackset/stages/`` never imports ``trackset/synthetic/`` (backends are named by string
   in the stage table).
 - ``trackset/domain.py`` is the bottom layer: it imports nothing of trackset.
@@ -11,13 +13,16 @@ Imports inside functions count too: a lazy import is still a dependency.
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "trackset"
+PREFECT_SIDE = ("trackset.tasks", "trackset.engine", "trackset.flows")
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -60,23 +65,85 @@ def test_the_checker_sees_lazy_and_relative_imports(tmp_path, monkeypatch):
 
 
 def test_the_core_never_imports_prefect_tasks_or_flows():
-    assert offenders(PACKAGE, ("prefect", "prefect_dask", "tasks", "flows")) == {}
+    assert offenders(PACKAGE, ("prefect", "prefect_dask", *PREFECT_SIDE)) == {}
 
 
 def test_stages_never_import_the_synthetic_backends():
     assert offenders(PACKAGE / "stages", ("trackset.synthetic",)) == {}
 
 
-def test_the_domain_types_import_nothing_of_trackset():
-    assert {m for m in imported_modules(PACKAGE / "domain.py") if m.startswith("trackset")} == set()
-
-
-@pytest.mark.parametrize("module", ["trackset.stages.registry", "trackset.worker_cache", "trackset.registration"])
+@pytest.mark.parametrize(
+    "module", ["trackset.stages.registry", "trackset.cluster.worker_cache", "trackset.dataset.registration"]
+)
 def test_importing_the_core_loads_neither_prefect_nor_a_synthetic_backend(module):
     code = (
         f"import sys, {module}; "
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('prefect', 'tasks', 'flows') "
+        f"bad = sorted(m for m in sys.modules if m.split('.')[0] == 'prefect' or m.startswith({PREFECT_SIDE}) "
         "or m.startswith('trackset.synthetic')); print(bad); sys.exit(1 if bad else 0)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_package_folder_is_installed_under_the_trackset_name():
+    """pyproject.toml lists the packages by hand (flows/, tasks/, engine/ go in as
+    ``trackset.*``): a new subpackage missing there would be absent from a plain install."""
+    pyproject = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())
+    folders = {".".join(init.parent.relative_to(PACKAGE.parent).parts) for init in PACKAGE.rglob("__init__.py")}
+    mapped = pyproject["tool"]["setuptools"]["package-dir"]
+    assert set(pyproject["tool"]["setuptools"]["packages"]) == folders | set(mapped)
+    assert {name: folder for name, folder in mapped.items()} == {side: side.split(".")[1] for side in PREFECT_SIDE}
+
+
+ROOMS: dict[str, set[str]] = {
+    "config": {"domain", "errors"},
+    "formats": {"domain", "errors", "config", "geometry"},
+    "geometry": set(),
+    "gpu": {"domain", "errors", "config", "formats"},
+    "stages": {"domain", "errors", "config", "formats", "geometry", "gpu"},
+    "adapters": {"domain", "errors", "config", "formats", "geometry", "gpu", "stages"},
+    "synthetic": {"domain", "errors", "config", "formats", "geometry", "gpu"},
+    "cluster": {"domain", "errors", "config", "formats", "gpu", "stages"},
+    "scheduling": {"domain", "errors", "config", "formats", "gpu", "stages", "cluster"},
+    "dataset": {"domain", "errors", "config", "formats", "geometry", "stages"},
+    "reports": {"domain", "errors", "config", "formats"},
+}
+"""What each room of ``trackset/`` may import besides itself (and ``trackset.__version__``):
+a layered order, so no room reaches back into one built on top of it."""
+
+
+def room_of(module: str) -> str | None:
+    """The room a ``trackset.<room>...`` module name is in; None for the package itself."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "trackset" and len(parts) > 1 else None
+
+
+def test_every_room_is_listed_and_every_folder_is_a_room():
+    folders = {init.parent.name for init in PACKAGE.glob("*/__init__.py")}
+    assert folders == set(ROOMS)
+
+
+@pytest.mark.parametrize("room", sorted(ROOMS))
+def test_a_room_imports_only_the_rooms_beneath_it(room):
+    reached = {
+        str(path.relative_to(PACKAGE.parent)): sorted(
+            module
+            for module in imported_modules(path)
+            if room_of(module) not in (None, room, *ROOMS[room]) and module.startswith("trackset")
+        )
+        for path in modules_under(PACKAGE / room)
+    }
+    assert {path: modules for path, modules in reached.items() if modules} == {}
+
+
+@pytest.mark.parametrize("room", sorted(ROOMS))
+def test_each_room_says_what_it_may_import(room):
+    """The room's ``__init__`` docstring names the same rooms as :data:`ROOMS`."""
+    doc = " ".join((ast.get_docstring(ast.parse((PACKAGE / room / "__init__.py").read_text())) or "").split())
+    named = set(re.findall(r"``trackset\.(\w+)``", doc.split("May import:")[1])) if "May import:" in doc else None
+    assert named == ROOMS[room]
+
+
+def test_the_bottom_modules_import_nothing_of_trackset_but_each_other():
+    for name, allowed in (("domain.py", set()), ("errors.py", {"trackset.domain"})):
+        assert {m for m in imported_modules(PACKAGE / name) if m.startswith("trackset")} <= allowed

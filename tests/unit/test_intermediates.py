@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from trackset.errors import BadInputError
-from trackset.intermediates import (
+from trackset.formats.intermediates import (
     DepthCamera,
     FramesMeta,
     Hand,
@@ -23,7 +23,7 @@ from trackset.intermediates import (
     write_hand_poses,
     write_tracks_3d,
 )
-from trackset.layout import WorkLayout
+from trackset.formats.layout import WorkLayout
 
 T, N, L = 6, 4, 3
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trackset.jobqueue import slurm_gpu_workers
+from trackset.cluster.jobqueue import slurm_gpu_workers
 
 
 def test_the_job_script_asks_for_one_gpu_and_starts_pinned_single_thread_gpu_workers():

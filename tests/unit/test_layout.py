@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trackset.layout import DatasetLayout, WorkLayout, atomic_path, check_video_id, write_text_atomic
+from trackset.formats.layout import DatasetLayout, WorkLayout, atomic_path, check_video_id, write_text_atomic
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import pytest
 from prefect.logging.handlers import PrefectConsoleHandler
 from rich.console import Console
 
-from flows.live_progress import LiveProgress, live_progress, wanted
+from trackset.flows.live_progress import LiveProgress, live_progress, wanted
 
 
 class Terminal(io.StringIO):

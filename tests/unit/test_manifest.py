@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from trackset import manifest as manifest_module
-from trackset.manifest import Manifest, ManifestEntry, discover_videos
+from trackset.dataset import manifest as manifest_module
+from trackset.dataset.manifest import Manifest, ManifestEntry, discover_videos
 
 EXTENSIONS = (".mp4", ".mov")
 
@@ -56,7 +56,7 @@ def test_discover_is_recursive_sorted_and_skips_hidden_and_other_files(videos, t
     outside = _write(tmp_path / "outside.mp4", b"secret")
     (videos / "link.mp4").symlink_to(outside)
     (videos / "linked_dir").symlink_to(tmp_path, target_is_directory=True)
-    with caplog.at_level(logging.WARNING, logger="trackset.manifest"):
+    with caplog.at_level(logging.WARNING, logger="trackset.dataset.manifest"):
         found = discover_videos(videos, ["MP4", ".mov"])
     assert [p.relative_to(videos).as_posix() for p in found] == ["a/b/c.Mp4", "a/z.MOV", "b.mp4"]
     assert sum("symlink" in r.getMessage() for r in caplog.records) == 2
@@ -229,7 +229,7 @@ def test_a_truncated_last_line_is_ignored_then_dropped_on_append(videos, manifes
     with open(manifest_path, "ab") as handle:
         handle.write(fragment)
 
-    with caplog.at_level(logging.WARNING, logger="trackset.manifest"):
+    with caplog.at_level(logging.WARNING, logger="trackset.dataset.manifest"):
         manifest = Manifest.load(manifest_path)
     assert [e.source for e in manifest.entries()] == ["a.mp4"]
     assert any(f"line 2 of {manifest_path}" in r.getMessage() for r in caplog.records)
@@ -242,7 +242,7 @@ def test_a_truncated_last_line_is_ignored_then_dropped_on_append(videos, manifes
     [appended] = data[len(complete) :].splitlines()
     assert json.loads(appended)["source"] == "b.mp4"
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="trackset.manifest"):
+    with caplog.at_level(logging.WARNING, logger="trackset.dataset.manifest"):
         assert len(Manifest.load(manifest_path).entries()) == 2
     assert caplog.records == []
 
@@ -377,7 +377,7 @@ def test_a_moved_or_renamed_file_keeps_its_id_and_is_not_new(videos, manifest_pa
     # A new file at the old path is a new video; an unchanged moved file is not hashed again.
     _write(videos / "a.mp4", b"another")
     hashed: list[Path] = []
-    monkeypatch.setattr("trackset.manifest.file_sha256", lambda path: hashed.append(path) or "d" * 64)
+    monkeypatch.setattr("trackset.dataset.manifest.file_sha256", lambda path: hashed.append(path) or "d" * 64)
     again = Manifest.load(manifest_path).register(videos, EXTENSIONS)
     assert _ids(again.new) == {"a.mp4": "00003"} and not again.moved
     assert hashed == [videos / "a.mp4"]

@@ -15,10 +15,10 @@ import pytest
 
 from tests.unit.fakes import cotracker_api, diffueraser_api, sam3_api
 from trackset.adapters import cotracker, diffueraser, sam3
+from trackset.config.settings import CleanFramesSettings, HumanMasksSettings, ObjectMasksSettings, Tracks2dSettings
 from trackset.domain import VideoRef
 from trackset.errors import BadInputError, ModelUnavailableError
-from trackset.intermediates import FramesMeta, read_tracks_2d, write_tracks_2d
-from trackset.settings import CleanFramesSettings, HumanMasksSettings, ObjectMasksSettings, Tracks2dSettings
+from trackset.formats.intermediates import FramesMeta, read_tracks_2d, write_tracks_2d
 
 VID = "00004"
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
+from trackset.config.settings import Settings
 from trackset.domain import VideoRef
 from trackset.errors import BadInputError
-from trackset.intermediates import FramesMeta, read_clean_frames, read_masks, write_frames
-from trackset.layout import WorkLayout
-from trackset.settings import Settings
+from trackset.formats.intermediates import FramesMeta, read_clean_frames, read_masks, write_frames
+from trackset.formats.layout import WorkLayout
 from trackset.stages.registry import build_stage
 from trackset.synthetic.corpus import write_scene_sidecar
 from trackset.synthetic.scene import HAND_IDS, SceneSpec

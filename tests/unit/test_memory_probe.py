@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from trackset import memory_probe
-from trackset.fake_device import FakeDevice
-from trackset.gpu_inventory import GpuInfo, GpuInventory
-from trackset.memory_probe import (
+from trackset.gpu import memory_probe
+from trackset.gpu.fake_device import FakeDevice
+from trackset.gpu.inventory import GpuInfo, GpuInventory
+from trackset.gpu.memory_probe import (
     PeakSampler,
     VideoMemoryProbe,
     cuda_context_bytes,

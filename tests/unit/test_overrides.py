@@ -12,9 +12,9 @@ from prefect.utilities.callables import parameter_schema
 from prefect.utilities.schema_tools.validation import ValidationError, validate
 from pydantic import BaseModel
 
-from flows.build_dataset import build_dataset, resolve_settings
-from trackset.overrides import NO_OVERRIDES, SettingsOverrides
-from trackset.settings import Settings, settings_reference
+from trackset.config.overrides import NO_OVERRIDES, SettingsOverrides
+from trackset.config.settings import Settings, settings_reference
+from trackset.flows.build_dataset import build_dataset, resolve_settings
 
 REPO_SETTINGS = Path(__file__).resolve().parents[2] / "settings.yaml"
 _LINE = re.compile(r"^( *)([A-Za-z0-9_]+):(.*?)(?:\s+#\s(.*))?$")

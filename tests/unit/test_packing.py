@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from trackset.domain import StageRecord, VideoFailure, VideoRef
-from trackset.gpu_inventory import GpuInfo
-from trackset.packing import PackingSettings, Round, pack_gpu_stage
-from trackset.run_report import StageOutcome
+from trackset.domain import StageOutcome, StageRecord, VideoFailure, VideoRef
+from trackset.gpu.inventory import GpuInfo
+from trackset.scheduling.packing import PackingSettings, Round, pack_gpu_stage
 
 GIB = 1024**3
 SETTINGS = PackingSettings(profiling_videos=2, headroom=0.9, max_workers_per_gpu=4)

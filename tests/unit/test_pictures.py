@@ -5,7 +5,7 @@ so every drawn pixel is known: each point's dot sits at its query (u, v) * S in 
 of its query depth on the ``turbo`` scale over ``h5.depth_min_m``..``h5.depth_max_m``, its
 trail ends at its last step in the colour of that step's depth, and the wrists are squares
 of their own colours. Expected pixels and colours are worked out here from those arrays and
-OpenCV's colour map, never with ``trackset.pictures``' helpers.
+OpenCV's colour map, never with ``trackset.reports.pictures``' helpers.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import cv2
 import numpy as np
 import pytest
 
-from trackset.h5_layout import HandWindows, VideoArrays, write_h5
-from trackset.h5_layout_2d import VideoArrays2d, write_h5_2d
-from trackset.layout import DatasetLayout
-from trackset.pictures import Window, render_frame, run_pictures, write_pictures, write_run_pictures
-from trackset.settings import H5Settings
-from trackset.statistics import Moments
+from trackset.config.settings import H5Settings
+from trackset.formats.h5_layout import HandWindows, VideoArrays, write_h5
+from trackset.formats.h5_layout_2d import VideoArrays2d, write_h5_2d
+from trackset.formats.layout import DatasetLayout
+from trackset.formats.statistics import Moments
+from trackset.reports.pictures import Window, render_frame, run_pictures, write_pictures, write_run_pictures
 
 T, L, GREY = 14, 10, 128
 STARTS = np.arange(T - L + 1)

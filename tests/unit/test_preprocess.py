@@ -18,13 +18,13 @@ import cv2
 import numpy as np
 import pytest
 
-from trackset.errors import BadInputError, UnusableVideoError, VideoError
-from trackset.intermediates import read_frames
-from trackset.layout import WorkLayout
-from trackset.settings import Settings
+from trackset.config.settings import Settings
 from trackset.domain import VideoRef
-from trackset.stages.registry import stage_config
+from trackset.errors import BadInputError, UnusableVideoError, VideoError
+from trackset.formats.intermediates import read_frames
+from trackset.formats.layout import WorkLayout
 from trackset.stages.preprocess import PreprocessStage
+from trackset.stages.registry import stage_config
 
 VID = "00007"
 

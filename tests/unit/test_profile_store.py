@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from trackset.gpu_inventory import GpuInfo
-from trackset.profile_store import ProfileStore
+from trackset.gpu.inventory import GpuInfo
+from trackset.scheduling.profile_store import ProfileStore
 
 GIB = 1024**3
 GPUS = [GpuInfo(0, "FakeGPU", 32 * GIB, 0, 32 * GIB), GpuInfo(1, "FakeGPU", 32 * GIB, 0, 32 * GIB)]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from trackset.layout import DatasetLayout
-from trackset.registration import register_videos
-from trackset.settings import Settings
+from trackset.config.settings import Settings
+from trackset.dataset.registration import register_videos
+from trackset.formats.layout import DatasetLayout
+from trackset.formats.statistics import STATISTIC_DIMS, Moments, VideoPartials
 from trackset.stages.registry import stage_config
-from trackset.statistics import STATISTIC_DIMS, Moments, VideoPartials
 
 
 def build_outputs(settings: Settings, videos) -> None:

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from trackset.config.settings import Settings
+from trackset.dataset.retention import release_intermediates
 from trackset.domain import VideoRef
-from trackset.layout import DatasetLayout, WorkLayout
-from trackset.retention import release_intermediates
-from trackset.settings import Settings
+from trackset.formats.layout import DatasetLayout, WorkLayout
+from trackset.formats.statistics import STATISTIC_DIMS, Moments, VideoPartials
 from trackset.stages.registry import build_stage, stage_config
-from trackset.statistics import STATISTIC_DIMS, Moments, VideoPartials
 
 
 def settings_for(root: Path, keep) -> Settings:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from prefect.logging.handlers import APILogHandler
 
-from tasks.run_logs import TRACKSET_LOGGER, send_trackset_logs_to_prefect
+from trackset.tasks.run_logs import TRACKSET_LOGGER, send_trackset_logs_to_prefect
 
 
 @pytest.fixture
@@ -35,11 +35,11 @@ def test_records_outside_a_run_are_left_to_the_other_handlers(trackset_logger):
     """No 'attempted to send logs to the API without a flow run id' warning per record."""
     send_trackset_logs_to_prefect()
     [handler] = api_handlers(trackset_logger)
-    outside = logging.LogRecord("trackset.statistics", logging.WARNING, __file__, 1, "std floored", None, None)
+    outside = logging.LogRecord("trackset.formats.statistics", logging.WARNING, __file__, 1, "std floored", None, None)
     assert not handler.filter(outside)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        logging.getLogger("trackset.statistics").warning("std below std_floor raised to it")
+        logging.getLogger("trackset.formats.statistics").warning("std below std_floor raised to it")
     marked = logging.LogRecord("trackset.x", logging.WARNING, __file__, 1, "m", None, None)
     marked.flow_run_id = "00000000-0000-0000-0000-000000000001"
     assert handler.filter(marked)

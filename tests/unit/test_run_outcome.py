@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from prefect.states import State
 
-from flows.build_dataset import COMPLETED_WITH_FAILURES, StageFailedError, VideosFailedError, final_state
-from trackset.domain import FailureKind, StageRecord, VideoFailure
-from trackset.run_report import RunSummary, StageOutcome, StageTally
-from trackset.settings import RunSettings
+from trackset.config.settings import RunSettings
+from trackset.domain import FailureKind, StageOutcome, StageRecord, VideoFailure
+from trackset.flows.build_dataset import COMPLETED_WITH_FAILURES, StageFailedError, VideosFailedError, final_state
+from trackset.reports.run_report import RunSummary, StageTally
 
 
 def tally(stage: str, done: list[str], failed: list[str], kind: FailureKind = "error", attempts: int = 1) -> StageTally:

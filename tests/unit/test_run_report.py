@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from trackset.domain import StageRecord, VideoFailure
-from trackset.run_report import MAX_FAILURE_ROWS, RunReport, RunSummary, StageOutcome, StageTally
+from trackset.domain import StageOutcome, StageRecord, VideoFailure
+from trackset.reports.run_report import MAX_FAILURE_ROWS, RunReport, RunSummary, StageTally
 
 WORKERS = 8
 

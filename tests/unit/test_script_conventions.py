@@ -16,8 +16,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from trackset.errors import BadInputError
-from trackset.importer import script_hands_unmirrored, script_tracks_in_camera0, to_trackset_conventions
-from trackset.intermediates import (
+from trackset.formats.intermediates import (
     Hand,
     HandPoses,
     Tracks3d,
@@ -25,6 +24,11 @@ from trackset.intermediates import (
     read_tracks_3d,
     write_hand_poses,
     write_tracks_3d,
+)
+from trackset.formats.script_conventions import (
+    script_hands_unmirrored,
+    script_tracks_in_camera0,
+    to_trackset_conventions,
 )
 
 VID, T, L = "00007", 6, 4

@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from trackset import intermediates
+from trackset.cluster.worker_cache import get_stage, release_stages
+from trackset.config.settings import load_settings
+from trackset.dataset.importer import scan_intermediates
 from trackset.errors import BadInputError
-from trackset.importer import scan_intermediates
-from trackset.settings import load_settings
+from trackset.formats import intermediates
 from trackset.stages.registry import stage_config
-from trackset.worker_cache import get_stage, release_stages
 
 NUM_FRAMES, HEIGHT, WIDTH, SIZE = 12, 384, 512, 256
 DEPTH_MIN, DEPTH_MAX = 0.1, 2.5  # the h5 defaults, the script config's depth_min / depth_max

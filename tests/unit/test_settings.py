@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from trackset.config.settings import Settings, load_settings
 from trackset.errors import SettingsError
-from trackset.settings import Settings, load_settings
 
 REPO_SETTINGS = Path(__file__).resolve().parents[2] / "settings.yaml"
 

@@ -7,10 +7,10 @@ import pickle
 
 import pytest
 
+from trackset.config.settings import load_settings
+from trackset.config.sources import SettingSources, read_settings_file
+from trackset.dataset.track_type import TrackTypeMismatchError
 from trackset.errors import SettingIssue, SettingOrigin, SettingsError
-from trackset.settings import load_settings
-from trackset.settings_sources import SettingSources, read_settings_file
-from trackset.track_type import TrackTypeMismatchError
 
 TEXT = "h5:\n  target_size: 0\n  compression: lzf\ncluster:\n  fake_gpus:\n    - memory_gb: 8\n    - memory_gb: 0\n"
 

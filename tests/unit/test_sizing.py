@@ -6,9 +6,9 @@ import pickle
 
 import pytest
 
+from trackset.config.settings import ClusterSettings
 from trackset.errors import TracksetError
-from trackset.settings import ClusterSettings
-from trackset.sizing import (
+from trackset.gpu.sizing import (
     GIB,
     MemoryProfile,
     PeakExceedsGpuError,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from trackset.config.settings import Settings
 from trackset.domain import STAGE_ORDER, VideoRef
-from trackset.settings import Settings
 from trackset.stages.registry import GPU_STAGES, STAGES, enabled_stages, prior_peak_bytes, stage_config, stage_inputs
 
 HUMAN_REMOVAL = {"clean_frames": {"enabled": True}}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from trackset.statistics import (
+from trackset.formats.statistics import (
     STATISTIC_DIMS,
     STATISTIC_KEYS,
     STATS_YAML_KEYS,
@@ -326,7 +326,7 @@ def test_a_statistic_without_samples_leaves_its_mean_and_std_out_with_a_warning(
     merged = {name: Moments.of(rng.normal(size=(5, dim))) for name, dim in DIMS.items()}
     for name in ("hand_uvd", "hand_rot") if empty == "hand" else (empty,):
         merged[name] = Moments.empty(DIMS[name])
-    with caplog.at_level(logging.WARNING, logger="trackset.statistics"):
+    with caplog.at_level(logging.WARNING, logger="trackset.formats.statistics"):
         stats = normalization_stats(merged, std_floor=1e-6)
     assert [key for key in keys if key in stats] == []
     assert stats[count_key] == 0
@@ -348,7 +348,7 @@ def test_zero_variance_components_are_floored_and_listed(caplog):
         hand_uvd=Moments.of(rng.normal(size=(40, 3))),
         hand_rot=Moments.of(hand_rot),
     )
-    with caplog.at_level(logging.WARNING, logger="trackset.statistics"):
+    with caplog.at_level(logging.WARNING, logger="trackset.formats.statistics"):
         stats = normalization_stats(merged, std_floor=1e-6)
     assert stats["std_floored"] == ["displacement_std[2]", "depth_std", "hand_rot_disp_std[0]"]
     assert stats["displacement_std"][2] == 1e-6

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 
 from tests.unit.test_scene import expected_extrinsics, expected_pose
-from trackset.errors import BadInputError
-from trackset.intermediates import FramesMeta
-from trackset.settings import Settings, SyntheticStageCost
+from trackset.config.settings import Settings, SyntheticStageCost
 from trackset.domain import VideoRef
+from trackset.errors import BadInputError
+from trackset.formats.intermediates import FramesMeta
+from trackset.gpu.allocator import TorchAllocator
 from trackset.synthetic.backends import SyntheticDepthCamera, SyntheticHands, SyntheticTracks3d
 from trackset.synthetic.corpus import write_scene_sidecar
-from trackset.allocator import TorchAllocator
 from trackset.synthetic.cost import SimulatedCost
 from trackset.synthetic.scene import STATIC_ID, SceneSpec
 

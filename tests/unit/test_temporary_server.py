@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows.temporary_server import EarlyServer
+from trackset.flows.temporary_server import EarlyServer
 
 
 def test_the_early_server_is_the_one_the_flows_client_finds_running():

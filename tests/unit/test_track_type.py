@@ -7,12 +7,12 @@ from pathlib import Path
 import h5py
 import pytest
 
+from trackset.config.settings import Settings
+from trackset.dataset.registration import register_videos
+from trackset.dataset.track_type import check_track_type, recorded_track_type
 from trackset.errors import SettingsError
-from trackset.layout import DatasetLayout
-from trackset.registration import register_videos
-from trackset.settings import Settings
-from trackset.statistics import Moments, VideoPartials, statistic_dims, write_stats_yaml
-from trackset.track_type import check_track_type, recorded_track_type
+from trackset.formats.layout import DatasetLayout
+from trackset.formats.statistics import Moments, VideoPartials, statistic_dims, write_stats_yaml
 
 
 def partials(dataset: DatasetLayout, video_id: str, track_type: str) -> None:

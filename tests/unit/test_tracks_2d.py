@@ -15,10 +15,10 @@ import yaml
 
 from tests.unit.test_mask_stages import add_video, box_pixels, run, settings_for
 from tests.y2r_reader import load_y2r
-from trackset.dataset_statistics import write_dataset_statistics
-from trackset.layout import DatasetLayout
+from trackset.dataset.statistics import write_dataset_statistics
+from trackset.dataset.validate import validate_dataset
+from trackset.formats.layout import DatasetLayout
 from trackset.synthetic.scene import SceneSpec
-from trackset.validate import validate_dataset
 
 W, H, FRAMES, LENGTH, S = 128, 96, 12, 6, 48
 X0, CROP = 16, 96  # the centred square crop of 128x96
@@ -146,8 +146,8 @@ def test_2d_queries_avoid_the_dilated_people_when_asked(tmp_path, scene):
     video = add_video(settings, scene, "00000", "clip_000")
     run(settings, ["human_masks", "tracks_2d"], video)
     from tests.unit.test_mask_stages import rendered_ids, shifted_any
-    from trackset.intermediates import read_tracks_2d
-    from trackset.layout import WorkLayout
+    from trackset.formats.intermediates import read_tracks_2d
+    from trackset.formats.layout import WorkLayout
     from trackset.synthetic.scene import HAND_IDS
 
     tracks = read_tracks_2d(WorkLayout(settings.paths.work_dir).tracks_2d("00000"), "00000", FRAMES)

@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 import yaml
 
-from trackset import validate as validate_module
-from trackset.dataset_statistics import write_dataset_statistics
-from trackset.h5_layout import build_arrays, video_moments, write_h5
-from trackset.intermediates import DepthCamera, Hand, HandPoses, Tracks3d
-from trackset.layout import DatasetLayout
-from trackset.settings import H5Settings
-from trackset.statistics import VideoPartials
-from trackset.validate import Problem, ValidationReport, validate_dataset
+from trackset.config.settings import H5Settings
+from trackset.dataset import validate as validate_module
+from trackset.dataset.statistics import write_dataset_statistics
+from trackset.dataset.validate import Problem, ValidationReport, validate_dataset
+from trackset.formats.h5_layout import build_arrays, video_moments, write_h5
+from trackset.formats.intermediates import DepthCamera, Hand, HandPoses, Tracks3d
+from trackset.formats.layout import DatasetLayout
+from trackset.formats.statistics import VideoPartials
 
 T, L, H, W, S = 8, 4, 24, 32, 16
 FX, CX, CY = 20.0, 16.0, 12.0

@@ -8,12 +8,12 @@ from typing import ClassVar
 
 import pytest
 
-from tasks.stage_tasks import VideoTimeoutError, video_budget
+from trackset.config.settings import Settings, StageTimeout, load_settings
 from trackset.domain import StageName, VideoRef
-from trackset.settings import Settings, StageTimeout, load_settings
 from trackset.stages.base import Stage
 from trackset.stages.config import PreprocessConfig
 from trackset.stages.registry import stage_config
+from trackset.tasks.stage_tasks import VideoTimeoutError, video_budget
 
 
 class SlowStage(Stage[PreprocessConfig]):

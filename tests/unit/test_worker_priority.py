@@ -7,7 +7,7 @@ import os
 
 from distributed import Client, SpecCluster
 
-from trackset.worker_spec import cpu_worker_spec, gpu_worker_spec, scheduler_spec
+from trackset.cluster.worker_spec import cpu_worker_spec, gpu_worker_spec, scheduler_spec
 
 
 def priority() -> int:

@@ -7,13 +7,13 @@ from unittest.mock import patch
 
 import pytest
 
-from trackset.worker_spec import (
+from trackset.cluster.worker_spec import (
     cpu_worker_spec,
     gpu_worker_spec,
     run_cluster_spec,
     scheduler_spec,
-    visible_gpu_index,
 )
+from trackset.gpu.pinning import visible_gpu_index
 
 
 def _check_env_value(spec: dict, name: str, gpu: int) -> None:

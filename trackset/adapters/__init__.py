@@ -6,6 +6,10 @@ imports and runs (with synthetic backends) where none of them is installed. Each
 a module-level ``check_available(section)`` that finds a missing package or weight file
 without importing anything heavy, so a run fails at start, before touching any video,
 with one line that says what is missing and how to run without it.
+
+May import: ``trackset.domain``, ``trackset.errors``, ``trackset.config``, ``trackset.formats``,
+``trackset.geometry``, ``trackset.gpu``, ``trackset.stages``
+(tests/unit/test_import_structure.py).
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ import sys
 from importlib import import_module
 from pathlib import Path
 
+from trackset.config.settings import Settings
 from trackset.errors import ModelUnavailableError
-from trackset.settings import Settings
 from trackset.stages.registry import GPU_STAGES, enabled_stages, stage_spec
 
 DOCS = "docs/real-models.md"

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from trackset.adapters import DOCS, release_cuda_memory, require_file, require_modules, torch_device, unavailable
+from trackset.config.settings import Tracks2dSettings
 from trackset.domain import VideoRef
-from trackset.intermediates import FramesMeta, Tracks2d
-from trackset.settings import Tracks2dSettings
+from trackset.formats.intermediates import FramesMeta, Tracks2d
 
 STAGE = "tracks_2d"
 HUB_REPO, HUB_MODEL = "facebookresearch/co-tracker", "cotracker3_offline"

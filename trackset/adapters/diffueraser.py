@@ -39,10 +39,10 @@ import cv2
 import numpy as np
 
 from trackset.adapters import DOCS, release_cuda_memory, require_modules, torch_device, unavailable
+from trackset.config.settings import CleanFramesSettings
 from trackset.domain import VideoRef
 from trackset.errors import BadInputError
-from trackset.intermediates import FramesMeta
-from trackset.settings import CleanFramesSettings
+from trackset.formats.intermediates import FramesMeta
 
 STAGE = "clean_frames"
 INSTALL = "a checkout of github.com/lixiaowen-xw/DiffuEraser at clean_frames.checkout_dir"

@@ -34,9 +34,9 @@ import cv2
 import numpy as np
 
 from trackset.adapters import release_cuda_memory, require_file, require_modules, torch_device
+from trackset.config.settings import HumanMasksSettings, ObjectMasksSettings
 from trackset.domain import VideoRef
-from trackset.intermediates import FramesMeta
-from trackset.settings import HumanMasksSettings, ObjectMasksSettings
+from trackset.formats.intermediates import FramesMeta
 
 INSTALL = "git clone github.com/facebookresearch/sam3 && pip install -e sam3"
 JPEG_QUALITY = 95  # SAM3 reads a folder of JPEG frames; PNG is not among its loaders

@@ -14,7 +14,7 @@ pipeline passed ``E_s⁻¹ · E_{s+k}`` instead, which is not a world->camera tr
 the camera rotates (the composition defect FORMATS.md lists).
 
 Query points are the stage's when it has object masks (sampled from the window's first-frame
-mask by :mod:`trackset.query_points`, the script's ``use_masks``); otherwise they are sampled
+mask by :mod:`trackset.geometry.query_points`, the script's ``use_masks``); otherwise they are sampled
 here at the window's first frame, among pixels with valid depth, with a seeded generator so
 a rerun gives the same points.
 
@@ -35,10 +35,10 @@ import cv2
 import numpy as np
 
 from trackset.adapters import DOCS, release_cuda_memory, require_file, require_modules, torch_device, unavailable
+from trackset.config.settings import Tracks3dSettings
 from trackset.domain import VideoRef
-from trackset.geometry import backproject, invert_rigid, window_starts
-from trackset.intermediates import DepthCamera, FramesMeta, Tracks3d
-from trackset.settings import Tracks3dSettings
+from trackset.formats.intermediates import DepthCamera, FramesMeta, Tracks3d
+from trackset.geometry.camera import backproject, invert_rigid, window_starts
 
 STAGE = "tracks_3d"
 INSTALL = "a checkout of github.com/zbw001/TAPIP3D on PYTHONPATH"

@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 
 from trackset.adapters import DOCS, release_cuda_memory, require_modules, torch_device, unavailable
+from trackset.config.settings import DepthCameraSettings
 from trackset.domain import VideoRef
 from trackset.errors import UnusableVideoError
-from trackset.geometry import invert_rigid
-from trackset.intermediates import DepthCamera, FramesMeta
-from trackset.settings import DepthCameraSettings
+from trackset.formats.intermediates import DepthCamera, FramesMeta
+from trackset.geometry.camera import invert_rigid
 
 STAGE = "depth_camera"
 

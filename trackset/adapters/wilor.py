@@ -8,7 +8,7 @@ Per frame and side, the most confident detection is kept.
 The wrist position does not come from WiLoR's weak-perspective depth, which is only
 relative: the wrist's 2D projection is back-projected with the depth stage's metric depth
 plus ``hands.wrist_depth_offset_m``; then jumps faster than ``hands.max_wrist_speed_m_s`` are
-dropped and gaps up to ``hands.max_gap_frames`` interpolated (:mod:`trackset.hand_filters`).
+dropped and gaps up to ``hands.max_gap_frames`` interpolated (:mod:`trackset.geometry.hand_filters`).
 
 Left hands: WiLoR mirrors a left-hand crop and predicts a right hand, and mirrors the
 x coordinates of its joints and vertices back (as ``demo.py`` does). Rotations must be
@@ -29,17 +29,17 @@ from typing import Any
 import numpy as np
 
 from trackset.adapters import DOCS, release_cuda_memory, require_modules, torch_device, unavailable
+from trackset.config.settings import HandsSettings
 from trackset.domain import VideoRef
-from trackset.geometry import mirror_x
-from trackset.hand_filters import (
+from trackset.formats.intermediates import DepthCamera, FramesMeta, Hand, HandPoses
+from trackset.geometry.camera import mirror_x
+from trackset.geometry.hand_filters import (
     backproject_wrist,
     drop_fast_jumps,
     gap_plan,
     interpolate_gaps,
     slerp_rotations,
 )
-from trackset.intermediates import DepthCamera, FramesMeta, Hand, HandPoses
-from trackset.settings import HandsSettings
 
 STAGE = "hands"
 INSTALL = "a checkout of github.com/rolpotamias/WiLoR on PYTHONPATH with its requirements.txt installed"

@@ -13,7 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from trackset.domain import VideoRef
-from trackset.intermediates import DepthCamera, FramesMeta, HandPoses, Tracks2d, Tracks3d
+from trackset.formats.intermediates import DepthCamera, FramesMeta, HandPoses, Tracks2d, Tracks3d
 
 
 class ModelBackend(Protocol):
@@ -37,7 +37,7 @@ class Tracks3dBackend(ModelBackend, Protocol):
 
     ``queries``, when given, holds per window (in ``window_starts`` order) the ``(N, 2)``
     ``(u, v)`` pixels of its first frame to track (sampled from the object masks by the
-    stage, :mod:`trackset.query_points`); without it the backend samples its own.
+    stage, :mod:`trackset.geometry.query_points`); without it the backend samples its own.
     """
 
     def infer(

@@ -28,7 +28,7 @@ import torch
 
 from trackset.domain import StageName, StageRecord, VideoFailure, VideoRef
 from trackset.errors import VideoError
-from trackset.layout import DatasetLayout, WorkLayout, write_text_atomic
+from trackset.formats.layout import DatasetLayout, WorkLayout, write_text_atomic
 from trackset.stages.config import StageConfig
 
 ConfigT = TypeVar("ConfigT", bound=StageConfig)
@@ -102,7 +102,7 @@ class Stage(ABC, Generic[ConfigT]):
 
     def was_deleted(self, video: VideoRef) -> bool:
         """True when the marker is current but outputs are gone: they were deleted on purpose
-        (:mod:`trackset.retention`), so recomputing them means going back to the source."""
+        (:mod:`trackset.dataset.retention`), so recomputing them means going back to the source."""
         marker = self.marker_path(video.video_id)
         if not marker.is_file() or all(p.is_file() for p in self.outputs(video.video_id)):
             return False

@@ -17,7 +17,7 @@ import numpy as np
 
 from trackset.domain import StageName, VideoRef
 from trackset.errors import BadInputError
-from trackset.intermediates import read_frames, read_masks, write_clean_frames
+from trackset.formats.intermediates import read_frames, read_masks, write_clean_frames
 from trackset.stages.backends import CleanFramesBackend
 from trackset.stages.config import CleanFramesConfig
 from trackset.stages.model_stage import ModelStage

@@ -1,12 +1,12 @@
 """What each stage receives from the settings: the paths and its own section, nothing else.
 
 A stage (and the Prefect task around it) gets one of these small frozen models instead of
-the whole :class:`~trackset.settings.Settings`, so:
+the whole :class:`~trackset.config.settings.Settings`, so:
 
 - a stage's **fingerprint** (what its completion marker records) depends only on what
   changes its outputs: its own section, the synthetic noise when its backend is synthetic,
   and, through :attr:`StageConfig.lineage`, the same of every stage it reads from;
-- the **worker model cache** (:mod:`trackset.worker_cache`) keys on the config, so changing
+- the **worker model cache** (:mod:`trackset.cluster.worker_cache`) keys on the config, so changing
   retries, the runner or another stage's knobs never reloads a model;
 - the **quarantine key** of a video that did not fit on a GPU changes with what decides its
   memory: the stage's settings, its synthetic cost and the fake GPUs.
@@ -22,9 +22,7 @@ from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from trackset.clip_metadata import ClipColumn, MetadataError, find_row, metadata_path
-from trackset.domain import StageName, VideoRef
-from trackset.settings import (
+from trackset.config.settings import (
     CleanFramesSettings,
     DepthCameraSettings,
     FakeGpu,
@@ -41,6 +39,8 @@ from trackset.settings import (
     Tracks2dSettings,
     Tracks3dSettings,
 )
+from trackset.domain import StageName, VideoRef
+from trackset.formats.clip_metadata import ClipColumn, MetadataError, find_row, metadata_path
 
 
 def short_hash(*parts: str) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 
 from trackset.domain import StageName, VideoRef
 from trackset.errors import BadInputError, UnusableVideoError
-from trackset.intermediates import DepthCamera, read_frames, write_depth_camera
+from trackset.formats.intermediates import DepthCamera, read_frames, write_depth_camera
 from trackset.stages.backends import DepthCameraBackend
 from trackset.stages.config import DepthCameraConfig
 from trackset.stages.model_stage import ModelStage

@@ -5,11 +5,11 @@ holds the H5's fingerprint. A user may delete terabytes of intermediates once th
 is built, and a later run must still recognise every finished video.
 
 Inputs written by the script pipeline (an import) are first converted to trackset's
-conventions (:func:`trackset.importer.to_trackset_conventions`); which pipeline wrote a file
+conventions (:func:`trackset.formats.script_conventions.to_trackset_conventions`); which pipeline wrote a file
 is part of its content, so the content hash of an import already covers it.
 
 ``h5.track_type: 2d`` writes the script's 2D layout from the 2D tracks instead
-(:mod:`trackset.h5_layout_2d`). With ``h5.include_text`` the clip's description in
+(:mod:`trackset.formats.h5_layout_2d`). With ``h5.include_text`` the clip's description in
 ``metadata.csv`` becomes ``root/text``; a clip without one fails with the file and clip
 named (fix the row and rerun: that clip alone is rebuilt, since its text is part of its
 fingerprint), never a file that silently has no text.
@@ -22,16 +22,22 @@ from typing import ClassVar
 
 import cv2
 
-from trackset.clip_metadata import MetadataError, find_row, metadata_path
 from trackset.domain import StageName, VideoRef
 from trackset.errors import BadInputError
-from trackset.h5_layout import build_arrays, video_moments, write_h5
-from trackset.h5_layout_2d import build_arrays_2d, video_moments_2d, write_h5_2d
-from trackset.importer import to_trackset_conventions
-from trackset.intermediates import read_depth_camera, read_frames, read_hand_poses, read_tracks_2d, read_tracks_3d
+from trackset.formats.clip_metadata import MetadataError, find_row, metadata_path
+from trackset.formats.h5_layout import build_arrays, video_moments, write_h5
+from trackset.formats.h5_layout_2d import build_arrays_2d, video_moments_2d, write_h5_2d
+from trackset.formats.intermediates import (
+    read_depth_camera,
+    read_frames,
+    read_hand_poses,
+    read_tracks_2d,
+    read_tracks_3d,
+)
+from trackset.formats.script_conventions import to_trackset_conventions
+from trackset.formats.statistics import Moments, VideoPartials
 from trackset.stages.base import Stage
 from trackset.stages.config import H5BuildConfig
-from trackset.statistics import Moments, VideoPartials
 
 
 class H5BuildStage(Stage[H5BuildConfig]):

@@ -14,7 +14,7 @@ import numpy as np
 
 from trackset.domain import StageName, VideoRef
 from trackset.errors import BadInputError
-from trackset.intermediates import HAND_SIDES, HandPoses, read_depth_camera, read_frames, write_hand_poses
+from trackset.formats.intermediates import HAND_SIDES, HandPoses, read_depth_camera, read_frames, write_hand_poses
 from trackset.stages.backends import HandsBackend
 from trackset.stages.config import HandsConfig
 from trackset.stages.model_stage import ModelStage

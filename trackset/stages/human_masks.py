@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from trackset.domain import StageName, VideoRef
-from trackset.intermediates import read_frames
+from trackset.formats.intermediates import read_frames
 from trackset.stages.config import HumanMasksConfig
 from trackset.stages.mask_stage import MaskStage
 

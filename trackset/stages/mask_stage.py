@@ -14,7 +14,7 @@ import numpy as np
 
 from trackset.domain import VideoRef
 from trackset.errors import BadInputError
-from trackset.intermediates import FramesMeta, VideoMasks, write_masks
+from trackset.formats.intermediates import FramesMeta, VideoMasks, write_masks
 from trackset.stages.backends import MasksBackend
 from trackset.stages.model_stage import ModelStage
 

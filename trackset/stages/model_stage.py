@@ -15,10 +15,10 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import torch
 
-from trackset.allocator import Allocator
-from trackset.device import WorkerDevice, worker_device
 from trackset.domain import VideoRef
 from trackset.errors import BadInputError, ModelUnavailableError
+from trackset.gpu.allocator import Allocator
+from trackset.gpu.device import WorkerDevice, worker_device
 from trackset.stages.backends import ModelBackend
 from trackset.stages.base import Stage
 from trackset.stages.config import ModelStageConfig

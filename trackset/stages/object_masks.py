@@ -2,7 +2,7 @@
 
 Each clip's prompt is ``object_masks.text_prompt`` when set, else its ``noun`` in
 ``metadata.csv`` followed by ``"."`` (SAM3's prompt form, as ``process_gsam.py`` builds it;
-:mod:`trackset.clip_metadata` says how a row names a video). SAM3 detects on
+:mod:`trackset.formats.clip_metadata` says how a row names a video). SAM3 detects on
 ``object_masks.key_frame`` (the middle frame is tried when nothing is found there) and
 propagates over the video; the union of the objects is stored per frame. The masks are
 taken on the inpainted frames when human removal is on, so a hand in front of an object
@@ -20,10 +20,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from trackset.clip_metadata import MetadataError, find_row, metadata_path
 from trackset.domain import StageName, VideoRef
 from trackset.errors import BadInputError
-from trackset.intermediates import read_stage_frames
+from trackset.formats.clip_metadata import MetadataError, find_row, metadata_path
+from trackset.formats.intermediates import read_stage_frames
 from trackset.stages.config import ObjectMasksConfig
 from trackset.stages.mask_stage import MaskStage
 

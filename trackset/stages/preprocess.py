@@ -1,7 +1,7 @@
 """Preprocess stage: decode a source video, resample it in time, orient and resize it.
 
 The output is ``frames/<vid>/frames.npy`` (T,H,W,3 uint8 RGB) and ``meta.json``
-(:class:`~trackset.intermediates.FramesMeta`), plus the script pipeline's
+(:class:`~trackset.formats.intermediates.FramesMeta`), plus the script pipeline's
 ``frames/<vid>/<n:05d>.png`` when ``preprocess.write_png`` is set.
 
 Choices, and why:
@@ -54,7 +54,7 @@ from av.sidedata.sidedata import Type as SideDataType
 
 from trackset.domain import StageName, VideoRef
 from trackset.errors import BadInputError, UnusableVideoError
-from trackset.intermediates import FramesMeta, write_frames
+from trackset.formats.intermediates import FramesMeta, write_frames
 from trackset.stages.base import Stage
 from trackset.stages.config import PreprocessConfig
 

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from trackset.config.settings import Backend, Settings
 from trackset.domain import STAGE_ORDER, StageName
-from trackset.settings import Backend, Settings
-from trackset.sizing import gib_to_bytes
+from trackset.gpu.sizing import gib_to_bytes
 from trackset.stages.config import (
     CleanFramesConfig,
     DepthCameraConfig,

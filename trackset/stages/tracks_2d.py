@@ -19,9 +19,9 @@ import numpy as np
 
 from trackset.domain import StageName, VideoRef
 from trackset.errors import BadInputError
-from trackset.geometry import window_starts
-from trackset.intermediates import Tracks2d, read_masks, read_stage_frames, write_tracks_2d
-from trackset.query_points import dilate, erode, grid_pixels
+from trackset.formats.intermediates import Tracks2d, read_masks, read_stage_frames, write_tracks_2d
+from trackset.geometry.camera import window_starts
+from trackset.geometry.query_points import dilate, erode, grid_pixels
 from trackset.stages.backends import Tracks2dBackend
 from trackset.stages.config import Tracks2dConfig
 from trackset.stages.model_stage import ModelStage

@@ -7,7 +7,7 @@ FORMATS.md convention, ``E_s @ inv(E_{s+k})``, so every backend gets the same, c
 composition (the script pipeline's ``inv(E_s) @ E_{s+k}`` is a known defect).
 
 With object masks (``object_masks.enabled``) the stage picks each window's queries itself,
-from the eroded mask of the window's first frame (:mod:`trackset.query_points`, the
+from the eroded mask of the window's first frame (:mod:`trackset.geometry.query_points`, the
 script's ``use_masks``), and the backend tracks those pixels; a clip without a prompt, or
 a run without masks, leaves the choice to the backend (valid depth over the whole frame).
 The frames are the inpainted ones when human removal is on.
@@ -22,8 +22,7 @@ import numpy as np
 
 from trackset.domain import StageName, VideoRef
 from trackset.errors import BadInputError
-from trackset.geometry import window_relative_poses, window_starts
-from trackset.intermediates import (
+from trackset.formats.intermediates import (
     DepthCamera,
     Tracks3d,
     read_depth_camera,
@@ -31,7 +30,8 @@ from trackset.intermediates import (
     read_stage_frames,
     write_tracks_3d,
 )
-from trackset.query_points import mask_query_pixels
+from trackset.geometry.camera import window_relative_poses, window_starts
+from trackset.geometry.query_points import mask_query_pixels
 from trackset.stages.backends import Tracks3dBackend
 from trackset.stages.config import Tracks3dConfig
 from trackset.stages.model_stage import ModelStage

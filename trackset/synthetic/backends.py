@@ -9,7 +9,7 @@ the scene at the frames' source times (``FramesMeta.timestamps_s``), so whatever
 preprocessing did, the outputs describe exactly the content of each kept frame. Frames of
 another size than the scene's get the correspondingly cropped and scaled intrinsics.
 
-Every backend spends what its stage's :class:`~trackset.settings.SyntheticStageCost` says
+Every backend spends what its stage's :class:`~trackset.config.settings.SyntheticStageCost` says
 (:class:`~trackset.synthetic.cost.SimulatedCost`), through the allocator it was given.
 
 Noise (``synthetic.noise_std``, metres) is seeded from the video id, the stage and, for
@@ -25,12 +25,7 @@ import cv2
 import numpy as np
 from pydantic import ValidationError
 
-from trackset import geometry
-from trackset.allocator import Allocator
-from trackset.domain import StageName, VideoRef
-from trackset.errors import BadInputError
-from trackset.intermediates import HAND_SIDES, DepthCamera, FramesMeta, Hand, HandPoses, Tracks3d
-from trackset.settings import (
+from trackset.config.settings import (
     CleanFramesSettings,
     DepthCameraSettings,
     HandsSettings,
@@ -40,6 +35,11 @@ from trackset.settings import (
     Tracks2dSettings,
     Tracks3dSettings,
 )
+from trackset.domain import StageName, VideoRef
+from trackset.errors import BadInputError
+from trackset.formats.intermediates import HAND_SIDES, DepthCamera, FramesMeta, Hand, HandPoses, Tracks3d
+from trackset.geometry import camera as geometry
+from trackset.gpu.allocator import Allocator
 from trackset.synthetic.corpus import load_scene_for, sidecar_path
 from trackset.synthetic.cost import SimulatedCost
 from trackset.synthetic.scene import HAND_IDS, STATIC_ID, SceneSpec

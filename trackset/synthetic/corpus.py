@@ -22,8 +22,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from trackset.clip_metadata import METADATA_FILE
-from trackset.layout import write_text_atomic
+from trackset.formats.clip_metadata import METADATA_FILE
+from trackset.formats.layout import write_text_atomic
 from trackset.synthetic.scene import SceneSpec
 
 SIDECAR_SUFFIX = ".scene.json"

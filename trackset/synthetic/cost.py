@@ -4,9 +4,9 @@ Packing workers onto GPUs, profiling their peak memory and shrinking after an ou
 error can only be tested if the stand-in models *behave* like ViPE, TAPIP3D and WiLoR: a
 large allocation held while loaded, more per video and per frame, a GPU phase that workers
 sharing a GPU cannot overlap, and real CPU work. :class:`SimulatedCost` plays that part from a
-:class:`~trackset.settings.SyntheticStageCost`; where the memory comes from is an
-:class:`~trackset.allocator.Allocator`: real torch tensors by default
-(:class:`~trackset.allocator.TorchAllocator`), or the fake device's cross-process ledger
+:class:`~trackset.config.settings.SyntheticStageCost`; where the memory comes from is an
+:class:`~trackset.gpu.allocator.Allocator`: real torch tensors by default
+(:class:`~trackset.gpu.allocator.TorchAllocator`), or the fake device's cross-process ledger
 plugged in by the caller.
 """
 
@@ -18,8 +18,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from trackset.allocator import Allocator, TorchAllocator
-from trackset.settings import SyntheticStageCost
+from trackset.config.settings import SyntheticStageCost
+from trackset.gpu.allocator import Allocator, TorchAllocator
 
 MIB = 2**20
 

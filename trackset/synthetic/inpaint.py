@@ -13,10 +13,10 @@ from typing import ClassVar
 
 import numpy as np
 
+from trackset.config.settings import CleanFramesSettings
 from trackset.domain import StageName, VideoRef
-from trackset.intermediates import FramesMeta
-from trackset.query_points import dilate
-from trackset.settings import CleanFramesSettings
+from trackset.formats.intermediates import FramesMeta
+from trackset.geometry.query_points import dilate
 from trackset.synthetic.backends import _SyntheticBackend, frame_times
 
 

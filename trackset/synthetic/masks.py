@@ -15,7 +15,7 @@ from typing import ClassVar
 import numpy as np
 
 from trackset.domain import StageName, VideoRef
-from trackset.intermediates import FramesMeta
+from trackset.formats.intermediates import FramesMeta
 from trackset.synthetic.backends import _SyntheticBackend, frame_times
 from trackset.synthetic.scene import HAND_IDS, SceneSpec
 

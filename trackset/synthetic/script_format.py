@@ -29,8 +29,8 @@ import cv2
 import numpy as np
 import torch
 
-from trackset.intermediates import load_pt
-from trackset.layout import WorkLayout
+from trackset.formats.intermediates import load_pt
+from trackset.formats.layout import WorkLayout
 from trackset.synthetic.corpus import load_scene_for
 from trackset.synthetic.scene import SceneSpec
 

@@ -14,10 +14,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from trackset import geometry
+from trackset.config.settings import Tracks2dSettings
 from trackset.domain import StageName, VideoRef
-from trackset.intermediates import FramesMeta, Tracks2d
-from trackset.settings import Tracks2dSettings
+from trackset.formats.intermediates import FramesMeta, Tracks2d
+from trackset.geometry import camera as geometry
 from trackset.synthetic.backends import _SyntheticBackend, frame_times
 
 

@@ -1,0 +1,268 @@
+"""The one Dask cluster of a run: started here for this machine, or an existing one by address.
+
+A run used to start a cluster per stage subflow (6-14 s each on two cores, per wave once
+builds went in waves). Now ``build-dataset`` opens one :class:`RunCluster` for the run and
+every task runner connects to it by address:
+
+- ``cluster.runner: dask`` without an address starts a ``SpecCluster`` of ``Nanny``
+  workers on 127.0.0.1 (``trackset/cluster/worker_spec.py``): ``cluster.cpu_workers`` CPU workers
+  and ``cluster.max_workers_per_gpu`` workers pinned to each GPU (only CPU workers for a
+  run without a GPU stage, an import). A GPU stage is sized by
+  restricting its tasks to some of them (``trackset/cluster/plan.py``); workers it does not
+  use never touch CUDA.
+- ``cluster.scheduler_address`` connects to a cluster someone else started (``dask
+  worker`` on several hosts, dask-jobqueue, dask-kubernetes); the same restrictions size it.
+- ``cluster.runner: threads`` runs every task in the flow's own process (tests, laptops).
+
+The workers are asked what they are (:mod:`trackset.cluster.worker_probe`): host, GPU, how much
+of it is free now; each worker is asked once, as it joins. Between stages the models are
+released on every GPU worker (``release_stages`` through ``Client.run``), so a stage never
+loads its model on top of the previous stage's.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import dask
+from distributed import Client, SpecCluster
+from distributed.comm.core import CommClosedError
+from prefect.client.orchestration import get_client
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect_dask import DaskTaskRunner
+
+import trackset
+from trackset.cluster.plan import ClusterPlan, ClusterWorker
+from trackset.cluster.worker_cache import release_stages
+from trackset.cluster.worker_probe import GpuRanks, current_gpu, describe_worker
+from trackset.cluster.worker_spec import run_cluster_spec
+from trackset.config.settings import Settings
+from trackset.errors import ClusterShapeError
+from trackset.gpu.fake_device import ledger_dir_for
+from trackset.gpu.inventory import GpuInfo, detect_inventory
+
+
+def worker_env() -> dict[str, str]:
+    """Environment every local Dask worker needs: the API of the server this flow run reports to.
+
+    Without it, a worker of a flow started without ``PREFECT_API_URL`` (the CLI demo) would
+    start a temporary server of its own and record its task runs where nobody looks.
+    """
+    with get_client(sync_client=True) as client:
+        return {"PREFECT_API_URL": str(client.api_url).rstrip("/")}
+
+
+# Every batched comm of Dask keeps its last ``low-level-log-length`` batches for debugging
+# (default 1,000). A batch that submits or dispatches a Prefect task holds the whole task
+# spec (the Prefect task, its parameters, its serialized context): in the flow process, the
+# client's comm to the scheduler and the in-process scheduler's comm to each worker kept
+# ~145 KiB per video of a 5,000-video build (BENCHMARKS.md, scale). A few batches are enough
+# to debug with.
+DASK_MESSAGE_LOG_LENGTH = 16
+
+
+def run_dask_config() -> dict[str, Any]:
+    """Dask settings for the run's clients and the workers it starts.
+
+    - ``low-level-log-length``: :data:`DASK_MESSAGE_LOG_LENGTH` batches per comm.
+    - No ``MALLOC_TRIM_THRESHOLD_`` for the workers a Nanny spawns. Dask sets it (65,536) so
+      that freed memory goes back to the OS at once; setting it also turns off glibc's
+      adaptive mmap threshold, so every array over 128 KiB is a fresh mmap whose pages the
+      kernel faults in and zeroes, per frame and per video: an H5 build of a 187-frame video
+      took ~68,000 page faults instead of ~3,000, +0.1-0.2 s of system time (BENCHMARKS.md,
+      H5 build). A stage's tasks hold no Dask data to spill; they allocate and free the same
+      sizes video after video, which is what glibc's default reuses. ``None`` is Dask's way
+      to leave a variable unset.
+    """
+    return {
+        "distributed.admin.low-level-log-length": DASK_MESSAGE_LOG_LENGTH,
+        "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    }
+
+
+class RunCluster:
+    """The run's cluster (or none, for threads), open from ``__enter__`` to ``__exit__``."""
+
+    def __init__(self, settings: Settings, gpu_workers: bool = True) -> None:
+        """``gpu_workers=False``: a run without a GPU stage (an import) starts only the CPU
+        workers, not the ``max_workers_per_gpu`` per GPU it would never use (on two GPUs
+        with the defaults, 10 worker processes to start and stop become 2)."""
+        self.settings = settings
+        self.gpu_workers = gpu_workers
+        self.threads = settings.cluster.runner == "threads"
+        self.address: str | None = None
+        self.client: Client | None = None
+        self._cluster: SpecCluster | None = None
+        self._context = ExitStack()
+        # What each worker said of itself (host, GPU), by address: asked once per worker,
+        # since a stage transition that asks every busy CPU worker again waits on the slowest.
+        self._facts: dict[str, dict[str, Any]] = {}
+
+    def __enter__(self) -> RunCluster:
+        cluster = self.settings.cluster
+        if self.threads:
+            return self
+        # Before any comm opens (each reads the length once) and any Nanny spawns a worker.
+        self._context.enter_context(dask.config.set(run_dask_config()))
+        if cluster.scheduler_address:
+            self.address = cluster.scheduler_address
+            self.client = Client(self.address, timeout=cluster.connect_timeout_s)
+            return self
+        spec = run_cluster_spec(
+            self._local_gpus() if self.gpu_workers else [],
+            cluster.max_workers_per_gpu,
+            cluster.cpu_workers,
+            env=worker_env(),
+            preload=cluster.worker_preload,
+            cpu_nice=cluster.cpu_worker_nice,
+        )
+        self._cluster = SpecCluster(**spec)
+        self.address = self._cluster.scheduler_address
+        self.client = Client(self._cluster)
+        self.client.wait_for_workers(len(spec["workers"]), timeout=cluster.connect_timeout_s)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+        self._context.close()
+
+    def _local_gpus(self) -> list[int]:
+        """The GPUs of this machine the run may use (``cluster.gpus``; fake ones without NVML)."""
+        inventory = detect_inventory(self.settings.cluster, ledger_dir_for(Path(self.settings.paths.work_dir)))
+        try:
+            return [gpu.index for gpu in inventory.gpus()]
+        finally:
+            inventory.close()
+
+    def attached(self, settings: Settings) -> Settings:
+        """``settings`` pointing at this cluster, for subflows that connect to it by address."""
+        if self.address is None:
+            return settings
+        return settings.model_copy(
+            update={"cluster": settings.cluster.model_copy(update={"scheduler_address": self.address})}
+        )
+
+    def task_runner(self) -> TaskRunner[Any]:
+        """A runner of this cluster for a flow or subflow of the run."""
+        if self.threads or self.address is None:
+            return ThreadPoolTaskRunner(max_workers=self.settings.cluster.cpu_workers)
+        return DaskTaskRunner(address=self.address)
+
+    def plan(self, readable: list[str] | None = None, writable: list[str] | None = None) -> ClusterPlan | None:
+        """The workers grouped by GPU, as they report themselves, each ranked; None for threads.
+
+        Workers started by someone else offer ``GPU=1`` but no ``GPU_RANK``: they get one
+        (:class:`~trackset.cluster.worker_probe.GpuRanks`) before any GPU task is submitted. With
+        ``readable`` / ``writable`` folders, every worker is also checked (:meth:`check`).
+
+        Raises:
+            ClusterShapeError: naming every worker that cannot take part, and why.
+        """
+        if self.client is None:
+            return None
+        plan = self._read_plan(self.client, readable, writable)
+        if plan.unranked():
+            self.client.register_plugin(GpuRanks(plan.ranks()))
+            plan = self._read_plan(self.client, None, None)
+        return plan
+
+    def _read_plan(self, client: Client, readable: list[str] | None, writable: list[str] | None) -> ClusterPlan:
+        """The plan from the scheduler's worker list, asking only workers not seen before
+        what they are (all of them when checking folders and the API)."""
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        checking = readable is not None or writable is not None
+        asked = list(workers) if checking else [address for address in workers if address not in self._facts]
+        if asked:
+            api_url = worker_env()["PREFECT_API_URL"] if checking else ""
+            answers = client.run(
+                describe_worker, readable or [], writable or [], api_url, workers=asked, on_error="return"
+            )
+            if checking:
+                self.check(workers, answers)
+            # A worker that died since the scheduler listed it answers with an error: it takes no part.
+            self._facts.update({address: answer for address, answer in answers.items() if isinstance(answer, dict)})
+        self._facts = {address: facts for address, facts in self._facts.items() if address in workers}
+        facts = self._facts
+        return ClusterPlan(
+            [
+                ClusterWorker(
+                    address,
+                    str(info.get("name", address)),
+                    str(facts[address]["host"]),
+                    facts[address]["gpu"],
+                    dict(info.get("resources", {})),
+                    facts[address].get("gpu_uuid"),
+                )
+                for address, info in workers.items()
+                if address in facts
+            ]
+        )
+
+    def check(self, workers: dict[str, Any], answers: dict[str, Any]) -> None:
+        """Fail at once, naming the workers, when the cluster cannot run the build as it is.
+
+        A worker without trackset, or of another version, answers ``describe_worker`` with an
+        error or another version; one on a host that does not share the run's folders, or that
+        cannot reach the Prefect API its task runs report to, names that problem.
+        """
+        problems = []
+        for address, answer in sorted(answers.items()):
+            name = workers.get(address, {}).get("name", address)
+            where = f"worker {name} ({address})"
+            if isinstance(answer, OSError | CommClosedError):
+                continue  # gone since the scheduler listed it
+            if isinstance(answer, BaseException):
+                problems.append(f"{where} cannot run trackset's code: {type(answer).__name__}: {answer}")
+            elif answer["version"] != trackset.__version__:
+                problems.append(f"{where} has trackset {answer['version']}, this flow {trackset.__version__}")
+            else:
+                problems += [f"{where} {problem}" for problem in answer["problems"]]
+        if problems:
+            raise ClusterShapeError(
+                f"the cluster at {self.address} cannot run this build (every worker needs this trackset "
+                "installed and the run's folders on shared storage, see README 'Several machines'):\n  "
+                + "\n  ".join(problems)
+            )
+
+    def gpu_infos(self, plan: ClusterPlan) -> list[GpuInfo]:
+        """Every GPU of ``plan`` as it is now, asked of its workers in one round trip."""
+        if self.client is None:
+            return []
+        addresses = [worker.address for group in plan.by_gpu.values() for worker in group]
+        cluster, work_dir = self.settings.cluster, str(self.settings.paths.work_dir)
+        answers = self.client.run(current_gpu, cluster, work_dir, workers=addresses, on_error="return")
+        infos = []
+        for gpu, group in plan.by_gpu.items():
+            # Any live worker of the GPU can tell; one that died since the plan was read cannot.
+            replies = [answers.get(worker.address) for worker in group]
+            found = [reply for reply in replies if isinstance(reply, GpuInfo)]
+            if not found:
+                errors = "; ".join(str(reply) for reply in replies)
+                raise RuntimeError(f"no worker of GPU {gpu.index} on {gpu.host} answered: {errors}")
+            info = found[0]
+            name = info.name if plan.single_host else f"{info.name} @ {gpu.host}"
+            infos.append(GpuInfo(info.index, name, info.total_bytes, info.used_bytes, info.free_bytes))
+        return infos
+
+    def release(self, stage: str) -> None:
+        """Free ``stage``'s models on the GPU workers (and in this process, for threads).
+
+        Only GPU workers load a GPU stage's model; the CPU workers, busy with the next wave's
+        preprocessing and the last one's H5 files, are not asked.
+        """
+        release_stages(stage)
+        if self.client is not None:
+            # Only live workers: connecting to one that died would wait out Dask's connect
+            # timeout. One that joined since the last plan is asked too (it may serve a GPU).
+            alive = self.client.scheduler_info(n_workers=-1)["workers"]
+            gpu_workers = [a for a in alive if a not in self._facts or self._facts[a]["gpu"] is not None]
+            if gpu_workers:
+                self.client.run(release_stages, stage, workers=gpu_workers, on_error="ignore")
