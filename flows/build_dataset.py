@@ -226,7 +226,7 @@ def _build(settings: Settings, importing: bool) -> RunSummary:
     if registration.pending:
         if not importing:  # the workers are asked at start whether they can write it: it must exist
             settings.paths.work_dir.mkdir(parents=True, exist_ok=True)
-        # One cluster for the whole run: every stage and wave connects to it by address.
+        # One cluster for the whole run, handed down: every stage and wave runs on it.
         gpu_workers = any(stage_spec(stage).resources.uses_gpu for stage in stages)
         with (
             RunCluster(settings, gpu_workers) as cluster,
@@ -242,7 +242,7 @@ def _build(settings: Settings, importing: bool) -> RunSummary:
                     description="Dask dashboard of this run's cluster (live while the run is)",
                 )
             waves = process_waves.with_options(task_runner=cluster.task_runner())
-            summary.stages = waves(work, cluster.attached(settings), stages, str(report), importing=importing)
+            summary.stages = waves(work, settings, stages, str(report), cluster, importing=importing)
     else:
         summary.stages = [StageTally(stage) for stage in stages]
     summary.statistics = aggregate_statistics_task(settings)
