@@ -158,3 +158,18 @@ def test_the_dask_config_file_for_hand_started_clusters_says_what_the_run_sets()
 
     path = Path(__file__).parents[2] / "deployments" / "dask.yaml"
     assert flat(yaml.safe_load(path.read_text())) == run_dask_config()
+
+
+def test_the_run_cluster_is_handed_down_as_a_placeholder_and_pickles_detached():
+    """build-dataset hands its cluster to process-waves as a parameter: the API stores a
+    placeholder, not its settings and client, and the context Prefect pickles into every task
+    carries only its settings and address."""
+    import pickle
+
+    from trackset.flows.waves import process_waves
+
+    cluster = RunCluster(Settings(cluster={"scheduler_address": "tcp://scheduler:8786"}))
+    cluster.address = "tcp://scheduler:8786"
+    assert process_waves.serialize_parameters({"cluster": cluster}) == {"cluster": "<RunCluster>"}
+    shipped = pickle.loads(pickle.dumps(cluster))
+    assert (shipped.address, shipped.client, shipped.settings) == (cluster.address, None, cluster.settings)
