@@ -36,7 +36,7 @@ def ref(tmp_path: Path) -> VideoRef:
 
 
 def test_sam3_masks_are_the_union_of_the_objects_over_every_frame(monkeypatch, tmp_path) -> None:
-    built = sam3_api.install(monkeypatch, prompts={"red block."})
+    built = sam3_api.install(monkeypatch, phrases={"red block"})
     frames, meta = frames_and_meta(8, 16, 24)
     backend = sam3.SAM3Backend(ObjectMasksSettings(backend="real"))
     backend.load()
@@ -48,13 +48,36 @@ def test_sam3_masks_are_the_union_of_the_objects_over_every_frame(monkeypatch, t
         expected[t, 8:12, 1 + t : 4 + t] = True
     np.testing.assert_array_equal(masks, expected)
     kinds = [r["type"] for r in built[0].requests]
-    assert kinds == ["start_session", "add_prompt", "close_session"]
-    assert built[0].requests[1]["frame_index"] == 0 and built[0].requests[1]["text"] == "red block."
+    assert kinds == ["start_session", "add_prompt", "propagate_in_video", "close_session"]
+    assert built[0].requests[2]["propagation_direction"] == "both"  # forward, then backward, as the script
     assert not built[0].sessions and built[0].shut_down  # the session closed, the predictor shut down
 
 
+@pytest.mark.parametrize(("prompt", "sent"), [("red block.", "red block"), ("person.", "person"), ("mug", "mug")])
+def test_sam3_is_prompted_without_the_full_stop(monkeypatch, tmp_path, prompt: str, sent: str) -> None:
+    """The script strips it (``text_prompt.rstrip('.')`` in y2r's ``sam3_video``); the fake finds
+    objects only for the exact text, so "red block." would find nothing."""
+    built = sam3_api.install(monkeypatch, phrases={sent})
+    frames, meta = frames_and_meta(4, 16, 24)
+    backend = sam3.SAM3Backend(ObjectMasksSettings(backend="real"))
+    backend.load()
+    masks = backend.infer(ref(tmp_path), frames, meta, prompt, key_frame=0)
+    assert [r["text"] for r in built[0].requests if r["type"] == "add_prompt"] == [sent]
+    assert masks.any(axis=(1, 2)).all()
+
+
+def test_sam3_reads_the_very_frames(monkeypatch, tmp_path) -> None:
+    """A lossless folder SAM3's image-folder loader reads in order (JPEG, as before, was not)."""
+    built = sam3_api.install(monkeypatch, phrases={"box"})
+    frames, meta = frames_and_meta(12, 16, 24)
+    backend = sam3.SAM3Backend(ObjectMasksSettings(backend="real"))
+    backend.load()
+    backend.infer(ref(tmp_path), frames, meta, "box.", key_frame=0)
+    np.testing.assert_array_equal(built[0].loaded[0], frames)
+
+
 def test_sam3_retries_on_the_middle_frame_when_the_key_frame_shows_nothing(monkeypatch, tmp_path) -> None:
-    built = sam3_api.install(monkeypatch, prompts={"person."}, appears_at=3)
+    built = sam3_api.install(monkeypatch, phrases={"person"}, appears_at=3)
     frames, meta = frames_and_meta(8, 16, 24)
     backend = sam3.SAM3Backend(HumanMasksSettings(backend="real"))
     backend.load()
@@ -66,8 +89,8 @@ def test_sam3_retries_on_the_middle_frame_when_the_key_frame_shows_nothing(monke
     assert nothing.shape == (8, 16, 24) and not nothing.any()
 
 
-def test_sam3_frames_reach_it_as_jpegs_and_the_checkpoint_as_a_path(monkeypatch, tmp_path) -> None:
-    built = sam3_api.install(monkeypatch, prompts={"box."})
+def test_sam3_checkpoint_reaches_it_as_a_path(monkeypatch, tmp_path) -> None:
+    built = sam3_api.install(monkeypatch, phrases={"box"})
     checkpoint = tmp_path / "sam3.pt"
     checkpoint.write_bytes(b"x")
     backend = sam3.SAM3Backend(ObjectMasksSettings(backend="real", checkpoint_path=checkpoint))
@@ -196,7 +219,7 @@ def test_missing_model_parts_fail_early_in_one_line(monkeypatch, tmp_path, check
     for name in ("sam3", "sam3.model_builder", "cotracker", "cotracker.predictor"):
         monkeypatch.setitem(sys.modules, name, None)
     if isinstance(section, HumanMasksSettings):
-        sam3_api.install(monkeypatch, prompts=set())
+        sam3_api.install(monkeypatch, phrases=set())
     monkeypatch.setattr(cotracker, "hub_checkout", lambda: tmp_path / "no-hub")
     with pytest.raises(ModelUnavailableError) as caught:
         check(section)
@@ -209,7 +232,7 @@ def test_diffueraser_names_a_missing_weights_folder(monkeypatch, tmp_path) -> No
     diffueraser_api.install(monkeypatch)
     root = diffueraser_api.checkout(tmp_path / "D")
     (root / "weights" / "PCM_Weights").rmdir()
-    with pytest.raises(ModelUnavailableError, match="weights/PCM_Weights under clean_frames.checkout_dir"):
+    with pytest.raises(ModelUnavailableError, match=r"weights/PCM_Weights under clean_frames\.checkout_dir"):
         diffueraser.check_available(CleanFramesSettings(backend="real", checkout_dir=root))
 
 
