@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tests.unit.fakes import cotracker_api, diffueraser_api, sam3_api
 from trackset.adapters import cotracker, diffueraser, sam3
@@ -145,8 +146,21 @@ def test_cotracker_threshold_zero_keeps_every_point_and_torch_hub_loads_it(monke
 # ---------------------------------------------------------------- DiffuEraser
 
 
-def test_diffueraser_inpaints_what_the_masks_cover_through_lossless_videos(monkeypatch, tmp_path) -> None:
-    built = diffueraser_api.install(monkeypatch)
+def person_clip(t: int = 24) -> tuple[np.ndarray, FramesMeta, np.ndarray]:
+    """Frames at least 256 wide (DiffuEraser's minimum) and a person box in each."""
+    frames, meta = frames_and_meta(t, 48, 256)
+    masks = np.zeros((t, 48, 256), bool)
+    masks[:, 8:30, 40:120] = True
+    return frames, meta, masks
+
+
+@pytest.mark.parametrize("y2r", [False, True], ids=["upstream", "y2r"])
+def test_diffueraser_returns_its_result_without_a_lossy_round_trip(monkeypatch, tmp_path, y2r: bool) -> None:
+    """Both copies on a torchvision without ``read_video``: ProPainter gets frame folders, y2r's
+    DiffuEraser too (PNG out), upstream's DiffuEraser lossless MP4s (its mp4v output is not
+    read back). Outside the masks the frames come back exactly; inside them is the fake's fill,
+    up to the mp4v noise of the prior both copies write as MP4."""
+    built = diffueraser_api.install(monkeypatch, y2r=y2r)
     root = diffueraser_api.checkout(tmp_path / "DiffuEraser")
     section = CleanFramesSettings(enabled=True, backend="real", checkout_dir=root, mask_dilation_iter=3)
     backend = diffueraser.DiffuEraserBackend(section)
@@ -154,17 +168,58 @@ def test_diffueraser_inpaints_what_the_masks_cover_through_lossless_videos(monke
     assert built["diffueraser"][0].cwd == str(root)  # built where weights/PCM_Weights resolves
     assert built["diffueraser"][0].ckpt == "2-Step"
     assert built["propainter"][0].model_dir == str(root / "weights" / "propainter")
-    frames, meta = frames_and_meta(24, 32, 48)
-    masks = np.zeros((24, 32, 48), bool)
-    masks[:, 8:20, 10:30] = True
+    frames, meta, masks = person_clip()
     clean = backend.infer(ref(tmp_path), frames, meta, masks)
-    expected = frames.copy()
-    expected[masks] = diffueraser_api.FILL
-    np.testing.assert_array_equal(clean, expected)  # the round trips through MP4 lose nothing
+    assert clean.shape == frames.shape and clean.dtype == np.uint8
+    np.testing.assert_array_equal(clean[~masks], frames[~masks])
+    assert np.abs(clean[masks].astype(int) - diffueraser_api.FILL).max() <= 16  # red and blue swapped: 180
     painter = built["propainter"][0].calls[0]
+    np.testing.assert_array_equal(painter["frames"], frames)  # a lossless folder
     np.testing.assert_array_equal(painter["masks"], masks)
-    assert painter["mask_dilation"] == 3 and painter["video_length"] >= 24 / 10.0
-    assert built["diffueraser"][0].calls[0]["max_img_size"] == 512
+    assert (painter["mask_dilation"], painter["save_fps"]) == (3, 10.0)
+    eraser = built["diffueraser"][0].calls[0]
+    assert (eraser["max_img_size"], eraser["mask_dilation_iter"], eraser["fps"]) == (512, 3, 10.0)
+
+
+def test_diffueraser_gets_read_video_only_in_its_module_and_only_during_the_call(monkeypatch, tmp_path) -> None:
+    built = diffueraser_api.install(monkeypatch)
+    modules = built["modules"]
+    backend = diffueraser.DiffuEraserBackend(
+        CleanFramesSettings(backend="real", checkout_dir=diffueraser_api.checkout(tmp_path / "D"))
+    )
+    backend.load()
+    frames, meta, masks = person_clip()
+    backend.infer(ref(tmp_path), frames, meta, masks)
+    assert modules["diffueraser"].torchvision is modules["torchvision"]
+    assert modules["diffueraser"].cv2 is diffueraser_api.cv2
+    assert not hasattr(modules["torchvision"].io, "read_video")
+    with pytest.raises(AttributeError, match="read_video"):  # the fake reads as upstream does, so it fails alone
+        built["diffueraser"][0].forward(str(tmp_path / "a.mp4"), "m.mp4", "p.mp4", "o.mp4")
+
+
+def test_diffueraser_says_which_copy_it_drives(monkeypatch, tmp_path, caplog) -> None:
+    for y2r, words in ((False, "upstream DiffuEraser (MP4 in and out)"), (True, "y2r's vendored DiffuEraser")):
+        diffueraser_api.install(monkeypatch, y2r=y2r)
+        root = diffueraser_api.checkout(tmp_path / f"D{y2r}")
+        caplog.clear()
+        backend = diffueraser.DiffuEraserBackend(CleanFramesSettings(backend="real", checkout_dir=root))
+        with caplog.at_level("INFO", logger=diffueraser.__name__):
+            backend.load()
+        assert backend.copy == ("y2r" if y2r else "upstream")
+        messages = [r.getMessage() for r in caplog.records]
+        assert len(messages) == 1 and messages[0].startswith(f"clean_frames: {words}") and str(root) in messages[0]
+
+
+def test_read_video_stand_in_keeps_torchvisions_contract(tmp_path) -> None:
+    frames, _ = frames_and_meta(12, 16, 24)
+    path = tmp_path / "v.mp4"
+    diffueraser.write_lossless_mp4(path, frames, 10.0)
+    video, audio, info = diffueraser.read_video(str(path), pts_unit="sec", end_pts=0.55)
+    assert video.dtype == torch.uint8 and tuple(video.shape) == (6, 16, 24, 3)  # frames at 0.0 .. 0.5 s
+    np.testing.assert_array_equal(video.numpy(), frames[:6])
+    assert info == {"video_fps": 10.0} and audio.numel() == 0
+    whole, _, _ = diffueraser.read_video(str(path), pts_unit="sec", end_pts=5)
+    np.testing.assert_array_equal(whole.numpy(), frames)
 
 
 def test_diffueraser_refuses_videos_shorter_than_it_can_take(monkeypatch, tmp_path) -> None:
