@@ -8,6 +8,7 @@ the fakes' analytic scenes (numpy/scipy formulas written here), not from trackse
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from tests.unit.fakes import tapip3d_api, vipe_api, wilor_api
-from trackset.adapters import tapip3d, vipe, wilor
+from trackset.adapters import mano, tapip3d, vipe, wilor
 from trackset.config.settings import DepthCameraSettings, HandsSettings, Settings, Tracks3dSettings
 from trackset.domain import VideoRef
 from trackset.errors import ModelUnavailableError
@@ -266,11 +267,7 @@ def hand_script() -> dict[int, list[tuple[float, ...]]]:
 
 
 def wilor_weights(tmp_path: Path) -> Path:
-    root = tmp_path / "wilor"
-    for path in wilor.weight_files(root).values():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"x")
-    return root
+    return wilor_api.write_weights(tmp_path / "wilor")
 
 
 def hand_depth() -> DepthCamera:
@@ -373,16 +370,72 @@ def test_wilor_video_without_hands(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
         assert not hand.valid.any() and np.isnan(hand.wrist_pose).all() and np.isnan(hand.betas).all()
 
 
-def test_wilor_loads_mano_from_weights_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_wilor_loads_its_config_and_checkpoint_from_weights_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     state = wilor_api.install(monkeypatch, {})
     root = wilor_weights(tmp_path)
-    wilor.WiLoRBackend(HandsSettings(backend="real", weights_dir=root)).load()
-    cfg = state["models"][0].cfg
-    assert state["models"][0].checkpoint == str(root / "pretrained_models" / "wilor_final.ckpt")
+    backend = wilor.WiLoRBackend(HandsSettings(backend="real", weights_dir=root))
+    backend.load()
+    model = state["models"][0]
+    assert sorted(model.state_dict) == sorted(wilor_api.STATE_DICT_KEYS)  # the checkpoint's weights
+    assert not model.init_renderer  # no EGL context for a renderer trackset never uses
     assert state["detectors"][0].path == str(root / "pretrained_models" / "detector.pt")
-    assert cfg.MANO.MODEL_PATH == str(root / "mano_data")
+    cfg = model.cfg
+    assert cfg.frozen
     assert cfg.MANO.MEAN_PARAMS == str(root / "mano_data" / "mano_mean_params.npz")
     assert cfg.MODEL.BBOX_SHAPE == [192, 256] and "PRETRAINED_WEIGHTS" not in cfg.MODEL.BACKBONE
+
+
+def test_wilor_loads_mano_without_chumpy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The licensed MANO_RIGHT.pkl holds chumpy arrays and chumpy does not import on Python 3.11:
+    smplx's plain pickle.load of the file as downloaded fails. WiLoR gets the same fields as
+    numpy arrays, from a folder of the backend's that goes with it."""
+    state = wilor_api.install(monkeypatch, {})
+    root = wilor_weights(tmp_path)
+    with pytest.raises(ImportError, match="chumpy"):
+        wilor_api.load_mano_as_smplx(str(root / "mano_data"))
+    backend = wilor.WiLoRBackend(HandsSettings(backend="real", weights_dir=root))
+    backend.load()
+    cfg, mano = state["models"][0].cfg, state["models"][0].mano.data
+    expected = wilor_api.mano_fields()
+    assert isinstance(mano["shapedirs"], np.ndarray)
+    np.testing.assert_array_equal(mano["shapedirs"], expected["shapedirs"].x)
+    np.testing.assert_array_equal(mano["J_regressor"].toarray(), expected["J_regressor"].toarray())
+    assert Path(cfg.MANO.MODEL_PATH) != root / "mano_data" and cfg.MANO.DATA_DIR == cfg.MANO.MODEL_PATH
+    backend.unload()
+    assert not Path(cfg.MANO.MODEL_PATH).exists()
+
+
+def test_wilor_trusts_only_the_configured_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """torch >= 2.6 loads ``weights_only`` by default: the checkpoint (a config object in its
+    hyper-parameters) and the detector (a pickled module) load because they are the configured
+    files; torch.load is itself again afterwards, and another file stays under torch's rules."""
+    state = wilor_api.install(monkeypatch, {})
+    root = wilor_weights(tmp_path)
+    for name in ("wilor_final.ckpt", "detector.pt"):
+        with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+            torch.load(root / "pretrained_models" / name)
+    original = torch.load
+    wilor.WiLoRBackend(HandsSettings(backend="real", weights_dir=root)).load()
+    assert torch.load is original
+    assert isinstance(state["detectors"][0].checkpoint["model"], wilor_api.DetectionModel)
+    other = tmp_path / "other.pt"
+    torch.save({"model": wilor_api.DetectionModel()}, other)
+    with wilor.trusting_torch_load(root / "pretrained_models" / "detector.pt"):
+        with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+            torch.load(other)
+        torch.load(str(root / "pretrained_models" / "detector.pt"), map_location="cpu")
+
+
+def test_mano_reader_refuses_anything_but_arrays(tmp_path: Path) -> None:
+    path = tmp_path / "MANO_RIGHT.pkl"
+    path.write_bytes(pickle.dumps({"f": np.zeros(3), "evil": os.system}, protocol=2))
+    with pytest.raises(mano.ManoFileError, match=r"MANO_RIGHT\.pkl: refusing (posix|nt)\.system"):
+        mano.read_mano(path)
+    path.write_bytes(pickle.dumps([1, 2], protocol=2))
+    with pytest.raises(mano.ManoFileError, match="a dict of fields"):
+        mano.read_mano(path)
 
 
 # ---------------------------------------------------------------- missing packages and weights
