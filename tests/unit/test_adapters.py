@@ -34,6 +34,7 @@ from trackset.formats.intermediates import (
     write_tracks_3d,
 )
 from trackset.geometry.camera import window_relative_poses
+from trackset.stages.config import DepthCameraConfig
 
 VID = "00003"
 
@@ -115,6 +116,68 @@ def test_vipe_weights_dir_becomes_the_download_cache(monkeypatch: pytest.MonkeyP
     vipe.ViPEBackend(DepthCameraSettings(backend="real", weights_dir=cache)).load()
     assert torch.hub.get_dir() == str(cache / "torch")
     assert os.environ["HF_HOME"] == str(cache / "huggingface")
+
+
+def test_vipe_clamp_reaches_y2rs_vendored_copy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog) -> None:
+    """y2r's ViPE (no ``vipe.config``; Hydra; ``init.fov_*_degrees``) gets the script's clamp on
+    GeoCalib's estimate and on SLAM's intrinsics, and its model cache; a 45 degree estimate
+    comes back as the 60 degree lower bound."""
+    scene = vipe_api.install(monkeypatch, vipe_scene(), flavour="y2r")
+    scene.fov_estimate_deg = 45.0
+    frames, meta = frames_and_meta(3, 48, 64)
+    backend = vipe.ViPEBackend(DepthCameraSettings(backend="real"))
+    with caplog.at_level("INFO", logger=vipe.__name__):
+        backend.load()
+    result = backend.infer(VideoRef(VID, tmp_path / "v.mp4", "h"), frames, meta)
+    assert {
+        "pipeline.init.fov_min_degrees=60.0",
+        "pipeline.init.fov_max_degrees=90.0",
+        "++pipeline.slam.fov_min_degrees=60.0",
+        "++pipeline.slam.fov_max_degrees=90.0",
+    } <= set(scene.configs[0])
+    config = scene.pipeline_configs[0]
+    assert (config.init.fov_min_degrees, config.init.fov_max_degrees) == (60.0, 90.0)
+    assert (config.slam.fov_min_degrees, config.slam.fov_max_degrees) == (60.0, 90.0)
+    assert scene.model_caches[0]["init"] is config.init  # the priors loaded once, from that config
+    focal = 48 / (2 * np.tan(np.radians(60.0) / 2))
+    np.testing.assert_allclose(result.intrinsics[0], [[focal, 0, 32], [0, focal, 24], [0, 0, 1]], rtol=1e-5)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        f"depth_camera: ViPE 0.1.1 at /site-packages/y2r/vipe: y2r's vendored ViPE (field-of-view clamp)"
+    ]
+
+
+def test_vipe_upstream_cannot_clamp_and_one_line_says_so(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog
+) -> None:
+    scene = vipe_api.install(monkeypatch, vipe_scene(), flavour="upstream")
+    with pytest.raises(ValueError, match="fov_min_degrees"):  # upstream refuses the keys
+        vipe_api.sys.modules["vipe.config"].parse_typed_config(hydra_args=["++pipeline.init.fov_min_degrees=60"])
+    backend = vipe.ViPEBackend(DepthCameraSettings(backend="real"))
+    with caplog.at_level("INFO", logger=vipe.__name__):
+        backend.load()
+    assert not any("fov" in override for override in scene.configs[-1])
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert (
+        "has no field-of-view clamp; depth_camera.fov_min_deg = 60.0 and fov_max_deg = 90.0 are not applied"
+        in (warnings[0])
+    )
+    assert "ViPE 1.1.0" in caplog.records[0].getMessage() and "upstream ViPE" in caplog.records[0].getMessage()
+    caplog.clear()
+    unclamped = vipe.ViPEBackend(DepthCameraSettings(backend="real", fov_min_deg=None, fov_max_deg=None))
+    with caplog.at_level("INFO", logger=vipe.__name__):
+        unclamped.load()
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_fov_clamp_settings_and_fingerprints() -> None:
+    with pytest.raises(ValueError, match="fov_min_deg must not be above fov_max_deg"):
+        DepthCameraSettings(fov_min_deg=95)
+    synthetic = DepthCameraConfig.from_settings(Settings()).output_settings()["section"]
+    real = DepthCameraConfig.from_settings(Settings(depth_camera={"backend": "real"})).output_settings()["section"]
+    assert "fov_min_deg" not in synthetic  # the synthetic backend does not read it
+    assert (real["fov_min_deg"], real["fov_max_deg"]) == (60.0, 90.0)
 
 
 # ---------------------------------------------------------------- TAPIP3D
