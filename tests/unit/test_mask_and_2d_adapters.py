@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tests.unit.fakes import cotracker_api, diffueraser_api, sam3_api
 from trackset.adapters import cotracker, diffueraser, sam3
@@ -36,7 +37,7 @@ def ref(tmp_path: Path) -> VideoRef:
 
 
 def test_sam3_masks_are_the_union_of_the_objects_over_every_frame(monkeypatch, tmp_path) -> None:
-    built = sam3_api.install(monkeypatch, prompts={"red block."})
+    built = sam3_api.install(monkeypatch, phrases={"red block"})
     frames, meta = frames_and_meta(8, 16, 24)
     backend = sam3.SAM3Backend(ObjectMasksSettings(backend="real"))
     backend.load()
@@ -48,13 +49,36 @@ def test_sam3_masks_are_the_union_of_the_objects_over_every_frame(monkeypatch, t
         expected[t, 8:12, 1 + t : 4 + t] = True
     np.testing.assert_array_equal(masks, expected)
     kinds = [r["type"] for r in built[0].requests]
-    assert kinds == ["start_session", "add_prompt", "close_session"]
-    assert built[0].requests[1]["frame_index"] == 0 and built[0].requests[1]["text"] == "red block."
+    assert kinds == ["start_session", "add_prompt", "propagate_in_video", "close_session"]
+    assert built[0].requests[2]["propagation_direction"] == "both"  # forward, then backward, as the script
     assert not built[0].sessions and built[0].shut_down  # the session closed, the predictor shut down
 
 
+@pytest.mark.parametrize(("prompt", "sent"), [("red block.", "red block"), ("person.", "person"), ("mug", "mug")])
+def test_sam3_is_prompted_without_the_full_stop(monkeypatch, tmp_path, prompt: str, sent: str) -> None:
+    """The script strips it (``text_prompt.rstrip('.')`` in y2r's ``sam3_video``); the fake finds
+    objects only for the exact text, so "red block." would find nothing."""
+    built = sam3_api.install(monkeypatch, phrases={sent})
+    frames, meta = frames_and_meta(4, 16, 24)
+    backend = sam3.SAM3Backend(ObjectMasksSettings(backend="real"))
+    backend.load()
+    masks = backend.infer(ref(tmp_path), frames, meta, prompt, key_frame=0)
+    assert [r["text"] for r in built[0].requests if r["type"] == "add_prompt"] == [sent]
+    assert masks.any(axis=(1, 2)).all()
+
+
+def test_sam3_reads_the_very_frames(monkeypatch, tmp_path) -> None:
+    """A lossless folder SAM3's image-folder loader reads in order (JPEG, as before, was not)."""
+    built = sam3_api.install(monkeypatch, phrases={"box"})
+    frames, meta = frames_and_meta(12, 16, 24)
+    backend = sam3.SAM3Backend(ObjectMasksSettings(backend="real"))
+    backend.load()
+    backend.infer(ref(tmp_path), frames, meta, "box.", key_frame=0)
+    np.testing.assert_array_equal(built[0].loaded[0], frames)
+
+
 def test_sam3_retries_on_the_middle_frame_when_the_key_frame_shows_nothing(monkeypatch, tmp_path) -> None:
-    built = sam3_api.install(monkeypatch, prompts={"person."}, appears_at=3)
+    built = sam3_api.install(monkeypatch, phrases={"person"}, appears_at=3)
     frames, meta = frames_and_meta(8, 16, 24)
     backend = sam3.SAM3Backend(HumanMasksSettings(backend="real"))
     backend.load()
@@ -66,8 +90,8 @@ def test_sam3_retries_on_the_middle_frame_when_the_key_frame_shows_nothing(monke
     assert nothing.shape == (8, 16, 24) and not nothing.any()
 
 
-def test_sam3_frames_reach_it_as_jpegs_and_the_checkpoint_as_a_path(monkeypatch, tmp_path) -> None:
-    built = sam3_api.install(monkeypatch, prompts={"box."})
+def test_sam3_checkpoint_reaches_it_as_a_path(monkeypatch, tmp_path) -> None:
+    built = sam3_api.install(monkeypatch, phrases={"box"})
     checkpoint = tmp_path / "sam3.pt"
     checkpoint.write_bytes(b"x")
     backend = sam3.SAM3Backend(ObjectMasksSettings(backend="real", checkpoint_path=checkpoint))
@@ -122,8 +146,21 @@ def test_cotracker_threshold_zero_keeps_every_point_and_torch_hub_loads_it(monke
 # ---------------------------------------------------------------- DiffuEraser
 
 
-def test_diffueraser_inpaints_what_the_masks_cover_through_lossless_videos(monkeypatch, tmp_path) -> None:
-    built = diffueraser_api.install(monkeypatch)
+def person_clip(t: int = 24) -> tuple[np.ndarray, FramesMeta, np.ndarray]:
+    """Frames at least 256 wide (DiffuEraser's minimum) and a person box in each."""
+    frames, meta = frames_and_meta(t, 48, 256)
+    masks = np.zeros((t, 48, 256), bool)
+    masks[:, 8:30, 40:120] = True
+    return frames, meta, masks
+
+
+@pytest.mark.parametrize("y2r", [False, True], ids=["upstream", "y2r"])
+def test_diffueraser_returns_its_result_without_a_lossy_round_trip(monkeypatch, tmp_path, y2r: bool) -> None:
+    """Both copies on a torchvision without ``read_video``: ProPainter gets frame folders, y2r's
+    DiffuEraser too (PNG out), upstream's DiffuEraser lossless MP4s (its mp4v output is not
+    read back). Outside the masks the frames come back exactly; inside them is the fake's fill,
+    up to the mp4v noise of the prior both copies write as MP4."""
+    built = diffueraser_api.install(monkeypatch, y2r=y2r)
     root = diffueraser_api.checkout(tmp_path / "DiffuEraser")
     section = CleanFramesSettings(enabled=True, backend="real", checkout_dir=root, mask_dilation_iter=3)
     backend = diffueraser.DiffuEraserBackend(section)
@@ -131,17 +168,58 @@ def test_diffueraser_inpaints_what_the_masks_cover_through_lossless_videos(monke
     assert built["diffueraser"][0].cwd == str(root)  # built where weights/PCM_Weights resolves
     assert built["diffueraser"][0].ckpt == "2-Step"
     assert built["propainter"][0].model_dir == str(root / "weights" / "propainter")
-    frames, meta = frames_and_meta(24, 32, 48)
-    masks = np.zeros((24, 32, 48), bool)
-    masks[:, 8:20, 10:30] = True
+    frames, meta, masks = person_clip()
     clean = backend.infer(ref(tmp_path), frames, meta, masks)
-    expected = frames.copy()
-    expected[masks] = diffueraser_api.FILL
-    np.testing.assert_array_equal(clean, expected)  # the round trips through MP4 lose nothing
+    assert clean.shape == frames.shape and clean.dtype == np.uint8
+    np.testing.assert_array_equal(clean[~masks], frames[~masks])
+    assert np.abs(clean[masks].astype(int) - diffueraser_api.FILL).max() <= 16  # red and blue swapped: 180
     painter = built["propainter"][0].calls[0]
+    np.testing.assert_array_equal(painter["frames"], frames)  # a lossless folder
     np.testing.assert_array_equal(painter["masks"], masks)
-    assert painter["mask_dilation"] == 3 and painter["video_length"] >= 24 / 10.0
-    assert built["diffueraser"][0].calls[0]["max_img_size"] == 512
+    assert (painter["mask_dilation"], painter["save_fps"]) == (3, 10.0)
+    eraser = built["diffueraser"][0].calls[0]
+    assert (eraser["max_img_size"], eraser["mask_dilation_iter"], eraser["fps"]) == (512, 3, 10.0)
+
+
+def test_diffueraser_gets_read_video_only_in_its_module_and_only_during_the_call(monkeypatch, tmp_path) -> None:
+    built = diffueraser_api.install(monkeypatch)
+    modules = built["modules"]
+    backend = diffueraser.DiffuEraserBackend(
+        CleanFramesSettings(backend="real", checkout_dir=diffueraser_api.checkout(tmp_path / "D"))
+    )
+    backend.load()
+    frames, meta, masks = person_clip()
+    backend.infer(ref(tmp_path), frames, meta, masks)
+    assert modules["diffueraser"].torchvision is modules["torchvision"]
+    assert modules["diffueraser"].cv2 is diffueraser_api.cv2
+    assert not hasattr(modules["torchvision"].io, "read_video")
+    with pytest.raises(AttributeError, match="read_video"):  # the fake reads as upstream does, so it fails alone
+        built["diffueraser"][0].forward(str(tmp_path / "a.mp4"), "m.mp4", "p.mp4", "o.mp4")
+
+
+def test_diffueraser_says_which_copy_it_drives(monkeypatch, tmp_path, caplog) -> None:
+    for y2r, words in ((False, "upstream DiffuEraser (MP4 in and out)"), (True, "y2r's vendored DiffuEraser")):
+        diffueraser_api.install(monkeypatch, y2r=y2r)
+        root = diffueraser_api.checkout(tmp_path / f"D{y2r}")
+        caplog.clear()
+        backend = diffueraser.DiffuEraserBackend(CleanFramesSettings(backend="real", checkout_dir=root))
+        with caplog.at_level("INFO", logger=diffueraser.__name__):
+            backend.load()
+        assert backend.copy == ("y2r" if y2r else "upstream")
+        messages = [r.getMessage() for r in caplog.records]
+        assert len(messages) == 1 and messages[0].startswith(f"clean_frames: {words}") and str(root) in messages[0]
+
+
+def test_read_video_stand_in_keeps_torchvisions_contract(tmp_path) -> None:
+    frames, _ = frames_and_meta(12, 16, 24)
+    path = tmp_path / "v.mp4"
+    diffueraser.write_lossless_mp4(path, frames, 10.0)
+    video, audio, info = diffueraser.read_video(str(path), pts_unit="sec", end_pts=0.55)
+    assert video.dtype == torch.uint8 and tuple(video.shape) == (6, 16, 24, 3)  # frames at 0.0 .. 0.5 s
+    np.testing.assert_array_equal(video.numpy(), frames[:6])
+    assert info == {"video_fps": 10.0} and audio.numel() == 0
+    whole, _, _ = diffueraser.read_video(str(path), pts_unit="sec", end_pts=5)
+    np.testing.assert_array_equal(whole.numpy(), frames)
 
 
 def test_diffueraser_refuses_videos_shorter_than_it_can_take(monkeypatch, tmp_path) -> None:
@@ -196,7 +274,7 @@ def test_missing_model_parts_fail_early_in_one_line(monkeypatch, tmp_path, check
     for name in ("sam3", "sam3.model_builder", "cotracker", "cotracker.predictor"):
         monkeypatch.setitem(sys.modules, name, None)
     if isinstance(section, HumanMasksSettings):
-        sam3_api.install(monkeypatch, prompts=set())
+        sam3_api.install(monkeypatch, phrases=set())
     monkeypatch.setattr(cotracker, "hub_checkout", lambda: tmp_path / "no-hub")
     with pytest.raises(ModelUnavailableError) as caught:
         check(section)
@@ -209,7 +287,7 @@ def test_diffueraser_names_a_missing_weights_folder(monkeypatch, tmp_path) -> No
     diffueraser_api.install(monkeypatch)
     root = diffueraser_api.checkout(tmp_path / "D")
     (root / "weights" / "PCM_Weights").rmdir()
-    with pytest.raises(ModelUnavailableError, match="weights/PCM_Weights under clean_frames.checkout_dir"):
+    with pytest.raises(ModelUnavailableError, match=r"weights/PCM_Weights under clean_frames\.checkout_dir"):
         diffueraser.check_available(CleanFramesSettings(backend="real", checkout_dir=root))
 
 
