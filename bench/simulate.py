@@ -62,8 +62,9 @@ from trackset.config.settings import Settings
 from trackset.domain import StageOutcome, StageRecord, VideoFailure, VideoRef
 from trackset.gpu.inventory import GpuInfo
 from trackset.scheduling import commands as c
+from trackset.scheduling.facts import Knobs, RunShape, stage_facts
 from trackset.scheduling.outcomes import TaskFailure, TaskReport, reached
-from trackset.scheduling.planner import Knobs, RunShape, WavePlanner, stage_facts
+from trackset.scheduling.planner import WavePlanner
 from trackset.stages.registry import enabled_stages
 
 GB = 1024**3  # the seeds report GPU memory as torch does: GiB, written "GB"

@@ -42,8 +42,9 @@ from trackset.gpu.sizing import format_gib
 from trackset.reports.pictures import pictures_dir, write_run_pictures
 from trackset.reports.run_report import RunReport, StageTally
 from trackset.scheduling import commands as c
+from trackset.scheduling.facts import Knobs, RunShape, stage_facts
 from trackset.scheduling.outcomes import TaskReport
-from trackset.scheduling.planner import Knobs, RunShape, WavePlanner, stage_facts
+from trackset.scheduling.planner import WavePlanner
 from trackset.scheduling.profile_store import ProfileStore
 from trackset.scheduling.worklist import WorkList
 from trackset.stages.base import Stage, worker_name

@@ -13,8 +13,9 @@ from trackset.config.settings import Settings
 from trackset.domain import StageOutcome, StageRecord, VideoFailure, VideoRef
 from trackset.gpu.inventory import GpuInfo
 from trackset.scheduling import commands as c
+from trackset.scheduling.facts import Knobs, RunShape, stage_facts
 from trackset.scheduling.outcomes import TaskFailure, TaskReport, reached
-from trackset.scheduling.planner import Knobs, RunShape, WavePlanner, stage_facts
+from trackset.scheduling.planner import WavePlanner
 from trackset.scheduling.progress import StageProgress
 from trackset.stages.registry import enabled_stages
 
@@ -214,12 +215,14 @@ def test_every_stage_sees_every_video_once_and_each_wave_lands_before_the_next_e
     assert h5[0] < depth_closed[1] and first_free < h5[1]
 
 
-def test_rounds_go_in_chunks_that_leave_every_slot_two_tasks():
+def test_rounds_go_in_chunks_that_leave_every_slot_two_tasks_and_end_in_smaller_ones():
     knobs = Knobs(wave_size=100, profiling_videos=2, max_workers_per_gpu=2, gpu_task_videos=10, cpu_task_videos=4)
     cluster = plan(FakeCluster(), 42, knobs)
-    # 40 videos after profiling on 2 GPUs x 2 workers: 40 // 8 = 5 per task; preprocess 42 // 4 -> 4 per shard.
-    [depth] = submits(cluster, "depth_camera")
-    assert (len(depth.videos), depth.per_task, depth.workers_per_gpu) == (40, 5, 2)
+    # 40 videos after profiling on 2 GPUs x 2 workers: 40 // 8 = 5 per task, and the last
+    # 4 slots x 5 videos in tasks of 2; preprocess 42 // 4 -> 4 per shard.
+    depth = submits(cluster, "depth_camera")
+    assert [(len(x.videos), x.per_task, x.workers_per_gpu) for x in depth] == [(20, 5, 2), (20, 2, 2)]
+    assert [v.video_id for x in depth for v in x.videos] == [vid(i) for i in range(2, 42)]
     [pre] = submits(cluster, "preprocess")
     assert (pre.per_task, pre.workers_per_gpu) == (4, None)
 
@@ -276,9 +279,20 @@ def test_a_stage_that_does_not_fit_beside_the_one_before_waits_for_the_gpus():
     peaks = {"depth_camera": 6.84, "tracks_3d": 24.0, "hands": 6.84}
     cluster = plan(FakeCluster(peaks=peaks, no_gpu=unprompted(6)), 6)
     assert "tracks_3d: waits for the GPUs as a whole: it does not fit beside depth_camera" in cluster.logged()
-    assert "hands: waits for the GPUs as a whole: it does not fit beside tracks_3d" in cluster.logged()
-    assert not cluster.of(c.SubmitAfter)
+    assert "tracks_3d" not in {x.stage for x in cluster.of(c.SubmitAfter)}
     assert "depth_camera: 3 videos queued behind hands's tasks (2 workers per GPU)" in cluster.logged()
+
+
+def test_the_next_stage_is_queued_at_fewer_workers_where_that_fits_beside_the_one_before():
+    """Hands (2 workers of 6.84 GiB) beside one worker of 24 GiB tracks: 24 + 6.84 > 28.8, so
+    hands are queued at one worker per GPU (24 on worker 0), and run the wave at that size."""
+    peaks = {"depth_camera": 6.84, "tracks_3d": 24.0, "hands": 6.84}
+    cluster = plan(FakeCluster(peaks=peaks, no_gpu=unprompted(6)), 6)
+    message = "hands: 3 videos queued behind tracks_3d's tasks (1 workers per GPU, 1 fewer than its own to fit beside)"
+    assert message in cluster.logged()
+    [queued] = [x for x in cluster.of(c.SubmitAfter) if x.stage == "hands"]
+    assert queued.workers_per_gpu == 1
+    assert {w for s, v, w in cluster.ran if s == "hands" and v in {vid(3), vid(4), vid(5)}} == {1}
 
 
 def test_a_stored_profile_is_used_from_the_first_wave_and_no_peak_means_no_second_profile():

@@ -19,7 +19,7 @@ Once a wave's H5 files are durable its pictures are drawn and its intermediates 
 **A GPU stage's wave.** The videos whose outputs are current are skipped; those that need
 no GPU are written in the flow; the rest go through the packing policy
 (:mod:`trackset.scheduling.packing`: profile, size, run, shrink, quarantine), each round in
-chunks of ``cluster.gpu_task_videos`` (:func:`chunk_videos`), and the stage's models are
+chunks of ``cluster.gpu_task_videos`` (:mod:`trackset.scheduling.batching`), and the stage's models are
 released afterwards. The peak measured on the first wave sizes the later ones, and later
 runs (stored per stage), until a round runs out of memory.
 
@@ -52,10 +52,10 @@ import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from trackset.config.settings import Settings
 from trackset.domain import StageOutcome, StageRecord, VideoRef
 from trackset.gpu.inventory import GpuInfo
-from trackset.gpu.sizing import PeakExceedsGpuError, stages_fit_together
+from trackset.gpu.sizing import PeakExceedsGpuError, workers_beside
+from trackset.scheduling.batching import chunk_videos, round_parts, split_lanes, waves_of
 from trackset.scheduling.commands import (
     Check,
     Checked,
@@ -79,6 +79,7 @@ from trackset.scheduling.commands import (
     SubmitAfter,
     WriteHere,
 )
+from trackset.scheduling.facts import Knobs, RunShape, StageFacts
 from trackset.scheduling.outcomes import TaskReport, final_ids, settle
 from trackset.scheduling.packing import (
     PackingResult,
@@ -91,137 +92,6 @@ from trackset.scheduling.packing import (
     workers_on_every_gpu,
 )
 from trackset.scheduling.progress import StageProgress
-from trackset.stages.registry import prior_peak_bytes, stage_inputs, stage_spec
-
-
-@dataclass(frozen=True)
-class StageFacts:
-    """What the planner knows of a stage of the run.
-
-    Attributes:
-        name: the stage.
-        uses_gpu: its tasks run on GPU workers.
-        batched: cheap per video: several videos share a CPU task (``cluster.cpu_task_videos``).
-        inputs: the stages of this run whose outputs it reads.
-        prior_peak_bytes: the real model's declared GPU memory, for sizing without a measured peak.
-    """
-
-    name: str
-    uses_gpu: bool = False
-    batched: bool = False
-    inputs: tuple[str, ...] = ()
-    prior_peak_bytes: int | None = None
-
-
-def stage_facts(stages: Sequence[str], settings: Settings) -> list[StageFacts]:
-    """The facts of ``stages`` from the stage table, for a run with ``settings``.
-
-    Examples:
-        >>> [(f.name, f.uses_gpu, f.inputs) for f in stage_facts(["preprocess", "hands"], Settings())]
-        [('preprocess', False, ()), ('hands', True, ('depth_camera',))]
-    """
-    return [
-        StageFacts(
-            name,
-            stage_spec(name).resources.uses_gpu,
-            stage_spec(name).batched,
-            stage_inputs(name, settings),
-            prior_peak_bytes(name, settings),
-        )
-        for name in stages
-    ]
-
-
-@dataclass(frozen=True)
-class Knobs:
-    """The settings the planner decides by (``run.*``, ``cluster.*``, ``retry.retries``)."""
-
-    wave_size: int = 500
-    profiling_videos: int = 2
-    headroom: float = 0.9
-    max_workers_per_gpu: int = 4
-    gpu_task_videos: int = 10
-    cpu_task_videos: int = 4
-    retries: int = 2
-    pictures_videos: int = 0
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Knobs:
-        cluster = settings.cluster
-        return cls(
-            settings.run.wave_size,
-            cluster.profiling_videos,
-            cluster.headroom,
-            cluster.max_workers_per_gpu,
-            cluster.gpu_task_videos,
-            cluster.cpu_task_videos,
-            settings.retry.retries,
-            settings.run.pictures_videos,
-        )
-
-
-@dataclass(frozen=True)
-class RunShape:
-    """The run's cluster as it started.
-
-    Attributes:
-        threads: every task in the flow's process: nothing to size, nothing to shrink.
-        cpu_slots: workers a CPU task may run on.
-        free_intermediates: delete intermediates once a wave lands (false for an import,
-            whose work directory is only read).
-        here: the flow process's name, for the records of skipped videos.
-    """
-
-    threads: bool = False
-    cpu_slots: int = 2
-    free_intermediates: bool = True
-    here: str = "flow"
-
-
-def chunk_videos(videos: int, slots: int, most: int) -> int:
-    """Videos per task of a GPU round or a CPU stage: ``most`` (``cluster.gpu_task_videos``,
-    ``cluster.cpu_task_videos``), fewer when the videos would otherwise give some of the
-    ``slots`` (workers they may use) fewer than two tasks.
-
-    Two tasks per slot at least leave Dask room to balance: with one chunk per slot, the
-    slowest chunk holds up the stage while the other slots idle. A round of 6 videos on
-    4 GPU slots went as 3 chunks of 2, so one GPU got 4 videos and the other 2 (BENCHMARKS.md,
-    waves); an import of 5 videos on 2 CPU workers went as shards of 4 and 1.
-
-    Examples:
-        >>> chunk_videos(500, 16, 8), chunk_videos(100, 16, 8), chunk_videos(20, 16, 8), chunk_videos(6, 4, 8)
-        (8, 3, 1, 1)
-    """
-    return max(1, min(most, videos // (2 * max(slots, 1))))
-
-
-def split_lanes(stages: Sequence[str], uses_gpu: Callable[[str], bool]) -> tuple[list[str], list[str], list[str]]:
-    """The CPU stages before the first GPU stage, the GPU stages, and the CPU stages after.
-
-    Examples:
-        >>> gpu = {"depth_camera", "tracks_3d", "hands"}.__contains__
-        >>> split_lanes(["preprocess", "depth_camera", "tracks_3d", "hands", "h5_build"], gpu)
-        (['preprocess'], ['depth_camera', 'tracks_3d', 'hands'], ['h5_build'])
-        >>> split_lanes(["h5_build"], gpu)
-        ([], [], ['h5_build'])
-    """
-    gpu = [i for i, stage in enumerate(stages) if uses_gpu(stage)]
-    if not gpu:
-        return [], [], list(stages)
-    first, last = gpu[0], gpu[-1]
-    if not all(uses_gpu(stage) for stage in stages[first : last + 1]):
-        raise ValueError(f"CPU stages between GPU stages are not supported: {list(stages)}")
-    return list(stages[:first]), list(stages[first : last + 1]), list(stages[last + 1 :])
-
-
-def waves_of(videos: Sequence[VideoRef], size: int) -> list[list[VideoRef]]:
-    """``videos`` in order, cut into waves of at most ``size``.
-
-    Examples:
-        >>> [len(w) for w in waves_of([VideoRef(f"{i:05d}", None, "") for i in range(5)], 2)]
-        [2, 2, 1]
-    """
-    return [list(videos[i : i + size]) for i in range(0, len(videos), size)]
 
 
 def _ids(videos: Sequence[VideoRef]) -> set[str]:
@@ -449,6 +319,15 @@ class WavePlanner:
         yield Submit(batch.rounds[0], stage, batch.videos, per_task, workers)
         return batch
 
+    def _submit_round(self, stage: str, videos: Sequence[VideoRef], slots: int, workers: int) -> Steps[_Batch]:
+        """Submit a GPU round of ``videos`` in the parts of :func:`round_parts`, as one batch."""
+        batch, start = None, 0
+        for count, per_task in round_parts(len(videos), slots, self.knobs.gpu_task_videos):
+            part = yield from self._submit(stage, videos[start : start + count], per_task, workers)
+            batch, start = part.joined(batch) if batch is not None else part, start + count
+        assert batch is not None, "a round of no videos"
+        return batch
+
     def _collect(self, book: _Book, batch: _Batch, workers: int | None) -> Steps[StageOutcome]:
         """Wait for the tasks of ``batch`` and gather their records and failures (and those of
         the videos of a failed shard, run again one per task), counting progress as they end."""
@@ -603,8 +482,7 @@ class WavePlanner:
         waiting, rounds.queued = rounds.queued, None
         held = _ids(waiting.batch.videos) if waiting is not None else set()
         fresh = [video for video in request.videos if video.video_id not in held]
-        per_task = chunk_videos(len(fresh), slots, self.knobs.gpu_task_videos)
-        submitted = (yield from self._submit(stage, fresh, per_task, workers)) if fresh else None
+        submitted = (yield from self._submit_round(stage, fresh, slots, workers)) if fresh else None
         if waiting is not None:
             submitted = waiting.batch.joined(submitted)
         if submitted is None:
@@ -735,22 +613,29 @@ class WavePlanner:
         most = min(knobs.max_workers_per_gpu, self._slots_per_gpu)
         peak = book.known_peak
         try:
-            workers = workers_on_every_gpu(size_gpus(stage, gpus, peak, PackingSettings(0, knobs.headroom, most)))
+            profiles = size_gpus(stage, gpus, peak, PackingSettings(0, knobs.headroom, most))
         except PeakExceedsGpuError:
             return  # its own packing fails the stage with the reason
-        if not all(stages_fit_together(earlier, (peak, workers), gpu.available_bytes, knobs.headroom) for gpu in gpus):
+        # Each GPU's own size, down to what fits beside the earlier stage there; the smallest runs.
+        beside = [
+            workers_beside(earlier, peak, profile.workers_per_gpu, gpu.available_bytes, knobs.headroom)
+            for profile, gpu in zip(profiles, gpus, strict=True)
+        ]
+        if None in beside:
             yield Log("info", f"{stage}: waits for the GPUs as a whole: it does not fit beside {behind}")
             return
+        workers, own = min(k for k in beside if k is not None), workers_on_every_gpu(profiles)
         ids = _ids(videos)
         if upstream is not None:
             batch = _Batch((next(self._rounds),), tuple(v for v in upstream.videos if v.video_id in ids))
             yield SubmitAfter(batch.rounds[0], stage, upstream.rounds, frozenset(ids), workers)
         else:
-            per_task = chunk_videos(len(videos), len(gpus) * workers, knobs.gpu_task_videos)
-            batch = yield from self._submit(stage, videos, per_task, workers)
+            batch = yield from self._submit_round(stage, videos, len(gpus) * workers, workers)
         self._queued[stage] = _Queued(batch, workers, gpus)
         book.todo |= ids
-        yield Log("info", f"{stage}: {len(ids)} videos queued behind {behind}'s tasks ({workers} workers per GPU)")
+        fewer = f", {own - workers} fewer than its own to fit beside" if workers < own else ""
+        size = f"{workers} workers per GPU{fewer}"
+        yield Log("info", f"{stage}: {len(ids)} videos queued behind {behind}'s tasks ({size})")
 
     def _write_early(self, book: _Book, videos: list[VideoRef]) -> Steps[list[VideoRef]]:
         """Have the flow write ``videos`` of ``book``'s stage now (they need no GPU); return
