@@ -27,7 +27,10 @@ def test_a_completed_task_reports_its_results():
 @pytest.mark.parametrize(
     ("error", "expected"),
     [
-        (torch.cuda.OutOfMemoryError("CUDA out of memory\nat 2"), ("OutOfMemoryError: CUDA out of memory", True, 0)),
+        (
+            torch.cuda.OutOfMemoryError("CUDA out of memory\nat 2"),
+            ("OutOfMemoryError: CUDA out of memory", True, False),
+        ),
         (TracksetError("unreadable"), ("TracksetError: unreadable", False, True)),
         (OSError(28, "No space left on device"), ("OSError: [Errno 28] No space left on device", False, False)),
     ],
