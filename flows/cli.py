@@ -210,10 +210,9 @@ def _run(settings_path: str | None, overrides: dict[str, Any], import_dir: str |
         settings = resolve_settings(settings_path, overrides)
         if import_dir is None:
             check_real_backends(settings)
-        # The flow takes the dataset's lock itself; trying it here first turns a dataset held by
+        # The flow takes the dataset's lock itself; probing it here first turns a dataset held by
         # another run into one line, without a doomed flow run and its traceback.
-        with DatasetLock(settings.paths.dataset_dir):
-            pass
+        DatasetLock.probe(settings.paths.dataset_dir)
     finally:
         server.wait()
     try:
