@@ -144,18 +144,20 @@ def prepare(prefect_file: Path = PREFECT_FILE) -> tuple[list[RunnerDeployment], 
     Sets the runs' environment (:func:`run_environment`) in this process, which every run's
     subprocess inherits.
     """
+    window_text = os.environ.get("TRACKSET_HEARTBEAT_WINDOW_S") or str(DEFAULT_WINDOW_S)
+    if not window_text.isdigit() or int(window_text) < 1:
+        raise ServeSetupError(f"TRACKSET_HEARTBEAT_WINDOW_S must be a positive number of seconds, got {window_text!r}")
     spec = resolved_spec(prefect_file, os.environ)
     os.environ.update(run_environment(spec))
     deployments = [served_deployment(entry) for entry in spec["deployments"]]
     check_no_worker_route([deployment.full_name for deployment in deployments])
     for deployment in deployments:
         deployment.apply()  # the automations name the deployments by id
-    window = int(os.environ.get("TRACKSET_HEARTBEAT_WINDOW_S", DEFAULT_WINDOW_S))
     url_file = os.environ.get("TRACKSET_NOTIFY_URL_FILE")
     notify = NotifySettings(
         os.environ.get("TRACKSET_NOTIFY_BLOCK") or DEFAULT_BLOCK, Path(url_file) if url_file else None
     )
-    return deployments, apply_automations(window, notify, prefect_file.parent)
+    return deployments, apply_automations(int(window_text), notify, prefect_file.parent)
 
 
 def serve_deployments(deployments: list[RunnerDeployment], limit: int | None = None) -> None:

@@ -20,6 +20,7 @@ from tests.e2e import (
     DatasetDirs,
     PrefectServer,
     describe_state,
+    read_events,
     start_in_own_session,
     stop_process_group,
     tail,
@@ -40,9 +41,8 @@ def test_serve_registers_the_deployments_on_their_schedules_and_runs_a_manual_bu
     assert "run through a worker (deploy.sh)" in log.read_text()
 
     delete_deployments(deployed)
-    serving = start_in_own_session(
-        [str(TRACKSET), "serve"], deployed.env | {"TRACKSET_NIGHTLY_CRON": "15 4 * * *"}, log
-    )
+    environment = deployed.env | {"TRACKSET_NIGHTLY_CRON": "15 4 * * *", "TRACKSET_HEARTBEAT_S": "30"}
+    serving = start_in_own_session([str(TRACKSET), "serve"], environment, log)
     try:
         with deployed.client() as client:
             deadline = time.monotonic() + 120
@@ -74,6 +74,8 @@ def test_serve_registers_the_deployments_on_their_schedules_and_runs_a_manual_bu
             time.sleep(3)
         assert run.state.is_completed(), f"{describe_state(run)}\n{tail(log)}"
         assert (dirs.dataset / "00000.hdf5").is_file()
+        with deployed.client() as client:  # so the heartbeat automation sees a served run die too
+            assert read_events(client, "prefect.flow-run.heartbeat", f"prefect.flow-run.{flow_run_id}")
     finally:
         stop_process_group(serving)
         delete_deployments(deployed)
