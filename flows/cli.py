@@ -9,6 +9,7 @@ Commands::
     trackset validate DATASET_DIR [--deep]     # layout, ranges, statistics vs partials
     trackset show VIDEO_ID [--dataset-dir D --out DIR]   # an MP4 and a PNG with the tracks drawn in
     trackset settings [PREFIX]                  # every setting, its default and description
+    trackset secrets [DIR]                      # Prefect auth string + Dask certificates, made once
     trackset --version
 
 Errors go to stderr, results to stdout; the exit status says which kind of error it was
@@ -321,6 +322,33 @@ def cmd_settings(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_secrets(args: argparse.Namespace) -> int:
+    """Make what a cluster of several machines and an authenticated Prefect server need, once:
+    the Prefect auth string and the Dask cluster's certificates (``trackset.cluster.security``)."""
+    from trackset.cluster.security import AUTH_FILE, TLS_DIR, write_secrets
+
+    directory = Path(args.dir).expanduser()
+    try:
+        written, kept = write_secrets(directory)
+    except FileExistsError as exc:
+        raise UsageError(str(exc)) from None
+    for path in written:
+        console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+    for path in kept:
+        console.print(f"kept  {path}", highlight=False, soft_wrap=True)
+    console.print(
+        f"Prefect: server: TRACKSET_SECRETS={directory} deployments/server.sh; CLI, workers and dask workers: "
+        f'export PREFECT_API_AUTH_STRING="$(cat {directory / AUTH_FILE})"\n'
+        f"Dask: --set cluster.tls_dir={directory / TLS_DIR}, and dask scheduler / dask worker with "
+        f"--tls-ca-file {directory / TLS_DIR}/ca.pem --tls-cert {directory / TLS_DIR}/cert.pem "
+        f"--tls-key {directory / TLS_DIR}/key.pem (README, 'Several machines')",
+        highlight=False,
+        soft_wrap=True,
+        markup=False,
+    )
+    return EXIT_OK
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from trackset.config.settings import load_settings
     from trackset.dataset.validate import validate_dataset
@@ -447,6 +475,15 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("--codec", default="libx264")
     corpus.add_argument("--container", default="mp4")
     corpus.set_defaults(func=cmd_make_corpus)
+
+    secrets = sub.add_parser(
+        "secrets",
+        help="make the Prefect auth string and the Dask cluster's certificates (0600, kept if there)",
+    )
+    secrets.add_argument(
+        "dir", nargs="?", default="~/.config/trackset", help="where (default ~/.config/trackset; shared by every host)"
+    )
+    secrets.set_defaults(func=cmd_secrets)
 
     reference = sub.add_parser(
         "settings", help="list every setting: its key for --set and TRACKSET_*, default and description"
