@@ -112,6 +112,10 @@ def test_an_anonymous_api_call_is_refused_and_cannot_rewrite_a_pull_step(secured
         assert api_status(f"{secured.api_url}/{path}", "trackset:a-guess") == 401
         assert api_status(f"{secured.api_url}/{path}", secured.auth) == 200
 
+    # The UI is told to ask for the auth string (README, step 1).
+    with urllib.request.urlopen(f"{secured.ui_url}/ui-settings", timeout=30) as response:
+        assert json.loads(response.read())["auth"] == "BASIC"
+
     # The attack of issue 29: make the worker run a command by rewriting the deployment's pull steps.
     with secured.client() as client:
         deployment = client.read_deployment_by_name("build-dataset/manual")
