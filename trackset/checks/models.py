@@ -155,8 +155,10 @@ def missing_lines(stages: list[StageName], missing: dict[StageName, str], gpu_pr
     """One line per stage that cannot be checked, naming everything it lacks.
 
     Examples:
-        >>> missing_lines(["hands", "tracks_3d"], {"hands": "backend 'real' for hands needs X"}, "a CUDA GPU: none")
-        ["hands: backend 'real' for hands needs X; and a CUDA GPU: none", "tracks_3d: needs a CUDA GPU: none"]
+        >>> for line in missing_lines(["hands", "tracks_3d"], {"hands": "hands needs X"}, "a CUDA GPU: none"):
+        ...     print(line)
+        hands: hands needs X; and a CUDA GPU: none
+        tracks_3d: needs a CUDA GPU: none
         >>> missing_lines(["hands"], {}, None)
         []
     """
