@@ -53,7 +53,7 @@ EXIT_CODES = f"""exit status:
   {EXIT_USAGE}  bad arguments or settings, every one listed with where its value came from (the
      settings file and line, the TRACKSET_* variable, or the --set assignment), a missing
      real-model package, or a cluster that cannot run the build; nothing was processed
-     (check-models: a package, weight file or GPU is missing, one line per stage)
+     (check-models: a package, weight file or GPU is missing, one line each)
   {EXIT_BUSY}  the dataset is being built by another run (named); nothing was processed"""
 
 

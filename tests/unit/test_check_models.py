@@ -131,18 +131,31 @@ def install_fakes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, vipe_scene: v
 # ------------------------------------------------------------------ what is missing
 
 
-def test_here_every_stage_names_its_missing_package_and_the_gpu(capsys, tmp_path, no_cuda):
-    """Default settings run no real model: each GPU stage they run is checked as if real."""
+def test_here_every_stage_names_everything_it_lacks_and_the_gpu(capsys, tmp_path, no_cuda):
+    """Default settings run no real model: each GPU stage they run is checked as if real, and
+    each names every missing package, weight file and setting, one line each, the GPU last."""
     code, out, err = run(capsys, "--settings", str(settings_file(tmp_path, clean_frames={"enabled": True})))
     assert code == EXIT_USAGE
-    lines = errors(err)
-    stages = ["human_masks", "clean_frames", "depth_camera", "object_masks", "tracks_3d", "hands"]
-    assert [line.split(":")[1].strip() for line in lines] == stages
-    for stage, line in zip(stages, lines, strict=True):
-        assert f"backend 'real' for {stage} needs " in line
-        assert f"; and a CUDA GPU: torch {torch.__version__} is " in line
-    assert "the 'vipe' package" in lines[2] and "the 'wilor' package" in lines[5]
-    assert "set clean_frames.checkout_dir" in lines[1]
+    by_stage: dict[str, list[str]] = {}
+    for line in errors(err):
+        stage, _, what = line.removeprefix("error: ").partition(": needs ")
+        by_stage.setdefault(stage, []).append(what)
+    assert list(by_stage) == ["human_masks", "clean_frames", "depth_camera", "object_masks", "tracks_3d", "hands"]
+    for stage, lines in by_stage.items():
+        assert lines[-1].startswith(f"a CUDA GPU: torch {torch.__version__} is "), stage
+    assert by_stage["clean_frames"][0] == (
+        "the DiffuEraser checkout: set clean_frames.checkout_dir (see docs/real-models.md)"
+    )
+    assert by_stage["depth_camera"][0].startswith("the 'vipe' package (pip install --no-build-isolation nvidia-vipe")
+    assert by_stage["object_masks"][0].startswith("the 'sam3' package (pip install sam3, from PyPI")
+    # Both the package and the setting of TAPIP3D and WiLoR, not only the first:
+    assert by_stage["tracks_3d"][0].startswith("the 'models' ")
+    assert by_stage["tracks_3d"][1] == (
+        "the TAPIP3D checkpoint tapip3d_final.pth: set tracks_3d.weights_path (see docs/real-models.md)"
+    )
+    assert by_stage["hands"][0].startswith("the 'wilor' and 'ultralytics' packages (")
+    assert by_stage["hands"][1] == "WiLoR's weights: set hands.weights_dir (see docs/real-models.md)"
+    assert [len(lines) for lines in by_stage.values()] == [2, 2, 2, 2, 3, 3]
     assert "checking the real model of each" in out
     assert not (tmp_path / "work" / "profiles").exists()
 
@@ -151,9 +164,12 @@ def test_a_present_package_with_missing_weights_names_the_setting(capsys, tmp_pa
     tapip3d_api.install(monkeypatch)
     code, _, err = run(capsys, "--settings", str(settings_file(tmp_path, tracks_3d={"backend": "real"})))
     assert code == EXIT_USAGE
-    [line] = errors(err)  # only tracks_3d is real: only it is checked
-    assert "tracks_3d: backend 'real' for tracks_3d needs the TAPIP3D checkpoint" in line
-    assert "set tracks_3d.weights_path" in line and "and a CUDA GPU" in line
+    weights, gpu = errors(err)  # only tracks_3d is real: only it is checked
+    assert weights == (
+        "error: tracks_3d: needs the TAPIP3D checkpoint tapip3d_final.pth: set tracks_3d.weights_path"
+        " (see docs/real-models.md)"
+    )
+    assert gpu.startswith("error: tracks_3d: needs a CUDA GPU")
 
 
 def test_models_present_but_no_gpu_is_one_line_per_stage(capsys, tmp_path, no_cuda, monkeypatch):

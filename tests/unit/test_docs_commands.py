@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from trackset.adapters import cotracker, sam3, vipe
 from trackset.config.settings import Settings
 from trackset.flows.cli import build_parser
 
@@ -68,3 +69,13 @@ def test_every_settings_block_and_heredoc_is_valid_settings():
     for text in documents:
         data = yaml.safe_load(VARIABLE.sub("/x", text))
         Settings(**data)
+
+
+@pytest.mark.parametrize("adapter", [vipe, sam3, cotracker], ids=lambda module: module.__name__.rpartition(".")[2])
+def test_the_install_a_missing_package_line_names_is_a_command_of_the_doc(adapter):
+    """What a run or check-models prints for a missing pip-installable model (ViPE needs
+    ``--no-build-isolation``; SAM3 is on PyPI) is what the doc's install commands run."""
+    command = re.search(r"pip install [^,;()]+", adapter.INSTALL)
+    assert command is not None, adapter.INSTALL
+    commands = [line.strip() for block in blocks("bash") for line in block.splitlines()]
+    assert any(line.startswith(command.group(0).strip()) for line in commands), command.group(0)

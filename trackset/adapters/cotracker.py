@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from trackset.adapters import DOCS, release_cuda_memory, require_file, require_modules, torch_device, unavailable
+from trackset.adapters import DOCS, missing_file, missing_modules, raise_if_missing, release_cuda_memory, torch_device
 from trackset.config.settings import Tracks2dSettings
 from trackset.domain import VideoRef
 from trackset.formats.intermediates import FramesMeta, Tracks2d
@@ -42,20 +42,27 @@ def hub_checkout() -> Path:
     return Path(torch.hub.get_dir()) / "facebookresearch_co-tracker_main"
 
 
-def check_available(section: Tracks2dSettings) -> Path | None:
-    """The checkpoint (None: torch.hub); ModelUnavailableError (one line) when neither the
-    configured checkpoint and the ``cotracker`` package nor the torch.hub cache is there."""
+def missing(section: Tracks2dSettings) -> list[str]:
+    """Every missing part: with ``checkpoint_path`` set, the ``cotracker`` package and that
+    file; without, the torch.hub cache. Each names its install or setting."""
     if section.checkpoint_path is not None:
-        require_modules(STAGE, ("cotracker", "cotracker.predictor"), INSTALL)
-        return require_file(STAGE, "checkpoint_path", section.checkpoint_path, "the CoTracker3 offline checkpoint")
+        return missing_modules(("cotracker", "cotracker.predictor"), INSTALL) + missing_file(
+            STAGE, "checkpoint_path", section.checkpoint_path, "the CoTracker3 offline checkpoint"
+        )
     if not hub_checkout().is_dir():
-        raise unavailable(
-            STAGE,
+        return [
             f"CoTracker3 from torch.hub, not in the hub cache {hub_checkout()}: load "
             f"torch.hub.load('{HUB_REPO}', '{HUB_MODEL}') once with internet access, or set "
-            f"{STAGE}.checkpoint_path (see {DOCS})",
-        )
-    return None
+            f"{STAGE}.checkpoint_path (see {DOCS})"
+        ]
+    return []
+
+
+def check_available(section: Tracks2dSettings) -> Path | None:
+    """The checkpoint (None: torch.hub); ModelUnavailableError naming every missing part
+    (:func:`missing`)."""
+    raise_if_missing(STAGE, missing(section))
+    return None if section.checkpoint_path is None else Path(section.checkpoint_path)
 
 
 class CoTracker3Backend:

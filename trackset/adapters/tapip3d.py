@@ -34,7 +34,15 @@ from typing import Any
 import cv2
 import numpy as np
 
-from trackset.adapters import DOCS, release_cuda_memory, require_file, require_modules, torch_device, unavailable
+from trackset.adapters import (
+    DOCS,
+    missing_error,
+    missing_file,
+    missing_modules,
+    release_cuda_memory,
+    torch_device,
+    unavailable,
+)
 from trackset.config.settings import Tracks3dSettings
 from trackset.domain import VideoRef
 from trackset.formats.intermediates import DepthCamera, FramesMeta, Tracks3d
@@ -48,10 +56,19 @@ SUPPORT_GRID_SIZE = 0  # extra support points per window; 0 as in the script pip
 MASK_EROSION_PX = 2  # keep queries off mask borders, where depth mixes object and background
 
 
+def missing(section: Tracks3dSettings) -> list[str]:
+    """Every missing part: TAPIP3D's code and its checkpoint, each naming its install or setting."""
+    return missing_modules(("models", "utils.inference_utils"), INSTALL) + missing_file(
+        STAGE, "weights_path", section.weights_path, "the TAPIP3D checkpoint tapip3d_final.pth"
+    )
+
+
 def check_available(section: Tracks3dSettings) -> Path:
-    """The checkpoint; ModelUnavailableError (one line) when TAPIP3D's code or checkpoint is missing."""
-    require_modules(STAGE, ("models", "utils.inference_utils"), INSTALL)
-    return require_file(STAGE, "weights_path", section.weights_path, "the TAPIP3D checkpoint tapip3d_final.pth")
+    """The checkpoint; ModelUnavailableError naming every missing part (:func:`missing`)."""
+    reasons = missing(section)
+    if reasons or section.weights_path is None:  # an unset weights_path is among the reasons
+        raise missing_error({STAGE: reasons})
+    return Path(section.weights_path)
 
 
 def sample_query_pixels(depth: np.ndarray, count: int, seed: int, mask: np.ndarray | None = None) -> np.ndarray:

@@ -3,10 +3,10 @@
 1. **Which stages.** The GPU stages the settings run with ``backend: real``
    (:func:`stages_to_check`); settings without any (the defaults) have every GPU stage they
    run checked as if it were real, since the command is what a user runs before switching.
-2. **What is missing.** Each stage's adapter says, without importing the model, which
-   package or weight file it lacks and which setting names it (``check_available``, the
-   same check a run makes before touching a video); :func:`find_gpus` says why there is no
-   GPU. :func:`missing_lines` makes one line per stage of it.
+2. **What is missing.** Each stage's adapter lists, without importing the model, every
+   package, weight file and setting it lacks, each naming its install or setting
+   (``missing``, the same check a run makes before touching a video); :func:`find_gpus`
+   says why there is no GPU. :func:`missing_lines` makes one line of each.
 3. **The clip and its truth.** :func:`make_clip` renders one short clip with
    :func:`~trackset.synthetic.corpus.make_corpus`, preprocesses it and runs every GPU stage
    on it with its synthetic backend, which evaluates the scene exactly: true depth and
@@ -50,7 +50,7 @@ import torch
 from trackset.checks.outputs import Finding, Shape, agreement, contract_checks, read_output
 from trackset.config.settings import MetadataSettings, Settings, SyntheticSettings
 from trackset.domain import StageName, VideoRef
-from trackset.errors import ModelUnavailableError, VideoError
+from trackset.errors import VideoError
 from trackset.formats.intermediates import read_frames
 from trackset.formats.layout import WorkLayout
 from trackset.gpu.allocator import TorchAllocator
@@ -103,15 +103,15 @@ def with_real_backends(settings: Settings, stages: list[StageName]) -> Settings:
     return settings.model_copy(update=update)
 
 
-def missing_parts(settings: Settings, stages: list[StageName]) -> dict[StageName, str]:
-    """Per stage whose package or weights are missing, the adapter's line naming them."""
-    missing: dict[StageName, str] = {}
+def missing_parts(settings: Settings, stages: list[StageName]) -> dict[StageName, list[str]]:
+    """Per stage that lacks something, every package, weight file and setting it lacks (the
+    adapter's ``missing``: each a reason naming its install or setting)."""
+    missing: dict[StageName, list[str]] = {}
     for stage in stages:
         adapter = import_module(stage_spec(stage).backends["real"].partition(":")[0])
-        try:
-            adapter.check_available(getattr(settings, stage))
-        except ModelUnavailableError as exc:
-            missing[stage] = str(exc)
+        reasons: list[str] = adapter.missing(getattr(settings, stage))
+        if reasons:
+            missing[stage] = reasons
     return missing
 
 
@@ -151,25 +151,21 @@ def find_gpus(settings: Settings, fake: bool) -> Gpus:
     return Gpus("cuda", sorted(infos, key=lambda gpu: gpu.index), None if infos else "a GPU: NVML lists none")
 
 
-def missing_lines(stages: list[StageName], missing: dict[StageName, str], gpu_problem: str | None) -> list[str]:
-    """One line per stage that cannot be checked, naming everything it lacks.
+def missing_lines(stages: list[StageName], missing: dict[StageName, list[str]], gpu_problem: str | None) -> list[str]:
+    """A line for each thing a stage lacks (the GPU last), stage by stage.
 
     Examples:
-        >>> for line in missing_lines(["hands", "tracks_3d"], {"hands": "hands needs X"}, "a CUDA GPU: none"):
+        >>> for line in missing_lines(["hands", "tracks_3d"], {"hands": ["X", "Y: set Z"]}, "a CUDA GPU: none"):
         ...     print(line)
-        hands: hands needs X; and a CUDA GPU: none
+        hands: needs X
+        hands: needs Y: set Z
+        hands: needs a CUDA GPU: none
         tracks_3d: needs a CUDA GPU: none
         >>> missing_lines(["hands"], {}, None)
         []
     """
-    lines = []
-    for stage in stages:
-        parts = [missing[stage]] if stage in missing else []
-        if gpu_problem is not None:
-            parts.append(f"and {gpu_problem}" if parts else f"needs {gpu_problem}")
-        if parts:
-            lines.append(f"{stage}: " + "; ".join(parts))
-    return lines
+    gpu = [] if gpu_problem is None else [gpu_problem]
+    return [f"{stage}: needs {what}" for stage in stages for what in [*missing.get(stage, []), *gpu]]
 
 
 @dataclass(frozen=True)
