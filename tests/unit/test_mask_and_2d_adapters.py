@@ -8,6 +8,7 @@ model. Expected values come from the fakes' scenes, written out here.
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +142,29 @@ def test_cotracker_threshold_zero_keeps_every_point_and_torch_hub_loads_it(monke
     frames, meta = frames_and_meta(3, 12, 16)
     result = backend.infer(ref(tmp_path), frames, meta, [(0, 3)], [np.array([[2, 3], [6, 5]])])
     assert result.tracks[0].shape == (3, 2, 2)
+
+
+def test_cotracker_takes_memory_mapped_frames_without_torchs_read_only_warning(monkeypatch, tmp_path) -> None:
+    """frames.npy is opened memory-mapped and read-only; torch.from_numpy warns on such an array
+    (once per process unless warn_always, hence that flag here)."""
+    built = cotracker_api.install(monkeypatch)
+    monkeypatch.setattr(cotracker, "hub_checkout", lambda: tmp_path)
+    backend = cotracker.CoTracker3Backend(Tracks2dSettings(backend="real", window_length=4))
+    backend.load()
+    frames, meta = frames_and_meta(6, 12, 16)
+    np.save(tmp_path / "frames.npy", frames)
+    mapped = np.load(tmp_path / "frames.npy", mmap_mode="r")
+    pixels = np.array([[2, 3], [6, 5]])
+    warn_always = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            backend.infer(ref(tmp_path), mapped, meta, [(0, 4), (2, 6)], [pixels, pixels])
+    finally:
+        torch.set_warn_always(warn_always)
+    for call, start in zip(built[0].calls, (0, 2), strict=True):
+        np.testing.assert_array_equal(call["video"][0], frames[start : start + 4].transpose(0, 3, 1, 2))
 
 
 # ---------------------------------------------------------------- DiffuEraser

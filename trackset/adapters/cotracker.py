@@ -118,7 +118,9 @@ class CoTracker3Backend:
         length = frames.shape[0]
         if len(pixels) == 0:
             return np.zeros((length, 0, 2), np.float32)
-        clip = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)[None].float().to(self._device)
+        # One float copy of the window, which is what CoTracker takes: writable, unlike the
+        # memory-mapped video (torch warns on a read-only array), and nothing else is copied.
+        clip = torch.from_numpy(frames.astype(np.float32)).permute(0, 3, 1, 2)[None].to(self._device)
         queries = np.concatenate([np.zeros((len(pixels), 1)), np.asarray(pixels, dtype=np.float64)], axis=1)
         query_tensor = torch.from_numpy(queries.astype(np.float32))[None].to(self._device)
         with torch.no_grad():
