@@ -286,6 +286,39 @@ def test_tapip3d_single_point_and_empty_windows(
     assert len(loaded[0].calls) == int(expected_n > 0)
 
 
+@pytest.mark.parametrize(("valid", "tracked"), [(3, 0), (4, 4)])
+@pytest.mark.parametrize("given_queries", [False, True], ids=["sampled", "given"])
+def test_tapip3d_window_with_fewer_than_four_valid_depths_gets_no_tracks(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog, valid: int, tracked: int, given_queries: bool
+) -> None:
+    """TAPIP3D's inference() fails on such a window (kthvalue, k = int(0.25 n) = 0); it is left
+    empty, as a window without valid depth at its first frame is, with a warning; the other
+    window is tracked."""
+    loaded = tapip3d_api.install(monkeypatch)
+    frames, meta, depth, _ = tracking_inputs(20)
+    depth.depths[10:] = 0.0  # the second window, frames 10-19, has valid depth only here:
+    depth.depths[10, 12, 10 : 10 + valid] = 2.0
+    second = np.stack([np.arange(10, 10 + valid), np.full(valid, 12)], axis=1)
+    queries = [np.array([[20, 15], [25, 8]]), second] if given_queries else None
+    backend = tapip3d.TAPIP3DBackend(tapip3d_settings(tmp_path, stride=10))
+    backend.load()
+    with caplog.at_level("WARNING", logger="trackset.adapters.tapip3d"):
+        result = backend.infer(VideoRef(VID, tmp_path / "v.mp4", "h"), frames, meta, depth, queries)
+    assert result.windows == [(0, 10), (10, 20)]
+    first = 2 if given_queries else 40
+    assert [t.shape for t in result.tracks] == [(10, first, 3), (10, tracked, 3)]
+    assert len(loaded[0].calls) == 1 + int(tracked > 0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if tracked:
+        assert warnings == []
+    else:
+        assert warnings == [
+            f"tracks_3d: video {VID} ({tmp_path / 'v.mp4'}), window (10, 20): 3 valid depth value(s) in"
+            f" depth_camera's vipe/{VID}.npz over the window; TAPIP3D needs at least 4, so the window's 3 query"
+            " point(s) are dropped"
+        ]
+
+
 def test_tapip3d_result_round_trips_through_the_intermediate_format(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
