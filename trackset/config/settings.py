@@ -150,6 +150,24 @@ class DepthCameraSettings(_Section):
         0.1, ge=0, le=1, description="more flat frames than this fraction -> video rejected as unusable"
     )
     weights_dir: Path | None = Field(None, description="ViPE weights directory when backend is real")
+    fov_min_deg: float | None = Field(
+        60.0,
+        gt=0,
+        lt=180,
+        description=(
+            "degrees; ViPE's vertical field of view is clamped to [fov_min_deg, fov_max_deg] as the script's vipe "
+            "config does (y2r's vendored ViPE applies it; upstream ViPE cannot, and the log says so); null = no bound"
+        ),
+    )
+    fov_max_deg: float | None = Field(
+        90.0, gt=0, lt=180, description="degrees; the clamp's upper bound; null = no bound"
+    )
+
+    @model_validator(mode="after")
+    def _fov_range(self) -> DepthCameraSettings:
+        if self.fov_min_deg is not None and self.fov_max_deg is not None and self.fov_min_deg > self.fov_max_deg:
+            raise ValueError("fov_min_deg must not be above fov_max_deg")
+        return self
 
 
 class Tracks3dSettings(_Section):
