@@ -196,8 +196,8 @@ def test_the_run_cluster_is_handed_down_as_a_placeholder_and_pickles_detached():
 
     from trackset.flows.waves import process_waves
 
-    cluster = RunCluster(Settings(cluster={"scheduler_address": "tcp://scheduler:8786"}))
-    cluster.address = "tcp://scheduler:8786"
+    cluster = RunCluster(Settings(cluster={"scheduler_address": "tls://scheduler:8786"}))
+    cluster.address = "tls://scheduler:8786"
     assert process_waves.serialize_parameters({"cluster": cluster}) == {"cluster": "<RunCluster>"}
     shipped = pickle.loads(pickle.dumps(cluster))
     assert (shipped.address, shipped.client, shipped.settings) == (cluster.address, None, cluster.settings)
