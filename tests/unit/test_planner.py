@@ -227,6 +227,16 @@ def test_rounds_go_in_chunks_that_leave_every_slot_two_tasks_and_end_in_smaller_
     assert (pre.per_task, pre.workers_per_gpu) == (4, None)
 
 
+def test_a_stage_queued_behind_a_round_in_parts_follows_its_tasks_in_order():
+    knobs = Knobs(wave_size=21, profiling_videos=1, max_workers_per_gpu=2, gpu_task_videos=10)
+    cluster = plan(FakeCluster(), 42, knobs)
+    # Wave 2's depth, queued behind wave 1's hands: 21 // 8 = 2 per task, the last 8 alone.
+    depth = [x for x in submits(cluster, "depth_camera") if x.videos[0].video_id >= vid(21)]
+    assert [(len(x.videos), x.per_task) for x in depth] == [(12, 2), (9, 1)]
+    [masks] = [x for x in cluster.of(c.SubmitAfter) if x.stage == "object_masks"]
+    assert masks.upstream == tuple(x.round for x in depth)
+
+
 def test_videos_already_current_are_skipped_and_not_run():
     cluster = plan(FakeCluster(current={"depth_camera": {vid(1)}}), 3)
     records, _ = cluster.outcome("depth_camera")

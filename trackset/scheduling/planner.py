@@ -183,10 +183,6 @@ class WavePlanner:
         self._next: _Lane | None = None  # the next wave's CPU lane
         self._next_alive: list[VideoRef] | None = None  # its videos that got through, once finished
 
-    def progress(self, stage: str) -> StageProgress:
-        """The count behind ``progress-<stage>``."""
-        return self.books[stage].progress
-
     # -- the run -------------------------------------------------------------------------------
 
     def run(self) -> Steps[None]:
@@ -324,7 +320,7 @@ class WavePlanner:
         batch, start = None, 0
         for count, per_task in round_parts(len(videos), slots, self.knobs.gpu_task_videos):
             part = yield from self._submit(stage, videos[start : start + count], per_task, workers)
-            batch, start = part.joined(batch) if batch is not None else part, start + count
+            batch, start = batch.joined(part) if batch is not None else part, start + count
         assert batch is not None, "a round of no videos"
         return batch
 
