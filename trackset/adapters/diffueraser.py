@@ -28,8 +28,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import math
+import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -118,7 +120,7 @@ class DiffuEraserBackend:
         device = torch_device()
         inference = importlib.import_module("propainter.inference")
         eraser = importlib.import_module("diffueraser.diffueraser")
-        with contextlib.chdir(checkout):  # DiffuEraser reads weights/PCM_Weights relative to the working directory
+        with _working_directory(checkout):  # DiffuEraser reads weights/PCM_Weights relative to the working directory
             self._eraser = eraser.DiffuEraser(
                 device,
                 str(weights / "stable-diffusion-v1-5"),
@@ -174,3 +176,14 @@ class DiffuEraserBackend:
         self._eraser = None
         self._propainter = None
         release_cuda_memory()
+
+
+@contextlib.contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    """``contextlib.chdir`` of Python 3.11, for the models' Python 3.10 environments."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
