@@ -198,6 +198,14 @@ class DepthCameraConfig(ModelStageConfig):
     stage: ClassVar[StageName] = "depth_camera"
     section: DepthCameraSettings
 
+    def output_settings(self) -> dict[str, Any]:
+        """The section, less the field-of-view clamp where the synthetic backend, which does
+        not read it, runs: its datasets keep the fingerprints they had before the clamp existed."""
+        out = super().output_settings()
+        if self.section.backend == "synthetic":
+            out["section"] = {k: v for k, v in out["section"].items() if k not in ("fov_min_deg", "fov_max_deg")}
+        return out
+
 
 class FrameReaderConfig(ModelStageConfig):
     """A GPU stage that reads the inpainted frames when human removal is on (hands never do).
