@@ -54,7 +54,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -664,7 +664,7 @@ def main() -> None:
     parser.add_argument("--small", type=Path, metavar="WAVES_OUT", help="bench/waves.py's corpus: its --out folder")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     clock = time.perf_counter()
     if args.small:
         print(small(args.small, args.seed))

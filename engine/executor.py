@@ -51,6 +51,8 @@ from trackset.stages.base import Stage, worker_name
 from trackset.stages.config import StageConfig
 from trackset.stages.registry import build_stage, stage_spec
 
+LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
 
 class ProfileSubflow(Protocol):
     """The ``profile-memory`` subflow (``trackset.flows.profile_memory``), handed in by the flow
@@ -287,7 +289,7 @@ class Engine:
     # -- what the run publishes -----------------------------------------------------------------
 
     def log(self, command: c.Log) -> None:
-        self.logger.log(logging.getLevelNamesMapping()[command.level.upper()], "%s", command.message)
+        self.logger.log(LOG_LEVELS[command.level], "%s", command.message)
 
     def record_packing(self, command: c.Packed) -> None:
         """Log the packing, publish the memory profile and write quarantines into the manifest."""
