@@ -84,14 +84,111 @@ def fresh(corpus: Path, root: Path) -> Path:
     return root
 
 
-def test_a_build_on_slurm_jobs_gives_the_local_bytes_and_gives_every_job_back(corpus, local_digests, tmp_path):
+class JobCounter:
+    """Counts this user's jobs every half second while a build runs (its jobs over time)."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, int, int]] = []  # (seconds, running, pending)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> JobCounter:
+        self.start = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            states = [state for _, state in squeue()]
+            self.samples.append((time.monotonic() - self.start, states.count("RUNNING"), states.count("PENDING")))
+
+
+def wait_for_no_job(timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while squeue():
+        assert time.monotonic() < deadline, f"jobs left after the run: {squeue()}"
+        time.sleep(0.5)
+
+
+def marks(folder: Path) -> list[tuple[str, str, str]]:
+    """The depth starts the preload marked, as ``(job id, worker, video file)``, oldest first."""
+    found = [p.name.split(".") for p in folder.iterdir()]
+    return [(job, worker, f"{video}.{ext}") for job, worker, video, ext, _, _ in sorted(found, key=lambda n: int(n[-1]))]
+
+
+@pytest.fixture
+def mark_dir(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "marks"
+    folder.mkdir()
+    monkeypatch.setenv("TRACKSET_TEST_MARK_DIR", str(folder))
+    return folder
+
+
+PRELOAD = ["tests.flows.preload_mark_gpu_tasks"]
+SLOW_DEPTH = {"depth_camera": {"gpu_s_per_frame": 0.4}}  # 3.2 s a video: a job is cancelled mid-task
+
+
+def test_a_build_on_slurm_jobs_gives_the_local_bytes_scales_up_and_back_to_zero(corpus, local_digests, tmp_path):
     root = fresh(corpus, tmp_path / "slurm")
-    summary = build_dataset(overrides=overrides(root, max_jobs=2))
+    assert not squeue()
+    with JobCounter() as counter:
+        summary = build_dataset(overrides=overrides(root, max_jobs=2))
     assert not summary.failures
     assert digests(root / "dataset") == local_digests
     workers = {r.worker for r in summary.records("depth_camera") if r.status == "done"}
     assert workers and all(w.startswith("slurm-") for w in workers), workers
-    deadline = time.monotonic() + 30
-    while squeue():
-        assert time.monotonic() < deadline, f"jobs left after the run: {squeue()}"
-        time.sleep(0.5)
+    held = [running + pending for _, running, pending in counter.samples]
+    assert max(held) == 2  # up with the wave, to max_jobs
+    assert held[-1] == 0  # given back before the run ended (the last H5 files need no GPU)
+    wait_for_no_job()
+
+
+def test_a_job_cancelled_mid_wave_loses_no_video_and_a_late_job_gets_work(corpus, local_digests, mark_dir, tmp_path):
+    """A blocker holds one GPU, so the run's second job waits; once the first job has started a
+    video, it is cancelled (as a preemption would) and the blocker freed: the videos of the
+    cancelled job run again elsewhere, every video lands once, and the jobs that start late
+    (the waiting one, the replacement) take GPU work."""
+    blocker = subprocess.run(
+        ["sbatch", "--parsable", "--gres=gpu:1", "--cpus-per-task=1", "--mem=100M", "--wrap", "sleep 600"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    root = fresh(corpus, tmp_path / "cancel")
+    settings = merge_sections(
+        overrides(root, max_jobs=2), {"cluster": {"worker_preload": PRELOAD}, "synthetic": SLOW_DEPTH}
+    )
+    cancelled: list[str] = []
+
+    def cancel_first_job() -> None:
+        deadline = time.monotonic() + 300
+        while not os.listdir(mark_dir):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.1)
+        job = marks(mark_dir)[0][0]
+        subprocess.run(["scancel", job], check=True)
+        subprocess.run(["scancel", blocker], check=True)
+        cancelled.append(job)
+
+    canceller = threading.Thread(target=cancel_first_job, daemon=True)
+    canceller.start()
+    try:
+        summary = build_dataset(overrides=settings)
+    finally:
+        subprocess.run(["scancel", blocker], check=False)
+        canceller.join(timeout=60)
+    assert cancelled, "no depth task started"
+    assert not summary.failures
+    assert digests(root / "dataset") == local_digests
+    depth = [r for r in summary.records("depth_camera") if r.status == "done"]
+    assert sorted(r.video_id for r in depth) == sorted({r.video_id for r in depth})  # once each
+    started = marks(mark_dir)
+    on_cancelled = {video for job, _, video in started if job == cancelled[0]}
+    elsewhere = {video for job, _, video in started if job != cancelled[0]}
+    assert on_cancelled and on_cancelled <= elsewhere  # what it had started ran again on another job
+    first_job = {job for job, _, _ in started}
+    assert len(first_job) >= 2  # jobs that started after the first one took GPU work
+    wait_for_no_job()

@@ -47,11 +47,13 @@ def slurm_gpu_workers(
     queue: str | None = None,
     *,
     gpus_per_job: int = 1,
+    preload: Sequence[str] = (),
     preload_args: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Keyword arguments of ``SLURMCluster`` for jobs of ``gpus_per_job`` GPUs and
     ``workers_per_gpu`` workers per GPU, talking TLS with the certificates in ``tls_dir``
-    (``trackset secrets DIR`` makes them); ``preload_args``: the options of
+    (``trackset secrets DIR`` makes them); ``preload``: more ``dask worker --preload`` modules
+    (``cluster.worker_preload``), run before trackset's; ``preload_args``: the options of
     :mod:`trackset.cluster.gpu_worker` beyond the job's shape."""
     from distributed.security import Security
 
@@ -71,7 +73,9 @@ def slurm_gpu_workers(
             "GPU=1",
             "--dashboard-address",
             "127.0.0.1:0",
-            # The one click-configurable preload a dask worker command may have: its options follow it.
+            *(arg for module in preload for arg in ("--preload", module)),
+            # Dask hands the options it does not know to every preload; only a click command
+            # (this one) reads them, the others (plain dask_setup(worker)) ignore them.
             "--preload",
             PRELOAD,
             "--job-workers",
@@ -131,6 +135,7 @@ def run_slurm_kwargs(cluster: ClusterSettings, work_dir: Path, prologue: Sequenc
         slurm.walltime,
         slurm.partition,
         gpus_per_job=slurm.gpus_per_job,
+        preload=cluster.worker_preload,
         preload_args=preload,
     )
     gres = f"gpu:{slurm.gpu_type}:{slurm.gpus_per_job}" if slurm.gpu_type else f"gpu:{slurm.gpus_per_job}"
