@@ -192,3 +192,23 @@ def test_a_job_cancelled_mid_wave_loses_no_video_and_a_late_job_gets_work(corpus
     first_job = {job for job, _, _ in started}
     assert len(first_job) >= 2  # jobs that started after the first one took GPU work
     wait_for_no_job()
+
+
+def test_two_gres_types_of_different_memory_get_different_workers_per_gpu(corpus, tmp_path):
+    """The node's ``small`` GPU (index 0) has 8 GiB, its ``big`` one (index 1) 16 GiB. Profiling
+    measures the depth peak (5.96 GiB) and that one peak sizes each by its own memory: one
+    worker on the small GPU, two on the big one, though every job starts two workers."""
+    from trackset.gpu.fake_device import FakeDevice, ledger_dir_for
+
+    root = fresh(corpus, tmp_path / "gres")
+    depth = {"model_mb": 4000, "per_video_mb": 500, "per_frame_mb": 200, "gpu_s_per_frame": 0.2}
+    settings = merge_sections(overrides(root, fake_gb=(8, 16), max_jobs=2), {"synthetic": {"depth_camera": depth}})
+    summary = build_dataset(overrides=settings)
+    assert not summary.failures
+    sized = [r for r in summary.records("depth_camera") if r.status == "done" and r.info["workers_per_gpu"] != 1]
+    assert {r.info["workers_per_gpu"] for r in sized} == {2}
+    ledgers = ledger_dir_for(root / "work")
+    small, big = (FakeDevice(ledgers, gpu, gb * 1024**3) for gpu, gb in ((0, 8), (1, 16)))
+    assert small.most_holders() == 1  # never two depth models at once on 8 GiB
+    assert big.most_holders() == 2
+    wait_for_no_job()
