@@ -84,11 +84,31 @@ def fresh(corpus: Path, root: Path) -> Path:
     return root
 
 
+def listeners() -> set[str]:
+    """Where this test's processes, SLURM's daemons and the jobs' processes listen."""
+    import psutil
+
+    roots = [psutil.Process()]
+    for pid_file in ("/run/slurmd.pid", "/run/slurmctld.pid"):
+        try:
+            roots.append(psutil.Process(int(Path(pid_file).read_text())))
+        except (OSError, ValueError, psutil.Error):
+            pass
+    pids = {p.pid for root in roots for p in [root, *root.children(recursive=True)]}
+    return {
+        conn.laddr.ip
+        for conn in psutil.net_connections(kind="inet")
+        if conn.status == psutil.CONN_LISTEN and conn.pid in pids
+    }
+
+
 class JobCounter:
-    """Counts this user's jobs every half second while a build runs (its jobs over time)."""
+    """Counts this user's jobs every half second while a build runs (its jobs over time), and
+    notes every address the build's processes listen on."""
 
     def __init__(self) -> None:
         self.samples: list[tuple[float, int, int]] = []  # (seconds, running, pending)
+        self.addresses: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -105,6 +125,7 @@ class JobCounter:
         while not self._stop.wait(0.5):
             states = [state for _, state in squeue()]
             self.samples.append((time.monotonic() - self.start, states.count("RUNNING"), states.count("PENDING")))
+            self.addresses |= listeners()
 
 
 def wait_for_no_job(timeout_s: float = 30) -> None:
@@ -144,6 +165,7 @@ def test_a_build_on_slurm_jobs_gives_the_local_bytes_scales_up_and_back_to_zero(
     held = [running + pending for _, running, pending in counter.samples]
     assert max(held) == 2  # up with the wave, to max_jobs
     assert held[-1] == 0  # given back before the run ended (the last H5 files need no GPU)
+    assert counter.addresses == {"127.0.0.1"}  # scheduler, workers, dashboards, slurmctld, slurmd
     wait_for_no_job()
 
 
