@@ -1,0 +1,41 @@
+"""A SLURM job's worker pins, ranks and sizes itself before it registers (trackset.cluster.gpu_worker)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from distributed import Client, Scheduler, Worker
+
+from trackset.cluster.gpu_worker import PRELOAD
+from trackset.cluster.plan import GPU_RANK, GPU_SHARE, gpu_rank, gpu_task_resources
+from trackset.gpu.sizing import GIB, worker_share
+
+
+def test_a_worker_that_joins_mid_run_takes_a_waiting_gpu_task_at_once(tmp_path, monkeypatch):
+    """A sized GPU task waits on a cluster with no GPU worker; a job's second worker (name
+    ``-1``: GPU 1 of a job holding GPUs 0 and 1, first on it) joins and runs it, with nobody
+    ranking it, and offers the share its 24 GiB fake GPU gives a first worker."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    argv = ["--job-workers", "2", "--work-dir", str(tmp_path), "--fake-gpu-gb", "16", "--fake-gpu-gb", "24"]
+
+    async def scenario() -> tuple[str, dict[str, float], str]:
+        async with Scheduler(host="127.0.0.1", port=0, dashboard_address=None) as scheduler:
+            async with Client(scheduler.address, asynchronous=True) as client:
+                need = worker_share(24 * GIB, 0) - 1  # only a first worker of a 24 GiB GPU has that much
+                future = client.submit(lambda: "ran", resources=gpu_task_resources(1, need), pure=False)
+                await asyncio.sleep(0.5)
+                assert future.status == "pending"
+                async with Worker(
+                    scheduler.address, name="slurm-7-1", nthreads=1, host="127.0.0.1", preload=[PRELOAD],
+                    preload_argv=argv, resources={"GPU": 1}, dashboard=False,
+                ) as worker:
+                    result = await asyncio.wait_for(future, 30)
+                    import os
+
+                    return result, dict(worker.state.total_resources), os.environ["CUDA_VISIBLE_DEVICES"]
+
+    result, resources, pinned = asyncio.run(scenario())
+    assert result == "ran"
+    assert pinned == "1"
+    assert resources == {"GPU": 1, GPU_RANK: gpu_rank(0), GPU_SHARE: 24 * GIB}
