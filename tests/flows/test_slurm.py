@@ -149,7 +149,7 @@ def mark_dir(tmp_path, monkeypatch) -> Path:
     return folder
 
 
-PRELOAD = ["tests.flows.preload_mark_gpu_tasks"]
+PRELOAD = ["bench.slurm_marks"]
 SLOW_DEPTH = {"depth_camera": {"gpu_s_per_frame": 0.4}}  # 3.2 s a video: a job is cancelled mid-task
 
 

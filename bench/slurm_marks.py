@@ -1,9 +1,9 @@
-"""Dask worker preload of the SLURM tests: each depth video a worker starts leaves a mark.
+"""Dask worker preload of the SLURM tests and bench/slurm.py: each depth video a worker starts leaves a mark.
 
 Given to the flow as ``cluster.worker_preload`` with ``TRACKSET_TEST_MARK_DIR`` set in the
 environment (SLURM hands the jobs the environment of the process that submits them). Each
-start of the depth stage on a video creates ``<dir>/<job id>.<worker>.<video file>.<pid>``,
-so a test sees which job runs what (and cancels one mid-task) and which videos ran twice.
+start of the depth stage on a video creates ``<dir>/<job id>.<worker>.<video file>.<pid>.<time_ns>``,
+so a test or the benchmark sees when and which job runs what (and cancels one mid-task) and which videos ran twice.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def dask_setup(worker: Worker) -> None:
     original = SyntheticDepthCamera.infer
 
     def infer_and_mark(self, video, frames, meta):  # type: ignore[no-untyped-def]
-        name = f"{job}.{worker.name}.{Path(video.source).name}.{os.getpid()}.{time.monotonic_ns()}"
+        name = f"{job}.{worker.name}.{Path(video.source).name}.{os.getpid()}.{time.time_ns()}"
         (marks / name).touch()
         return original(self, video, frames, meta)
 
