@@ -53,7 +53,11 @@ def marks(folder: Path) -> list[tuple[float, str, str]]:
 
 def overrides(out: Path, gpu_s_per_frame: float) -> dict[str, Any]:
     return {
-        "paths": {"videos_dir": str(out / "videos"), "work_dir": str(out / "work"), "dataset_dir": str(out / "dataset")},
+        "paths": {
+            "videos_dir": str(out / "videos"),
+            "work_dir": str(out / "work"),
+            "dataset_dir": str(out / "dataset"),
+        },
         "cluster": {
             "runner": "dask",
             "kind": "slurm",
@@ -64,8 +68,15 @@ def overrides(out: Path, gpu_s_per_frame: float) -> dict[str, Any]:
             "gpu_task_videos": 1,
             "worker_preload": ["bench.slurm_marks"],
             "fake_gpus": [{"memory_gb": 16}, {"memory_gb": 16}],
-            "slurm": {"cpus_per_job": 1, "memory": "2GB", "max_jobs": 2, "poll_s": 0.5, "walltime": "00:30:00",
-                      "retire_before_walltime_s": 60, "retire_stagger_s": 0},
+            "slurm": {
+                "cpus_per_job": 1,
+                "memory": "2GB",
+                "max_jobs": 2,
+                "poll_s": 0.5,
+                "walltime": "00:30:00",
+                "retire_before_walltime_s": 60,
+                "retire_stagger_s": 0,
+            },
         },
         "retry": {"retries": 1, "retry_delay_s": 0.0, "retry_jitter_factor": 0.0},
         "preprocess": {"width": 128, "height": 96},
@@ -159,22 +170,32 @@ def main() -> None:
     shutil.rmtree(corpus, ignore_errors=True)
     for index in range(args.videos):
         encode_scene(SceneSpec.from_seed(video_seed(11, index), args.frames, 10.0, 128, 96), corpus / f"v{index}.mp4")
-    results = {name: build(args.out / name, corpus, args.gpu_s_per_frame, name == "cancelled")
-               for name in ("steady", "cancelled")}
+    results = {
+        name: build(args.out / name, corpus, args.gpu_s_per_frame, name == "cancelled")
+        for name in ("steady", "cancelled")
+    }
     load = os.getloadavg()[0]
-    print(f"- command: `.venv/bin/python bench/slurm.py --videos {args.videos} --frames {args.frames} "
-          f"--gpu-s-per-frame {args.gpu_s_per_frame}`")
-    print(f"- machine: nproc {os.cpu_count()}, Python {platform.python_version()}, one-node SLURM 22.05 "
-          f"(deployments/slurm-local.sh), 2 fake GPUs; load average at the end {load:.2f}")
+    print(
+        f"- command: `.venv/bin/python bench/slurm.py --videos {args.videos} --frames {args.frames} "
+        f"--gpu-s-per-frame {args.gpu_s_per_frame}`"
+    )
+    print(
+        f"- machine: nproc {os.cpu_count()}, Python {platform.python_version()}, one-node SLURM 22.05 "
+        f"(deployments/slurm-local.sh), 2 fake GPUs; load average at the end {load:.2f}"
+    )
     print(f"- date: {day}")
     print()
-    print("| build | wall s | first job submitted s | first job running s | first GPU task s | depth starts | "
-          "videos | rerun after the cancel | lost |")
+    print(
+        "| build | wall s | first job submitted s | first job running s | first GPU task s | depth starts | "
+        "videos | rerun after the cancel | lost |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
-        print(f"| {name} | {r['wall_s']:.1f} | {r['first_submitted_s']:.1f} | {r['first_running_s']:.1f} | "
-              f"{r['first_gpu_task_s']:.1f} | {r['depth_starts']} | {r['videos']} | {len(r['rerun'])} | "
-              f"{len(r['lost_with_job'])} |")
+        print(
+            f"| {name} | {r['wall_s']:.1f} | {r['first_submitted_s']:.1f} | {r['first_running_s']:.1f} | "
+            f"{r['first_gpu_task_s']:.1f} | {r['depth_starts']} | {r['videos']} | {len(r['rerun'])} | "
+            f"{len(r['lost_with_job'])} |"
+        )
     for name, r in results.items():
         timeline = ", ".join(f"{t:.1f} s: {run} running + {pend} queued" for t, run, pend in r["timeline"])
         print(f"\njobs over time ({name}): {timeline}")

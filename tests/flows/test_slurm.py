@@ -8,6 +8,7 @@ Every job asks one CPU (the node has two), so both GPUs get a job at once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -54,7 +55,9 @@ def squeue() -> list[tuple[str, str]]:
 def corpus(tmp_path_factory) -> Path:
     videos = tmp_path_factory.mktemp("slurm-corpus") / "videos"
     for index in range(VIDEOS):
-        encode_scene(SceneSpec.from_seed(video_seed(7, index), FRAMES, 10.0, SMALL_W, SMALL_H), videos / f"v{index}.mp4")
+        encode_scene(
+            SceneSpec.from_seed(video_seed(7, index), FRAMES, 10.0, SMALL_W, SMALL_H), videos / f"v{index}.mp4"
+        )
     return videos
 
 
@@ -68,14 +71,30 @@ def local_digests(corpus, tmp_path_factory) -> dict[str, str]:
 
 
 def overrides(root: Path, fake_gb: tuple[int, int] = (16, 16), **slurm) -> dict:
-    cluster = {"runner": "dask", "cpu_workers": 1, "profiling_videos": 2, "gpu_task_videos": 1,
-               "fake_gpus": [{"memory_gb": fake_gb[0]}, {"memory_gb": fake_gb[1]}]}
+    cluster = {
+        "runner": "dask",
+        "cpu_workers": 1,
+        "profiling_videos": 2,
+        "gpu_task_videos": 1,
+        "fake_gpus": [{"memory_gb": fake_gb[0]}, {"memory_gb": fake_gb[1]}],
+    }
     if slurm:
         write_secrets(root / "secrets")
-        cluster |= {"kind": "slurm", "tls_dir": str(root / "secrets" / "tls"), "max_workers_per_gpu": 2,
-                    "slurm": {"cpus_per_job": 1, "memory": "2GB", "max_jobs": 2, "poll_s": 0.5,
-                              "walltime": "00:30:00", "retire_before_walltime_s": 60, "retire_stagger_s": 0,
-                              **slurm}}
+        cluster |= {
+            "kind": "slurm",
+            "tls_dir": str(root / "secrets" / "tls"),
+            "max_workers_per_gpu": 2,
+            "slurm": {
+                "cpus_per_job": 1,
+                "memory": "2GB",
+                "max_jobs": 2,
+                "poll_s": 0.5,
+                "walltime": "00:30:00",
+                "retire_before_walltime_s": 60,
+                "retire_stagger_s": 0,
+                **slurm,
+            },
+        }
     return merge_sections(small_build(root, points_per_window=16), {"cluster": cluster})
 
 
@@ -90,10 +109,8 @@ def listeners() -> set[str]:
 
     roots = [psutil.Process()]
     for pid_file in ("/run/slurmd.pid", "/run/slurmctld.pid"):
-        try:
+        with contextlib.suppress(OSError, ValueError, psutil.Error):  # a daemon not running has no listener
             roots.append(psutil.Process(int(Path(pid_file).read_text())))
-        except (OSError, ValueError, psutil.Error):
-            pass
     pids = {p.pid for root in roots for p in [root, *root.children(recursive=True)]}
     return {
         conn.laddr.ip
@@ -137,8 +154,8 @@ def wait_for_no_job(timeout_s: float = 30) -> None:
 
 def marks(folder: Path) -> list[tuple[str, str, str]]:
     """The depth starts the preload marked, as ``(job id, worker, video file)``, oldest first."""
-    found = [p.name.split(".") for p in folder.iterdir()]
-    return [(job, worker, f"{video}.{ext}") for job, worker, video, ext, _, _ in sorted(found, key=lambda n: int(n[-1]))]
+    found = sorted((p.name.split(".") for p in folder.iterdir()), key=lambda parts: int(parts[-1]))
+    return [(job, worker, f"{video}.{ext}") for job, worker, video, ext, _, _ in found]
 
 
 @pytest.fixture
@@ -176,7 +193,9 @@ def test_a_job_cancelled_mid_wave_loses_no_video_and_a_late_job_gets_work(corpus
     (the waiting one, the replacement) take GPU work."""
     blocker = subprocess.run(
         ["sbatch", "--parsable", "--gres=gpu:1", "--cpus-per-task=1", "--mem=100M", "--wrap", "sleep 600"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     root = fresh(corpus, tmp_path / "cancel")
     settings = merge_sections(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from distributed import Client, Scheduler, Worker
 
@@ -20,20 +21,26 @@ def test_a_worker_that_joins_mid_run_takes_a_waiting_gpu_task_at_once(tmp_path, 
     argv = ["--job-workers", "2", "--work-dir", str(tmp_path), "--fake-gpu-gb", "16", "--fake-gpu-gb", "24"]
 
     async def scenario() -> tuple[str, dict[str, float], str]:
-        async with Scheduler(host="127.0.0.1", port=0, dashboard_address=None) as scheduler:
-            async with Client(scheduler.address, asynchronous=True) as client:
-                need = worker_share(24 * GIB, 0) - 1  # only a first worker of a 24 GiB GPU has that much
-                future = client.submit(lambda: "ran", resources=gpu_task_resources(1, need), pure=False)
-                await asyncio.sleep(0.5)
-                assert future.status == "pending"
-                async with Worker(
-                    scheduler.address, name="slurm-7-1", nthreads=1, host="127.0.0.1", preload=[PRELOAD],
-                    preload_argv=argv, resources={"GPU": 1}, dashboard=False,
-                ) as worker:
-                    result = await asyncio.wait_for(future, 30)
-                    import os
-
-                    return result, dict(worker.state.total_resources), os.environ["CUDA_VISIBLE_DEVICES"]
+        async with (
+            Scheduler(host="127.0.0.1", port=0, dashboard_address=None) as scheduler,
+            Client(scheduler.address, asynchronous=True) as client,
+        ):
+            need = worker_share(24 * GIB, 0) - 1  # only a first worker of a 24 GiB GPU has that much
+            future = client.submit(lambda: "ran", resources=gpu_task_resources(1, need), pure=False)
+            await asyncio.sleep(0.5)
+            assert future.status == "pending"
+            async with Worker(
+                scheduler.address,
+                name="slurm-7-1",
+                nthreads=1,
+                host="127.0.0.1",
+                preload=[PRELOAD],
+                preload_argv=argv,
+                resources={"GPU": 1},
+                dashboard=False,
+            ) as worker:
+                result = await asyncio.wait_for(future, 30)
+                return result, dict(worker.state.total_resources), os.environ["CUDA_VISIBLE_DEVICES"]
 
     result, resources, pinned = asyncio.run(scenario())
     assert result == "ran"
