@@ -192,7 +192,16 @@ def test_a_job_cancelled_mid_wave_loses_no_video_and_a_late_job_gets_work(corpus
     cancelled job run again elsewhere, every video lands once, and the jobs that start late
     (the waiting one, the replacement) take GPU work."""
     blocker = subprocess.run(
-        ["sbatch", "--parsable", "--gres=gpu:1", "--cpus-per-task=1", "--mem=100M", "--wrap", "sleep 600"],
+        [
+            "sbatch",
+            "--parsable",
+            "--gres=gpu:1",
+            "--cpus-per-task=1",
+            "--mem=100M",
+            "--output=/dev/null",
+            "--wrap",
+            "sleep 600",
+        ],
         capture_output=True,
         text=True,
         check=True,
