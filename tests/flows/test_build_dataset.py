@@ -308,11 +308,16 @@ def test_second_run_processes_nothing_and_rewrites_same_statistics(built):
     assert digests(root / "dataset") == before
 
 
-def test_crash_and_resume_matches_a_clean_run(built, corpus, tmp_path):
+def copy_of_built(built, root: Path) -> Path:
+    """``root`` holding a copy of the clean build's videos, work and dataset directories."""
+    for name in ("videos", "work", "dataset"):
+        shutil.copytree(built[0] / name, root / name)
+    return root
+
+
+def test_crash_and_resume_matches_a_clean_run(built, tmp_path):
     clean_root, _ = built
-    root = tmp_path
-    shutil.copytree(corpus, root / "videos")
-    build_dataset(overrides=overrides(root))
+    root = copy_of_built(built, tmp_path)
     dataset = root / "dataset"
     # What a crash mid-run leaves: one video without partials and with a truncated H5, a stray
     # temporary file, and a tracks intermediate whose marker was never written.
@@ -328,11 +333,8 @@ def test_crash_and_resume_matches_a_clean_run(built, corpus, tmp_path):
     assert digests(dataset) == digests(clean_root / "dataset")
 
 
-def test_changed_window_length_reruns_only_affected_stages(built, corpus, tmp_path):
-    root = tmp_path
-    shutil.copytree(built[0] / "videos", root / "videos")
-    shutil.copytree(built[0] / "work", root / "work")
-    shutil.copytree(built[0] / "dataset", root / "dataset")
+def test_changed_window_length_reruns_only_affected_stages(built, tmp_path):
+    root = copy_of_built(built, tmp_path)
     summary = build_dataset(overrides=overrides(root, tracks_3d={"window_length": 8}))
     status = {o.stage: {r.status for r in summary.records(o.stage)} for o in summary.stages}
     assert status["preprocess"] == status["depth_camera"] == status["hands"] == {"skipped"}
