@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Deploy build-dataset/manual and build-dataset/nightly-refresh from this checkout.
 #
-#   PREFECT_API_URL=http://127.0.0.1:4200/api deployments/deploy.sh
+#   export PREFECT_API_URL=http://127.0.0.1:4200/api
+#   export PREFECT_API_AUTH_STRING="$(cat ~/.config/trackset/prefect-auth)"   # the server's (server.sh)
+#   deployments/deploy.sh
 #
 # Environment (defaults in brackets):
 #   TRACKSET_NIGHTLY_CRON      cron of the nightly refresh ["0 2 * * *"]

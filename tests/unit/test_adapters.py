@@ -18,7 +18,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from tests.unit.fakes import tapip3d_api, vipe_api, wilor_api
-from trackset.adapters import mano, tapip3d, vipe, wilor
+from trackset.adapters import check_real_backends, mano, tapip3d, vipe, wilor
 from trackset.config.settings import DepthCameraSettings, HandsSettings, Settings, Tracks3dSettings
 from trackset.domain import VideoRef
 from trackset.errors import ModelUnavailableError
@@ -286,6 +286,39 @@ def test_tapip3d_single_point_and_empty_windows(
     assert len(loaded[0].calls) == int(expected_n > 0)
 
 
+@pytest.mark.parametrize(("valid", "tracked"), [(3, 0), (4, 4)])
+@pytest.mark.parametrize("given_queries", [False, True], ids=["sampled", "given"])
+def test_tapip3d_window_with_fewer_than_four_valid_depths_gets_no_tracks(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog, valid: int, tracked: int, given_queries: bool
+) -> None:
+    """TAPIP3D's inference() fails on such a window (kthvalue, k = int(0.25 n) = 0); it is left
+    empty, as a window without valid depth at its first frame is, with a warning; the other
+    window is tracked."""
+    loaded = tapip3d_api.install(monkeypatch)
+    frames, meta, depth, _ = tracking_inputs(20)
+    depth.depths[10:] = 0.0  # the second window, frames 10-19, has valid depth only here:
+    depth.depths[10, 12, 10 : 10 + valid] = 2.0
+    second = np.stack([np.arange(10, 10 + valid), np.full(valid, 12)], axis=1)
+    queries = [np.array([[20, 15], [25, 8]]), second] if given_queries else None
+    backend = tapip3d.TAPIP3DBackend(tapip3d_settings(tmp_path, stride=10))
+    backend.load()
+    with caplog.at_level("WARNING", logger="trackset.adapters.tapip3d"):
+        result = backend.infer(VideoRef(VID, tmp_path / "v.mp4", "h"), frames, meta, depth, queries)
+    assert result.windows == [(0, 10), (10, 20)]
+    first = 2 if given_queries else 40
+    assert [t.shape for t in result.tracks] == [(10, first, 3), (10, tracked, 3)]
+    assert len(loaded[0].calls) == 1 + int(tracked > 0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if tracked:
+        assert warnings == []
+    else:
+        assert warnings == [
+            f"tracks_3d: video {VID} ({tmp_path / 'v.mp4'}), window (10, 20): 3 valid depth value(s) in"
+            f" depth_camera's vipe/{VID}.npz over the window; TAPIP3D needs at least 4, so the window's 3 query"
+            " point(s) are dropped"
+        ]
+
+
 def test_tapip3d_result_round_trips_through_the_intermediate_format(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -510,6 +543,22 @@ def _checkpoint(tmp_path: Path) -> Path:
     return path
 
 
+def _placed(overrides: dict, tmp_path: Path) -> dict:
+    """``overrides`` with ``<ckpt>``, ``<wilor>`` and ``<wilor-no-detector>`` replaced by files made here."""
+
+    def place(value: object) -> object:
+        if value == "<ckpt>":
+            return _checkpoint(tmp_path)
+        if value in ("<wilor>", "<wilor-no-detector>"):
+            weights = wilor_weights(tmp_path)
+            if value == "<wilor-no-detector>":
+                (weights / "pretrained_models" / "detector.pt").unlink()
+            return weights
+        return value
+
+    return {stage: {key: place(value) for key, value in section.items()} for stage, section in overrides.items()}
+
+
 @pytest.mark.parametrize(
     ("module", "missing", "overrides", "expected"),
     [
@@ -517,8 +566,8 @@ def _checkpoint(tmp_path: Path) -> Path:
             vipe,
             ["vipe"],
             {"depth_camera": {"backend": "real"}},
-            "backend 'real' for depth_camera needs the 'vipe' package (pip install nvidia-vipe, see docs/real-models.md);"
-            " set depth_camera.backend: synthetic to run without it",
+            "backend 'real' for depth_camera needs the 'vipe' package (pip install --no-build-isolation nvidia-vipe,"
+            " see docs/real-models.md); set depth_camera.backend: synthetic to run without it",
         ),
         (
             vipe,
@@ -529,7 +578,7 @@ def _checkpoint(tmp_path: Path) -> Path:
         (
             tapip3d,
             ["models"],
-            {"tracks_3d": {"backend": "real"}},
+            {"tracks_3d": {"backend": "real", "weights_path": "<ckpt>"}},
             "needs the 'models' package (a checkout of github.com/zbw001/TAPIP3D on PYTHONPATH",
         ),
         (tapip3d, [], {"tracks_3d": {"backend": "real"}}, "set tracks_3d.weights_path"),
@@ -539,14 +588,25 @@ def _checkpoint(tmp_path: Path) -> Path:
             {"tracks_3d": {"backend": "real", "weights_path": "/nonexistent/tapip3d_final.pth"}},
             "tracks_3d.weights_path = /nonexistent/tapip3d_final.pth, which is not a file",
         ),
-        (wilor, ["wilor"], {"hands": {"backend": "real"}}, "needs the 'wilor' package"),
-        (wilor, ["ultralytics"], {"hands": {"backend": "real"}}, "needs the 'ultralytics' package"),
+        (wilor, ["wilor"], {"hands": {"backend": "real", "weights_dir": "<wilor>"}}, "needs the 'wilor' package"),
+        (
+            wilor,
+            ["ultralytics"],
+            {"hands": {"backend": "real", "weights_dir": "<wilor>"}},
+            "needs the 'ultralytics' package",
+        ),
         (wilor, [], {"hands": {"backend": "real"}}, "set hands.weights_dir"),
         (
             wilor,
             [],
             {"hands": {"backend": "real", "weights_dir": "/nonexistent/wilor"}},
-            "wilor_final.ckpt under hands.weights_dir = /nonexistent/wilor",
+            "WiLoR's weights at hands.weights_dir = /nonexistent/wilor, which is not a directory",
+        ),
+        (
+            wilor,
+            [],
+            {"hands": {"backend": "real", "weights_dir": "<wilor-no-detector>"}},
+            "detector.pt under hands.weights_dir = ",
         ),
     ],
     ids=[
@@ -558,11 +618,12 @@ def _checkpoint(tmp_path: Path) -> Path:
         "wilor-package",
         "ultralytics-package",
         "wilor-unset",
+        "wilor-dir",
         "wilor-file",
     ],
 )
-def test_missing_model_parts_fail_early_in_one_line(
-    monkeypatch: pytest.MonkeyPatch, module, missing: list[str], overrides: dict, expected: str
+def test_one_missing_model_part_fails_early_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, module, missing: list[str], overrides: dict, expected: str
 ) -> None:
     vipe_api.install(monkeypatch, vipe_scene())
     tapip3d_api.install(monkeypatch)
@@ -570,7 +631,8 @@ def test_missing_model_parts_fail_early_in_one_line(
     for name in missing:
         monkeypatch.setitem(sys.modules, name, None)  # makes "import name" fail, installed or not
     stage = next(iter(overrides))
-    section = getattr(Settings(**overrides), stage)
+    section = getattr(Settings(**_placed(overrides, tmp_path)), stage)
+    assert len(module.missing(section)) == 1
     with pytest.raises(ModelUnavailableError) as caught:
         module.check_available(section)
     message = str(caught.value)
@@ -580,6 +642,71 @@ def test_missing_model_parts_fail_early_in_one_line(
     backend = {vipe: vipe.ViPEBackend, tapip3d: tapip3d.TAPIP3DBackend, wilor: wilor.WiLoRBackend}[module](section)
     with pytest.raises(ModelUnavailableError, match="synthetic to run without it"):
         backend.load()  # the same check guards load()
+
+
+DOCS_REF = "see docs/real-models.md"
+
+
+def test_every_missing_part_is_named_at_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Not one per attempt: every package, weight file and setting of every stage, in one error."""
+    tapip3d_api.install(monkeypatch)
+    wilor_api.install(monkeypatch, {})
+    for name in ("vipe", "models", "wilor", "ultralytics"):
+        monkeypatch.setitem(sys.modules, name, None)
+    weights = wilor_weights(tmp_path)
+    (weights / "pretrained_models" / "detector.pt").unlink()
+    (weights / "mano_data" / "MANO_RIGHT.pkl").unlink()
+    settings = Settings(
+        depth_camera={"backend": "real", "weights_dir": tmp_path / "no-cache"},
+        tracks_3d={"backend": "real"},
+        hands={"backend": "real", "weights_dir": weights},
+    )
+    vipe_lines = [
+        f"the 'vipe' package (pip install --no-build-isolation nvidia-vipe, {DOCS_REF})",
+        f"its weights cache at depth_camera.weights_dir = {tmp_path / 'no-cache'}, which is not a directory"
+        f" ({DOCS_REF})",
+    ]
+    tapip3d_lines = [
+        f"the 'models' package (a checkout of github.com/zbw001/TAPIP3D on PYTHONPATH, {DOCS_REF})",
+        f"the TAPIP3D checkpoint tapip3d_final.pth: set tracks_3d.weights_path ({DOCS_REF})",
+    ]
+    wilor_lines = [
+        "the 'wilor' and 'ultralytics' packages (a checkout of github.com/rolpotamias/WiLoR on PYTHONPATH with its"
+        f" requirements.txt installed, {DOCS_REF})",
+        f"detector.pt under hands.weights_dir = {weights}: {weights / 'pretrained_models' / 'detector.pt'} is missing"
+        f" ({DOCS_REF})",
+        f"MANO_RIGHT.pkl under hands.weights_dir = {weights}: {weights / 'mano_data' / 'MANO_RIGHT.pkl'} is missing"
+        f" ({DOCS_REF})",
+    ]
+    assert vipe.missing(settings.depth_camera) == vipe_lines
+    assert tapip3d.missing(settings.tracks_3d) == tapip3d_lines
+    assert wilor.missing(settings.hands) == wilor_lines
+
+    with pytest.raises(ModelUnavailableError) as caught:
+        tapip3d.check_available(settings.tracks_3d)
+    assert str(caught.value).splitlines() == [
+        "backend 'real' for tracks_3d needs 2 things; set tracks_3d.backend: synthetic to run without it:",
+        *(f"  - tracks_3d: {line}" for line in tapip3d_lines),
+    ]
+    with pytest.raises(ModelUnavailableError) as caught:
+        check_real_backends(settings)  # a run's start: one error, every stage
+    assert str(caught.value).splitlines() == [
+        "backend 'real' for depth_camera, tracks_3d and hands needs 7 things; set depth_camera.backend,"
+        " tracks_3d.backend and hands.backend: synthetic to run without them:",
+        *(f"  - depth_camera: {line}" for line in vipe_lines),
+        *(f"  - tracks_3d: {line}" for line in tapip3d_lines),
+        *(f"  - hands: {line}" for line in wilor_lines),
+    ]
+
+
+def test_a_run_start_with_one_missing_part_says_it_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "vipe", None)
+    with pytest.raises(ModelUnavailableError) as caught:
+        check_real_backends(Settings(depth_camera={"backend": "real"}))
+    assert str(caught.value) == (
+        f"backend 'real' for depth_camera needs the 'vipe' package (pip install --no-build-isolation nvidia-vipe,"
+        f" {DOCS_REF}); set depth_camera.backend: synthetic to run without it"
+    )
 
 
 def test_everything_available_passes_the_checks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

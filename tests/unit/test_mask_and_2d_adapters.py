@@ -8,6 +8,7 @@ model. Expected values come from the fakes' scenes, written out here.
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,29 @@ def test_cotracker_threshold_zero_keeps_every_point_and_torch_hub_loads_it(monke
     assert result.tracks[0].shape == (3, 2, 2)
 
 
+def test_cotracker_takes_memory_mapped_frames_without_torchs_read_only_warning(monkeypatch, tmp_path) -> None:
+    """frames.npy is opened memory-mapped and read-only; torch.from_numpy warns on such an array
+    (once per process unless warn_always, hence that flag here)."""
+    built = cotracker_api.install(monkeypatch)
+    monkeypatch.setattr(cotracker, "hub_checkout", lambda: tmp_path)
+    backend = cotracker.CoTracker3Backend(Tracks2dSettings(backend="real", window_length=4))
+    backend.load()
+    frames, meta = frames_and_meta(6, 12, 16)
+    np.save(tmp_path / "frames.npy", frames)
+    mapped = np.load(tmp_path / "frames.npy", mmap_mode="r")
+    pixels = np.array([[2, 3], [6, 5]])
+    warn_always = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            backend.infer(ref(tmp_path), mapped, meta, [(0, 4), (2, 6)], [pixels, pixels])
+    finally:
+        torch.set_warn_always(warn_always)
+    for call, start in zip(built[0].calls, (0, 2), strict=True):
+        np.testing.assert_array_equal(call["video"][0], frames[start : start + 4].transpose(0, 3, 1, 2))
+
+
 # ---------------------------------------------------------------- DiffuEraser
 
 
@@ -232,63 +256,100 @@ def test_diffueraser_refuses_videos_shorter_than_it_can_take(monkeypatch, tmp_pa
         backend.infer(ref(tmp_path), frames, meta, np.ones((10, 32, 48), bool))
 
 
-# ---------------------------------------------------------------- early, one-line failures
+# ---------------------------------------------------------------- early failures naming what is missing
+
+DOCS_REF = "see docs/real-models.md"
 
 
 @pytest.mark.parametrize(
-    ("check", "section", "expected"),
+    ("module", "section", "expected"),
     [
-        (sam3.check_available, ObjectMasksSettings(backend="real"), "the 'sam3' package"),
         (
-            sam3.check_available,
+            sam3,
+            ObjectMasksSettings(backend="real"),
+            "the 'sam3' package (pip install sam3, from PyPI; 0.1.4 needs numpy<2.4 and torchvision, see",
+        ),
+        (
+            sam3,
             HumanMasksSettings(backend="real", checkpoint_path=Path("/nope/sam3.pt")),
             "the SAM3 checkpoint sam3.pt at human_masks.checkpoint_path = /nope/sam3.pt",
         ),
         (
-            cotracker.check_available,
+            cotracker,
             Tracks2dSettings(backend="real", checkpoint_path=Path("/nope/c.pth")),
-            "the 'cotracker' package",
+            "the CoTracker3 offline checkpoint at tracks_2d.checkpoint_path = /nope/c.pth, which is not a file",
         ),
+        (cotracker, Tracks2dSettings(backend="real"), "CoTracker3 from torch.hub, not in the hub cache"),
+        (diffueraser, CleanFramesSettings(backend="real"), "set clean_frames.checkout_dir"),
         (
-            cotracker.check_available,
-            Tracks2dSettings(backend="real"),
-            "CoTracker3 from torch.hub, not in the hub cache",
-        ),
-        (diffueraser.check_available, CleanFramesSettings(backend="real"), "set clean_frames.checkout_dir"),
-        (
-            diffueraser.check_available,
+            diffueraser,
             CleanFramesSettings(backend="real", checkout_dir=Path("/nope")),
-            "the DiffuEraser code at clean_frames.checkout_dir = /nope",
+            "the DiffuEraser checkout at clean_frames.checkout_dir = /nope, which is not a directory",
         ),
     ],
     ids=[
         "sam3-package",
         "sam3-checkpoint",
-        "cotracker-package",
+        "cotracker-checkpoint",
         "cotracker-hub",
         "diffueraser-unset",
-        "diffueraser-code",
+        "diffueraser-checkout",
     ],
 )
-def test_missing_model_parts_fail_early_in_one_line(monkeypatch, tmp_path, check, section, expected) -> None:
-    for name in ("sam3", "sam3.model_builder", "cotracker", "cotracker.predictor"):
+def test_one_missing_model_part_fails_early_in_one_line(monkeypatch, tmp_path, module, section, expected) -> None:
+    for name in ("sam3", "sam3.model_builder"):
         monkeypatch.setitem(sys.modules, name, None)
     if isinstance(section, HumanMasksSettings):
         sam3_api.install(monkeypatch, phrases=set())
+    cotracker_api.install(monkeypatch)
     monkeypatch.setattr(cotracker, "hub_checkout", lambda: tmp_path / "no-hub")
+    assert len(module.missing(section)) == 1
     with pytest.raises(ModelUnavailableError) as caught:
-        check(section)
+        module.check_available(section)
     message = str(caught.value)
     assert expected in message and "\n" not in message, message
     assert message.endswith("backend: synthetic to run without it")
 
 
-def test_diffueraser_names_a_missing_weights_folder(monkeypatch, tmp_path) -> None:
+def test_every_missing_part_is_named_at_once(monkeypatch, tmp_path) -> None:
+    for name in ("sam3", "sam3.model_builder", "cotracker", "cotracker.predictor"):
+        monkeypatch.setitem(sys.modules, name, None)
+    assert sam3.missing(ObjectMasksSettings(backend="real", checkpoint_path=Path("/nope/sam3.pt"))) == [
+        f"the 'sam3' package (pip install sam3, from PyPI; 0.1.4 needs numpy<2.4 and torchvision, {DOCS_REF})",
+        "the SAM3 checkpoint sam3.pt at object_masks.checkpoint_path = /nope/sam3.pt, which is not a file"
+        f" ({DOCS_REF})",
+    ]
+    assert cotracker.missing(Tracks2dSettings(backend="real", checkpoint_path=Path("/nope/c.pth"))) == [
+        f"the 'cotracker' package (pip install git+https://github.com/facebookresearch/co-tracker, {DOCS_REF})",
+        f"the CoTracker3 offline checkpoint at tracks_2d.checkpoint_path = /nope/c.pth, which is not a file"
+        f" ({DOCS_REF})",
+    ]
+    root = tmp_path / "D"
+    (root / "weights" / "propainter").mkdir(parents=True)  # no code, and four of the five weights folders missing
+    section = CleanFramesSettings(backend="real", checkout_dir=root)
+    expected = [f"the DiffuEraser code at clean_frames.checkout_dir = {root} ({DOCS_REF})"] + [
+        f"weights/{name} under clean_frames.checkout_dir = {root} ({DOCS_REF})"
+        for name in ("stable-diffusion-v1-5", "sd-vae-ft-mse", "diffuEraser", "PCM_Weights")
+    ]
+    assert diffueraser.missing(section) == expected
+    with pytest.raises(ModelUnavailableError) as caught:
+        diffueraser.check_available(section)
+    assert str(caught.value).splitlines() == [
+        "backend 'real' for clean_frames needs 5 things; set clean_frames.backend: synthetic to run without it:",
+        *(f"  - clean_frames: {line}" for line in expected),
+    ]
+
+
+def test_diffueraser_names_its_missing_modules_and_weights_folder(monkeypatch, tmp_path) -> None:
     diffueraser_api.install(monkeypatch)
+    monkeypatch.setitem(sys.modules, "propainter.inference", None)
     root = diffueraser_api.checkout(tmp_path / "D")
     (root / "weights" / "PCM_Weights").rmdir()
-    with pytest.raises(ModelUnavailableError, match=r"weights/PCM_Weights under clean_frames\.checkout_dir"):
-        diffueraser.check_available(CleanFramesSettings(backend="real", checkout_dir=root))
+    assert diffueraser.missing(CleanFramesSettings(backend="real", checkout_dir=root)) == [
+        "the 'propainter.inference' package (a checkout of github.com/lixiaowen-xw/DiffuEraser at"
+        f" clean_frames.checkout_dir, {DOCS_REF})",
+        f"weights/PCM_Weights under clean_frames.checkout_dir = {root} ({DOCS_REF})",
+    ]
 
 
 # ---------------------------------------------------------------- TAPIP3D with the stage's queries

@@ -56,7 +56,7 @@ import av
 import cv2
 import numpy as np
 
-from trackset.adapters import DOCS, release_cuda_memory, require_modules, torch_device, unavailable
+from trackset.adapters import DOCS, missing_error, missing_modules, release_cuda_memory, torch_device
 from trackset.config.settings import CleanFramesSettings
 from trackset.domain import VideoRef
 from trackset.errors import BadInputError
@@ -79,21 +79,37 @@ COPIES: dict[Copy, str] = {
 }
 
 
-def check_available(section: CleanFramesSettings) -> Path:
-    """The checkout; ModelUnavailableError (one line) when it, its code or a weights folder is missing."""
+def missing(section: CleanFramesSettings) -> list[str]:
+    """Every missing part: the checkout (or the setting), its code, each weights folder and the
+    modules it imports, each naming the setting.
+
+    A checkout with the code goes on ``sys.path`` (first), since that is how its modules are
+    found, here and at load.
+    """
     checkout = section.checkout_dir
     if checkout is None:
-        raise unavailable(STAGE, f"the DiffuEraser checkout: set {STAGE}.checkout_dir (see {DOCS})")
+        return [f"the DiffuEraser checkout: set {STAGE}.checkout_dir (see {DOCS})"]
     checkout = Path(checkout)
+    if not checkout.is_dir():
+        return [f"the DiffuEraser checkout at {STAGE}.checkout_dir = {checkout}, which is not a directory (see {DOCS})"]
+    reasons = [
+        f"weights/{name} under {STAGE}.checkout_dir = {checkout} (see {DOCS})"
+        for name in WEIGHTS
+        if not (checkout / "weights" / name).is_dir()
+    ]
     if not (checkout / "diffueraser" / "diffueraser.py").is_file():
-        raise unavailable(STAGE, f"the DiffuEraser code at {STAGE}.checkout_dir = {checkout} (see {DOCS})")
-    for name in WEIGHTS:
-        if not (checkout / "weights" / name).is_dir():
-            raise unavailable(STAGE, f"weights/{name} under {STAGE}.checkout_dir = {checkout} (see {DOCS})")
+        return [f"the DiffuEraser code at {STAGE}.checkout_dir = {checkout} (see {DOCS})", *reasons]
     if str(checkout) not in sys.path:
         sys.path.insert(0, str(checkout))
-    require_modules(STAGE, ("diffueraser.diffueraser", "propainter.inference"), INSTALL)
-    return checkout
+    return missing_modules(("diffueraser.diffueraser", "propainter.inference"), INSTALL) + reasons
+
+
+def check_available(section: CleanFramesSettings) -> Path:
+    """The checkout, on ``sys.path``; ModelUnavailableError naming every missing part (:func:`missing`)."""
+    reasons = missing(section)
+    if reasons or section.checkout_dir is None:  # an unset checkout_dir is among the reasons
+        raise missing_error({STAGE: reasons})
+    return Path(section.checkout_dir)
 
 
 def installed_copy(eraser_class: Any) -> Copy:

@@ -42,12 +42,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from trackset.adapters import release_cuda_memory, require_file, require_modules, torch_device
+from trackset.adapters import missing_file, missing_modules, raise_if_missing, release_cuda_memory, torch_device
 from trackset.config.settings import HumanMasksSettings, ObjectMasksSettings
 from trackset.domain import VideoRef
 from trackset.formats.intermediates import FramesMeta
 
-INSTALL = "git clone github.com/facebookresearch/sam3 && pip install -e sam3"
+INSTALL = "pip install sam3, from PyPI; 0.1.4 needs numpy<2.4 and torchvision"
 PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # lossless at any level; 1 is the quickest that still compresses
 
 
@@ -55,14 +55,20 @@ def _stage_of(section: ObjectMasksSettings | HumanMasksSettings) -> str:
     return "human_masks" if isinstance(section, HumanMasksSettings) else "object_masks"
 
 
-def check_available(section: ObjectMasksSettings | HumanMasksSettings) -> Path | None:
-    """The checkpoint (None: SAM3's own download); ModelUnavailableError (one line) when the
-    ``sam3`` package or a configured checkpoint is missing."""
+def missing(section: ObjectMasksSettings | HumanMasksSettings) -> list[str]:
+    """Every missing part: the ``sam3`` package and, when ``checkpoint_path`` is set, that file."""
     stage = _stage_of(section)
-    require_modules(stage, ("sam3", "sam3.model_builder"), INSTALL)
-    if section.checkpoint_path is None:
-        return None
-    return require_file(stage, "checkpoint_path", section.checkpoint_path, "the SAM3 checkpoint sam3.pt")
+    reasons = missing_modules(("sam3", "sam3.model_builder"), INSTALL)
+    if section.checkpoint_path is not None:
+        reasons += missing_file(stage, "checkpoint_path", section.checkpoint_path, "the SAM3 checkpoint sam3.pt")
+    return reasons
+
+
+def check_available(section: ObjectMasksSettings | HumanMasksSettings) -> Path | None:
+    """The checkpoint (None: SAM3's own download); ModelUnavailableError naming every missing
+    part (:func:`missing`)."""
+    raise_if_missing(_stage_of(section), missing(section))
+    return None if section.checkpoint_path is None else Path(section.checkpoint_path)
 
 
 def key_frame_index(key_frame: int, num_frames: int) -> int:

@@ -48,7 +48,14 @@ from typing import Any
 import numpy as np
 import yaml
 
-from trackset.adapters import DOCS, module_available, release_cuda_memory, require_modules, torch_device, unavailable
+from trackset.adapters import (
+    DOCS,
+    missing_modules,
+    module_available,
+    raise_if_missing,
+    release_cuda_memory,
+    torch_device,
+)
 from trackset.config.settings import DepthCameraSettings
 from trackset.domain import VideoRef
 from trackset.errors import UnusableVideoError
@@ -58,20 +65,27 @@ from trackset.geometry.camera import invert_rigid
 logger = logging.getLogger(__name__)
 
 STAGE = "depth_camera"
+# ViPE compiles CUDA code against the installed torch; an isolated build would pick another torch.
+INSTALL = "pip install --no-build-isolation nvidia-vipe"
 
 # The script pipeline's preset: MoGe keyframe depth aligned with Video Depth Anything.
 VIPE_PIPELINE = "lyra"
 
 
-def check_available(section: DepthCameraSettings) -> None:
-    """Raise ModelUnavailableError (one line) when ViPE or its weights directory is missing."""
-    require_modules(STAGE, ("vipe",), "pip install nvidia-vipe")
+def missing(section: DepthCameraSettings) -> list[str]:
+    """Every missing part: the ``vipe`` package and, when ``weights_dir`` is set, that directory."""
+    reasons = missing_modules(("vipe",), INSTALL)
     weights_dir = section.weights_dir
     if weights_dir is not None and not Path(weights_dir).is_dir():
-        raise unavailable(
-            STAGE,
-            f"its weights cache at depth_camera.weights_dir = {weights_dir}, which is not a directory (see {DOCS})",
+        reasons.append(
+            f"its weights cache at {STAGE}.weights_dir = {weights_dir}, which is not a directory (see {DOCS})"
         )
+    return reasons
+
+
+def check_available(section: DepthCameraSettings) -> None:
+    """Raise ModelUnavailableError naming every missing part (:func:`missing`)."""
+    raise_if_missing(STAGE, missing(section))
 
 
 def declares_fov_clamp(config_dir: Path) -> bool:

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from trackset.adapters import DOCS, release_cuda_memory, require_modules, torch_device, unavailable
+from trackset.adapters import DOCS, missing_error, missing_modules, release_cuda_memory, torch_device, unavailable
 from trackset.adapters.mano import ManoFileError, write_numpy_mano
 from trackset.config.settings import HandsSettings
 from trackset.domain import VideoRef
@@ -75,19 +75,29 @@ def weight_files(weights_dir: Path) -> dict[str, Path]:
     }
 
 
-def check_available(section: HandsSettings) -> Path:
-    """The weights directory; ModelUnavailableError (one line) when WiLoR, Ultralytics or a
-    weight file is missing."""
-    require_modules(STAGE, ("wilor", "ultralytics"), INSTALL)
+def missing(section: HandsSettings) -> list[str]:
+    """Every missing part: WiLoR and Ultralytics, and each weight file under ``weights_dir``
+    (or the setting itself), each naming its install or setting."""
+    reasons = missing_modules(("wilor", "ultralytics"), INSTALL)
     weights_dir = section.weights_dir
     if weights_dir is None:
-        raise unavailable(STAGE, f"WiLoR's weights: set hands.weights_dir (see {DOCS})")
-    for path in weight_files(weights_dir).values():
-        if not path.is_file():
-            raise unavailable(
-                STAGE, f"{path.name} under hands.weights_dir = {weights_dir}: {path} is missing (see {DOCS})"
-            )
-    return Path(weights_dir)
+        return [*reasons, f"WiLoR's weights: set {STAGE}.weights_dir (see {DOCS})"]
+    if not Path(weights_dir).is_dir():
+        where = f"{STAGE}.weights_dir = {weights_dir}"
+        return [*reasons, f"WiLoR's weights at {where}, which is not a directory (see {DOCS})"]
+    return reasons + [
+        f"{path.name} under {STAGE}.weights_dir = {weights_dir}: {path} is missing (see {DOCS})"
+        for path in weight_files(weights_dir).values()
+        if not path.is_file()
+    ]
+
+
+def check_available(section: HandsSettings) -> Path:
+    """The weights directory; ModelUnavailableError naming every missing part (:func:`missing`)."""
+    reasons = missing(section)
+    if reasons or section.weights_dir is None:  # an unset weights_dir is among the reasons
+        raise missing_error({STAGE: reasons})
+    return Path(section.weights_dir)
 
 
 @contextlib.contextmanager
