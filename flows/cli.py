@@ -11,6 +11,7 @@ Commands::
     trackset settings [PREFIX]                  # every setting, its default and description
     trackset check-models [--settings S --fake-gpus]   # load and run each real model on a synthetic clip
     trackset secrets [DIR]                      # Prefect auth string + Dask certificates, made once
+    trackset serve [--prefect-file F]           # run the deployments on their schedules, no work pool
     trackset --version
 
 Errors go to stderr, results to stdout; the exit status says which kind of error it was
@@ -218,10 +219,9 @@ def _run(settings_path: str | None, overrides: dict[str, Any], import_dir: str |
         settings = resolve_settings(settings_path, overrides)
         if import_dir is None:
             check_real_backends(settings)
-        # The flow takes the dataset's lock itself; trying it here first turns a dataset held by
+        # The flow takes the dataset's lock itself; probing it here first turns a dataset held by
         # another run into one line, without a doomed flow run and its traceback.
-        with DatasetLock(settings.paths.dataset_dir):
-            pass
+        DatasetLock.probe(settings.paths.dataset_dir)
     finally:
         server.wait()
     try:
@@ -377,6 +377,28 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return EXIT_OK
     error(f"{len(report.problems)} problem(s) in {args.dataset_dir} (listed above)")
     return EXIT_FAILED
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The deployments of prefect.yaml served by this process (trackset.flows.serve), until Ctrl-C."""
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        raise UsageError(
+            "trackset serve needs a Prefect server that outlives it: start one and set PREFECT_API_URL "
+            "(README, Run it with Prefect)"
+        )
+    from trackset.flows.automations import AutomationSetupError
+    from trackset.flows.serve import ServeSetupError, prepare, serve_deployments
+
+    try:
+        deployments, done = prepare(Path(args.prefect_file))
+    except (ServeSetupError, AutomationSetupError) as exc:
+        raise UsageError(str(exc)) from None
+    for line in done:
+        console.print(escape(line), highlight=False, soft_wrap=True)
+    serve_deployments(deployments, limit=args.limit)
+    return EXIT_OK
 
 
 def video_id_argument(text: str) -> str:
@@ -619,6 +641,13 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--out", help="where the pictures go (default: <dataset dir>/pictures)")
     show.add_argument("--settings", default=None, help="settings YAML (its h5 depth range colours the points)")
     show.set_defaults(func=cmd_show)
+
+    served = sub.add_parser(
+        "serve", help="run the deployments of prefect.yaml from this process on their schedules (no work pool)"
+    )
+    served.add_argument("--prefect-file", default="deployments/prefect.yaml", help="the deployments to serve")
+    served.add_argument("--limit", type=int, default=None, help="most runs at once (default: no limit)")
+    served.set_defaults(func=cmd_serve)
     for command in sub.choices.values():
         command.epilog, command.formatter_class = EXIT_CODES, argparse.RawDescriptionHelpFormatter
     return parser

@@ -56,3 +56,24 @@ def test_a_stale_holder_record_is_taken_over_with_a_warning(tmp_path, caplog):
     assert f"left by host {socket.gethostname()}, pid {dead.pid}, flow run killed" in caplog.text
     assert "no longer running" in caplog.text
     assert (tmp_path / LOCK_NAME).read_text() == ""  # released: nothing to take over next time
+
+
+def test_the_run_that_takes_over_a_dead_holders_lock_knows_whose_build_it_resumes(tmp_path):
+    record = {"host": "gpu1", "pid": 4242, "flow_run_id": "crashed-run", "started": "then"}
+    (tmp_path / LOCK_NAME).write_text(json.dumps(record))
+    with DatasetLock(tmp_path, flow_run_id="rerun") as lock:
+        assert lock.previous is not None and lock.previous.flow_run_id == "crashed-run"
+    with DatasetLock(tmp_path, flow_run_id="later") as lock:
+        assert lock.previous is None  # the rerun released it: nothing left unfinished
+
+
+def test_a_probe_refuses_a_held_dataset_and_leaves_a_dead_holders_record_to_the_run(tmp_path):
+    DatasetLock.probe(tmp_path)  # no lock file yet: free
+    with DatasetLock(tmp_path, flow_run_id="first"), pytest.raises(DatasetBusyError, match="flow run first"):
+        DatasetLock.probe(tmp_path)
+    record = {"host": "gpu1", "pid": 4242, "flow_run_id": "crashed-run", "started": "then"}
+    (tmp_path / LOCK_NAME).write_text(json.dumps(record))
+    DatasetLock.probe(tmp_path)
+    assert json.loads((tmp_path / LOCK_NAME).read_text()) == record
+    with DatasetLock(tmp_path, flow_run_id="rerun") as lock:
+        assert lock.previous is not None and lock.previous.flow_run_id == "crashed-run"

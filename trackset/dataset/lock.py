@@ -8,9 +8,12 @@ would run out of memory. Every run therefore holds ``<dataset_dir>/.trackset.loc
 into the file. A second run fails at once with :class:`DatasetBusyError` naming the holder.
 
 The kernel releases a ``flock`` when its process dies, however it dies, so a lock left by
-a killed run is free: the next run takes it over and says whose it was. Locks are per open
-file, so two runs in one process exclude each other too. On NFS, ``flock`` is forwarded to
-the server (NFSv4 locks), which is what makes this work across hosts.
+a killed run is free: the next run takes it over and says whose it was
+(:attr:`DatasetLock.previous`: the run resumes that run's build). :meth:`DatasetLock.probe`
+asks whether a dataset is busy without taking the lock over, so a command that checks first
+leaves that record to the run. Locks are per open file, so two runs in one process exclude
+each other too. On NFS, ``flock`` is forwarded to the server (NFSv4 locks), which is what
+makes this work across hosts.
 
 Examples:
     >>> import tempfile
@@ -88,7 +91,23 @@ class DatasetLock:
         self.dataset_dir = Path(dataset_dir)
         self.path = self.dataset_dir / LOCK_NAME
         self.flow_run_id = flow_run_id
+        self.previous: LockHolder | None = None
+        """The run whose lock this one took over: it died holding it (it did not finish)."""
         self._handle: IO[str] | None = None
+
+    @classmethod
+    def probe(cls, dataset_dir: Path) -> None:
+        """Raise :class:`DatasetBusyError` when another run holds the lock; otherwise leave
+        the lock file as it is (a dead holder's record stays for the run that takes over)."""
+        path = Path(dataset_dir) / LOCK_NAME
+        if not path.is_file():
+            return
+        with open(path, "a+", encoding="utf-8") as handle:  # writable: NFS locks need it
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise DatasetBusyError(Path(dataset_dir), _read_holder(handle)) from None
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     def acquire(self) -> LockHolder:
         """Take the lock or raise :class:`DatasetBusyError` at once (never waits).
@@ -104,7 +123,7 @@ class DatasetLock:
             holder = _read_holder(handle)
             handle.close()
             raise DatasetBusyError(self.dataset_dir, holder) from None
-        previous = _read_holder(handle)
+        previous = self.previous = _read_holder(handle)
         if previous is not None:
             state = "no longer running" if previous.is_dead_here() else "which released it"
             logger.warning("taking over the lock of %s left by %s (%s)", self.dataset_dir, previous.describe(), state)

@@ -178,6 +178,7 @@ class RunSummary:
     statistics: dict[str, object] = field(default_factory=dict)
     extra_failures: list[VideoFailure] = field(default_factory=list)
     report_path: str = ""
+    dataset_version: str = ""
 
     @property
     def failures(self) -> list[VideoFailure]:
@@ -206,6 +207,8 @@ class RunSummary:
             f"- hand windows dropped, wrist outside the image: **{self.hand_windows_out_of_image()}**",
             f"- output: `{self.dataset_dir}`",
         ]
+        if self.dataset_version:
+            lines.append(f"- dataset version: `{self.dataset_version}` (`dataset.json`)")
         if self.report_path:
             read = "`pandas.read_json(path, lines=True)`"
             lines.append(f"- every video of this run: `{self.report_path}` (JSON lines: {read})")

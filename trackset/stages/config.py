@@ -69,6 +69,11 @@ class StageConfig(BaseModel):
         timeout: how long one video may take in this stage (``timeouts``, filled by the
             registry). Not part of the fingerprint or the cache key: a time limit changes no
             output and needs no new model.
+        provenance: what made this stage's outputs, its inputs' included
+            (:mod:`trackset.stages.provenance`, filled by the registry); the H5 build writes it
+            into every file. Not part of the fingerprint: a new trackset version or a
+            re-downloaded checkpoint does not redo a finished dataset. Part of the cache key,
+            so a worker never writes a stale provenance nor keeps a model whose weights changed.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -79,6 +84,7 @@ class StageConfig(BaseModel):
     clip_columns: tuple[ClipColumn, ...] = Field((), exclude=True)
     timeout: StageTimeout = Field(StageTimeout(), exclude=True)
     metadata: MetadataSettings = Field(MetadataSettings(), exclude=True)
+    provenance: dict[str, str] = Field(default_factory=dict, exclude=True)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
@@ -119,8 +125,8 @@ class StageConfig(BaseModel):
         return short_hash(base, *(f"{column}={value!r}" for column, value in pairs))
 
     def cache_key(self) -> str:
-        """Key of the worker model cache: everything this config holds."""
-        return short_hash(self.stage, self.model_dump_json())
+        """Key of the worker model cache: everything this config holds, provenance included."""
+        return short_hash(self.stage, self.model_dump_json(), json.dumps(self.provenance, sort_keys=True))
 
     def quarantine_key(self, content_hash: str) -> str:
         """What must change to release a quarantined video: its content or this config

@@ -13,6 +13,11 @@ is part of its content, so the content hash of an import already covers it.
 ``metadata.csv`` becomes ``root/text``; a clip without one fails with the file and clip
 named (fix the row and rerun: that clip alone is rebuilt, since its text is part of its
 fingerprint), never a file that silently has no text.
+
+Every file carries its provenance as attributes of its root: trackset's version, each
+stage's backend, model and settings, the video's id, content hash and fingerprint
+(:mod:`trackset.stages.provenance`); a file built from the script pipeline's intermediates
+says so instead of naming stages that did not run here.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from trackset.formats.script_conventions import to_trackset_conventions
 from trackset.formats.statistics import Moments, VideoPartials
 from trackset.stages.base import Stage
 from trackset.stages.config import H5BuildConfig
+from trackset.stages.provenance import file_attributes
 
 
 class H5BuildStage(Stage[H5BuildConfig]):
@@ -108,7 +114,8 @@ class H5BuildStage(Stage[H5BuildConfig]):
         tracks, hands = to_trackset_conventions(vid, tracks, hands, depth.extrinsics, self.work.tracks_3d(vid))
         arrays = build_arrays(vid, frames, depth, tracks, hands, self.config.section, self.config.window_length)
         h5_path, _ = self.outputs(vid)
-        write_h5(h5_path, arrays, self.config.section.compression, text)
+        attributes = file_attributes(self.config.provenance, video, self.fingerprint(video), conventions == "script")
+        write_h5(h5_path, arrays, self.config.section.compression, text, attributes)
         self.write_partials(video, video_moments(arrays))
         points = sum(q.shape[0] for q in arrays.query_coords)
         return {
@@ -128,7 +135,8 @@ class H5BuildStage(Stage[H5BuildConfig]):
         tracks = read_tracks_2d(self.work.tracks_2d(vid), vid, meta.num_frames)
         arrays = build_arrays_2d(frames, tracks, self.config.section, self.config.window_length)
         h5_path, _ = self.outputs(vid)
-        write_h5_2d(h5_path, arrays, self.config.section.compression, text)
+        attributes = file_attributes(self.config.provenance, video, self.fingerprint(video))
+        write_h5_2d(h5_path, arrays, self.config.section.compression, text, attributes)
         self.write_partials(video, video_moments_2d(arrays))
         points = sum(q.shape[0] for q in arrays.query_coords)
         return {
