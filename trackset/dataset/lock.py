@@ -34,7 +34,7 @@ import logging
 import os
 import socket
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -127,7 +127,7 @@ class DatasetLock:
         if previous is not None:
             state = "no longer running" if previous.is_dead_here() else "which released it"
             logger.warning("taking over the lock of %s left by %s (%s)", self.dataset_dir, previous.describe(), state)
-        me = LockHolder(socket.gethostname(), os.getpid(), self.flow_run_id, datetime.now(UTC).isoformat())
+        me = LockHolder(socket.gethostname(), os.getpid(), self.flow_run_id, datetime.now(timezone.utc).isoformat())
         handle.seek(0)
         handle.truncate()
         handle.write(json.dumps(asdict(me)))
