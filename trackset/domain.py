@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 StageName = Literal[
     "preprocess",
@@ -23,20 +23,11 @@ StageName = Literal[
     "hands",
     "h5_build",
 ]
-#: The full pipeline, in order; which of these a run includes depends on its settings
+#: The full pipeline, in order (the order of :data:`StageName`, the one list of the names);
+#: which of these a run includes depends on its settings
 #: (:func:`trackset.stages.registry.enabled_stages`). The GPU stages are contiguous, between
 #: the CPU stages preprocess and h5_build, which ``flows/waves.py`` relies on.
-STAGE_ORDER: tuple[StageName, ...] = (
-    "preprocess",
-    "human_masks",
-    "clean_frames",
-    "depth_camera",
-    "object_masks",
-    "tracks_3d",
-    "tracks_2d",
-    "hands",
-    "h5_build",
-)
+STAGE_ORDER: tuple[StageName, ...] = get_args(StageName)
 TrackType = Literal["3d", "2d"]
 
 FailureKind = Literal["error", "out_of_memory", "quarantined"]
