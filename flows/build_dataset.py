@@ -40,6 +40,7 @@ from trackset.adapters import check_real_backends
 from trackset.config.overrides import NO_OVERRIDES, SettingsOverrides
 from trackset.config.settings import RunSettings, Settings, load_settings
 from trackset.dataset.lock import DatasetLock
+from trackset.dataset.retention import remove_stale_temporaries
 from trackset.domain import StageOutcome, VideoFailure
 from trackset.engine.run_cluster import RunCluster
 from trackset.errors import TracksetError
@@ -214,6 +215,11 @@ def _build(settings: Settings, importing: bool) -> RunSummary:
     else:
         registration = register_videos_task(settings)
         stages = list(enabled_stages(settings))
+    removed = remove_stale_temporaries(settings, registration.pending, importing)
+    if removed:
+        get_run_logger().warning(
+            "removed %d temporary file(s) a killed run left, e.g. %s", len(removed), ", ".join(map(str, removed[:3]))
+        )
     report = DatasetLayout(settings.paths.dataset_dir).run_report(run_name())
     summary = RunSummary(
         dataset_dir=str(settings.paths.dataset_dir),

@@ -160,6 +160,14 @@ def test_truncated_pt_is_reported(tmp_path):
         load_pt(path, "00000", "hands")
 
 
+def test_an_empty_frames_npy_names_the_file(tmp_path):
+    work = WorkLayout(tmp_path)
+    write_frames(work, FramesMeta("00000", T, 10.0, 4, 3), np.zeros((T, 3, 4, 3), np.uint8))
+    work.frames_npy("00000").write_bytes(b"")
+    with pytest.raises(BadInputError, match=r"stage preprocess \(.*frames\.npy\): unreadable: No data left in file"):
+        read_frames(work, "00000")
+
+
 def test_frames_npy_and_png_fallback(tmp_path):
     import cv2
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import shutil
 from collections.abc import Callable
+import dataclasses
 from pathlib import Path
 
 import h5py
@@ -25,6 +26,7 @@ from trackset.dataset.validate import Problem, ValidationReport, validate_datase
 from trackset.formats.h5_layout import build_arrays, video_moments, write_h5
 from trackset.formats.intermediates import DepthCamera, Hand, HandPoses, Tracks3d
 from trackset.formats.layout import DatasetLayout
+from trackset.formats.markers import FileStamp
 from trackset.formats.statistics import VideoPartials
 
 T, L, H, W, S = 8, 4, 24, 32, 16
@@ -337,6 +339,44 @@ def test_malformed_partials_name_the_partials_file(dataset):
         ("partials/00000.json", "partials"),
         ("normalization_stats.yaml", "stats"),  # not comparable without every partials file
     }
+
+
+def stamp_partials(root: Path) -> None:
+    """Give every partials file the stamp of its H5, as the H5 stage writes them now."""
+    layout = DatasetLayout(root)
+    for video_id in VIDEOS:
+        partials = VideoPartials.read(layout.partials(video_id))
+        dataclasses.replace(partials, h5=FileStamp.of(layout.h5(video_id))).write(layout.partials(video_id))
+
+
+def test_an_h5_that_is_not_the_size_its_partials_recorded_is_named(dataset):
+    stamp_partials(dataset)
+    assert validate(dataset).ok
+    h5 = dataset / "00001.hdf5"
+    size = h5.stat().st_size
+    with open(h5, "ab") as out:
+        out.write(b"\0" * 10)  # still opens: HDF5 ignores trailing bytes
+    report = validate(dataset)
+    assert report.problems == [
+        Problem("00001.hdf5", "stamp", f"the file has {size + 10:,} bytes, its marker recorded {size:,}")
+    ]
+
+
+def test_only_deep_compares_the_checksum_of_each_h5(dataset):
+    stamp_partials(dataset)
+    h5 = dataset / "00002.hdf5"
+    with h5py.File(h5, "r+") as f:  # same size, other bytes
+        f["root/video"][0, 0, 0, 0] ^= 0xFF
+    assert validate(dataset).ok
+    problems = validate(dataset, deep=True).problems
+    assert (
+        Problem(
+            "00002.hdf5",
+            "stamp",
+            "the file does not have the sha256 its marker recorded (checked under run.verify_checksums)",
+        )
+        in problems
+    )
 
 
 def test_deep_recomputes_moments_from_the_h5(dataset):

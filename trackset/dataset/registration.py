@@ -35,16 +35,21 @@ def quarantine_key(config: StageConfig, cluster: ClusterSettings, content_hash: 
 
 class CurrentH5:
     """Whether a video's H5 is current, from the done index where it can tell (a ``stat`` of
-    two files), else from its partials, which the index then remembers (trackset.dataset.done_index)."""
+    two files), else from its partials, which the index then remembers (trackset.dataset.done_index).
+
+    Under ``run.verify_checksums`` the index is not asked: it knows sizes and times, and the
+    setting asks for every H5's checksum.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.stage = build_stage("h5_build", settings)
         self.done = DoneIndex.load(DatasetLayout(settings.paths.dataset_dir).done_index)
+        self.verify = settings.run.verify_checksums
 
     def is_current(self, video: VideoRef) -> bool:
         h5_path, partials_path = self.stage.outputs(video.video_id)
         fingerprint = self.stage.fingerprint(video)  # with the clip's text when h5.include_text
-        if self.done.is_current(video.video_id, fingerprint, h5_path, partials_path):
+        if not self.verify and self.done.is_current(video.video_id, fingerprint, h5_path, partials_path):
             return True
         if not self.stage.is_done(video):
             return False

@@ -6,7 +6,9 @@ hand keys come in complete sets of four; every value is finite; u, v lie in [0, 
 depths in ``[depth_min_m, depth_max_m]``; step 0 of displacements is exactly zero and of
 poses the identity; the position of every kept point at every step is in the image, and so
 is every kept wrist's (FORMATS.md's in-image rule, unless ``h5.hands_in_image`` is off).
-Per dataset: every H5 has its statistics partials and vice versa, and
+Per dataset: every H5 has its statistics partials and vice versa, and has the size they
+recorded when it was written (with ``deep=True`` also the sha256; partials of versions
+that recorded neither are not checked for it), and
 ``normalization_stats.yaml`` has exactly the keys trackset writes (FORMATS.md's, less the
 mean and std of a statistic without samples) and equals the statistics merged from the
 partials. A 2D dataset (``track_type: 2d``, recorded by the directory itself:
@@ -51,6 +53,7 @@ from trackset.domain import is_video_id, video_id_order
 from trackset.formats import h5_schema as schema
 from trackset.formats.h5_schema import HAND_SIDES, root_path
 from trackset.formats.layout import DatasetLayout
+from trackset.formats.markers import file_damage
 from trackset.formats.statistics import (
     STATISTIC_DIMS,
     Moments,
@@ -177,7 +180,12 @@ def validate_dataset(dataset_dir: Path, h5: H5Settings, std_floor: float, deep: 
         moments = _check_h5(layout.h5(video_id), name, h5, deep, report, track_type)
         if video_id not in partial_ids:
             report.add(name, "partials", f"no partials/{video_id}.json: the video is missing from the statistics")
-        elif deep and moments is not None and video_id in partials:
+            continue
+        if video_id in partials and partials[video_id].h5 is not None:
+            damage = file_damage(layout.h5(video_id), partials[video_id].h5, verify=deep)
+            if damage is not None:
+                report.add(name, "stamp", damage.replace(str(layout.h5(video_id)), "the file"))
+        if deep and moments is not None and video_id in partials:
             _compare_moments(name, moments, partials[video_id], report)
     for video_id in sorted(set(partial_ids) - set(video_ids), key=video_id_order):
         report.add(

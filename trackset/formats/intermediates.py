@@ -237,8 +237,8 @@ def read_frames(work: WorkLayout, video_id: str) -> tuple[np.ndarray, FramesMeta
     if npy.is_file():
         try:
             frames = np.load(npy, mmap_mode="r")
-        except (ValueError, OSError) as exc:
-            raise BadInputError(video_id, "preprocess", npy, f"unreadable: {exc}") from None
+        except (ValueError, OSError, EOFError) as exc:  # EOFError: an empty file
+            raise BadInputError(video_id, "preprocess", npy, f"unreadable: {exc or type(exc).__name__}") from None
         meta_path = work.frames_meta(video_id)
         if meta_path.is_file():
             meta = FramesMeta.from_json(meta_path.read_text())
@@ -573,8 +573,8 @@ def read_clean_frames(work: WorkLayout, video_id: str, shape: tuple[int, ...]) -
         raise BadInputError(video_id, "clean_frames", path, "file is missing")
     try:
         frames = np.load(path, mmap_mode="r")
-    except (ValueError, OSError) as exc:
-        raise BadInputError(video_id, "clean_frames", path, f"unreadable: {exc}") from None
+    except (ValueError, OSError, EOFError) as exc:  # EOFError: an empty file
+        raise BadInputError(video_id, "clean_frames", path, f"unreadable: {exc or type(exc).__name__}") from None
     check = _Checker(video_id, "clean_frames", path, {"frames": frames})
     check.array("frames", tuple(shape), "u")
     return np.asarray(frames)

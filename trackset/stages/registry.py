@@ -313,6 +313,7 @@ def stage_config(name: str, settings: Settings) -> StageConfig:
         "clip_columns": tuple(sorted(columns)),
         "metadata": settings.metadata,
         "timeout": settings.timeouts.for_stage(name),
+        "verify_checksums": settings.run.verify_checksums,
     }
     return config.model_copy(update=update)
 
