@@ -5,9 +5,10 @@ those whose outputs are missing or stale through preprocess -> depth & camera ->
 -> hands -> H5 build in waves of ``run.wave_size`` (the ``process-waves`` subflow,
 ``flows/waves.py``), then aggregates statistics over *every* video of the dataset in one
 sequential final task. A video that fails a stage is reported with its reason and skips
-the later stages; every other video still lands. The run holds the dataset's lock
-(:mod:`trackset.dataset.lock`) from start to end, so a second run on the same dataset fails
-at once, naming the run that holds it.
+the later stages; every other video still lands. The run holds the dataset's lock and its
+work directory's (:mod:`trackset.dataset.lock`) from start to end, so a second run on the
+same dataset, or of another dataset with the same work directory, fails at once, naming the
+run that holds it; it then removes what a killed run left half-written.
 
 How a run ends says what happened, so the UI, an automation or a notification can tell:
 *Completed* when every video landed; *Completed* named ``CompletedWithFailures`` when some
@@ -181,7 +182,11 @@ def build_dataset(
     try:
         with (
             timeout(hours * 3600 if hours else None, timeout_exc_type=RunTimeoutError),
-            DatasetLock(settings.paths.dataset_dir, flow_run_id=str(flow_run.id or "")),
+            DatasetLock(
+                settings.paths.dataset_dir,
+                flow_run_id=str(flow_run.id or ""),
+                work_dir=None if import_dir else settings.paths.work_dir,  # an import only reads it
+            ),
         ):
             summary = _build(settings, import_dir is not None)
     except RunTimeoutError:

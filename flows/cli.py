@@ -31,7 +31,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from trackset import __version__
-from trackset.dataset.lock import DatasetBusyError, DatasetLock
+from trackset.dataset.lock import DatasetLock, DirectoryBusyError
 from trackset.domain import is_video_id
 from trackset.errors import ClusterShapeError, ModelUnavailableError, SettingsError
 from trackset.reports.run_report import RunSummary
@@ -47,7 +47,7 @@ EXIT_CODES = f"""exit status:
   {EXIT_USAGE}  bad arguments or settings, every one listed with where its value came from (the
      settings file and line, the TRACKSET_* variable, or the --set assignment), a missing
      real-model package, or a cluster that cannot run the build; nothing was processed
-  {EXIT_BUSY}  the dataset is being built by another run (named); nothing was processed"""
+  {EXIT_BUSY}  the dataset, or its work directory, is in use by another run (named); nothing was processed"""
 
 
 class UsageError(Exception):
@@ -210,9 +210,9 @@ def _run(settings_path: str | None, overrides: dict[str, Any], import_dir: str |
         settings = resolve_settings(settings_path, overrides)
         if import_dir is None:
             check_real_backends(settings)
-        # The flow takes the dataset's lock itself; trying it here first turns a dataset held by
-        # another run into one line, without a doomed flow run and its traceback.
-        with DatasetLock(settings.paths.dataset_dir):
+        # The flow takes the locks itself; trying them here first turns a dataset or work
+        # directory held by another run into one line, without a doomed flow run and its traceback.
+        with DatasetLock(settings.paths.dataset_dir, work_dir=None if import_dir else settings.paths.work_dir):
             pass
     finally:
         server.wait()
@@ -493,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelUnavailableError, ClusterShapeError, UsageError) as exc:
         error(str(exc))
         return EXIT_USAGE
-    except DatasetBusyError as exc:
+    except DirectoryBusyError as exc:
         error(str(exc))
         return EXIT_BUSY
 

@@ -64,6 +64,18 @@ def test_a_dataset_held_by_another_run_exits_3_naming_the_holder(tmp_path, capsy
     assert not (tmp_path / "work").exists()
 
 
+def test_a_work_directory_held_by_another_dataset_exits_3_naming_the_holder(tmp_path, capsys):
+    (tmp_path / "videos").mkdir()
+    with DatasetLock(tmp_path / "nightly", flow_run_id="the-nightly-build", work_dir=tmp_path / "work"):
+        code = main(run_args(tmp_path, "--set", "cluster.runner=threads"))
+    captured = capsys.readouterr()
+    assert code == EXIT_BUSY
+    [line] = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert line.startswith(f"error: work directory {tmp_path / 'work'} is in use by another run")
+    assert "flow run the-nightly-build" in line and f"building dataset {tmp_path / 'nightly'}" in line
+    assert [p.name for p in (tmp_path / "dataset").iterdir()] == [".trackset.lock"]  # given back, nothing else
+
+
 def test_the_live_display_reads_the_progress_of_runs_started_after_it():
     from prefect import flow
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
