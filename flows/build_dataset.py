@@ -232,6 +232,7 @@ def _build(settings: Settings, importing: bool) -> RunSummary:
         videos_pending=len(registration.pending),
         extra_failures=list(registration.excluded),
         report_path=str(report),
+        skipped=registration.skipped,
     )
     RunReport(report).write(StageOutcome("register", failures=list(registration.excluded)))
     if registration.pending:

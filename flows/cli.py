@@ -190,7 +190,13 @@ def print_summary(summary: RunSummary) -> None:
             )
     console.print(statistics)
     for failure in summary.failures:
-        console.print(f"[red]failed[/red] {failure.video_id} {failure.stage} ({failure.kind}): {failure.reason}")
+        console.print(
+            f"[red]failed[/red] {escape(failure.video_id)} {failure.stage} ({failure.kind}): {escape(failure.reason)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    for line in summary.skipped.lines():
+        console.print(f"not registered: {escape(line)}", highlight=False, soft_wrap=True)
     dataset = Path(summary.dataset_dir)
     console.print(f"dataset: {dataset.resolve()}  ({summary.videos_total} videos)")
     console.print(f"statistics: {(dataset / 'normalization_stats.yaml').resolve()}")
@@ -224,6 +230,8 @@ def _run(settings_path: str | None, overrides: dict[str, Any], import_dir: str |
         return EXIT_FAILED
     print_summary(summary)
     print_pictures(summary)
+    if not summary.videos_total:
+        warning(f"the dataset has no videos: nothing was registered{_skipped_hint(summary)}")
     if summary.failures:
         report_failures(summary)
         return EXIT_FAILED
@@ -239,6 +247,18 @@ def print_pictures(summary: RunSummary) -> None:
         console.print(
             f"pictures of {pictures.video_id}: {pictures.mp4}  {pictures.png}", highlight=False, soft_wrap=True
         )
+
+
+def warning(message: str) -> None:
+    """One warning line on stderr: the run did what it was asked, but probably not what was meant."""
+    err_console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _skipped_hint(summary: RunSummary) -> str:
+    """What the empty dataset's folder held instead of videos, if anything."""
+    if not summary.skipped.total:
+        return ""
+    return f" (the videos folder holds {summary.skipped.total} other file(s), listed above; see paths.video_extensions)"
 
 
 def report_failures(summary: RunSummary, shown: int = 10) -> None:
