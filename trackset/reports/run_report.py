@@ -221,7 +221,7 @@ class RunSummary:
         if failures:
             lines += ["", "## Failures", "", "| video | stage | kind | reason |", "|---|---|---|---|"]
             lines += [
-                f"| {markdown.text(f.video_id)} | {markdown.text(f.stage)} | {f.kind} | {markdown.text(f.reason)} |"
+                f"| {markdown.text(f.video_id)} | {f.stage} | {f.kind} | {markdown.text(f.reason)} |"
                 for f in failures[:MAX_FAILURE_ROWS]
             ]
             if len(failures) > MAX_FAILURE_ROWS:
