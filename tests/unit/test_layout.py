@@ -12,6 +12,7 @@ from trackset.formats.layout import (
     WorkLayout,
     atomic_path,
     check_video_id,
+    ensure_file,
     is_temporary_name,
     remove_temporaries,
     write_text_atomic,
@@ -128,3 +129,12 @@ def test_temporary_names_are_recognised_and_only_they_are_removed(tmp_path):
     assert sorted(remove_temporaries([tmp_path, tmp_path / "missing"])) == sorted(ours)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*theirs, "sub"])
     assert (tmp_path / "sub" / ".00003.hdf5.0a1b2c3d.trackset.tmp").exists()
+
+
+def test_a_file_created_for_appending_is_fsynced_into_its_folder(tmp_path, monkeypatch):
+    events = fsync_recorder(monkeypatch)
+    ensure_file(tmp_path / "dataset" / "manifest.jsonl")
+    assert events == [("fsync", str(tmp_path)), ("fsync", str(tmp_path / "dataset"))]
+    events.clear()
+    ensure_file(tmp_path / "dataset" / "manifest.jsonl")  # there: nothing to do
+    assert events == [] and (tmp_path / "dataset" / "manifest.jsonl").read_bytes() == b""

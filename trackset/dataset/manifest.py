@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO
 
 from trackset.domain import SkippedFiles, SkipReason, check_video_id, format_video_id, video_id_order
+from trackset.formats.layout import ensure_file
 from trackset.formats.markers import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -376,7 +377,7 @@ class Manifest:
         Reloading under the lock picks up lines another run appended since :meth:`load`, so
         ids handed out here cannot collide with theirs. The lock is released on close.
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_file(self.path)
         with open(self.path, "ab") as handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             self._reload()

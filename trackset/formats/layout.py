@@ -179,6 +179,20 @@ def make_dirs(folder: Path) -> None:
         fsync_path(new.parent)
 
 
+def ensure_file(path: Path) -> None:
+    """Create ``path`` empty if it is missing, durably (its folders and its entry fsynced).
+
+    For the files trackset appends to (the manifest, the done index, run reports): each
+    append is fsynced, which does not make a new file's name durable.
+    """
+    if path.exists():
+        return
+    make_dirs(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    os.close(fd)
+    fsync_path(path.parent)
+
+
 def _create_temporary(target: Path) -> Path:
     """A new, empty file beside ``target`` with a name :func:`is_temporary_name` recognises.
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -108,10 +109,14 @@ class FileStamp:
 def file_damage(path: Path, stamp: FileStamp | None, verify: bool) -> str | None:
     """Why the file at ``path`` is not the one ``stamp`` describes, or None when it is.
 
-    ``path`` must exist. Without a stamp (a marker of an earlier version) only an empty file
-    is damaged; ``verify`` also compares the sha256, reading the whole file.
+    Without a stamp (a marker of an earlier version) only an empty file is damaged;
+    ``verify`` also compares the sha256, reading the whole file.
+
+    Raises:
+        FileNotFoundError: there is no file at ``path`` (missing is not damaged: a stage's
+            intermediates may be deleted on purpose).
     """
-    size = Path(path).stat().st_size
+    size = os.stat(path).st_size
     if stamp is None:
         return f"{path} is empty" if size == 0 else None
     if size != stamp.size:
@@ -163,7 +168,8 @@ class Marker:
             ValueError: naming the file, when it is not a marker (torn, edited, emptied).
         """
         try:
-            return cls.from_json_text(Path(path).read_text(encoding="utf-8"))
+            with open(path, encoding="utf-8") as handle:
+                return cls.from_json_text(handle.read())
         except FileNotFoundError:
             raise
         except (ValueError, OSError) as exc:  # JSON and UTF-8 errors are ValueErrors
@@ -174,8 +180,8 @@ class Marker:
         write_text_atomic(Path(path), self.to_json_text())
 
     def damage(self, root: Path, outputs: list[Path], verify: bool) -> str | None:
-        """Why one of ``outputs`` (all present, under ``root``) is not what this marker
-        recorded, or None when every one is (:func:`file_damage`)."""
+        """Why one of ``outputs`` (under ``root``) is not what this marker recorded, or None
+        when every one is (:func:`file_damage`; ``FileNotFoundError`` when one is missing)."""
         for path in outputs:
             reason = file_damage(path, self.outputs.get(_name(path, root)), verify)
             if reason is not None:
@@ -184,5 +190,13 @@ class Marker:
 
 
 def _name(path: Path, root: Path) -> str:
-    """An output's key in a marker: its path under ``root``, with ``/``."""
-    return Path(path).relative_to(root).as_posix()
+    """An output's key in a marker: its path under ``root``, with ``/``.
+
+    By string where it can (``Path.relative_to`` was a fifth of ``is_done``'s time).
+
+    Examples:
+        >>> _name(Path("/w/vipe/00001.npz"), Path("/w")), _name(Path("/w/a"), Path("/"))
+        ('vipe/00001.npz', 'w/a')
+    """
+    text, prefix = str(path), str(root).rstrip("/") + "/"
+    return text[len(prefix) :] if text.startswith(prefix) else Path(path).relative_to(root).as_posix()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from trackset.domain import SkippedFiles, StageOutcome, StageRecord, VideoFailure, is_video_id, video_id_order
+from trackset.formats.layout import ensure_file
 from trackset.reports import markdown
 
 MAX_FAILURE_ROWS = 200
@@ -143,7 +144,7 @@ class RunReport:
         lines += [json.dumps({"row": "failure", **asdict(f)}, sort_keys=True) for f in part.failures]
         if not lines:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_file(self.path)
         with open(self.path, "a", encoding="utf-8") as out:
             out.write("\n".join(lines) + "\n")
             out.flush()

@@ -129,19 +129,16 @@ class Stage(ABC, Generic[ConfigT]):
 
         A damaged output (or marker) is reported by :meth:`damaged`, and the video is done again.
         """
-        outputs = self.outputs(video.video_id)
         marker_path = self.marker_path(video.video_id)
-        if not marker_path.is_file() or not all(p.is_file() for p in outputs):
-            return False
         try:
             marker = Marker.read(marker_path)
-        except FileNotFoundError:
+            if marker.fingerprint != self.fingerprint(video):
+                return False
+            reason = marker.damage(self.work.root, self.outputs(video.video_id), self.config.verify_checksums)
+        except FileNotFoundError:  # no marker, or an output gone (never complete, or deleted on purpose)
             return False
         except ValueError as exc:
             return self.damaged(video, marker_path, str(exc))
-        if marker.fingerprint != self.fingerprint(video):
-            return False
-        reason = marker.damage(self.work.root, outputs, self.config.verify_checksums)
         return True if reason is None else self.damaged(video, marker_path, reason)
 
     def damaged(self, video: VideoRef, marker: Path, reason: str) -> bool:

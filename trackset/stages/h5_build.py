@@ -85,15 +85,15 @@ class H5BuildStage(Stage[H5BuildConfig]):
         recorded, are reported and removed (:meth:`~trackset.stages.base.Stage.damaged`).
         """
         h5_path, partials_path = self.outputs(video.video_id)
-        if not h5_path.is_file() or not partials_path.is_file():
-            return False
         try:
             partials = VideoPartials.read(partials_path)
+            if partials.fingerprint != self.fingerprint(video):
+                return False
+            reason = file_damage(h5_path, partials.h5, self.config.verify_checksums)
+        except FileNotFoundError:  # no partials or no H5: not built, or its rebuild did not finish
+            return False
         except ValueError as exc:
             return self.damaged(video, partials_path, str(exc))
-        if partials.fingerprint != self.fingerprint(video):
-            return False
-        reason = file_damage(h5_path, partials.h5, self.config.verify_checksums)
         return True if reason is None else self.damaged(video, partials_path, reason)
 
     def text(self, video: VideoRef) -> str | None:
