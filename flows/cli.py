@@ -6,7 +6,7 @@ Commands::
     trackset run --settings settings.yaml [--set h5.target_size=128 ...]
     trackset make-corpus OUT [--videos 6 --frames 40 --seed 0]
     trackset import-intermediates DIR [--dataset-dir D]   # the script pipeline's outputs
-    trackset validate DATASET_DIR [--deep]     # layout, ranges, statistics vs partials
+    trackset validate DATASET_DIR [--deep]     # layout, ranges, sizes, statistics vs partials
     trackset show VIDEO_ID [--dataset-dir D --out DIR]   # an MP4 and a PNG with the tracks drawn in
     trackset settings [PREFIX]                  # every setting, its default and description
     trackset --version
@@ -456,7 +456,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check every H5, the partials and normalization_stats.yaml")
     validate.add_argument("dataset_dir", help="the dataset directory")
     validate.add_argument("--settings", default=None, help="settings YAML the dataset was built with")
-    validate.add_argument("--deep", action="store_true", help="also recompute each video's moments from its H5 (slow)")
+    validate.add_argument(
+        "--deep",
+        action="store_true",
+        help="also recompute each video's moments from its H5 and compare its sha256 with its partials' (slow)",
+    )
     validate.set_defaults(func=cmd_validate)
 
     corpus = sub.add_parser("make-corpus", help="write synthetic videos with ground truth")
