@@ -83,6 +83,7 @@ class Server:
                 text=True,
             )
             self.env["PREFECT_API_DATABASE_CONNECTION_URL"] = started.stdout.strip().splitlines()[-1]
+            self.env["PGPASSFILE"] = str(root / "pg" / "pgpass")  # the role's password (postgres.sh)
         prefect = Path(sys.executable).with_name("prefect")
         self.log = root / "server.log"
         with self.log.open("wb") as log:  # the child keeps its own handle
@@ -107,9 +108,8 @@ class Server:
         if self.db == "sqlite":
             return sum(p.stat().st_size for p in self.home.glob("prefect.db*"))
         query = "SELECT pg_database_size('prefect')"
-        user = ["runuser", "-u", "postgres", "--"] if os.getuid() == 0 else []
         done = subprocess.run(
-            [*user, "psql", "-h", "127.0.0.1", "-p", str(self.pg_port), "-d", "prefect", "-tAc", query],
+            [str(REPO / "deployments" / "postgres.sh"), "psql", str(self.root / "pg"), "-tAc", query],
             check=True,
             capture_output=True,
             text=True,

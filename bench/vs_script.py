@@ -304,7 +304,7 @@ def fixed_costs(args: argparse.Namespace, scenes_dir: Path) -> None:
     wrap(SubprocessASGIServer, "start", spent, "temporary Prefect server start")
     wrap(SubprocessASGIServer, "stop", spent, "temporary Prefect server stop")
     wrap(dataset_tasks, "import_intermediates", spent, "registration (scan, fingerprints, manifest), task body")
-    wrap(dataset_tasks, "write_dataset_statistics", spent, "statistics, task body")
+    wrap(dataset_tasks, "write_dataset_files", spent, "statistics and dataset.json, task body")
     wrap(RunCluster, "__enter__", spent, "run cluster start (Dask: SpecCluster + workers)")
     wrap(RunCluster, "__exit__", spent, "run cluster close")
     waves = build_module.process_waves

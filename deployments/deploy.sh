@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # Deploy build-dataset/manual and build-dataset/nightly-refresh from this checkout.
 #
-#   PREFECT_API_URL=http://127.0.0.1:4200/api deployments/deploy.sh
+#   export PREFECT_API_URL=http://127.0.0.1:4200/api
+#   export PREFECT_API_AUTH_STRING="$(cat ~/.config/trackset/prefect-auth)"   # the server's (server.sh)
+#   deployments/deploy.sh
 #
 # Environment (defaults in brackets):
 #   TRACKSET_NIGHTLY_CRON      cron of the nightly refresh ["0 2 * * *"]
 #   TRACKSET_NIGHTLY_TIMEZONE  its IANA timezone ["UTC"]
 #   TRACKSET_HEARTBEAT_S       seconds between a run's heartbeats [60, at least 30]
 #   TRACKSET_HEARTBEAT_WINDOW_S  seconds without one before the run is marked Crashed [300]
+#   TRACKSET_NOTIFY_BLOCK      notification block for failed, crashed and partly failed runs,
+#                              <block type>/<name> [custom-webhook/trackset-alerts]
+#   TRACKSET_NOTIFY_URL_FILE   a file only you can read holding a webhook URL: makes that block []
 #   PREFECT                    the prefect executable [.venv/bin/prefect, else prefect]
+#   PYTHON                     the Python of trackset's venv [.venv/bin/python, else python3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TRACKSET_REPO="$PWD"
@@ -21,11 +27,12 @@ if [ -z "${PREFECT:-}" ]; then
 fi
 "$PREFECT" work-pool inspect trackset >/dev/null 2>&1 || "$PREFECT" work-pool create trackset --type process
 "$PREFECT" --no-prompt deploy --prefect-file deployments/prefect.yaml --all
-# The automation that marks runs whose heartbeat stopped as Crashed, replaced on every deploy
-# so that a new window applies (deleting a missing one fails harmlessly).
-automation="$(mktemp --suffix=.yaml)"
-trap 'rm -f "$automation"' EXIT
-sed "s/__WINDOW_S__/$window/g" deployments/crashed-without-heartbeat.yaml >"$automation"
-name="$(sed -n 's/^name: "\(.*\)"$/\1/p' deployments/crashed-without-heartbeat.yaml)"
-"$PREFECT" automation delete "$name" >/dev/null 2>&1 || true
-"$PREFECT" automation create --from-file "$automation"
+# The automations (trackset/flows/automations.py), replaced on every deploy so that a new
+# window, block or deployment applies: runs whose heartbeat stopped are marked Crashed, failed,
+# crashed and partly failed runs are notified, a crashed nightly refresh is rerun once.
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+notify=(--notify-block "${TRACKSET_NOTIFY_BLOCK:-custom-webhook/trackset-alerts}")
+if [ -n "${TRACKSET_NOTIFY_URL_FILE:-}" ]; then notify+=(--notify-url-file "$TRACKSET_NOTIFY_URL_FILE"); fi
+"$PYTHON" -m trackset.flows.automations --heartbeat-window-s "$window" "${notify[@]}"

@@ -14,6 +14,13 @@ every task runner connects to it by address:
   worker`` on several hosts, dask-jobqueue, dask-kubernetes); the same restrictions size it.
 - ``cluster.runner: threads`` runs every task in the flow's own process (tests, laptops).
 
+Every comm is TLS (:mod:`trackset.cluster.security`): with the certificates of
+``cluster.tls_dir``, else, for a cluster started here, a certificate made for the run; an
+existing cluster without ``cluster.tls_dir`` gets Dask's own config (``DASK_CONFIG``). The
+settings refuse an unencrypted address on another machine unless ``cluster.trusted_network``
+says the network is trusted. Tasks go to the workers without Prefect's secrets
+(:mod:`trackset.engine.task_context`).
+
 The workers are asked what they are (:mod:`trackset.cluster.worker_probe`): host, GPU, how much
 of it is free now; each worker is asked once, as it joins. Between stages the models are
 released on every GPU worker (``release_stages`` through ``Client.run``), so a stage never
@@ -28,18 +35,21 @@ from types import TracebackType
 from typing import Any
 
 import dask
+import httpx
 from distributed import Client, SpecCluster
 from distributed.comm.core import CommClosedError
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.settings import get_current_settings
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
-from prefect_dask import DaskTaskRunner
 
 import trackset
 from trackset.cluster.plan import ClusterPlan, ClusterWorker
+from trackset.cluster.security import TlsFiles, temporary_tls_config, tls_config
 from trackset.cluster.worker_cache import release_stages
 from trackset.cluster.worker_probe import GpuRanks, current_gpu, describe_worker
 from trackset.cluster.worker_spec import run_cluster_spec
 from trackset.config.settings import Settings
+from trackset.engine.task_context import DaskTaskRunnerWithoutSecrets
 from trackset.errors import ClusterShapeError
 from trackset.gpu.fake_device import ledger_dir_for
 from trackset.gpu.inventory import GpuInfo, detect_inventory
@@ -53,6 +63,39 @@ def worker_env() -> dict[str, str]:
     """
     with get_client(sync_client=True) as client:
         return {"PREFECT_API_URL": str(client.api_url).rstrip("/")}
+
+
+def describe_run_worker(readable: list[str], writable: list[str], api_url: str) -> dict[str, Any]:
+    """:func:`~trackset.cluster.worker_probe.describe_worker`, and whether this worker's own
+    Prefect settings may use the API at ``api_url``.
+
+    Tasks carry the API URL but no credentials (:mod:`trackset.engine.task_context`): a worker
+    without the server's auth string would fail every task with ``401 Unauthorized``, so the
+    run's start-up check names it instead.
+    """
+    answer = describe_worker(readable, writable, api_url)
+    if api_url and not answer["problems"]:
+        answer["problems"] += api_credentials_problems(api_url)
+    return answer
+
+
+def api_credentials_problems(api_url: str) -> list[str]:
+    """Why this process's Prefect settings (its environment and profile) cannot use the API."""
+    api = get_current_settings().api
+    auth = api.auth_string.get_secret_value() if api.auth_string else None
+    key = api.key.get_secret_value() if api.key else None
+    try:
+        with SyncPrefectClient(api_url, auth_string=auth, api_key=key) as client:
+            client.hello()
+    except httpx.HTTPStatusError as exc:
+        status = exc.response.status_code
+        if status == 401:
+            return [
+                f"is refused by the Prefect API at {api_url} (401 Unauthorized): give it the server's auth string "
+                "as PREFECT_API_AUTH_STRING (README, 'Several machines')"
+            ]
+        return [f"cannot use the Prefect API at {api_url} ({status})"]
+    return []
 
 
 # Every batched comm of Dask keeps its last ``low-level-log-length`` batches for debugging
@@ -106,7 +149,7 @@ class RunCluster:
         if self.threads:
             return self
         # Before any comm opens (each reads the length once) and any Nanny spawns a worker.
-        self._context.enter_context(dask.config.set(run_dask_config()))
+        self._context.enter_context(dask.config.set(run_dask_config() | self._tls_config()))
         if cluster.scheduler_address:
             self.address = cluster.scheduler_address
             self.client = Client(self.address, timeout=cluster.connect_timeout_s)
@@ -118,6 +161,7 @@ class RunCluster:
             env=worker_env(),
             preload=cluster.worker_preload,
             cpu_nice=cluster.cpu_worker_nice,
+            protocol="tls",
         )
         self._cluster = SpecCluster(**spec)
         self.address = self._cluster.scheduler_address
@@ -133,6 +177,31 @@ class RunCluster:
         if self._cluster is not None:
             self._cluster.close()
         self._context.close()
+
+    def _tls_config(self) -> dict[str, Any]:
+        """Dask settings for this run's TLS: ``cluster.tls_dir``'s certificates; for a cluster
+        started here without them, a certificate of the run's own; for an existing cluster
+        without them, nothing (Dask's config, or the run's when a subflow connects to it).
+
+        Raises:
+            ClusterShapeError: ``cluster.tls_dir`` lacks a file or lets others read the key, or a
+                ``tls://`` address comes with no certificate at all.
+        """
+        cluster = self.settings.cluster
+        if cluster.tls_dir is not None:
+            files = TlsFiles.in_dir(Path(cluster.tls_dir).expanduser())
+            problems = files.problems()
+            if problems:
+                raise ClusterShapeError(f"cluster.tls_dir: {'; '.join(problems)}")
+            return tls_config(files)
+        if not cluster.scheduler_address:
+            return temporary_tls_config()
+        if cluster.scheduler_address.startswith("tls://") and not dask.config.get("distributed.comm.tls.client.cert"):
+            raise ClusterShapeError(
+                f"cluster.scheduler_address {cluster.scheduler_address} needs the cluster's certificates: set "
+                "cluster.tls_dir (trackset secrets DIR makes them; README, 'Several machines')"
+            )
+        return {}
 
     def _local_gpus(self) -> list[int]:
         """The GPUs of this machine the run may use (``cluster.gpus``; fake ones without NVML)."""
@@ -154,7 +223,7 @@ class RunCluster:
         """A runner of this cluster for a flow or subflow of the run."""
         if self.threads or self.address is None:
             return ThreadPoolTaskRunner(max_workers=self.settings.cluster.cpu_workers)
-        return DaskTaskRunner(address=self.address)
+        return DaskTaskRunnerWithoutSecrets(address=self.address)
 
     def plan(self, readable: list[str] | None = None, writable: list[str] | None = None) -> ClusterPlan | None:
         """The workers grouped by GPU, as they report themselves, each ranked; None for threads.
@@ -183,7 +252,7 @@ class RunCluster:
         if asked:
             api_url = worker_env()["PREFECT_API_URL"] if checking else ""
             answers = client.run(
-                describe_worker, readable or [], writable or [], api_url, workers=asked, on_error="return"
+                describe_run_worker, readable or [], writable or [], api_url, workers=asked, on_error="return"
             )
             if checking:
                 self.check(workers, answers)
@@ -209,7 +278,7 @@ class RunCluster:
     def check(self, workers: dict[str, Any], answers: dict[str, Any]) -> None:
         """Fail at once, naming the workers, when the cluster cannot run the build as it is.
 
-        A worker without trackset, or of another version, answers ``describe_worker`` with an
+        A worker without trackset, or of another version, answers ``describe_run_worker`` with an
         error or another version; one on a host that does not share the run's folders, or that
         cannot reach the Prefect API its task runs report to, names that problem.
         """

@@ -16,7 +16,13 @@ failed and the others landed; *Failed* when a stage failed every video it was gi
 the videos' own input (a broken model, a GPU too small: :func:`final_state`), when ``run.fail_on_video_error`` is set
 and any video failed (the nightly deployment sets it), or when the run exceeded
 ``timeouts.flow_hours``. A run whose process died is marked *Crashed* by the automation
-``deployments/deploy.sh`` creates, once its heartbeats stop.
+``deployments/deploy.sh`` creates, once its heartbeats stop; a crashed nightly refresh is
+rerun once by another (``deployments/rerun-crashed-nightly.yaml``), and the first lines of
+any run that takes over a crashed run's build say so and what is left.
+
+At its end a run writes ``dataset.json`` (the dataset's version and the runs that built it,
+:mod:`trackset.dataset.record`) and, when it changed the version, materializes the dataset
+as a Prefect asset and emits ``trackset.dataset.updated`` (:mod:`trackset.flows.lineage`).
 
 Run it from the command line (``trackset run``), a deployment (``deployments/prefect.yaml``)
 or Python::
@@ -40,11 +46,13 @@ from prefect.utilities.timeout import timeout
 from trackset.adapters import check_real_backends
 from trackset.config.overrides import NO_OVERRIDES, SettingsOverrides
 from trackset.config.settings import RunSettings, Settings, load_settings
-from trackset.dataset.lock import DatasetLock
+from trackset.dataset.lock import DatasetLock, LockHolder
+from trackset.dataset.record import RunInfo
 from trackset.dataset.retention import remove_stale_temporaries
 from trackset.domain import StageOutcome, VideoFailure
 from trackset.engine.run_cluster import RunCluster
 from trackset.errors import TracksetError
+from trackset.flows.lineage import publish_dataset
 from trackset.flows.waves import process_waves
 from trackset.formats.layout import DatasetLayout
 from trackset.reports.run_report import RunReport, RunSummary, StageTally
@@ -186,9 +194,9 @@ def build_dataset(
                 settings.paths.dataset_dir,
                 flow_run_id=str(flow_run.id or ""),
                 work_dir=None if import_dir else settings.paths.work_dir,  # an import only reads it
-            ),
+            ) as lock,
         ):
-            summary = _build(settings, import_dir is not None)
+            summary = _build(settings, import_dir is not None, lock.previous)
     except RunTimeoutError:
         raise RunTimeoutError(f"the run took longer than timeouts.flow_hours ({hours:g} h)") from None
     create_markdown_artifact(
@@ -212,14 +220,20 @@ def run_name() -> str:
     return f"{started}-{flow_run.name or 'run'}"
 
 
-def _build(settings: Settings, importing: bool) -> RunSummary:
-    """Register, run the pending videos through the stages in waves, aggregate statistics."""
+def _build(settings: Settings, importing: bool, unfinished: LockHolder | None = None) -> RunSummary:
+    """Register, run the pending videos through the stages in waves, aggregate statistics,
+    publish the dataset's new version.
+
+    ``unfinished`` is the run whose lock this one took over (it died holding it): the log
+    says this run resumes its build.
+    """
     if importing:
         registration = import_intermediates_task(settings)
         stages: list[str] = ["h5_build"]
     else:
         registration = register_videos_task(settings)
         stages = list(enabled_stages(settings))
+    get_run_logger().info(registration.resume_line(unfinished))
     removed = remove_stale_temporaries(settings, registration.pending, importing)
     if removed:
         get_run_logger().warning(
@@ -257,7 +271,16 @@ def _build(settings: Settings, importing: bool) -> RunSummary:
             summary.stages = waves(work, cluster.attached(settings), stages, str(report), importing=importing)
     else:
         summary.stages = [StageTally(stage) for stage in stages]
-    summary.statistics = aggregate_statistics_task(settings)
+    run = RunInfo(
+        flow_run_id=str(flow_run.id or ""),
+        flow_run_name=str(flow_run.name or ""),
+        videos_built=summary.stage("h5_build").done,
+        videos_failed=len(summary.failures),
+    )
+    update = aggregate_statistics_task(settings, run)
+    summary.statistics = update.statistics
+    summary.dataset_version = update.record.dataset_version
+    publish_dataset(settings, update, importing)
     return summary
 
 

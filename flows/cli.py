@@ -9,6 +9,9 @@ Commands::
     trackset validate DATASET_DIR [--deep]     # layout, ranges, sizes, statistics vs partials
     trackset show VIDEO_ID [--dataset-dir D --out DIR]   # an MP4 and a PNG with the tracks drawn in
     trackset settings [PREFIX]                  # every setting, its default and description
+    trackset check-models [--settings S --fake-gpus]   # load and run each real model on a synthetic clip
+    trackset secrets [DIR]                      # Prefect auth string + Dask certificates, made once
+    trackset serve [--prefect-file F]           # run the deployments on their schedules, no work pool
     trackset --version
 
 Errors go to stderr, results to stdout; the exit status says which kind of error it was
@@ -20,10 +23,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from rich.console import Console
@@ -36,17 +40,22 @@ from trackset.domain import is_video_id
 from trackset.errors import ClusterShapeError, ModelUnavailableError, SettingsError
 from trackset.reports.run_report import RunSummary
 
+if TYPE_CHECKING:
+    from trackset.checks.models import Gpus, StageCheck
+
 console = Console()
 err_console = Console(stderr=True)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
 EXIT_CODES = f"""exit status:
-  {EXIT_OK}  done: every video landed (validate: the dataset is valid; show: pictures written)
+  {EXIT_OK}  done: every video landed (validate: the dataset is valid; show: pictures written;
+     check-models: every stage checked ran on every GPU and its output passed)
   {EXIT_FAILED}  some videos failed, each listed with its stage and reason (validate: problems found;
-     show: an H5 that cannot be read)
+     show: an H5 that cannot be read; check-models: a model failed or broke FORMATS.md)
   {EXIT_USAGE}  bad arguments or settings, every one listed with where its value came from (the
      settings file and line, the TRACKSET_* variable, or the --set assignment), a missing
      real-model package, or a cluster that cannot run the build; nothing was processed
+     (check-models: a package, weight file or GPU is missing, one line each)
   {EXIT_BUSY}  the dataset, or its work directory, is in use by another run (named); nothing was processed"""
 
 
@@ -216,10 +225,9 @@ def _run(settings_path: str | None, overrides: dict[str, Any], import_dir: str |
         settings = resolve_settings(settings_path, overrides)
         if import_dir is None:
             check_real_backends(settings)
-        # The flow takes the locks itself; trying them here first turns a dataset or work
+        # The flow takes the locks itself; probing them here first turns a dataset or work
         # directory held by another run into one line, without a doomed flow run and its traceback.
-        with DatasetLock(settings.paths.dataset_dir, work_dir=None if import_dir else settings.paths.work_dir):
-            pass
+        DatasetLock.probe(settings.paths.dataset_dir, work_dir=None if import_dir else settings.paths.work_dir)
     finally:
         server.wait()
     try:
@@ -341,6 +349,33 @@ def cmd_settings(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_secrets(args: argparse.Namespace) -> int:
+    """Make what a cluster of several machines and an authenticated Prefect server need, once:
+    the Prefect auth string and the Dask cluster's certificates (``trackset.cluster.security``)."""
+    from trackset.cluster.security import AUTH_FILE, TLS_DIR, write_secrets
+
+    directory = Path(args.dir).expanduser()
+    try:
+        written, kept = write_secrets(directory)
+    except FileExistsError as exc:
+        raise UsageError(str(exc)) from None
+    for path in written:
+        console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+    for path in kept:
+        console.print(f"kept  {path}", highlight=False, soft_wrap=True)
+    console.print(
+        f"Prefect: server: TRACKSET_SECRETS={directory} deployments/server.sh; CLI, workers and dask workers: "
+        f'export PREFECT_API_AUTH_STRING="$(cat {directory / AUTH_FILE})"\n'
+        f"Dask: --set cluster.tls_dir={directory / TLS_DIR}, and dask scheduler / dask worker with "
+        f"--tls-ca-file {directory / TLS_DIR}/ca.pem --tls-cert {directory / TLS_DIR}/cert.pem "
+        f"--tls-key {directory / TLS_DIR}/key.pem (README, 'Several machines')",
+        highlight=False,
+        soft_wrap=True,
+        markup=False,
+    )
+    return EXIT_OK
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from trackset.config.settings import load_settings
     from trackset.dataset.validate import validate_dataset
@@ -362,6 +397,28 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return EXIT_OK
     error(f"{len(report.problems)} problem(s) in {args.dataset_dir} (listed above)")
     return EXIT_FAILED
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The deployments of prefect.yaml served by this process (trackset.flows.serve), until Ctrl-C."""
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        raise UsageError(
+            "trackset serve needs a Prefect server that outlives it: start one and set PREFECT_API_URL "
+            "(README, Run it with Prefect)"
+        )
+    from trackset.flows.automations import AutomationSetupError
+    from trackset.flows.serve import ServeSetupError, prepare, serve_deployments
+
+    try:
+        deployments, done = prepare(Path(args.prefect_file))
+    except (ServeSetupError, AutomationSetupError) as exc:
+        raise UsageError(str(exc)) from None
+    for line in done:
+        console.print(escape(line), highlight=False, soft_wrap=True)
+    serve_deployments(deployments, limit=args.limit)
+    return EXIT_OK
 
 
 def video_id_argument(text: str) -> str:
@@ -419,6 +476,99 @@ def cmd_make_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_models(args: argparse.Namespace) -> int:
+    """Load and run the real model of each GPU stage on a synthetic clip, on every GPU
+    (:mod:`trackset.checks.models`); print what ran, what is missing and what failed."""
+    from trackset.checks import models as checks
+    from trackset.config.settings import load_settings
+    from trackset.gpu.fake_device import format_size
+    from trackset.gpu.memory_probe import device_kind
+
+    frames = checks.CLIP_FRAMES if args.frames is None else args.frames
+    if frames < checks.CLIP_FRAMES:
+        raise UsageError(
+            f"--frames must be at least {checks.CLIP_FRAMES}, the default (DiffuEraser needs 22 frames, the "
+            "trackers several windows)"
+        )
+    settings = load_settings(args.settings, parse_assignments(args.set))
+    stages, assumed = checks.stages_to_check(settings)
+    if assumed:
+        console.print(
+            f"no GPU stage has backend: real in these settings; checking the real model of each: {', '.join(stages)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    settings = checks.with_real_backends(settings, stages)
+    if args.fake_gpus and device_kind() == "cuda":
+        raise UsageError("--fake-gpus stands in for GPUs where there are none; this machine has CUDA GPUs")
+    gpus = checks.find_gpus(settings, fake=args.fake_gpus)
+    missing = checks.missing_parts(settings, stages)
+    runnable = [stage for stage in stages if stage not in missing] if gpus.infos else []
+    results: list[StageCheck] = []
+    if runnable:
+        console.print(
+            f"checking {', '.join(runnable)} on {len(gpus.infos)} GPU(s) with a {frames}-frame synthetic clip",
+            highlight=False,
+            soft_wrap=True,
+        )
+        with tempfile.TemporaryDirectory(prefix="trackset-check-models-") as tmp:
+            clip = checks.make_clip(Path(tmp), settings, frames)
+            for stage in runnable:
+                jobs = checks.jobs_for(stage, clip, settings, gpus.infos)
+                results += checks.run_jobs(jobs, own_processes=gpus.kind == "cuda")
+        print_checks(results, gpus, clip.shape)
+        stored = checks.save_profiles(results, settings, gpus.infos)
+        for stage, peak in stored.items():
+            console.print(
+                f"memory profile of {stage}: {format_size(peak)} in {checks.profile_path(settings, stage)}; "
+                f"a run with these settings on these GPUs starts from it (a {clip.shape[0]}-frame clip: "
+                "longer videos need more memory, see --frames)",
+                highlight=False,
+                soft_wrap=True,
+            )
+    for line in checks.missing_lines(stages, missing, gpus.problem):
+        error(line)
+    failed = [result for result in results if not result.ok]
+    for result in failed:
+        for line in checks.describe(result):
+            error(line)
+    for result in failed:
+        if result.details:
+            err_console.print(
+                f"{result.stage} on GPU {result.gpu}:\n{escape(result.details)}", highlight=False, soft_wrap=True
+            )
+    if missing or gpus.problem:
+        return EXIT_USAGE
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def print_checks(results: list[StageCheck], gpus: Gpus, shape: tuple[int, int, int]) -> None:
+    """The table of ``trackset check-models``: a row per stage and GPU."""
+    from trackset.checks.models import format_findings
+    from trackset.gpu.fake_device import format_size
+
+    names = {gpu.index: gpu.name for gpu in gpus.infos}
+    frames, height, width = shape
+    title = f"Real models on a {frames}-frame {width}x{height} synthetic clip"
+    if gpus.kind == "fake":
+        title += " (fake GPUs: the models ran on the CPU; memory is what they charged the fake GPUs)"
+    table = Table(title=title)
+    for column in ("stage", "backend", "GPU", "load s", "clip s", "peak GPU memory", "checks", "agreement with truth"):
+        table.add_column(column)
+    for result in results:
+        table.add_row(
+            result.stage,
+            escape(f"real: {result.version}"),
+            escape(f"{result.gpu} {names.get(result.gpu, '')}"),
+            "-" if result.load_s is None else f"{result.load_s:.1f}",
+            "-" if result.run_s is None else f"{result.run_s:.1f}",
+            "-" if result.peak_bytes is None else format_size(result.peak_bytes),
+            format_findings(result),
+            escape(result.agreement or (result.error or "")),
+        )
+    console.print(table)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trackset",
@@ -472,6 +622,37 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("--container", default="mp4")
     corpus.set_defaults(func=cmd_make_corpus)
 
+    check = sub.add_parser(
+        "check-models",
+        help="load each real model (backend: real) on every GPU and run it on a synthetic clip: "
+        "what is missing, seconds, peak memory, format checks, agreement with the clip's truth",
+    )
+    check.add_argument("--settings", default="settings.yaml", help="settings YAML")
+    check.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting (keys: trackset settings)"
+    )
+    check.add_argument(
+        "--frames",
+        type=int,
+        default=None,
+        help="frames of the clip, at least and by default 24 (more: closer profiles)",
+    )
+    check.add_argument(
+        "--fake-gpus",
+        action="store_true",
+        help="on a machine without a GPU: stand in cluster.fake_gpus for GPUs, the models run on the CPU",
+    )
+    check.set_defaults(func=cmd_check_models)
+
+    secrets = sub.add_parser(
+        "secrets",
+        help="make the Prefect auth string and the Dask cluster's certificates (0600, kept if there)",
+    )
+    secrets.add_argument(
+        "dir", nargs="?", default="~/.config/trackset", help="where (default ~/.config/trackset; shared by every host)"
+    )
+    secrets.set_defaults(func=cmd_secrets)
+
     reference = sub.add_parser(
         "settings", help="list every setting: its key for --set and TRACKSET_*, default and description"
     )
@@ -484,6 +665,13 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--out", help="where the pictures go (default: <dataset dir>/pictures)")
     show.add_argument("--settings", default=None, help="settings YAML (its h5 depth range colours the points)")
     show.set_defaults(func=cmd_show)
+
+    served = sub.add_parser(
+        "serve", help="run the deployments of prefect.yaml from this process on their schedules (no work pool)"
+    )
+    served.add_argument("--prefect-file", default="deployments/prefect.yaml", help="the deployments to serve")
+    served.add_argument("--limit", type=int, default=None, help="most runs at once (default: no limit)")
+    served.set_defaults(func=cmd_serve)
     for command in sub.choices.values():
         command.epilog, command.formatter_class = EXIT_CODES, argparse.RawDescriptionHelpFormatter
     return parser

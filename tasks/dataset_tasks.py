@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from trackset.config.settings import Settings
+from trackset.dataset.record import DatasetUpdate, RunInfo, write_dataset_files
 from trackset.dataset.registration import Registration, import_intermediates, register_videos
-from trackset.dataset.statistics import write_dataset_statistics
 from trackset.formats.layout import DatasetLayout
 
 
@@ -28,6 +30,8 @@ def import_intermediates_task(settings: Settings) -> Registration:
 
 
 @task(name="aggregate-statistics", cache_policy=NO_CACHE)
-def aggregate_statistics_task(settings: Settings) -> dict[str, object]:
-    """Sequential final task: statistics over every video of the dataset, old and new."""
-    return write_dataset_statistics(DatasetLayout(settings.paths.dataset_dir), settings.statistics.std_floor)
+def aggregate_statistics_task(settings: Settings, run: RunInfo) -> DatasetUpdate:
+    """Sequential final task: statistics over every video of the dataset, old and new, and
+    ``dataset.json`` with the dataset's version (trackset.dataset.record)."""
+    dataset = DatasetLayout(settings.paths.dataset_dir)
+    return write_dataset_files(dataset, settings.statistics.std_floor, run, datetime.now(UTC))

@@ -18,12 +18,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -40,6 +42,8 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import Artifact, FlowRun, StateType
+from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+from prefect.events.schemas.events import Event
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from trackset.synthetic.corpus import make_corpus, sidecar_path
@@ -176,7 +180,8 @@ class PrefectServer:
 
     def deploy(self, **env: str) -> str:
         """``deployments/deploy.sh`` as docs/prefect.md runs it; ``env`` sets e.g. TRACKSET_NIGHTLY_CRON."""
-        return self.run(["deployments/deploy.sh"], "deploy", timeout_s=180, PREFECT=str(PREFECT), **env)
+        tools = {"PREFECT": str(PREFECT), "PYTHON": sys.executable}
+        return self.run(["deployments/deploy.sh"], "deploy", timeout_s=180, **tools, **env)
 
     def run_deployment(self, name: str, parameters: dict[str, Any]) -> UUID:
         """``prefect deployment run NAME --param key=<json> ...``; returns the new flow run's id."""
@@ -200,6 +205,62 @@ class PrefectServer:
         """A Prefect client for this server; the process's settings are restored afterwards."""
         with temporary_settings({PREFECT_API_URL: self.api_url}), get_client(sync_client=True) as client:
             yield client
+
+
+@dataclass
+class WebhookReceiver:
+    """An HTTP server on 127.0.0.1 that keeps the JSON body of every POST (a notification)."""
+
+    url: str
+    received: list[dict[str, Any]] = field(default_factory=list)
+
+    def wait_for(self, wanted: Callable[[dict[str, Any]], bool], timeout_s: float) -> dict[str, Any]:
+        """The first body ``wanted`` accepts, waiting for it up to ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = [body for body in list(self.received) if wanted(body)]
+            if found:
+                return found[0]
+            time.sleep(1)
+        raise AssertionError(f"no such notification within {timeout_s:.0f} s; received: {self.received}")
+
+
+@contextmanager
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    """A :class:`WebhookReceiver` on a free port for the duration of the block."""
+    bodies: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", 0))
+            bodies.append(json.loads(self.rfile.read(length) or b"{}"))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet: the test reads the bodies, not a log on stderr."""
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield WebhookReceiver(f"http://127.0.0.1:{server.server_address[1]}/notify", bodies)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def read_events(client: SyncPrefectClient, event: str, resource_id: str, timeout_s: float = 60) -> list[Event]:
+    """Events named ``event`` about ``resource_id``, waiting up to ``timeout_s`` for the first
+    (the server stores events a little after they are sent)."""
+    event_filter = EventFilter(event=EventNameFilter(name=[event]), resource=EventResourceFilter(id=[resource_id]))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        events = client.read_events(filter=event_filter, limit=50).events
+        if events or time.monotonic() > deadline:
+            return events
+        time.sleep(2)
 
 
 def artifacts_by_key(client: SyncPrefectClient, flow_run_id: UUID) -> dict[str, Artifact]:

@@ -3,7 +3,8 @@
 ``prefect_test_harness`` would be cheaper but never mounts the UI and runs no worker: these
 tests check what a user does (PLATFORM-NOTES.md, "Server, deployments, workers"). The
 server, the deployments and the first build are shared by every e2e test, as DECISIONS.md
-asks of slow tests.
+asks of slow tests. Notifications go to a webhook receiver on 127.0.0.1, whose URL deploy.sh
+reads from a 0600 file (``TRACKSET_NOTIFY_URL_FILE``) as a user's would be.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from tests.e2e import (
     Build,
     DatasetDirs,
     PrefectServer,
+    WebhookReceiver,
     clean_environ,
     free_port,
     start_in_own_session,
     stop_process_group,
     wait_until_healthy,
+    webhook_receiver,
 )
 
 # The manual build runs the default Dask runner, shaped to start few processes on 2 cores:
@@ -51,12 +54,22 @@ LEAN_DASK: dict[str, Any] = {
 
 
 @pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+def webhook() -> Iterator[WebhookReceiver]:
+    """Where the notification automation's webhook block posts."""
+    with webhook_receiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory, webhook: WebhookReceiver) -> Iterator[PrefectServer]:
     """``prefect server start`` on a free port with a database and UI copy of its own."""
     root = tmp_path_factory.mktemp("prefect")
     (logs := root / "logs").mkdir()
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
+    url_file = root / "webhook-url"
+    url_file.write_text(webhook.url)
+    url_file.chmod(0o600)
     env = clean_environ() | {
         "PREFECT_HOME": str(root / "home"),
         "PREFECT_API_URL": api_url,
@@ -66,6 +79,8 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
         "PREFECT_UI_STATIC_DIRECTORY": str(root / "ui"),
         # Rich wraps CLI output at 80 columns when not on a terminal.
         "COLUMNS": "200",
+        # deploy.sh makes the notification block from it (trackset/flows/automations.py).
+        "TRACKSET_NOTIFY_URL_FILE": str(url_file),
     }
     log = logs / "server.log"
     args = [str(PREFECT), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--analytics-off"]

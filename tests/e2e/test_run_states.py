@@ -5,6 +5,11 @@ is created, naming the setting; a run with failed videos ends in a named state t
 plain Completed; a video over its time budget fails alone; a trackset warning logged on a
 Dask worker is in the run's log; a run whose process was killed becomes Crashed once its
 heartbeats stop (the automation deploy.sh creates, with its window shortened here).
+
+And issue 32's alerts and recovery: the run with failed videos is notified through the
+webhook block deploy.sh made (the receiver gets it, the API shows the automation's action);
+the killed run is a nightly refresh, which the rerun automation runs again once, as a manual
+build with its parameters, and the rerun says what it resumes and completes.
 """
 
 from __future__ import annotations
@@ -27,13 +32,16 @@ from tests.e2e import (
     PREFECT,
     DatasetDirs,
     PrefectServer,
+    WebhookReceiver,
     describe_state,
+    read_events,
     start_in_own_session,
     stop_process_group,
     tail,
 )
 from tests.e2e.conftest import LEAN_DASK
 from tests.e2e.preload_hang_and_warn import WARNING
+from trackset.flows.automations import NOTIFY, RERUN, render
 from trackset.synthetic.corpus import make_corpus, sidecar_path
 
 pytestmark = pytest.mark.slow
@@ -77,7 +85,10 @@ def troubled_build(deployed: PrefectServer, tmp_path_factory: pytest.TempPathFac
     (dirs.videos / "zz_not_a_video.mp4").write_text("not a video")
     overrides: dict[str, Any] = dirs.overrides(**LEAN_DASK)
     overrides["cluster"] = {**overrides["cluster"], "worker_preload": [str(PRELOAD)]}
-    overrides |= {"retry": {"retries": 0}, "timeouts": {"stages": {"hands": {"floor_s": HANG_BUDGET_S, "s_per_frame": 0}}}}
+    overrides |= {
+        "retry": {"retries": 0},
+        "timeouts": {"stages": {"hands": {"floor_s": HANG_BUDGET_S, "s_per_frame": 0}}},
+    }
     flow_run_id = deployed.run_deployment(
         "build-dataset/manual", {"settings_path": "settings.yaml", "overrides": overrides}
     )
@@ -118,6 +129,43 @@ def test_a_worker_side_trackset_warning_is_in_the_runs_log(
     assert any("Dask dashboard of this run: http://127.0.0.1:" in log.message for log in logs)
 
 
+def automation_id(server: PrefectServer, template: str) -> UUID:
+    """The id of the automation deploy.sh made from ``deployments/<template>``."""
+    name = render(Path("deployments") / template, PLACEHOLDERS).name
+    with server.client() as client:
+        [automation] = client.read_automations_by_name(name)
+    return automation.id
+
+
+# Any ids render the templates; only their names are read.
+PLACEHOLDERS = {
+    "__BLOCK_DOCUMENT_ID__": "00000000-0000-0000-0000-000000000000",
+    "__MANUAL_DEPLOYMENT_ID__": "00000000-0000-0000-0000-000000000000",
+    "__NIGHTLY_DEPLOYMENT_ID__": "00000000-0000-0000-0000-000000000000",
+}
+
+
+def test_a_run_with_failed_videos_is_notified_through_the_webhook_block(
+    deployed: PrefectServer, troubled_build: tuple[UUID, DatasetDirs], webhook: WebhookReceiver
+):
+    flow_run_id, _ = troubled_build
+    with deployed.client() as client:
+        run = client.read_flow_run(flow_run_id)
+    body = webhook.wait_for(lambda body: run.name in body["subject"], timeout_s=120)
+    assert body["subject"] == f"trackset: build-dataset run {run.name} ended CompletedWithFailures"
+    assert "2 of 5 video(s) failed" in body["text"] and str(flow_run_id) in body["text"]  # message and UI link
+
+    notify = automation_id(deployed, NOTIFY)
+    with deployed.client() as client:
+        [ended] = read_events(client, "prefect.flow-run.CompletedWithFailures", f"prefect.flow-run.{flow_run_id}")
+        executed = read_events(client, "prefect.automation.action.executed", f"prefect.automation.{notify}")
+    [action] = [
+        event for event in executed if f"prefect.event.{ended.id}" in {r.id for r in event.related}
+    ]  # the automation's action on this run's event, once
+    assert action.payload["action_type"] == "send-notification"
+    assert "prefect.block-type.custom-webhook" in {r.id for r in action.related}
+
+
 def flow_run_pids(flow_run_id: UUID) -> list[int]:
     """Processes whose environment names this flow run: the flow-run process (and its children)."""
     marker = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
@@ -131,16 +179,19 @@ def flow_run_pids(flow_run_id: UUID) -> list[int]:
     return pids
 
 
-def test_a_killed_runs_state_becomes_crashed_once_its_heartbeats_stop(deployed: PrefectServer, tmp_path: Path):
+def test_a_killed_nightly_becomes_crashed_is_notified_and_is_rerun_once_to_completion(
+    deployed: PrefectServer, tmp_path: Path, webhook: WebhookReceiver
+):
     window_s = 60
     deployed.deploy(TRACKSET_HEARTBEAT_S="30", TRACKSET_HEARTBEAT_WINDOW_S=str(window_s))
     try:
         dirs = DatasetDirs.under(tmp_path)
         make_corpus(dirs.videos, 1, seed=BASE_SEED, num_frames=NUM_FRAMES)
-        slow = {"cluster": {"runner": "threads"}, "synthetic": {"depth_camera": {"cpu_s_per_frame": 30}}}
-        flow_run_id = deployed.run_deployment(
-            "build-dataset/manual", {"settings_path": "settings.yaml", "overrides": dirs.overrides(**slow)}
-        )
+        # The settings file makes depth slow; the rerun reads it again after the fix below.
+        settings = tmp_path / "settings.yaml"
+        settings.write_text("synthetic:\n  depth_camera:\n    cpu_s_per_frame: 30\n")
+        parameters = {"settings_path": str(settings), "overrides": dirs.overrides(cluster={"runner": "threads"})}
+        flow_run_id = deployed.run_deployment("build-dataset/nightly-refresh", parameters)
         log = deployed.logs / "crash-worker.log"
         worker = start_in_own_session(
             [str(PREFECT), "worker", "start", "--pool", "trackset", "--run-once"], deployed.env, log
@@ -161,6 +212,7 @@ def test_a_killed_runs_state_becomes_crashed_once_its_heartbeats_stop(deployed: 
                 os.kill(pid, signal.SIGKILL)
         finally:
             stop_process_group(worker)
+        settings.write_text("")  # whatever made it slow is fixed before the rerun starts
         deadline = time.monotonic() + window_s + 150
         while True:
             with deployed.client() as client:
@@ -171,5 +223,36 @@ def test_a_killed_runs_state_becomes_crashed_once_its_heartbeats_stop(deployed: 
             time.sleep(5)
         assert run.state.type == StateType.CRASHED, describe_state(run)
         assert "No heartbeat" in (run.state.message or "")
+        webhook.wait_for(lambda body: body["subject"].endswith(f"{run.name} ended Crashed"), timeout_s=120)
+
+        rerun_id = wait_for_rerun(deployed, automation_id(deployed, RERUN), timeout_s=120)
+        deployed.run_worker_once(timeout_s=300)
+        with deployed.client() as client:
+            rerun = client.read_flow_run(rerun_id)
+            manual = client.read_deployment_by_name("build-dataset/manual")
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[rerun_id])))
+        assert rerun.state is not None and rerun.state.is_completed(), describe_state(rerun)
+        assert rerun.deployment_id == manual.id  # not the nightly: a rerun that crashes is not rerun again
+        assert rerun.parameters == {
+            **dict.fromkeys(("videos_dir", "work_dir", "dataset_dir", "import_dir")),
+            **parameters,
+        }
+        assert any(
+            f"resuming flow run {flow_run_id} " in log.message
+            and "0 of 1 videos done in earlier runs; 1 pending" in log.message
+            for log in logs
+        ), [log.message for log in logs]
+        assert (dirs.dataset / "00000.hdf5").is_file()
     finally:
         deployed.deploy()
+
+
+def wait_for_rerun(server: PrefectServer, automation: UUID, timeout_s: float) -> UUID:
+    """The flow run the rerun automation started (its action names the run it created)."""
+    with server.client() as client:
+        executed = read_events(
+            client, "prefect.automation.action.executed", f"prefect.automation.{automation}", timeout_s
+        )
+    runs = [r.id for event in executed for r in event.related if r.role == "flow-run"]
+    assert len(runs) == 1, f"expected one rerun, got {runs}"
+    return UUID(runs[0].removeprefix("prefect.flow-run."))

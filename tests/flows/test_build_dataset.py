@@ -11,7 +11,9 @@ rotation columns from rows); video 00001 is the demo's gentle scene.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -22,6 +24,8 @@ import yaml
 from scipy.spatial.transform import Rotation
 
 from tests.flows.helpers import digests, merge_sections, paths_under
+from trackset import __version__
+from trackset.dataset.lock import LOCK_NAME
 from trackset.flows.build_dataset import build_dataset
 from trackset.formats.statistics import STATS_YAML_KEYS
 from trackset.synthetic.corpus import encode_scene, load_scene_for, video_seed
@@ -78,6 +82,27 @@ def test_every_video_lands_with_the_formats_layout(built):
         assert sorted(f["root/tracks"]) == [f"frame_{t:04d}" for t in range(NUM_FRAMES - L + 1)]
     stats = yaml.safe_load((dataset / "normalization_stats.yaml").read_text())
     assert [key for key in STATS_YAML_KEYS if key not in stats] == []
+
+
+def test_every_file_names_what_made_it_and_the_record_names_the_dataset(built):
+    root, summary = built
+    dataset = root / "dataset"
+    fingerprints = []
+    for path in sorted(dataset.glob("*.hdf5")):
+        partials = json.loads((dataset / "partials" / f"{path.stem}.json").read_text())
+        with h5py.File(path) as f:
+            attrs = dict(f.attrs)
+        assert attrs["trackset.fingerprint"] == partials["fingerprint"]
+        assert (attrs["trackset.video_id"], attrs["trackset.version"]) == (path.stem, __version__)
+        stages = ["preprocess", "depth_camera", "object_masks", "tracks_3d", "hands", "h5_build"]
+        assert json.loads(attrs["trackset.stages"]) == stages
+        assert json.loads(attrs["trackset.h5_build.settings"])["section"]["target_size"] == S
+        assert attrs["trackset.depth_camera.model"] == "synthetic" and attrs["trackset.hands.seed"] == int(path.stem)
+        fingerprints.append(f"{path.stem}\t{partials['fingerprint']}\n")
+    record = json.loads((dataset / "dataset.json").read_text())
+    assert record["dataset_version"] == hashlib.sha256("".join(fingerprints).encode()).hexdigest()
+    assert summary.dataset_version == record["dataset_version"]
+    assert (record["videos"], record["runs"][0]["videos_built"], record["runs"][0]["videos_failed"]) == (3, 3, 0)
 
 
 def _scene_and_times(root: Path, video_id: str):
@@ -302,10 +327,26 @@ def test_statistics_are_exact_over_every_value_written(built):
 def test_second_run_processes_nothing_and_rewrites_same_statistics(built):
     root, _ = built
     before = digests(root / "dataset")
+    record = json.loads((root / "dataset" / "dataset.json").read_text())
     summary = build_dataset(overrides=overrides(root))
     assert summary.videos_pending == 0
     assert all(r.status == "skipped" for tally in summary.stages for r in summary.records(tally.stage))
     assert digests(root / "dataset") == before
+    assert json.loads((root / "dataset" / "dataset.json").read_text()) == record  # no change, no new run
+
+
+def test_a_run_that_takes_over_a_crashed_runs_lock_says_what_it_resumes(built, tmp_path, caplog):
+    for folder in ("videos", "work", "dataset"):
+        shutil.copytree(built[0] / folder, tmp_path / folder)
+    (tmp_path / "dataset" / "partials" / "00002.json").unlink()  # the crashed run did not finish 00002
+    crashed = {"host": "gpu1", "pid": 4242, "flow_run_id": "crashed-run", "started": "2027-01-05T02:00:00"}
+    (tmp_path / "dataset" / LOCK_NAME).write_text(json.dumps(crashed))
+    with caplog.at_level(logging.INFO):
+        build_dataset(overrides=overrides(tmp_path))
+    assert (
+        "resuming flow run crashed-run (host gpu1, pid 4242, since 2027-01-05T02:00:00), which did not finish: "
+        "2 of 3 videos done in earlier runs; 1 pending"
+    ) in caplog.text
 
 
 def test_crash_and_resume_matches_a_clean_run(built, corpus, tmp_path):

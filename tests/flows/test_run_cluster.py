@@ -12,7 +12,7 @@ import trackset
 from trackset.cluster.plan import GPU, GPU_RANK, gpu_rank
 from trackset.cluster.worker_probe import current_gpu, describe_worker
 from trackset.config.settings import Settings
-from trackset.engine.run_cluster import RunCluster
+from trackset.engine.run_cluster import RunCluster, describe_run_worker
 from trackset.errors import ClusterShapeError
 from trackset.gpu.inventory import GpuInfo
 
@@ -22,14 +22,14 @@ def answer(**changes):
 
 
 def test_a_sound_cluster_passes_and_a_worker_that_died_meanwhile_is_left_out():
-    cluster = RunCluster(Settings(cluster={"scheduler_address": "tcp://scheduler:8786"}))
+    cluster = RunCluster(Settings(cluster={"scheduler_address": "tls://scheduler:8786"}))
     workers = {"tcp://a:1": {"name": "gpu0-w0"}, "tcp://a:2": {"name": "gpu0-w1"}}
     cluster.check(workers, {"tcp://a:1": answer(), "tcp://a:2": CommClosedError("gone")})
 
 
 def test_every_bad_worker_is_named_with_its_problem():
-    cluster = RunCluster(Settings(cluster={"scheduler_address": "tcp://scheduler:8786"}))
-    cluster.address = "tcp://scheduler:8786"
+    cluster = RunCluster(Settings(cluster={"scheduler_address": "tls://scheduler:8786"}))
+    cluster.address = "tls://scheduler:8786"
     workers = {f"tcp://a:{i}": {"name": f"w{i}"} for i in range(4)}
     answers = {
         "tcp://a:0": ModuleNotFoundError("No module named 'trackset'"),
@@ -40,7 +40,7 @@ def test_every_bad_worker_is_named_with_its_problem():
     with pytest.raises(ClusterShapeError) as caught:
         cluster.check(workers, answers)
     lines = str(caught.value).splitlines()
-    assert lines[0].startswith("the cluster at tcp://scheduler:8786 cannot run this build")
+    assert lines[0].startswith("the cluster at tls://scheduler:8786 cannot run this build")
     assert lines[1:] == [
         "  worker w0 (tcp://a:0) cannot run trackset's code: ModuleNotFoundError: No module named 'trackset'",
         f"  worker w1 (tcp://a:1) has trackset 0.0.1, this flow {trackset.__version__}",
@@ -69,7 +69,7 @@ class FakeClient:
     def run(self, function, *args, workers=None, on_error="raise"):
         asked = sorted(self.workers if workers is None else workers)
         self.runs.append((function.__name__, asked))
-        if function is describe_worker:
+        if function is describe_run_worker:
             return {address: answer(gpu=self.gpus[address]) for address in asked}
         if function is current_gpu:
             return {address: GpuInfo(self.gpus[address], "Fake", 16, 0, 16) for address in asked}
@@ -83,11 +83,11 @@ def test_stage_transitions_ask_only_the_workers_they_need_once_each():
     workers = {"tcp://a:1": {"name": "gpu0-w0", "resources": gpu}, "tcp://a:2": {"name": "gpu1-w0", "resources": gpu}}
     workers["tcp://a:3"] = {"name": "cpu-w0", "resources": {"CPU": 1}}
     client = FakeClient(workers, {"tcp://a:1": 0, "tcp://a:2": 1, "tcp://a:3": None})
-    cluster = RunCluster(Settings(cluster={"scheduler_address": "tcp://scheduler:8786"}))
+    cluster = RunCluster(Settings(cluster={"scheduler_address": "tls://scheduler:8786"}))
     cluster.client = client
 
     plan = cluster.plan()
-    assert client.runs == [("describe_worker", ["tcp://a:1", "tcp://a:2", "tcp://a:3"])]
+    assert client.runs == [("describe_run_worker", ["tcp://a:1", "tcp://a:2", "tcp://a:3"])]
     assert [g.index for g in plan.gpus] == [0, 1]
     client.runs.clear()
     assert [g.index for g in cluster.plan().gpus] == [0, 1] and client.runs == []  # nobody asked again
@@ -100,7 +100,7 @@ def test_stage_transitions_ask_only_the_workers_they_need_once_each():
     client.workers["tcp://a:4"], client.gpus["tcp://a:4"] = {"name": "gpu1-w0", "resources": gpu}, 1
     assert [w.address for w in cluster.plan().workers if w.gpu is not None] == ["tcp://a:1", "tcp://a:4"]
     cluster.release("tracks_3d")
-    assert client.runs == [("describe_worker", ["tcp://a:4"]), ("release_stages", ["tcp://a:1", "tcp://a:4"])]
+    assert client.runs == [("describe_run_worker", ["tcp://a:4"]), ("release_stages", ["tcp://a:1", "tcp://a:4"])]
 
     client.runs.clear()
     del client.workers["tcp://a:4"]  # died after the plan was read: not waited for
@@ -157,4 +157,31 @@ def test_the_dask_config_file_for_hand_started_clusters_says_what_the_run_sets()
         return out
 
     path = Path(__file__).parents[2] / "deployments" / "dask.yaml"
-    assert flat(yaml.safe_load(path.read_text())) == run_dask_config()
+    # And TLS only: the run's own clusters get it with their certificates (test below).
+    assert flat(yaml.safe_load(path.read_text())) == run_dask_config() | {"distributed.comm.require-encryption": True}
+
+
+def test_the_cluster_a_run_starts_talks_tls_and_its_subflows_join_it():
+    """Another account on the machine reaches 127.0.0.1 too: without the run's certificate,
+    no comm; a subflow's runner (``attached`` settings, same process) gets in."""
+    from distributed import Client
+
+    settings = Settings(cluster={"cpu_workers": 1, "cpu_worker_nice": 0})
+    with RunCluster(settings, gpu_workers=False) as cluster:
+        assert cluster.address is not None and cluster.address.startswith("tls://127.0.0.1:")
+        with RunCluster(cluster.attached(settings)) as subflow:
+            assert subflow.client is not None and len(subflow.client.scheduler_info()["workers"]) == 1
+        address = cluster.address
+        import dask
+
+        with dask.config.set({"distributed.comm.require-encryption": False}), pytest.raises(OSError):
+            Client(address.replace("tls://", "tcp://"), timeout=5)
+
+
+def test_tls_settings_that_cannot_work_fail_at_once_naming_the_setting(tmp_path):
+    with pytest.raises(ClusterShapeError, match=r"^cluster\.tls_dir: missing .*ca\.pem.*trackset secrets"):
+        with RunCluster(Settings(cluster={"scheduler_address": "tls://10.0.0.7:8786", "tls_dir": str(tmp_path)})):
+            pass
+    with pytest.raises(ClusterShapeError, match=r"tls://10\.0\.0\.7:8786 needs the cluster's certificates: set cluster\.tls_dir"):
+        with RunCluster(Settings(cluster={"scheduler_address": "tls://10.0.0.7:8786"})):
+            pass

@@ -8,6 +8,7 @@ the fakes' analytic scenes (numpy/scipy formulas written here), not from trackse
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from tests.unit.fakes import tapip3d_api, vipe_api, wilor_api
-from trackset.adapters import tapip3d, vipe, wilor
+from trackset.adapters import check_real_backends, mano, tapip3d, vipe, wilor
 from trackset.config.settings import DepthCameraSettings, HandsSettings, Settings, Tracks3dSettings
 from trackset.domain import VideoRef
 from trackset.errors import ModelUnavailableError
@@ -33,6 +34,7 @@ from trackset.formats.intermediates import (
     write_tracks_3d,
 )
 from trackset.geometry.camera import window_relative_poses
+from trackset.stages.config import DepthCameraConfig
 
 VID = "00003"
 
@@ -114,6 +116,68 @@ def test_vipe_weights_dir_becomes_the_download_cache(monkeypatch: pytest.MonkeyP
     vipe.ViPEBackend(DepthCameraSettings(backend="real", weights_dir=cache)).load()
     assert torch.hub.get_dir() == str(cache / "torch")
     assert os.environ["HF_HOME"] == str(cache / "huggingface")
+
+
+def test_vipe_clamp_reaches_y2rs_vendored_copy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog) -> None:
+    """y2r's ViPE (no ``vipe.config``; Hydra; ``init.fov_*_degrees``) gets the script's clamp on
+    GeoCalib's estimate and on SLAM's intrinsics, and its model cache; a 45 degree estimate
+    comes back as the 60 degree lower bound."""
+    scene = vipe_api.install(monkeypatch, vipe_scene(), flavour="y2r")
+    scene.fov_estimate_deg = 45.0
+    frames, meta = frames_and_meta(3, 48, 64)
+    backend = vipe.ViPEBackend(DepthCameraSettings(backend="real"))
+    with caplog.at_level("INFO", logger=vipe.__name__):
+        backend.load()
+    result = backend.infer(VideoRef(VID, tmp_path / "v.mp4", "h"), frames, meta)
+    assert {
+        "pipeline.init.fov_min_degrees=60.0",
+        "pipeline.init.fov_max_degrees=90.0",
+        "++pipeline.slam.fov_min_degrees=60.0",
+        "++pipeline.slam.fov_max_degrees=90.0",
+    } <= set(scene.configs[0])
+    config = scene.pipeline_configs[0]
+    assert (config.init.fov_min_degrees, config.init.fov_max_degrees) == (60.0, 90.0)
+    assert (config.slam.fov_min_degrees, config.slam.fov_max_degrees) == (60.0, 90.0)
+    assert scene.model_caches[0]["init"] is config.init  # the priors loaded once, from that config
+    focal = 48 / (2 * np.tan(np.radians(60.0) / 2))
+    np.testing.assert_allclose(result.intrinsics[0], [[focal, 0, 32], [0, focal, 24], [0, 0, 1]], rtol=1e-5)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        f"depth_camera: ViPE 0.1.1 at /site-packages/y2r/vipe: y2r's vendored ViPE (field-of-view clamp)"
+    ]
+
+
+def test_vipe_upstream_cannot_clamp_and_one_line_says_so(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog
+) -> None:
+    scene = vipe_api.install(monkeypatch, vipe_scene(), flavour="upstream")
+    with pytest.raises(ValueError, match="fov_min_degrees"):  # upstream refuses the keys
+        vipe_api.sys.modules["vipe.config"].parse_typed_config(hydra_args=["++pipeline.init.fov_min_degrees=60"])
+    backend = vipe.ViPEBackend(DepthCameraSettings(backend="real"))
+    with caplog.at_level("INFO", logger=vipe.__name__):
+        backend.load()
+    assert not any("fov" in override for override in scene.configs[-1])
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert (
+        "has no field-of-view clamp; depth_camera.fov_min_deg = 60.0 and fov_max_deg = 90.0 are not applied"
+        in (warnings[0])
+    )
+    assert "ViPE 1.1.0" in caplog.records[0].getMessage() and "upstream ViPE" in caplog.records[0].getMessage()
+    caplog.clear()
+    unclamped = vipe.ViPEBackend(DepthCameraSettings(backend="real", fov_min_deg=None, fov_max_deg=None))
+    with caplog.at_level("INFO", logger=vipe.__name__):
+        unclamped.load()
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_fov_clamp_settings_and_fingerprints() -> None:
+    with pytest.raises(ValueError, match="fov_min_deg must not be above fov_max_deg"):
+        DepthCameraSettings(fov_min_deg=95)
+    synthetic = DepthCameraConfig.from_settings(Settings()).output_settings()["section"]
+    real = DepthCameraConfig.from_settings(Settings(depth_camera={"backend": "real"})).output_settings()["section"]
+    assert "fov_min_deg" not in synthetic  # the synthetic backend does not read it
+    assert (real["fov_min_deg"], real["fov_max_deg"]) == (60.0, 90.0)
 
 
 # ---------------------------------------------------------------- TAPIP3D
@@ -222,6 +286,39 @@ def test_tapip3d_single_point_and_empty_windows(
     assert len(loaded[0].calls) == int(expected_n > 0)
 
 
+@pytest.mark.parametrize(("valid", "tracked"), [(3, 0), (4, 4)])
+@pytest.mark.parametrize("given_queries", [False, True], ids=["sampled", "given"])
+def test_tapip3d_window_with_fewer_than_four_valid_depths_gets_no_tracks(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog, valid: int, tracked: int, given_queries: bool
+) -> None:
+    """TAPIP3D's inference() fails on such a window (kthvalue, k = int(0.25 n) = 0); it is left
+    empty, as a window without valid depth at its first frame is, with a warning; the other
+    window is tracked."""
+    loaded = tapip3d_api.install(monkeypatch)
+    frames, meta, depth, _ = tracking_inputs(20)
+    depth.depths[10:] = 0.0  # the second window, frames 10-19, has valid depth only here:
+    depth.depths[10, 12, 10 : 10 + valid] = 2.0
+    second = np.stack([np.arange(10, 10 + valid), np.full(valid, 12)], axis=1)
+    queries = [np.array([[20, 15], [25, 8]]), second] if given_queries else None
+    backend = tapip3d.TAPIP3DBackend(tapip3d_settings(tmp_path, stride=10))
+    backend.load()
+    with caplog.at_level("WARNING", logger="trackset.adapters.tapip3d"):
+        result = backend.infer(VideoRef(VID, tmp_path / "v.mp4", "h"), frames, meta, depth, queries)
+    assert result.windows == [(0, 10), (10, 20)]
+    first = 2 if given_queries else 40
+    assert [t.shape for t in result.tracks] == [(10, first, 3), (10, tracked, 3)]
+    assert len(loaded[0].calls) == 1 + int(tracked > 0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if tracked:
+        assert warnings == []
+    else:
+        assert warnings == [
+            f"tracks_3d: video {VID} ({tmp_path / 'v.mp4'}), window (10, 20): 3 valid depth value(s) in"
+            f" depth_camera's vipe/{VID}.npz over the window; TAPIP3D needs at least 4, so the window's 3 query"
+            " point(s) are dropped"
+        ]
+
+
 def test_tapip3d_result_round_trips_through_the_intermediate_format(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -266,11 +363,7 @@ def hand_script() -> dict[int, list[tuple[float, ...]]]:
 
 
 def wilor_weights(tmp_path: Path) -> Path:
-    root = tmp_path / "wilor"
-    for path in wilor.weight_files(root).values():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"x")
-    return root
+    return wilor_api.write_weights(tmp_path / "wilor")
 
 
 def hand_depth() -> DepthCamera:
@@ -373,16 +466,72 @@ def test_wilor_video_without_hands(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
         assert not hand.valid.any() and np.isnan(hand.wrist_pose).all() and np.isnan(hand.betas).all()
 
 
-def test_wilor_loads_mano_from_weights_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_wilor_loads_its_config_and_checkpoint_from_weights_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     state = wilor_api.install(monkeypatch, {})
     root = wilor_weights(tmp_path)
-    wilor.WiLoRBackend(HandsSettings(backend="real", weights_dir=root)).load()
-    cfg = state["models"][0].cfg
-    assert state["models"][0].checkpoint == str(root / "pretrained_models" / "wilor_final.ckpt")
+    backend = wilor.WiLoRBackend(HandsSettings(backend="real", weights_dir=root))
+    backend.load()
+    model = state["models"][0]
+    assert sorted(model.state_dict) == sorted(wilor_api.STATE_DICT_KEYS)  # the checkpoint's weights
+    assert not model.init_renderer  # no EGL context for a renderer trackset never uses
     assert state["detectors"][0].path == str(root / "pretrained_models" / "detector.pt")
-    assert cfg.MANO.MODEL_PATH == str(root / "mano_data")
+    cfg = model.cfg
+    assert cfg.frozen
     assert cfg.MANO.MEAN_PARAMS == str(root / "mano_data" / "mano_mean_params.npz")
     assert cfg.MODEL.BBOX_SHAPE == [192, 256] and "PRETRAINED_WEIGHTS" not in cfg.MODEL.BACKBONE
+
+
+def test_wilor_loads_mano_without_chumpy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The licensed MANO_RIGHT.pkl holds chumpy arrays and chumpy does not import on Python 3.11:
+    smplx's plain pickle.load of the file as downloaded fails. WiLoR gets the same fields as
+    numpy arrays, from a folder of the backend's that goes with it."""
+    state = wilor_api.install(monkeypatch, {})
+    root = wilor_weights(tmp_path)
+    with pytest.raises(ImportError, match="chumpy"):
+        wilor_api.load_mano_as_smplx(str(root / "mano_data"))
+    backend = wilor.WiLoRBackend(HandsSettings(backend="real", weights_dir=root))
+    backend.load()
+    cfg, mano = state["models"][0].cfg, state["models"][0].mano.data
+    expected = wilor_api.mano_fields()
+    assert isinstance(mano["shapedirs"], np.ndarray)
+    np.testing.assert_array_equal(mano["shapedirs"], expected["shapedirs"].x)
+    np.testing.assert_array_equal(mano["J_regressor"].toarray(), expected["J_regressor"].toarray())
+    assert Path(cfg.MANO.MODEL_PATH) != root / "mano_data" and cfg.MANO.DATA_DIR == cfg.MANO.MODEL_PATH
+    backend.unload()
+    assert not Path(cfg.MANO.MODEL_PATH).exists()
+
+
+def test_wilor_trusts_only_the_configured_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """torch >= 2.6 loads ``weights_only`` by default: the checkpoint (a config object in its
+    hyper-parameters) and the detector (a pickled module) load because they are the configured
+    files; torch.load is itself again afterwards, and another file stays under torch's rules."""
+    state = wilor_api.install(monkeypatch, {})
+    root = wilor_weights(tmp_path)
+    for name in ("wilor_final.ckpt", "detector.pt"):
+        with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+            torch.load(root / "pretrained_models" / name)
+    original = torch.load
+    wilor.WiLoRBackend(HandsSettings(backend="real", weights_dir=root)).load()
+    assert torch.load is original
+    assert isinstance(state["detectors"][0].checkpoint["model"], wilor_api.DetectionModel)
+    other = tmp_path / "other.pt"
+    torch.save({"model": wilor_api.DetectionModel()}, other)
+    with wilor.trusting_torch_load(root / "pretrained_models" / "detector.pt"):
+        with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+            torch.load(other)
+        torch.load(str(root / "pretrained_models" / "detector.pt"), map_location="cpu")
+
+
+def test_mano_reader_refuses_anything_but_arrays(tmp_path: Path) -> None:
+    path = tmp_path / "MANO_RIGHT.pkl"
+    path.write_bytes(pickle.dumps({"f": np.zeros(3), "evil": os.system}, protocol=2))
+    with pytest.raises(mano.ManoFileError, match=r"MANO_RIGHT\.pkl: refusing (posix|nt)\.system"):
+        mano.read_mano(path)
+    path.write_bytes(pickle.dumps([1, 2], protocol=2))
+    with pytest.raises(mano.ManoFileError, match="a dict of fields"):
+        mano.read_mano(path)
 
 
 # ---------------------------------------------------------------- missing packages and weights
@@ -394,6 +543,22 @@ def _checkpoint(tmp_path: Path) -> Path:
     return path
 
 
+def _placed(overrides: dict, tmp_path: Path) -> dict:
+    """``overrides`` with ``<ckpt>``, ``<wilor>`` and ``<wilor-no-detector>`` replaced by files made here."""
+
+    def place(value: object) -> object:
+        if value == "<ckpt>":
+            return _checkpoint(tmp_path)
+        if value in ("<wilor>", "<wilor-no-detector>"):
+            weights = wilor_weights(tmp_path)
+            if value == "<wilor-no-detector>":
+                (weights / "pretrained_models" / "detector.pt").unlink()
+            return weights
+        return value
+
+    return {stage: {key: place(value) for key, value in section.items()} for stage, section in overrides.items()}
+
+
 @pytest.mark.parametrize(
     ("module", "missing", "overrides", "expected"),
     [
@@ -401,8 +566,8 @@ def _checkpoint(tmp_path: Path) -> Path:
             vipe,
             ["vipe"],
             {"depth_camera": {"backend": "real"}},
-            "backend 'real' for depth_camera needs the 'vipe' package (pip install nvidia-vipe, see docs/real-models.md);"
-            " set depth_camera.backend: synthetic to run without it",
+            "backend 'real' for depth_camera needs the 'vipe' package (pip install --no-build-isolation nvidia-vipe,"
+            " see docs/real-models.md); set depth_camera.backend: synthetic to run without it",
         ),
         (
             vipe,
@@ -413,7 +578,7 @@ def _checkpoint(tmp_path: Path) -> Path:
         (
             tapip3d,
             ["models"],
-            {"tracks_3d": {"backend": "real"}},
+            {"tracks_3d": {"backend": "real", "weights_path": "<ckpt>"}},
             "needs the 'models' package (a checkout of github.com/zbw001/TAPIP3D on PYTHONPATH",
         ),
         (tapip3d, [], {"tracks_3d": {"backend": "real"}}, "set tracks_3d.weights_path"),
@@ -423,14 +588,25 @@ def _checkpoint(tmp_path: Path) -> Path:
             {"tracks_3d": {"backend": "real", "weights_path": "/nonexistent/tapip3d_final.pth"}},
             "tracks_3d.weights_path = /nonexistent/tapip3d_final.pth, which is not a file",
         ),
-        (wilor, ["wilor"], {"hands": {"backend": "real"}}, "needs the 'wilor' package"),
-        (wilor, ["ultralytics"], {"hands": {"backend": "real"}}, "needs the 'ultralytics' package"),
+        (wilor, ["wilor"], {"hands": {"backend": "real", "weights_dir": "<wilor>"}}, "needs the 'wilor' package"),
+        (
+            wilor,
+            ["ultralytics"],
+            {"hands": {"backend": "real", "weights_dir": "<wilor>"}},
+            "needs the 'ultralytics' package",
+        ),
         (wilor, [], {"hands": {"backend": "real"}}, "set hands.weights_dir"),
         (
             wilor,
             [],
             {"hands": {"backend": "real", "weights_dir": "/nonexistent/wilor"}},
-            "wilor_final.ckpt under hands.weights_dir = /nonexistent/wilor",
+            "WiLoR's weights at hands.weights_dir = /nonexistent/wilor, which is not a directory",
+        ),
+        (
+            wilor,
+            [],
+            {"hands": {"backend": "real", "weights_dir": "<wilor-no-detector>"}},
+            "detector.pt under hands.weights_dir = ",
         ),
     ],
     ids=[
@@ -442,11 +618,12 @@ def _checkpoint(tmp_path: Path) -> Path:
         "wilor-package",
         "ultralytics-package",
         "wilor-unset",
+        "wilor-dir",
         "wilor-file",
     ],
 )
-def test_missing_model_parts_fail_early_in_one_line(
-    monkeypatch: pytest.MonkeyPatch, module, missing: list[str], overrides: dict, expected: str
+def test_one_missing_model_part_fails_early_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, module, missing: list[str], overrides: dict, expected: str
 ) -> None:
     vipe_api.install(monkeypatch, vipe_scene())
     tapip3d_api.install(monkeypatch)
@@ -454,7 +631,8 @@ def test_missing_model_parts_fail_early_in_one_line(
     for name in missing:
         monkeypatch.setitem(sys.modules, name, None)  # makes "import name" fail, installed or not
     stage = next(iter(overrides))
-    section = getattr(Settings(**overrides), stage)
+    section = getattr(Settings(**_placed(overrides, tmp_path)), stage)
+    assert len(module.missing(section)) == 1
     with pytest.raises(ModelUnavailableError) as caught:
         module.check_available(section)
     message = str(caught.value)
@@ -464,6 +642,71 @@ def test_missing_model_parts_fail_early_in_one_line(
     backend = {vipe: vipe.ViPEBackend, tapip3d: tapip3d.TAPIP3DBackend, wilor: wilor.WiLoRBackend}[module](section)
     with pytest.raises(ModelUnavailableError, match="synthetic to run without it"):
         backend.load()  # the same check guards load()
+
+
+DOCS_REF = "see docs/real-models.md"
+
+
+def test_every_missing_part_is_named_at_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Not one per attempt: every package, weight file and setting of every stage, in one error."""
+    tapip3d_api.install(monkeypatch)
+    wilor_api.install(monkeypatch, {})
+    for name in ("vipe", "models", "wilor", "ultralytics"):
+        monkeypatch.setitem(sys.modules, name, None)
+    weights = wilor_weights(tmp_path)
+    (weights / "pretrained_models" / "detector.pt").unlink()
+    (weights / "mano_data" / "MANO_RIGHT.pkl").unlink()
+    settings = Settings(
+        depth_camera={"backend": "real", "weights_dir": tmp_path / "no-cache"},
+        tracks_3d={"backend": "real"},
+        hands={"backend": "real", "weights_dir": weights},
+    )
+    vipe_lines = [
+        f"the 'vipe' package (pip install --no-build-isolation nvidia-vipe, {DOCS_REF})",
+        f"its weights cache at depth_camera.weights_dir = {tmp_path / 'no-cache'}, which is not a directory"
+        f" ({DOCS_REF})",
+    ]
+    tapip3d_lines = [
+        f"the 'models' package (a checkout of github.com/zbw001/TAPIP3D on PYTHONPATH, {DOCS_REF})",
+        f"the TAPIP3D checkpoint tapip3d_final.pth: set tracks_3d.weights_path ({DOCS_REF})",
+    ]
+    wilor_lines = [
+        "the 'wilor' and 'ultralytics' packages (a checkout of github.com/rolpotamias/WiLoR on PYTHONPATH with its"
+        f" requirements.txt installed, {DOCS_REF})",
+        f"detector.pt under hands.weights_dir = {weights}: {weights / 'pretrained_models' / 'detector.pt'} is missing"
+        f" ({DOCS_REF})",
+        f"MANO_RIGHT.pkl under hands.weights_dir = {weights}: {weights / 'mano_data' / 'MANO_RIGHT.pkl'} is missing"
+        f" ({DOCS_REF})",
+    ]
+    assert vipe.missing(settings.depth_camera) == vipe_lines
+    assert tapip3d.missing(settings.tracks_3d) == tapip3d_lines
+    assert wilor.missing(settings.hands) == wilor_lines
+
+    with pytest.raises(ModelUnavailableError) as caught:
+        tapip3d.check_available(settings.tracks_3d)
+    assert str(caught.value).splitlines() == [
+        "backend 'real' for tracks_3d needs 2 things; set tracks_3d.backend: synthetic to run without it:",
+        *(f"  - tracks_3d: {line}" for line in tapip3d_lines),
+    ]
+    with pytest.raises(ModelUnavailableError) as caught:
+        check_real_backends(settings)  # a run's start: one error, every stage
+    assert str(caught.value).splitlines() == [
+        "backend 'real' for depth_camera, tracks_3d and hands needs 7 things; set depth_camera.backend,"
+        " tracks_3d.backend and hands.backend: synthetic to run without them:",
+        *(f"  - depth_camera: {line}" for line in vipe_lines),
+        *(f"  - tracks_3d: {line}" for line in tapip3d_lines),
+        *(f"  - hands: {line}" for line in wilor_lines),
+    ]
+
+
+def test_a_run_start_with_one_missing_part_says_it_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "vipe", None)
+    with pytest.raises(ModelUnavailableError) as caught:
+        check_real_backends(Settings(depth_camera={"backend": "real"}))
+    assert str(caught.value) == (
+        f"backend 'real' for depth_camera needs the 'vipe' package (pip install --no-build-isolation nvidia-vipe,"
+        f" {DOCS_REF}); set depth_camera.backend: synthetic to run without it"
+    )
 
 
 def test_everything_available_passes_the_checks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

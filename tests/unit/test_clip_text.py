@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import h5py
@@ -9,7 +10,7 @@ import pytest
 
 from tests.unit.test_mask_stages import add_video, run, settings_for
 from tests.y2r_reader import load_y2r
-from trackset.dataset.statistics import write_dataset_statistics
+from trackset.dataset.record import RunInfo, write_dataset_files
 from trackset.domain import VideoRef
 from trackset.formats.clip_metadata import ClipMetadata, MetadataError, find_row, video_keys
 from trackset.formats.layout import DatasetLayout
@@ -70,7 +71,9 @@ def test_the_description_becomes_root_text_and_y2r_text_mode_reads_it(with_text)
         text = f["root/text"]
         assert text.shape == () and h5py.check_string_dtype(text.dtype).encoding == "utf-8"
         assert text[()].decode() == "stack the boxes"
-    write_dataset_statistics(DatasetLayout(settings.paths.dataset_dir), settings.statistics.std_floor)
+    write_dataset_files(
+        DatasetLayout(settings.paths.dataset_dir), settings.statistics.std_floor, RunInfo(), datetime.now(UTC)
+    )
     loaded = load_y2r(settings.paths.dataset_dir, text_mode=True, track_type="3d")
     assert loaded.texts == {0: "stack the boxes"} and loaded.samples
     sample = loaded.sample(0, num_track_ts=6)

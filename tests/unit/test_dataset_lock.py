@@ -104,3 +104,32 @@ def test_a_work_directory_taken_over_by_another_dataset_says_so(tmp_path, caplog
             pass
     assert f"work directory {work} last worked for dataset {tmp_path / 'a'}" in caplog.text
     assert (work / LAST_DATASET_NAME).read_text().strip() == str(tmp_path / "b")
+
+
+def test_the_run_that_takes_over_a_dead_holders_lock_knows_whose_build_it_resumes(tmp_path):
+    record = {"host": "gpu1", "pid": 4242, "flow_run_id": "crashed-run", "started": "then"}
+    (tmp_path / LOCK_NAME).write_text(json.dumps(record))
+    with DatasetLock(tmp_path, flow_run_id="rerun") as lock:
+        assert lock.previous is not None and lock.previous.flow_run_id == "crashed-run"
+    with DatasetLock(tmp_path, flow_run_id="later") as lock:
+        assert lock.previous is None  # the rerun released it: nothing left unfinished
+
+
+def test_a_probe_refuses_a_held_dataset_and_leaves_a_dead_holders_record_to_the_run(tmp_path):
+    DatasetLock.probe(tmp_path)  # no lock file yet: free
+    with DatasetLock(tmp_path, flow_run_id="first"), pytest.raises(DatasetBusyError, match="flow run first"):
+        DatasetLock.probe(tmp_path)
+    record = {"host": "gpu1", "pid": 4242, "flow_run_id": "crashed-run", "started": "then"}
+    (tmp_path / LOCK_NAME).write_text(json.dumps(record))
+    DatasetLock.probe(tmp_path)
+    assert json.loads((tmp_path / LOCK_NAME).read_text()) == record
+    with DatasetLock(tmp_path, flow_run_id="rerun") as lock:
+        assert lock.previous is not None and lock.previous.flow_run_id == "crashed-run"
+
+
+def test_a_probe_names_the_run_that_holds_the_work_directory(tmp_path):
+    DatasetLock.probe(tmp_path / "manual", work_dir=tmp_path / "work")  # nothing there yet: free
+    with DatasetLock(tmp_path / "nightly", flow_run_id="nightly-run", work_dir=tmp_path / "work"):
+        with pytest.raises(WorkDirBusyError, match="flow run nightly-run"):
+            DatasetLock.probe(tmp_path / "manual", work_dir=tmp_path / "work")
+    assert not (tmp_path / "manual").exists()  # a probe creates nothing

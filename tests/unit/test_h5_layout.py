@@ -11,6 +11,8 @@ those parameters, never with the implementation's helpers.
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime
+from pathlib import Path
 
 import cv2
 import h5py
@@ -18,14 +20,17 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from trackset.config.settings import H5Settings
-from trackset.dataset.statistics import write_dataset_statistics
+from trackset.config.settings import H5Settings, Settings
+from trackset.dataset.record import RunInfo, write_dataset_files
 from trackset.dataset.validate import validate_dataset
+from trackset.domain import VideoRef
 from trackset.formats import h5_schema as schema
 from trackset.formats.h5_layout import build_arrays, resize_depth, video_moments, write_h5
 from trackset.formats.intermediates import DepthCamera, Hand, HandPoses, Tracks3d
 from trackset.formats.layout import DatasetLayout
 from trackset.formats.statistics import VideoPartials
+from trackset.stages.provenance import file_attributes
+from trackset.stages.registry import stage_config
 
 T, L, H, W, S = 14, 10, 384, 512, 256
 FX, CX, CY = 400.0, 256.0, 192.0
@@ -254,10 +259,16 @@ def test_moments_count_every_value_written(arrays):
     np.testing.assert_allclose(moments["pose"].mean, pose_rows.mean(0), rtol=1e-12, atol=1e-15)
 
 
+def provenance_attributes(fingerprint: str = "test") -> dict[str, str | int]:
+    """What the H5 stage writes into a file of video 00000 built with the default settings."""
+    provenance = stage_config("h5_build", Settings()).provenance
+    return file_attributes(provenance, VideoRef("00000", Path("clip.mp4"), "0" * 64), fingerprint)
+
+
 def test_h5_layout_and_byte_identical(tmp_path, arrays):
     paths = [tmp_path / "a" / "00000.hdf5", tmp_path / "b" / "00000.hdf5"]
     for path in paths:
-        write_h5(path, arrays)
+        write_h5(path, arrays, attributes=provenance_attributes())
     digests = {hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
     assert len(digests) == 1
     with h5py.File(paths[0]) as f:
@@ -281,11 +292,35 @@ def test_h5_layout_and_byte_identical(tmp_path, arrays):
         assert "left_wrist_query_uvd" not in root[f"tracks/frame_{T - L:04d}"]
 
 
+def h5_contents(path: Path) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
+    """Every dataset of a file: dtype, shape and bytes."""
+    contents: dict[str, tuple[str, tuple[int, ...], bytes]] = {}
+
+    def read(name: str, item: object) -> None:
+        if isinstance(item, h5py.Dataset):
+            contents[name] = (item.dtype.str, item.shape, np.asarray(item[()]).tobytes())
+
+    with h5py.File(path) as f:
+        f.visititems(read)
+    return contents
+
+
+def test_provenance_attributes_leave_every_array_as_it_was(tmp_path, arrays):
+    """The attributes are metadata of the file's root: the datasets the reader loads keep their bytes."""
+    plain, stamped = tmp_path / "plain.hdf5", tmp_path / "stamped.hdf5"
+    write_h5(plain, arrays, text="push the box")
+    write_h5(stamped, arrays, text="push the box", attributes=provenance_attributes())
+    assert h5_contents(stamped) == h5_contents(plain)
+    with h5py.File(stamped) as f:
+        assert f.attrs["trackset.video_id"] == "00000" and f.attrs["trackset.tracks_3d.seed"] == 0
+        assert list(f["root"].attrs) == []
+
+
 def test_every_key_written_is_declared_by_the_schema_and_validates(tmp_path, arrays):
     layout = DatasetLayout(tmp_path)
-    write_h5(layout.h5("00000"), arrays)
+    write_h5(layout.h5("00000"), arrays, attributes=provenance_attributes())
     VideoPartials(video_id="00000", fingerprint="test", **video_moments(arrays)).write(layout.partials("00000"))
-    write_dataset_statistics(layout, std_floor=1e-6)
+    write_dataset_files(layout, 1e-6, RunInfo(), datetime.now(UTC))
     written: list[str] = []
     with h5py.File(layout.h5("00000")) as f:
         f.visit(written.append)

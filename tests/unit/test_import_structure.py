@@ -107,6 +107,7 @@ ROOMS: dict[str, set[str]] = {
     "scheduling": {"domain", "errors", "config", "formats", "gpu", "stages", "cluster"},
     "dataset": {"domain", "errors", "config", "formats", "geometry", "stages"},
     "reports": {"domain", "errors", "config", "formats"},
+    "checks": {"domain", "errors", "config", "formats", "geometry", "gpu", "stages", "synthetic", "scheduling"},
 }
 """What each room of ``trackset/`` may import besides itself (and ``trackset.__version__``):
 a layered order, so no room reaches back into one built on top of it."""

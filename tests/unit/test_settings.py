@@ -72,3 +72,22 @@ def test_missing_file_is_named(tmp_path):
 def test_section_fingerprint_changes_with_values():
     assert Settings().h5.fingerprint() != load_settings(overrides={"h5": {"target_size": 128}}).h5.fingerprint()
     assert Settings().h5.fingerprint() == Settings().h5.fingerprint()
+
+
+@pytest.mark.parametrize("address", ["tcp://head:8786", "10.0.0.7:8786", "tcp://192.168.1.2:8786", "ucx://10.0.0.7:1"])
+def test_an_unencrypted_scheduler_on_another_machine_is_refused_in_one_line(address):
+    with pytest.raises(SettingsError) as info:
+        load_settings(overrides={"cluster": {"scheduler_address": address}})
+    line = str(info.value)
+    assert line.startswith("settings: cluster.scheduler_address: an unencrypted address on another machine: ")
+    assert "cluster.trusted_network: true" in line and "cluster.tls_dir" in line
+    assert "\n" not in line
+    trusted = load_settings(overrides={"cluster": {"scheduler_address": address, "trusted_network": True}})
+    assert trusted.cluster.scheduler_address == address
+
+
+@pytest.mark.parametrize(
+    "address", ["tls://head:8786", "tls://10.0.0.7:8786", "tcp://127.0.0.1:8786", "tcp://[::1]:8786", "localhost:8786"]
+)
+def test_an_encrypted_or_local_scheduler_is_accepted(address):
+    assert load_settings(overrides={"cluster": {"scheduler_address": address}}).cluster.scheduler_address == address

@@ -8,6 +8,8 @@ in the 96x96 centre crop of the 128x96 frame.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import h5py
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ import yaml
 
 from tests.unit.test_mask_stages import add_video, box_pixels, run, settings_for
 from tests.y2r_reader import load_y2r
-from trackset.dataset.statistics import write_dataset_statistics
+from trackset.dataset.record import RunInfo, write_dataset_files
 from trackset.dataset.validate import validate_dataset
 from trackset.formats.layout import DatasetLayout
 from trackset.synthetic.scene import SceneSpec
@@ -45,7 +47,9 @@ def built(tmp_path_factory, scene):
     video = add_video(settings, scene, "00000", "clip_000")
     (settings.paths.videos_dir / "metadata.csv").write_text("clip_id,text,noun\nclip_000,push the box,box\n")
     infos = run(settings, ["object_masks", "tracks_2d", "h5_build"], video)
-    write_dataset_statistics(DatasetLayout(settings.paths.dataset_dir), settings.statistics.std_floor)
+    write_dataset_files(
+        DatasetLayout(settings.paths.dataset_dir), settings.statistics.std_floor, RunInfo(), datetime.now(UTC)
+    )
     return settings, infos
 
 

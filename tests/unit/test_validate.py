@@ -1,17 +1,19 @@
 """``validate_dataset`` on a tiny hand-built dataset: clean passes, each corruption is named.
 
 The dataset is three short videos built the way the H5 stage builds them (``build_arrays``,
-``write_h5``, partials from ``video_moments``) plus the statistics YAML of
-``write_dataset_statistics``. It is built once per module; each corruption test works on a
-copy.
+``write_h5`` with the provenance attributes of ``file_attributes``, partials from
+``video_moments``) plus the statistics YAML and ``dataset.json`` of ``write_dataset_files``.
+It is built once per module; each corruption test works on a copy.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 import shutil
 from collections.abc import Callable
-import dataclasses
+from datetime import UTC, datetime
 from pathlib import Path
 
 import h5py
@@ -19,15 +21,18 @@ import numpy as np
 import pytest
 import yaml
 
-from trackset.config.settings import H5Settings
+from trackset.config.settings import H5Settings, Settings
 from trackset.dataset import validate as validate_module
-from trackset.dataset.statistics import write_dataset_statistics
+from trackset.dataset.record import RUNS_KEPT, RunInfo, write_dataset_files
 from trackset.dataset.validate import Problem, ValidationReport, validate_dataset
+from trackset.domain import VideoRef
 from trackset.formats.h5_layout import build_arrays, video_moments, write_h5
 from trackset.formats.intermediates import DepthCamera, Hand, HandPoses, Tracks3d
 from trackset.formats.layout import DatasetLayout
 from trackset.formats.markers import FileStamp
 from trackset.formats.statistics import VideoPartials
+from trackset.stages.provenance import file_attributes
+from trackset.stages.registry import stage_config
 
 T, L, H, W, S = 8, 4, 24, 32, 16
 FX, CX, CY = 20.0, 16.0, 12.0
@@ -78,12 +83,18 @@ def make_video(seed: int, with_hand: bool) -> tuple[np.ndarray, DepthCamera, Tra
 
 def build_dataset(root: Path) -> None:
     layout = DatasetLayout(root)
+    provenance = stage_config("h5_build", Settings(h5=SETTINGS)).provenance
     for index, video_id in enumerate(VIDEOS):
         frames, depth, tracks, hands = make_video(index, with_hand=index != 2)
         arrays = build_arrays(video_id, frames, depth, tracks, hands, SETTINGS, L)
-        write_h5(layout.h5(video_id), arrays)
-        VideoPartials(video_id=video_id, fingerprint="test", **video_moments(arrays)).write(layout.partials(video_id))
-    write_dataset_statistics(layout, STD_FLOOR)
+        fingerprint = f"fingerprint-{index}"
+        attributes = file_attributes(
+            provenance, VideoRef(video_id, root / f"{index}.mp4", f"{index}" * 64), fingerprint
+        )
+        write_h5(layout.h5(video_id), arrays, attributes=attributes)
+        partials = VideoPartials(video_id=video_id, fingerprint=fingerprint, **video_moments(arrays))
+        partials.write(layout.partials(video_id))
+    write_dataset_files(layout, STD_FLOOR, RunInfo("run-1", "a-run", len(VIDEOS)), datetime.now(UTC))
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +121,11 @@ def problem_files(report: ValidationReport) -> set[str]:
 def test_clean_dataset_is_valid(clean):
     report = validate(clean, deep=True)
     assert report.ok, report.problems
-    assert [row[0] for row in report.rows()] == [*(f"{v}.hdf5" for v in VIDEOS), "normalization_stats.yaml"]
+    assert [row[0] for row in report.rows()] == [
+        *(f"{v}.hdf5" for v in VIDEOS),
+        "normalization_stats.yaml",
+        "dataset.json",
+    ]
     assert {row[1] for row in report.rows()} == {"ok"}
     assert report.rows()[0][2] == f"{T} frames, {T - L + 1} windows, {12 * (T - L + 1)} tracks, left hand in 5"
 
@@ -192,6 +207,25 @@ def drop_partials(root: Path) -> None:
     (root / "partials" / "00001.json").unlink()
 
 
+def set_attribute(key: str, value: str | int) -> Callable[[h5py.File], None]:
+    def edit(f: h5py.File) -> None:
+        f.attrs[key] = value
+
+    return edit
+
+
+def delete_attribute(key: str) -> Callable[[h5py.File], None]:
+    def edit(f: h5py.File) -> None:
+        del f.attrs[key]
+
+    return edit
+
+
+def drop_attributes(f: h5py.File) -> None:
+    for key in list(f.attrs):
+        del f.attrs[key]
+
+
 CORRUPTIONS = [
     ("truncated H5", truncate, "00001.hdf5", "open"),
     ("not an H5 file", garbage, "00001.hdf5", "open"),
@@ -213,6 +247,20 @@ CORRUPTIONS = [
     ("frame group beyond T-L", edit_h5("00002", window_beyond_end), "00002.hdf5", "windows"),
     ("stats mean changed", change_stats_mean, "normalization_stats.yaml", "stats"),
     ("partials missing", drop_partials, "00001.hdf5", "partials"),
+    (
+        "fingerprint attribute changed",
+        edit_h5("00001", set_attribute("trackset.fingerprint", "other")),
+        "00001.hdf5",
+        "provenance",
+    ),
+    ("provenance removed", edit_h5("00002", drop_attributes), "00002.hdf5", "provenance"),
+    (
+        "seed attribute changed",
+        edit_h5("00000", set_attribute("trackset.tracks_3d.seed", 5)),
+        "00000.hdf5",
+        "provenance",
+    ),
+    ("model attribute removed", edit_h5("00000", delete_attribute("trackset.hands.model")), "00000.hdf5", "provenance"),
     ("depth beyond clip range", edit_h5("00000", set_value("root/depth", (1, 5, 5), 2.6)), "00000.hdf5", "range"),
     ("NaN in depth", edit_h5("00000", set_value("root/depth", (1, 5, 5), np.nan)), "00000.hdf5", "finite"),
     (
@@ -338,6 +386,7 @@ def test_malformed_partials_name_the_partials_file(dataset):
     assert {(p.file, p.check) for p in report.problems} == {
         ("partials/00000.json", "partials"),
         ("normalization_stats.yaml", "stats"),  # not comparable without every partials file
+        ("dataset.json", "record"),  # nor is the dataset's version
     }
 
 
@@ -424,8 +473,13 @@ def test_stats_yaml_edits(dataset, edit, fragment):
     edit(stats)
     path.write_text(yaml.safe_dump(stats, sort_keys=False))
     report = validate(dataset)
-    assert [p.file for p in report.problems] == ["normalization_stats.yaml"]
+    # dataset.json names the statistics file it was written with: that is no longer this one.
+    assert [(p.file, p.check) for p in report.problems] == [
+        ("normalization_stats.yaml", "stats"),
+        ("dataset.json", "record"),
+    ]
     assert fragment in report.problems[0].detail
+    assert "statistics_sha256" in report.problems[1].detail
 
 
 def test_stats_yaml_missing(dataset):
@@ -445,4 +499,59 @@ def test_many_bad_windows_make_one_line(dataset):
 def test_not_a_directory_and_empty_directory(tmp_path):
     assert validate(tmp_path / "absent").problems == [Problem(str(tmp_path / "absent"), "open", "not a directory")]
     report = validate(tmp_path)
-    assert {(p.file, p.check) for p in report.problems} == {(".", "layout"), ("normalization_stats.yaml", "stats")}
+    assert {(p.file, p.check) for p in report.problems} == {
+        (".", "layout"),
+        ("normalization_stats.yaml", "stats"),
+        ("dataset.json", "record"),
+    }
+
+
+def edit_record(root: Path, **changes: object) -> None:
+    path = root / "dataset.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def test_the_record_names_the_version_of_these_partials(dataset):
+    edit_record(dataset, dataset_version="0" * 64)
+    report = validate(dataset)
+    assert [(p.file, p.check) for p in report.problems] == [("dataset.json", "record")]
+    assert report.problems[0].detail.startswith(f"dataset_version {'0' * 64}, but the 3 partials give ")
+
+
+def test_a_rebuilt_video_changes_the_version_the_record_must_name(dataset):
+    """New partials (a video rebuilt with other settings) give another version: a record left
+    from before names the old one, and the file's provenance no longer matches its partials."""
+    partials = VideoPartials.read(dataset / "partials" / "00001.json")
+    VideoPartials(**{**partials.__dict__, "fingerprint": "rebuilt"}).write(dataset / "partials" / "00001.json")
+    report = validate(dataset)
+    assert {(p.file, p.check) for p in report.problems} == {("00001.hdf5", "provenance"), ("dataset.json", "record")}
+
+
+@pytest.mark.parametrize(
+    ("changes", "fragment"),
+    [
+        ({"videos": 4}, "videos: 4, but there are 3 partials"),
+        ({"runs_total": 0}, "1 runs listed of 0"),
+        ({"dataset_version": 7}, "DatasetRecord.dataset_version: 7 is not a str"),
+        ({"runs": [{"flow_run_id": "x"}]}, "RunEntry: missing"),
+    ],
+    ids=["videos", "runs total", "type", "run entry"],
+)
+def test_record_edits_are_named(dataset, changes, fragment):
+    edit_record(dataset, **changes)
+    report = validate(dataset)
+    assert [(p.file, p.check) for p in report.problems] == [("dataset.json", "record")]
+    assert fragment in report.problems[0].detail
+
+
+def test_a_record_listing_more_runs_than_it_keeps_is_reported(dataset):
+    run = json.loads((dataset / "dataset.json").read_text())["runs"][0]
+    edit_record(dataset, runs=[run] * (RUNS_KEPT + 1), runs_total=RUNS_KEPT + 1)
+    assert [p.detail for p in validate(dataset).problems] == [
+        f"{RUNS_KEPT + 1} runs listed of {RUNS_KEPT + 1}: at most {RUNS_KEPT}, and no more than the total"
+    ]
+
+
+def test_a_missing_record_is_reported(dataset):
+    (dataset / "dataset.json").unlink()
+    assert [(p.file, p.check) for p in validate(dataset).problems] == [("dataset.json", "record")]

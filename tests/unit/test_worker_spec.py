@@ -48,6 +48,8 @@ def test_gpu_worker_spec_exact_entry():
             "resources": {"GPU": 1, "GPU_RANK": 999},
             "host": "127.0.0.1",
             "nthreads": 1,
+            "dashboard_address": "127.0.0.1:0",
+            "protocol": "tcp",
             "preload": ["trackset.some_setup"],
         },
     }
@@ -86,6 +88,8 @@ def test_cpu_worker_spec_hides_gpus(n_workers):
                 "resources": {"CPU": 1},
                 "host": "127.0.0.1",
                 "nthreads": 1,
+                "dashboard_address": "127.0.0.1:0",
+                "protocol": "tcp",
             },
         }
     with pytest.raises(ValueError):
@@ -93,15 +97,18 @@ def test_cpu_worker_spec_hides_gpus(n_workers):
 
 
 def test_scheduler_and_run_cluster_spec():
+    # The dashboard on loopback: Dask reads ":0" as every interface.
     assert scheduler_spec() == {
         "cls": "distributed.Scheduler",
-        "options": {"host": "127.0.0.1", "dashboard_address": ":0"},
+        "options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0", "protocol": "tcp"},
     }
-    spec = run_cluster_spec([1, 0], 1, 2, preload=["p"])
+    spec = run_cluster_spec([1, 0], 1, 2, preload=["p"], protocol="tls")
     assert spec == {
-        "workers": cpu_worker_spec(2, preload=["p"]) | gpu_worker_spec([1, 0], 1, preload=["p"]),
-        "scheduler": scheduler_spec(),
+        "workers": cpu_worker_spec(2, preload=["p"], protocol="tls")
+        | gpu_worker_spec([1, 0], 1, preload=["p"], protocol="tls"),
+        "scheduler": scheduler_spec("tls"),
     }
+    assert {entry["options"]["protocol"] for entry in [*spec["workers"].values(), spec["scheduler"]]} == {"tls"}
     assert list(run_cluster_spec([], 3, 1)["workers"]) == ["cpu-w0"]  # no GPU: CPU workers only
 
 
@@ -166,3 +173,45 @@ def test_spec_cluster_pins_workers_round_robin():
         ("gpu0-w1", "0", "PCI_BUS_ID", 0),
         ("gpu1-w1", "1", "PCI_BUS_ID", 1),
     ]
+
+
+def listening(pids: list[int]) -> set[tuple[int, str, int]]:
+    """(pid, ip, port) of every TCP socket these processes listen on."""
+    import psutil
+
+    found = set()
+    for pid in pids:
+        for conn in psutil.Process(pid).net_connections(kind="inet"):
+            if conn.status == psutil.CONN_LISTEN:
+                found.add((pid, conn.laddr.ip, conn.laddr.port))
+    return found
+
+
+@pytest.mark.timeout(120)
+def test_the_run_cluster_listens_on_loopback_only_and_talks_tls():
+    """Scheduler, nannies, workers and every dashboard on 127.0.0.1; no comm without the certificate."""
+    import dask
+    import psutil
+    from distributed import Client, SpecCluster
+
+    from trackset.cluster.security import temporary_tls_config
+
+    before = listening([os.getpid()])
+    with dask.config.set(temporary_tls_config()):
+        spec = run_cluster_spec([0], 1, 1, protocol="tls")
+        with SpecCluster(**spec) as cluster, Client(cluster) as client:
+            client.wait_for_workers(2, timeout=90)
+            children = [child.pid for child in psutil.Process().children(recursive=True)]
+            sockets = listening([os.getpid(), *children]) - before
+            info = client.scheduler_info(n_workers=-1)
+            address = cluster.scheduler_address
+            # Another account on this machine: plain TCP, or TLS with a certificate of its own.
+            with dask.config.set({"distributed.comm.require-encryption": False}), pytest.raises(OSError):
+                Client(address.replace("tls://", "tcp://"), timeout=5)
+            with dask.config.set(temporary_tls_config()), pytest.raises(OSError):
+                Client(address, timeout=5)
+    # Scheduler, its dashboard, two nannies, two workers, two worker dashboards.
+    assert len(sockets) >= 8
+    assert {ip for _, ip, _ in sockets} == {"127.0.0.1"}, sockets
+    assert address.startswith("tls://127.0.0.1:")
+    assert all(worker.startswith("tls://127.0.0.1:") for worker in info["workers"])

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from trackset.adapters import DOCS, release_cuda_memory, require_file, require_modules, torch_device, unavailable
+from trackset.adapters import DOCS, missing_file, missing_modules, raise_if_missing, release_cuda_memory, torch_device
 from trackset.config.settings import Tracks2dSettings
 from trackset.domain import VideoRef
 from trackset.formats.intermediates import FramesMeta, Tracks2d
@@ -42,20 +42,27 @@ def hub_checkout() -> Path:
     return Path(torch.hub.get_dir()) / "facebookresearch_co-tracker_main"
 
 
-def check_available(section: Tracks2dSettings) -> Path | None:
-    """The checkpoint (None: torch.hub); ModelUnavailableError (one line) when neither the
-    configured checkpoint and the ``cotracker`` package nor the torch.hub cache is there."""
+def missing(section: Tracks2dSettings) -> list[str]:
+    """Every missing part: with ``checkpoint_path`` set, the ``cotracker`` package and that
+    file; without, the torch.hub cache. Each names its install or setting."""
     if section.checkpoint_path is not None:
-        require_modules(STAGE, ("cotracker", "cotracker.predictor"), INSTALL)
-        return require_file(STAGE, "checkpoint_path", section.checkpoint_path, "the CoTracker3 offline checkpoint")
+        return missing_modules(("cotracker", "cotracker.predictor"), INSTALL) + missing_file(
+            STAGE, "checkpoint_path", section.checkpoint_path, "the CoTracker3 offline checkpoint"
+        )
     if not hub_checkout().is_dir():
-        raise unavailable(
-            STAGE,
+        return [
             f"CoTracker3 from torch.hub, not in the hub cache {hub_checkout()}: load "
             f"torch.hub.load('{HUB_REPO}', '{HUB_MODEL}') once with internet access, or set "
-            f"{STAGE}.checkpoint_path (see {DOCS})",
-        )
-    return None
+            f"{STAGE}.checkpoint_path (see {DOCS})"
+        ]
+    return []
+
+
+def check_available(section: Tracks2dSettings) -> Path | None:
+    """The checkpoint (None: torch.hub); ModelUnavailableError naming every missing part
+    (:func:`missing`)."""
+    raise_if_missing(STAGE, missing(section))
+    return None if section.checkpoint_path is None else Path(section.checkpoint_path)
 
 
 class CoTracker3Backend:
@@ -111,7 +118,9 @@ class CoTracker3Backend:
         length = frames.shape[0]
         if len(pixels) == 0:
             return np.zeros((length, 0, 2), np.float32)
-        clip = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)[None].float().to(self._device)
+        # One float copy of the window, which is what CoTracker takes: writable, unlike the
+        # memory-mapped video (torch warns on a read-only array), and nothing else is copied.
+        clip = torch.from_numpy(frames.astype(np.float32)).permute(0, 3, 1, 2)[None].to(self._device)
         queries = np.concatenate([np.zeros((len(pixels), 1)), np.asarray(pixels, dtype=np.float64)], axis=1)
         query_tensor = torch.from_numpy(queries.astype(np.float32))[None].to(self._device)
         with torch.no_grad():

@@ -5,14 +5,23 @@ The script pipeline's ``gsam`` and ``gsam_human`` stages use ``detection_model: 
 propagated over the video (``process_gsam.py``). This adapter drives SAM3's public video
 predictor API the way its README and example notebook do:
 
-- ``handle_request({"type": "start_session", "resource_path": <dir of JPEG frames>})``
-  returns a ``session_id``;
+- ``handle_request({"type": "start_session", "resource_path": <dir of PNG frames>})``
+  returns a ``session_id``; the frames are PNGs named by index, lossless, as the script's
+  frame folders (SAM3's ``load_video_frames_from_image_folder`` reads any of
+  ``.jpg .jpeg .png .bmp .tiff .webp`` and orders them by the number in the name);
 - ``handle_request({"type": "add_prompt", "session_id", "frame_index", "text"})`` detects
   what the prompt names on that frame; its ``outputs`` hold ``out_obj_ids`` and
   ``out_binary_masks`` (``(N, H, W)`` bool);
-- ``handle_stream_request({"type": "propagate_in_video", "session_id"})`` yields
-  ``{"frame_index", "outputs"}`` for every frame, forward then backward from the prompt;
+- ``handle_stream_request({"type": "propagate_in_video", "session_id",
+  "propagation_direction": "both"})`` yields ``{"frame_index", "outputs"}`` for every frame,
+  forward then backward from the prompt;
 - ``handle_request({"type": "close_session", "session_id"})`` frees it.
+
+SAM3 is given the prompt without its trailing full stops, as the script's ``sam3_video``
+(y2r ``thirdparty/sam2/grounded_sam2.py``) sends it: ``text_prompt.rstrip('.')``. The full
+stop belongs to the Grounding DINO form the prompts are written in (``"person."``, the
+clip's noun plus ``"."``), which is what the stages store and print; only the request
+changes.
 
 The union of the objects' masks is each frame's mask. As in the script, when nothing is
 found on the key frame the middle frame is tried (``reset_session`` first); a video where
@@ -33,27 +42,33 @@ from typing import Any
 import cv2
 import numpy as np
 
-from trackset.adapters import release_cuda_memory, require_file, require_modules, torch_device
+from trackset.adapters import missing_file, missing_modules, raise_if_missing, release_cuda_memory, torch_device
 from trackset.config.settings import HumanMasksSettings, ObjectMasksSettings
 from trackset.domain import VideoRef
 from trackset.formats.intermediates import FramesMeta
 
-INSTALL = "git clone github.com/facebookresearch/sam3 && pip install -e sam3"
-JPEG_QUALITY = 95  # SAM3 reads a folder of JPEG frames; PNG is not among its loaders
+INSTALL = "pip install sam3, from PyPI; 0.1.4 needs numpy<2.4 and torchvision"
+PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # lossless at any level; 1 is the quickest that still compresses
 
 
 def _stage_of(section: ObjectMasksSettings | HumanMasksSettings) -> str:
     return "human_masks" if isinstance(section, HumanMasksSettings) else "object_masks"
 
 
-def check_available(section: ObjectMasksSettings | HumanMasksSettings) -> Path | None:
-    """The checkpoint (None: SAM3's own download); ModelUnavailableError (one line) when the
-    ``sam3`` package or a configured checkpoint is missing."""
+def missing(section: ObjectMasksSettings | HumanMasksSettings) -> list[str]:
+    """Every missing part: the ``sam3`` package and, when ``checkpoint_path`` is set, that file."""
     stage = _stage_of(section)
-    require_modules(stage, ("sam3", "sam3.model_builder"), INSTALL)
-    if section.checkpoint_path is None:
-        return None
-    return require_file(stage, "checkpoint_path", section.checkpoint_path, "the SAM3 checkpoint sam3.pt")
+    reasons = missing_modules(("sam3", "sam3.model_builder"), INSTALL)
+    if section.checkpoint_path is not None:
+        reasons += missing_file(stage, "checkpoint_path", section.checkpoint_path, "the SAM3 checkpoint sam3.pt")
+    return reasons
+
+
+def check_available(section: ObjectMasksSettings | HumanMasksSettings) -> Path | None:
+    """The checkpoint (None: SAM3's own download); ModelUnavailableError naming every missing
+    part (:func:`missing`)."""
+    raise_if_missing(_stage_of(section), missing(section))
+    return None if section.checkpoint_path is None else Path(section.checkpoint_path)
 
 
 def key_frame_index(key_frame: int, num_frames: int) -> int:
@@ -66,6 +81,16 @@ def key_frame_index(key_frame: int, num_frames: int) -> int:
     if key_frame < 0:
         return num_frames // 2
     return min(key_frame, num_frames - 1)
+
+
+def sam3_text(prompt: str) -> str:
+    """The text SAM3 is prompted with: ``prompt`` without trailing full stops (module docstring).
+
+    Examples:
+        >>> sam3_text("red block."), sam3_text("person"), sam3_text("a b..")
+        ('red block', 'person', 'a b')
+    """
+    return prompt.rstrip(".")
 
 
 def _union(outputs: Any, height: int, width: int) -> np.ndarray:
@@ -105,24 +130,28 @@ class SAM3Backend:
             raise RuntimeError("SAM3Backend.infer called before load()")
         num_frames, height, width = frames.shape[:3]
         first = key_frame_index(key_frame, num_frames)
+        text = sam3_text(prompt)
         masks = np.zeros((num_frames, height, width), dtype=bool)
         with tempfile.TemporaryDirectory(prefix=f"sam3-{video.video_id}-") as folder:
             for index, frame in enumerate(frames):
                 bgr = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR)
-                cv2.imwrite(str(Path(folder) / f"{index:05d}.jpg"), bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+                if not cv2.imwrite(str(Path(folder) / f"{index:05d}.png"), bgr, PNG_FAST):
+                    raise OSError(f"could not write frame {index} of video {video.video_id} to {folder}")
             request = self._predictor.handle_request
             session = request({"type": "start_session", "resource_path": folder})["session_id"]
             try:
-                response = request({"type": "add_prompt", "session_id": session, "frame_index": first, "text": prompt})
+                response = request({"type": "add_prompt", "session_id": session, "frame_index": first, "text": text})
                 middle = key_frame_index(-1, num_frames)
                 if not _found(response) and first != middle:
                     request({"type": "reset_session", "session_id": session})
                     response = request(
-                        {"type": "add_prompt", "session_id": session, "frame_index": middle, "text": prompt}
+                        {"type": "add_prompt", "session_id": session, "frame_index": middle, "text": text}
                     )
                 if not _found(response):
                     return masks
-                stream = self._predictor.handle_stream_request({"type": "propagate_in_video", "session_id": session})
+                stream = self._predictor.handle_stream_request(
+                    {"type": "propagate_in_video", "session_id": session, "propagation_direction": "both"}
+                )
                 for item in stream:
                     index = int(item["frame_index"])
                     if 0 <= index < num_frames:

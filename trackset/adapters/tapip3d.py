@@ -23,22 +23,41 @@ every step of its window, as in the script pipeline; ``tracks_3d.visibility_thre
 sets the threshold. The default 0 keeps occluded points, which is what the scripts do as
 configured (y2r's ``config.yaml``: ``tapip3d.visibility_threshold: 0.0``; 0.9 is only the
 default of its ``process_window`` and was configured before y2r commit 6a0a5ef).
+
+TAPIP3D's ``inference`` sets its depth range from the quartiles of the window's valid
+(positive) depth values, ``torch.kthvalue(k=int(0.25 n))``, which fails below four of them.
+Such a window (depth invalid almost everywhere for ``window_length`` frames, which the
+flat-depth rejection lets through when it is under 10 % of the video) gets no tracks, as a
+window without valid depth at its first frame gets none: its few query points are dropped,
+with a warning naming the video, the window and the reason, and the video's other windows
+are kept.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from trackset.adapters import DOCS, release_cuda_memory, require_file, require_modules, torch_device, unavailable
+from trackset.adapters import (
+    DOCS,
+    missing_error,
+    missing_file,
+    missing_modules,
+    release_cuda_memory,
+    torch_device,
+    unavailable,
+)
 from trackset.config.settings import Tracks3dSettings
 from trackset.domain import VideoRef
 from trackset.formats.intermediates import DepthCamera, FramesMeta, Tracks3d
 from trackset.geometry.camera import backproject, invert_rigid, window_starts
+
+logger = logging.getLogger(__name__)
 
 STAGE = "tracks_3d"
 INSTALL = "a checkout of github.com/zbw001/TAPIP3D on PYTHONPATH"
@@ -46,12 +65,22 @@ INSTALL = "a checkout of github.com/zbw001/TAPIP3D on PYTHONPATH"
 NUM_ITERS = 6  # TAPIP3D's default number of refinement iterations
 SUPPORT_GRID_SIZE = 0  # extra support points per window; 0 as in the script pipeline (its memory/time figures)
 MASK_EROSION_PX = 2  # keep queries off mask borders, where depth mixes object and background
+MIN_VALID_DEPTHS = 4  # TAPIP3D's inference() takes kthvalue(k=int(0.25 n)) of the window's valid depths
+
+
+def missing(section: Tracks3dSettings) -> list[str]:
+    """Every missing part: TAPIP3D's code and its checkpoint, each naming its install or setting."""
+    return missing_modules(("models", "utils.inference_utils"), INSTALL) + missing_file(
+        STAGE, "weights_path", section.weights_path, "the TAPIP3D checkpoint tapip3d_final.pth"
+    )
 
 
 def check_available(section: Tracks3dSettings) -> Path:
-    """The checkpoint; ModelUnavailableError (one line) when TAPIP3D's code or checkpoint is missing."""
-    require_modules(STAGE, ("models", "utils.inference_utils"), INSTALL)
-    return require_file(STAGE, "weights_path", section.weights_path, "the TAPIP3D checkpoint tapip3d_final.pth")
+    """The checkpoint; ModelUnavailableError naming every missing part (:func:`missing`)."""
+    reasons = missing(section)
+    if reasons or section.weights_path is None:  # an unset weights_path is among the reasons
+        raise missing_error({STAGE: reasons})
+    return Path(section.weights_path)
 
 
 def sample_query_pixels(depth: np.ndarray, count: int, seed: int, mask: np.ndarray | None = None) -> np.ndarray:
@@ -140,20 +169,42 @@ class TAPIP3DBackend:
         length, num_frames = section.window_length, frames.shape[0]
         starts = window_starts(num_frames, length, section.stride)
         depths = np.where(np.isfinite(depth.depths), depth.depths, 0.0).astype(np.float32)
-        tracks = [
-            self._track_window(
-                frames[start : start + length],
-                depths[start : start + length],
-                depth.intrinsics[start : start + length],
-                window_world_to_camera(depth.extrinsics, int(start), length),
+        tracks = []
+        for index, start in enumerate(starts):
+            window = slice(int(start), int(start) + length)
+            pixels = (
                 queries[index]
                 if queries is not None
                 else sample_query_pixels(
                     depths[start], section.points_per_window, int(start), None if masks is None else masks[start]
-                ),
+                )
             )
-            for index, start in enumerate(starts)
-        ]
+            valid = int(np.count_nonzero(depths[window] > 0))
+            if len(pixels) and valid < MIN_VALID_DEPTHS:
+                logger.warning(
+                    "%s: video %s (%s), window (%d, %d): %d valid depth value(s) in depth_camera's "
+                    "vipe/%s.npz over the window; TAPIP3D needs at least %d, so the window's %d query "
+                    "point(s) are dropped",
+                    STAGE,
+                    video.video_id,
+                    video.source,
+                    window.start,
+                    window.stop,
+                    valid,
+                    video.video_id,
+                    MIN_VALID_DEPTHS,
+                    len(pixels),
+                )
+                pixels = pixels[:0]
+            tracks.append(
+                self._track_window(
+                    frames[window],
+                    depths[window],
+                    depth.intrinsics[window],
+                    window_world_to_camera(depth.extrinsics, int(start), length),
+                    pixels,
+                )
+            )
         return Tracks3d(
             windows=[(int(s), int(s) + length) for s in starts],
             tracks=tracks,

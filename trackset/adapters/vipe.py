@@ -1,13 +1,29 @@
 """NVIDIA ViPE (github.com/nv-tlabs/vipe, ``pip install nvidia-vipe``) as the depth & camera backend.
 
-Driven as ViPE's own CLI drives it (``vipe/cli/main.py``): a typed Hydra config from
-``vipe.config.parse_typed_config``, ``vipe.make_pipeline(config.pipeline)``, and
-``pipeline.run(stream)`` with ``return_output_streams`` set, so the per-frame results come
-back in memory instead of as files. The frames go in from memory too: a small
+Two ViPEs are in use, with different configuration APIs, and this adapter drives either:
+
+- **upstream** (nvidia-vipe 1.0 and later): a typed config from
+  ``vipe.config.parse_typed_config`` (``vipe/config/parse.py``), ``vipe.make_pipeline(config.pipeline)``,
+  as ViPE's own CLI does (``vipe/cli/main.py``);
+- **y2r's vendored copy** (hgupt3/y2r ``thirdparty/vipe``, ViPE 0.1.1 with local changes; the
+  script pipeline's ``process_vipe.py``): no ``vipe.config`` package, so the config is composed
+  with Hydra from ``vipe.get_config_path()``; its pipeline config adds a field-of-view clamp
+  (``init.fov_min_degrees`` / ``init.fov_max_degrees``: GeoCalib's estimate is clamped into that
+  range, ``GeoCalibIntrinsicsProcessor``) that its SLAM also honours when optimising intrinsics
+  (``slam.fov_*_degrees``, read with ``config.get``), and ``vipe.model_cache.VipeModelCache``,
+  which loads the priors once per worker instead of once per video.
+
+``depth_camera.fov_min_deg`` / ``fov_max_deg`` (the script's 60 and 90) go to a ViPE whose pipeline
+config declares ``init.fov_min_degrees``, to ``init`` and ``slam`` as the script passes them.
+Upstream ViPE has no such keys (its typed config forbids unknown ones): the clamp is not applied
+and ``load()`` says so in one warning line. Which ViPE is installed is logged at load.
+
+Either way ``pipeline.run(stream)`` runs with ``return_output_streams`` set, so the per-frame
+results come back in memory instead of as files, and the frames go in from memory too: a small
 ``VideoStream`` over the preprocessed array replaces ViPE's frame-directory reader.
 
-What comes back per frame (``vipe.streams.base.VideoFrame``): ``pose`` is an SE3
-camera->world (OpenCV axes), ``intrinsics`` is ``[fx, fy, cx, cy, ...]`` and
+What comes back per frame (``vipe.streams.base.VideoFrame``, the same in both): ``pose`` is an
+SE3 camera->world (OpenCV axes), ``intrinsics`` is ``[fx, fy, cx, cy, ...]`` and
 ``metric_depth`` is ``(H, W)`` metres. FORMATS.md wants world->camera, so poses are inverted
 here (exactly, as rigid transforms).
 
@@ -19,6 +35,9 @@ directory filled once elsewhere (docs/real-models.md).
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import logging
 import os
 import shutil
 import tempfile
@@ -27,29 +46,74 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
-from trackset.adapters import DOCS, release_cuda_memory, require_modules, torch_device, unavailable
+from trackset.adapters import (
+    DOCS,
+    missing_modules,
+    module_available,
+    raise_if_missing,
+    release_cuda_memory,
+    torch_device,
+)
 from trackset.config.settings import DepthCameraSettings
 from trackset.domain import VideoRef
 from trackset.errors import UnusableVideoError
 from trackset.formats.intermediates import DepthCamera, FramesMeta
 from trackset.geometry.camera import invert_rigid
 
+logger = logging.getLogger(__name__)
+
 STAGE = "depth_camera"
+# ViPE compiles CUDA code against the installed torch; an isolated build would pick another torch.
+INSTALL = "pip install --no-build-isolation nvidia-vipe"
 
 # The script pipeline's preset: MoGe keyframe depth aligned with Video Depth Anything.
 VIPE_PIPELINE = "lyra"
 
 
-def check_available(section: DepthCameraSettings) -> None:
-    """Raise ModelUnavailableError (one line) when ViPE or its weights directory is missing."""
-    require_modules(STAGE, ("vipe",), "pip install nvidia-vipe")
+def missing(section: DepthCameraSettings) -> list[str]:
+    """Every missing part: the ``vipe`` package and, when ``weights_dir`` is set, that directory."""
+    reasons = missing_modules(("vipe",), INSTALL)
     weights_dir = section.weights_dir
     if weights_dir is not None and not Path(weights_dir).is_dir():
-        raise unavailable(
-            STAGE,
-            f"its weights cache at depth_camera.weights_dir = {weights_dir}, which is not a directory (see {DOCS})",
+        reasons.append(
+            f"its weights cache at {STAGE}.weights_dir = {weights_dir}, which is not a directory (see {DOCS})"
         )
+    return reasons
+
+
+def check_available(section: DepthCameraSettings) -> None:
+    """Raise ModelUnavailableError naming every missing part (:func:`missing`)."""
+    raise_if_missing(STAGE, missing(section))
+
+
+def declares_fov_clamp(config_dir: Path) -> bool:
+    """Whether a ViPE's ``pipeline/default.yaml`` under ``config_dir`` has the field-of-view clamp
+    (``init.fov_min_degrees`` and ``init.fov_max_degrees``: y2r's vendored copy)."""
+    try:
+        config = yaml.safe_load((Path(config_dir) / "pipeline" / "default.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    init = config.get("init") if isinstance(config, dict) else None
+    return isinstance(init, dict) and {"fov_min_degrees", "fov_max_degrees"} <= init.keys()
+
+
+def fov_overrides(section: DepthCameraSettings, slam: bool) -> list[str]:
+    """The script's Hydra overrides for the clamp (``process_vipe.py``, ``create_vipe_pipeline``):
+    GeoCalib's estimate clamped (``init``) and, with ``slam``, SLAM's intrinsics kept in range.
+
+    Examples:
+        >>> fov_overrides(DepthCameraSettings(fov_min_deg=60, fov_max_deg=None), slam=True)
+        ['pipeline.init.fov_min_degrees=60.0', '++pipeline.slam.fov_min_degrees=60.0']
+    """
+    out = []
+    for bound, value in (("min", section.fov_min_deg), ("max", section.fov_max_deg)):
+        if value is not None:
+            out.append(f"pipeline.init.fov_{bound}_degrees={value}")
+            if slam:
+                out.append(f"++pipeline.slam.fov_{bound}_degrees={value}")
+    return out
 
 
 def intrinsics_matrix(vector: np.ndarray) -> np.ndarray:
@@ -109,27 +173,41 @@ class ViPEBackend:
         self._scratch: Path | None = None
 
     def load(self) -> None:
-        """Build the ViPE pipeline once per worker (ViPE then loads its priors on first run)."""
+        """Build the ViPE pipeline once per worker, through the installed ViPE's own config API
+        (module docstring); log which ViPE it is and whether it takes the field-of-view clamp."""
         check_available(self.section)
         weights_dir = self.section.weights_dir
         if weights_dir is not None:
             _use_cache_root(Path(weights_dir))
-        from vipe import make_pipeline
-        from vipe.config import parse_typed_config
+        vipe = importlib.import_module("vipe")
         from vipe.streams import base as streams
 
         # ViPE creates its output folders even when it saves nothing; keep them out of sight.
         self._scratch = Path(tempfile.mkdtemp(prefix="trackset-vipe-"))
-        config = parse_typed_config(
-            "default",
-            hydra_args=[
-                f"pipeline={VIPE_PIPELINE}",
-                f"pipeline.output.path={self._scratch}",
-                "pipeline.output.save_artifacts=false",
-                "pipeline.output.save_viz=false",
-            ],
-        )
-        self._pipeline = make_pipeline(config.pipeline)
+        overrides = [
+            f"pipeline={VIPE_PIPELINE}",
+            f"pipeline.output.path={self._scratch}",
+            "pipeline.output.save_artifacts=false",
+            "pipeline.output.save_viz=false",
+        ]
+        typed = module_available("vipe.config")  # nvidia-vipe >= 1.0; y2r's copy composes with Hydra
+        clamp = declares_fov_clamp(vipe.get_config_path())
+        wanted = self.section.fov_min_deg is not None or self.section.fov_max_deg is not None
+        where = Path(getattr(vipe, "__file__", "?")).parent
+        kind = "y2r's vendored ViPE (field-of-view clamp)" if clamp else "upstream ViPE"
+        logger.info("%s: ViPE %s at %s: %s", STAGE, getattr(vipe, "__version__", "?"), where, kind)
+        if wanted and clamp:
+            overrides += fov_overrides(self.section, slam=not typed)
+        elif wanted:
+            logger.warning(
+                "%s: the installed ViPE (%s) has no field-of-view clamp; depth_camera.fov_min_deg = %s and "
+                "fov_max_deg = %s are not applied (y2r's vendored ViPE applies them; null both to silence this)",
+                STAGE,
+                where,
+                self.section.fov_min_deg,
+                self.section.fov_max_deg,
+            )
+        self._pipeline = _typed_pipeline(vipe, overrides) if typed else _hydra_pipeline(vipe, overrides)
         self._pipeline.return_output_streams = True
         self._streams = streams
         self._stream_type = _array_stream_type(streams)
@@ -163,6 +241,33 @@ class ViPEBackend:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
         release_cuda_memory()
+
+
+def _typed_pipeline(vipe: Any, overrides: list[str]) -> Any:
+    """Upstream ViPE: typed config, ``make_pipeline(config.pipeline)`` (``vipe/cli/main.py``)."""
+    from vipe.config import parse_typed_config
+
+    return vipe.make_pipeline(parse_typed_config("default", hydra_args=overrides).pipeline)
+
+
+def _hydra_pipeline(vipe: Any, overrides: list[str]) -> Any:
+    """ViPE without ``vipe.config`` (y2r's copy): the config composed with Hydra from ViPE's own
+    config folder, and the priors loaded once into ``VipeModelCache`` where there is one, as
+    the script's ``create_vipe_pipeline`` does."""
+    import torch
+
+    hydra = importlib.import_module("hydra")  # a ViPE dependency, not trackset's
+    with hydra.initialize_config_dir(config_dir=str(vipe.get_config_path()), version_base=None):
+        config = hydra.compose("default", overrides=overrides)
+    pipeline = config.pipeline
+    if module_available("vipe.model_cache") and "model_cache" in inspect.signature(vipe.make_pipeline).parameters:
+        from vipe.model_cache import VipeModelCache
+
+        cache = VipeModelCache.create(
+            slam_cfg=pipeline.slam, init_cfg=pipeline.init, post_cfg=pipeline.post, device=torch.device(torch_device())
+        )
+        return vipe.make_pipeline(pipeline, model_cache=cache)
+    return vipe.make_pipeline(pipeline)
 
 
 def _use_cache_root(root: Path) -> None:

@@ -19,16 +19,27 @@ the wrong way. The script pipeline stored the mirrored rotation and also rotated
 Weights: ``hands.weights_dir`` is a folder laid out like a WiLoR checkout:
 ``pretrained_models/{wilor_final.ckpt, model_config.yaml, detector.pt}`` and
 ``mano_data/{MANO_RIGHT.pkl, mano_mean_params.npz}`` (MANO is licensed separately).
+``wilor_final.ckpt`` and ``detector.pt`` are loaded as trusted files (``weights_only=False``
+for them alone, :meth:`WiLoRBackend.load`); MANO is read without chumpy and cannot run code
+(:mod:`trackset.adapters.mano`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import pickle
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from trackset.adapters import DOCS, release_cuda_memory, require_modules, torch_device, unavailable
+from trackset.adapters import DOCS, missing_error, missing_modules, release_cuda_memory, torch_device, unavailable
+from trackset.adapters.mano import ManoFileError, write_numpy_mano
 from trackset.config.settings import HandsSettings
 from trackset.domain import VideoRef
 from trackset.formats.intermediates import DepthCamera, FramesMeta, Hand, HandPoses
@@ -40,6 +51,8 @@ from trackset.geometry.hand_filters import (
     interpolate_gaps,
     slerp_rotations,
 )
+
+logger = logging.getLogger(__name__)
 
 STAGE = "hands"
 INSTALL = "a checkout of github.com/rolpotamias/WiLoR on PYTHONPATH with its requirements.txt installed"
@@ -62,19 +75,56 @@ def weight_files(weights_dir: Path) -> dict[str, Path]:
     }
 
 
-def check_available(section: HandsSettings) -> Path:
-    """The weights directory; ModelUnavailableError (one line) when WiLoR, Ultralytics or a
-    weight file is missing."""
-    require_modules(STAGE, ("wilor", "ultralytics"), INSTALL)
+def missing(section: HandsSettings) -> list[str]:
+    """Every missing part: WiLoR and Ultralytics, and each weight file under ``weights_dir``
+    (or the setting itself), each naming its install or setting."""
+    reasons = missing_modules(("wilor", "ultralytics"), INSTALL)
     weights_dir = section.weights_dir
     if weights_dir is None:
-        raise unavailable(STAGE, f"WiLoR's weights: set hands.weights_dir (see {DOCS})")
-    for path in weight_files(weights_dir).values():
-        if not path.is_file():
-            raise unavailable(
-                STAGE, f"{path.name} under hands.weights_dir = {weights_dir}: {path} is missing (see {DOCS})"
-            )
-    return Path(weights_dir)
+        return [*reasons, f"WiLoR's weights: set {STAGE}.weights_dir (see {DOCS})"]
+    if not Path(weights_dir).is_dir():
+        where = f"{STAGE}.weights_dir = {weights_dir}"
+        return [*reasons, f"WiLoR's weights at {where}, which is not a directory (see {DOCS})"]
+    return reasons + [
+        f"{path.name} under {STAGE}.weights_dir = {weights_dir}: {path} is missing (see {DOCS})"
+        for path in weight_files(weights_dir).values()
+        if not path.is_file()
+    ]
+
+
+def check_available(section: HandsSettings) -> Path:
+    """The weights directory; ModelUnavailableError naming every missing part (:func:`missing`)."""
+    reasons = missing(section)
+    if reasons or section.weights_dir is None:  # an unset weights_dir is among the reasons
+        raise missing_error({STAGE: reasons})
+    return Path(section.weights_dir)
+
+
+@contextlib.contextmanager
+def trusting_torch_load(path: Path) -> Iterator[None]:
+    """While the block runs, ``torch.load`` of ``path``, and of nothing else, defaults to
+    ``weights_only=False``; an explicit ``weights_only`` is kept, and ``torch.load`` is put
+    back afterwards.
+
+    For a loader that calls ``torch.load(path)`` without ``weights_only`` on a checkpoint that
+    pickles whole modules (Ultralytics before 8.3 on ``detector.pt``): torch >= 2.6 would
+    refuse it, and the script pipeline patched ``torch.load`` for the whole process instead.
+    """
+    import torch
+
+    original = torch.load
+    trusted = Path(path).resolve()
+
+    def load(f: Any, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("weights_only") is None and isinstance(f, str | os.PathLike) and Path(f).resolve() == trusted:
+            kwargs["weights_only"] = False
+        return original(f, *args, **kwargs)
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = original
 
 
 def best_per_side(confidence: np.ndarray, is_right: np.ndarray) -> tuple[int | None, int | None]:
@@ -129,16 +179,27 @@ class WiLoRBackend:
         self._detector: Any = None
         self._dataset: Any = None
         self._cam_crop_to_full: Any = None
+        self._mano_dir: Path | None = None
         self._device = "cpu"
 
     def load(self) -> None:
         """Load the detector and WiLoR once per worker.
 
-        This is WiLoR's ``load_wilor`` with one change: the MANO files are taken from
+        This is WiLoR's ``load_wilor`` with three changes. MANO comes from
         ``hands.weights_dir`` instead of ``./mano_data`` in the working directory, which a
-        worker process does not control.
+        worker process does not control, rewritten without chumpy (:mod:`trackset.adapters.mano`)
+        into a folder of this backend's. The checkpoint is read by trackset, with
+        ``weights_only=False`` for that one configured file (torch >= 2.6 refuses the yacs
+        config its ``hyper_parameters`` hold, and Lightning passes ``weights_only`` through
+        differently from release to release), and the model is built as
+        ``WiLoR.load_from_checkpoint`` builds it, without the renderer, which needs an EGL
+        context and is never used here. The YOLO detector loads itself, with ``torch.load``
+        answering ``weights_only=False`` for the configured ``detector.pt`` only, and only
+        while it loads (:func:`trusting_torch_load`; Ultralytics before 8.3 passes nothing,
+        which torch >= 2.6 turns into ``True``).
         """
         weights_dir = check_available(self.section)
+        import torch
         from ultralytics import YOLO
         from wilor.configs import get_config
         from wilor.datasets.vitdet_dataset import ViTDetDataset
@@ -146,19 +207,32 @@ class WiLoRBackend:
         from wilor.utils.renderer import cam_crop_to_full
 
         files = weight_files(weights_dir)
+        self._mano_dir = Path(tempfile.mkdtemp(prefix="trackset-mano-"))
+        try:
+            write_numpy_mano(files["mano"], self._mano_dir / files["mano"].name)
+        except (ManoFileError, pickle.UnpicklingError, EOFError) as exc:
+            raise unavailable(STAGE, f"a readable MANO_RIGHT.pkl under hands.weights_dir ({exc}; see {DOCS})") from None
         cfg = get_config(str(files["config"]), update_cachedir=True)
         cfg.defrost()
         if "vit" in cfg.MODEL.BACKBONE.TYPE and "BBOX_SHAPE" not in cfg.MODEL:
             cfg.MODEL.BBOX_SHAPE = [192, 256]  # the ViT backbone's crop aspect, as load_wilor sets it
         if "PRETRAINED_WEIGHTS" in cfg.MODEL.BACKBONE:
             cfg.MODEL.BACKBONE.pop("PRETRAINED_WEIGHTS")
-        cfg.MANO.DATA_DIR = cfg.MANO.MODEL_PATH = str(files["mano"].parent)
+        cfg.MANO.DATA_DIR = cfg.MANO.MODEL_PATH = str(self._mano_dir)
         cfg.MANO.MEAN_PARAMS = str(files["mano_mean"])
         cfg.freeze()
+        checkpoint = torch.load(files["checkpoint"], map_location="cpu", weights_only=False)  # the trusted file
+        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+            raise unavailable(STAGE, f"a Lightning checkpoint at {files['checkpoint']} (no state_dict; see {DOCS})")
+        model = WiLoR(cfg=cfg, init_renderer=False)
+        missing, _ = model.load_state_dict(checkpoint["state_dict"], strict=False)  # strict=False as load_wilor
+        if missing:
+            logger.warning("%s: %d WiLoR weights not in %s: %s", STAGE, len(missing), files["checkpoint"], missing[:5])
         self._device = torch_device()
-        self._model = WiLoR.load_from_checkpoint(str(files["checkpoint"]), strict=False, cfg=cfg).to(self._device)
+        self._model = model.to(self._device)
         self._model.eval()
-        self._detector = YOLO(str(files["detector"])).to(self._device)
+        with trusting_torch_load(files["detector"]):
+            self._detector = YOLO(str(files["detector"])).to(self._device)
         self._cfg, self._dataset, self._cam_crop_to_full = cfg, ViTDetDataset, cam_crop_to_full
 
     def infer(self, video: VideoRef, frames: np.ndarray, meta: FramesMeta, depth: DepthCamera) -> HandPoses:
@@ -287,6 +361,9 @@ class WiLoRBackend:
 
     def unload(self) -> None:
         self._model = self._detector = None
+        if self._mano_dir is not None:
+            shutil.rmtree(self._mano_dir, ignore_errors=True)
+            self._mano_dir = None
         release_cuda_memory()
 
 

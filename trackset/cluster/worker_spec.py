@@ -11,7 +11,10 @@ connects to it by address (``engine/run_cluster.py``)::
     cluster = SpecCluster(**run_cluster_spec([0, 1], workers_per_gpu=2, cpu_workers=2))
     DaskTaskRunner(address=cluster.scheduler_address)
 
-Everything binds to 127.0.0.1, otherwise scheduler and workers listen on the host address.
+Everything binds to 127.0.0.1, otherwise scheduler and workers listen on the host address;
+the dashboards too (reach them from another machine through an SSH tunnel, README). The
+run's cluster talks TLS (``protocol="tls"``, :mod:`trackset.cluster.security`): another
+account on the machine reaches 127.0.0.1 as well.
 GPU workers supply ``GPU: 1`` and a ``GPU_RANK`` that orders the workers of each GPU, CPU
 workers ``CPU: 1`` (:mod:`trackset.cluster.plan`, which also says what tasks ask for).
 Resources are only honoured for annotated (or ``resources=``) submissions.
@@ -26,6 +29,10 @@ from trackset.cluster.worker_priority import PRELOAD as PRIORITY_PRELOAD
 
 HOST = "127.0.0.1"
 """Where scheduler and workers listen: this machine only, never the host's public address."""
+
+DASHBOARD = f"{HOST}:0"
+"""Where a dashboard listens: this machine only, on a free port (many runs may coexist).
+Dask reads ``:0`` as every interface."""
 
 # CUDA numbers GPUs fastest-first by default, NVML in PCI bus order; pinning by PCI order
 # makes the index in CUDA_VISIBLE_DEVICES the same GPU that NVML sized and samples.
@@ -42,13 +49,13 @@ def gpu_worker_name(gpu: int, k: int) -> str:
     return f"gpu{gpu}-w{k}"
 
 
-def _nanny(options: dict[str, Any], preload: list[str] | None, nice: int = 0) -> dict[str, Any]:
+def _nanny(options: dict[str, Any], preload: list[str] | None, nice: int = 0, protocol: str = "tcp") -> dict[str, Any]:
     """A spec entry for one ``Nanny`` on 127.0.0.1 with one thread, ``nice`` lower in priority.
 
     One thread per worker: a GPU worker's memory was sized for one video at a time, and
     the fake device accounts memory per process.
     """
-    options = {**options, "host": HOST, "nthreads": 1}
+    options = {**options, "host": HOST, "nthreads": 1, "dashboard_address": DASHBOARD, "protocol": protocol}
     preloads = list(preload or [])
     if nice:  # the others take no arguments: Dask pairs preload_argv with preload by position
         options["preload_argv"] = [[] for _ in preloads] + [["--nice", str(nice)]]
@@ -73,6 +80,7 @@ def gpu_worker_spec(
     *,
     env: dict[str, str] | None = None,
     preload: list[str] | None = None,
+    protocol: str = "tcp",
 ) -> dict[str, dict[str, Any]]:
     """``workers_per_gpu`` Nanny workers on each GPU of ``gpus``, pinned round-robin.
 
@@ -85,6 +93,7 @@ def gpu_worker_spec(
         workers_per_gpu: workers per GPU, from :func:`trackset.gpu.sizing.plan_workers_per_gpu`.
         env: extra environment variables for every worker (not ``CUDA_VISIBLE_DEVICES``).
         preload: modules each worker imports at start (``Nanny(preload=...)``).
+        protocol: ``tcp`` or ``tls`` (then Dask's config must hold the certificates).
 
     Examples:
         >>> spec = gpu_worker_spec([0, 1], 2)
@@ -105,7 +114,9 @@ def gpu_worker_spec(
         for gpu in gpus:
             worker_env = {"CUDA_VISIBLE_DEVICES": str(gpu), **_GPU_ORDER, **extra}
             resources = {GPU: 1, GPU_RANK: gpu_rank(k)}
-            spec[gpu_worker_name(gpu, k)] = _nanny({"env": worker_env, "resources": resources}, preload)
+            spec[gpu_worker_name(gpu, k)] = _nanny(
+                {"env": worker_env, "resources": resources}, preload, protocol=protocol
+            )
     return spec
 
 
@@ -115,6 +126,7 @@ def cpu_worker_spec(
     env: dict[str, str] | None = None,
     preload: list[str] | None = None,
     nice: int = 0,
+    protocol: str = "tcp",
 ) -> dict[str, dict[str, Any]]:
     """``n_workers`` CPU-only Nanny workers named ``cpu-w<k>``, ``nice`` lower in priority
     than the GPU workers (:mod:`trackset.cluster.worker_priority`).
@@ -135,18 +147,20 @@ def cpu_worker_spec(
         raise ValueError(f"n_workers must be at least 1, got {n_workers}")
     worker_env = {"CUDA_VISIBLE_DEVICES": "", **_check_env(env)}
     return {
-        f"cpu-w{k}": _nanny({"env": dict(worker_env), "resources": {CPU: 1}}, preload, nice) for k in range(n_workers)
+        f"cpu-w{k}": _nanny({"env": dict(worker_env), "resources": {CPU: 1}}, preload, nice, protocol)
+        for k in range(n_workers)
     }
 
 
-def scheduler_spec() -> dict[str, Any]:
-    """A scheduler on 127.0.0.1 with its dashboard on a free port (many runs may coexist).
+def scheduler_spec(protocol: str = "tcp") -> dict[str, Any]:
+    """A scheduler on 127.0.0.1 with its dashboard on 127.0.0.1 too, on a free port.
 
     Examples:
-        >>> scheduler_spec()["options"]
-        {'host': '127.0.0.1', 'dashboard_address': ':0'}
+        >>> scheduler_spec("tls")["options"]
+        {'host': '127.0.0.1', 'dashboard_address': '127.0.0.1:0', 'protocol': 'tls'}
     """
-    return {"cls": "distributed.Scheduler", "options": {"host": HOST, "dashboard_address": ":0"}}
+    options = {"host": HOST, "dashboard_address": DASHBOARD, "protocol": protocol}
+    return {"cls": "distributed.Scheduler", "options": options}
 
 
 def run_cluster_spec(
@@ -157,20 +171,22 @@ def run_cluster_spec(
     env: dict[str, str] | None = None,
     preload: list[str] | None = None,
     cpu_nice: int = 0,
+    protocol: str = "tcp",
 ) -> dict[str, Any]:
     """``SpecCluster`` arguments of the one cluster a run starts on this machine.
 
     ``cpu_workers`` CPU workers for the CPU stages (at ``cpu_nice``) and ``workers_per_gpu``
     pinned workers on each GPU (the most a GPU stage may use there); a stage is sized by
     restricting its tasks to some of them (:mod:`trackset.cluster.plan`), never by
-    restarting the cluster.
+    restarting the cluster. ``protocol="tls"`` takes the certificates from Dask's config
+    (:func:`trackset.cluster.security.temporary_tls_config`).
 
     Examples:
         >>> spec = run_cluster_spec([0, 1], 2, 1)
         >>> sorted(spec), list(spec["workers"])
         (['scheduler', 'workers'], ['cpu-w0', 'gpu0-w0', 'gpu1-w0', 'gpu0-w1', 'gpu1-w1'])
     """
-    workers = cpu_worker_spec(cpu_workers, env=env, preload=preload, nice=cpu_nice)
+    workers = cpu_worker_spec(cpu_workers, env=env, preload=preload, nice=cpu_nice, protocol=protocol)
     if gpus:
-        workers |= gpu_worker_spec(gpus, workers_per_gpu, env=env, preload=preload)
-    return {"workers": workers, "scheduler": scheduler_spec()}
+        workers |= gpu_worker_spec(gpus, workers_per_gpu, env=env, preload=preload, protocol=protocol)
+    return {"workers": workers, "scheduler": scheduler_spec(protocol)}

@@ -18,12 +18,14 @@ came from: the file and line, the variable, or the override
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -148,6 +150,24 @@ class DepthCameraSettings(_Section):
         0.1, ge=0, le=1, description="more flat frames than this fraction -> video rejected as unusable"
     )
     weights_dir: Path | None = Field(None, description="ViPE weights directory when backend is real")
+    fov_min_deg: float | None = Field(
+        60.0,
+        gt=0,
+        lt=180,
+        description=(
+            "degrees; ViPE's vertical field of view is clamped to [fov_min_deg, fov_max_deg] as the script's vipe "
+            "config does (y2r's vendored ViPE applies it; upstream ViPE cannot, and the log says so); null = no bound"
+        ),
+    )
+    fov_max_deg: float | None = Field(
+        90.0, gt=0, lt=180, description="degrees; the clamp's upper bound; null = no bound"
+    )
+
+    @model_validator(mode="after")
+    def _fov_range(self) -> DepthCameraSettings:
+        if self.fov_min_deg is not None and self.fov_max_deg is not None and self.fov_min_deg > self.fov_max_deg:
+            raise ValueError("fov_min_deg must not be above fov_max_deg")
+        return self
 
 
 class Tracks3dSettings(_Section):
@@ -339,7 +359,23 @@ class ClusterSettings(_Section):
     )
     headroom: float = Field(0.9, gt=0, le=1, description="workers per GPU = floor(headroom * total / peak)")
     profiling_videos: int = Field(2, ge=1, description="K first videos profiled with one worker per GPU")
-    scheduler_address: str | None = Field(None, description="tcp://host:8786 to use an existing Dask cluster")
+    trusted_network: bool = Field(
+        False,
+        description=(
+            "true: accept an unencrypted tcp:// scheduler_address on another host (whoever reaches it runs code "
+            "as you); false: only tls://, or tcp:// on this machine"
+        ),
+    )
+    scheduler_address: str | None = Field(
+        None, description="tls://host:8786 to use an existing Dask cluster (tcp:// only on this machine)"
+    )
+    tls_dir: Path | None = Field(
+        None,
+        description=(
+            "folder with the Dask cluster's ca.pem, cert.pem and key.pem (trackset secrets DIR makes them); "
+            "null: a local cluster gets a certificate of its own, an existing one Dask's config"
+        ),
+    )
     cpu_workers: int = Field(2, ge=1, description="workers of the CPU stages (preprocess, H5 build)")
     cpu_worker_nice: int = Field(
         10,
@@ -363,6 +399,43 @@ class ClusterSettings(_Section):
         [], description="Dask preload modules run in every worker at start (dask_setup(worker))"
     )
     connect_timeout_s: float = Field(120.0, gt=0, description="seconds to wait for the cluster's scheduler and workers")
+
+    @field_validator("scheduler_address")
+    @classmethod
+    def _encrypted_unless_local(cls, address: str | None, info: ValidationInfo) -> str | None:
+        # trusted_network is declared before scheduler_address, so it is already validated here.
+        if address and not info.data.get("trusted_network", False) and unencrypted_remote(address):
+            raise ValueError(
+                "an unencrypted address on another machine: whoever reaches it runs code as you; start the "
+                "cluster with TLS and give its tls:// address and cluster.tls_dir (README, 'Several machines'), "
+                "or set cluster.trusted_network: true"
+            )
+        return address
+
+
+def unencrypted_remote(address: str) -> bool:
+    """Whether a Dask address goes to another machine without encryption.
+
+    Dask reads an address without a scheme as ``tcp://``; ``tls://`` and ``wss://`` are
+    encrypted; ``inproc://`` never leaves the process. Only a literal loopback host counts as
+    this machine: a name is not resolved (``head`` may be this host today and not tomorrow).
+
+    Examples:
+        >>> [unencrypted_remote(a) for a in ("tcp://head:8786", "10.0.0.2:8786", "ucx://10.0.0.2:8786")]
+        [True, True, True]
+        >>> [unencrypted_remote(a) for a in ("tls://head:8786", "tcp://127.0.0.1:8786", "tcp://[::1]:1", "localhost:1")]
+        [False, False, False, False]
+    """
+    scheme, _, rest = address.rpartition("://")
+    if scheme.lower() in ("tls", "wss", "inproc"):
+        return False
+    host = urlsplit(f"//{rest}").hostname or ""
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
 
 
 class RetrySettings(_Section):

@@ -20,9 +20,12 @@ reads the script pipeline's folder, which may be read-only, so two imports of on
 may run at once.
 
 The kernel releases a ``flock`` when its process dies, however it dies, so a lock left by
-a killed run is free: the next run takes it over and says whose it was. Locks are per open
-file, so two runs in one process exclude each other too. On NFS, ``flock`` is forwarded to
-the server (NFSv4 locks), which is what makes this work across hosts.
+a killed run is free: the next run takes it over and says whose it was
+(:attr:`DatasetLock.previous`: the run resumes that run's build). :meth:`DatasetLock.probe`
+asks whether a dataset is busy without taking the lock over, so a command that checks first
+leaves that record to the run. Locks are per open file, so two runs in one process exclude
+each other too. On NFS, ``flock`` is forwarded to the server (NFSv4 locks), which is what
+makes this work across hosts.
 
 Examples:
     >>> import tempfile
@@ -145,7 +148,18 @@ class DatasetLock:
         self.path = self.dataset_dir / LOCK_NAME
         self.work_dir = None if work_dir is None else Path(work_dir)
         self.flow_run_id = flow_run_id
+        self.previous: LockHolder | None = None
+        """The run whose dataset lock this one took over: it died holding it (it did not finish)."""
         self._handles: list[IO[str]] = []
+
+    @classmethod
+    def probe(cls, dataset_dir: Path, work_dir: Path | None = None) -> None:
+        """Raise :class:`DatasetBusyError` (or :class:`WorkDirBusyError`) when another run holds
+        the dataset's lock (or the work directory's); otherwise leave the lock files as they
+        are (a dead holder's record stays for the run that takes over)."""
+        _probe(Path(dataset_dir) / LOCK_NAME, DatasetBusyError, Path(dataset_dir))
+        if work_dir is not None:
+            _probe(Path(work_dir) / WORK_LOCK_NAME, WorkDirBusyError, Path(work_dir))
 
     def acquire(self) -> LockHolder:
         """Take the dataset's lock, then the work directory's, or raise at once (never waits).
@@ -162,7 +176,7 @@ class DatasetLock:
             socket.gethostname(), os.getpid(), self.flow_run_id, datetime.now(UTC).isoformat(), str(self.dataset_dir)
         )
         try:
-            self._take(self.dataset_dir, LOCK_NAME, me)
+            self.previous = self._take(self.dataset_dir, LOCK_NAME, me)
         except _Held as held:
             raise DatasetBusyError(self.dataset_dir, held.holder) from None
         if self.work_dir is not None:
@@ -177,8 +191,9 @@ class DatasetLock:
                 raise
         return me
 
-    def _take(self, folder: Path, name: str, me: LockHolder) -> None:
-        """``flock`` ``folder/name`` without waiting and write ``me`` into it."""
+    def _take(self, folder: Path, name: str, me: LockHolder) -> LockHolder | None:
+        """``flock`` ``folder/name`` without waiting and write ``me`` into it; return the
+        record it held (a run that died holding it), if any."""
         make_dirs(folder)
         handle = open(folder / name, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the run
         try:
@@ -197,6 +212,7 @@ class DatasetLock:
         handle.flush()
         os.fsync(handle.fileno())
         self._handles.append(handle)
+        return previous
 
     def _note_dataset(self, work_dir: Path) -> None:
         """Record that ``work_dir`` works for this dataset; warn when it worked for another."""
@@ -236,6 +252,18 @@ class DatasetLock:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.release()
+
+
+def _probe(path: Path, busy: type[DirectoryBusyError], directory: Path) -> None:
+    """Raise ``busy`` when another open file holds ``path``'s lock; touch nothing otherwise."""
+    if not path.is_file():
+        return
+    with open(path, "a+", encoding="utf-8") as handle:  # writable: NFS locks need it
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise busy(directory, _read_holder(handle)) from None
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _read_holder(handle: IO[str]) -> LockHolder | None:

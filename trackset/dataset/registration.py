@@ -15,6 +15,7 @@ from pathlib import Path
 from trackset.config.settings import ClusterSettings, Settings
 from trackset.dataset.done_index import DoneIndex
 from trackset.dataset.importer import register_imports, scan_intermediates
+from trackset.dataset.lock import LockHolder
 from trackset.dataset.manifest import Manifest
 from trackset.dataset.track_type import check_track_type
 from trackset.domain import SkippedFiles, VideoFailure, VideoRef, video_id_order
@@ -77,6 +78,29 @@ class Registration:
             f"{self.missing} missing); "
             f"{len(self.pending)} to process, {len(self.excluded)} excluded, {self.skipped.total} other files skipped"
         )
+
+    def resume_line(self, unfinished: LockHolder | None) -> str:
+        """What this run takes up: the videos earlier runs finished, what is left, and the run
+        that did not finish (the holder whose lock this run took over), if any.
+
+        Examples:
+            >>> videos = [VideoRef(f"{i:05d}", Path(f"{i}.mp4"), "") for i in range(1251)]
+            >>> registration = Registration(videos=videos, pending=videos[1234:], new=1)
+            >>> print(registration.resume_line(None))
+            1,234 of 1,251 videos done in earlier runs; 17 to process (1 new, 0 changed)
+            >>> holder = LockHolder("gpu1", 4242, "5f2c", "2027-01-05T02:00:00")
+            >>> print(registration.resume_line(holder))  # doctest: +NORMALIZE_WHITESPACE
+            resuming flow run 5f2c (host gpu1, pid 4242, since 2027-01-05T02:00:00), which did not
+            finish: 1,234 of 1,251 videos done in earlier runs; 17 pending
+        """
+        quarantined = sum(1 for failure in self.excluded if failure.kind == "quarantined")
+        done = len(self.videos) - len(self.pending) - quarantined
+        counts = f"{done:,} of {len(self.videos):,} videos done in earlier runs"
+        if unfinished is not None:
+            run = unfinished.flow_run_id or "(not a flow run)"
+            since = f"host {unfinished.host}, pid {unfinished.pid}, since {unfinished.started}"
+            return f"resuming flow run {run} ({since}), which did not finish: {counts}; {len(self.pending):,} pending"
+        return f"{counts}; {len(self.pending):,} to process ({self.new} new, {self.changed} changed)"
 
 
 def register_videos(settings: Settings) -> Registration:

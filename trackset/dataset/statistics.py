@@ -12,10 +12,18 @@ from trackset.formats.layout import DatasetLayout
 from trackset.formats.statistics import VideoPartials, aggregate, normalization_stats, write_stats_yaml
 
 
-def write_dataset_statistics(dataset: DatasetLayout, std_floor: float) -> dict[str, object]:
-    """Merge the partials of every video in ``dataset`` and write the statistics YAML of its
-    track type (that of its videos' partials; 3D for a dataset without any)."""
-    partials = [VideoPartials.read(dataset.partials(video_id)) for video_id in dataset.partial_ids()]
+def read_partials(dataset: DatasetLayout) -> list[VideoPartials]:
+    """The partials of every video in ``dataset``, in video-id order (the merge order)."""
+    return [VideoPartials.read(dataset.partials(video_id)) for video_id in dataset.partial_ids()]
+
+
+def write_dataset_statistics(
+    dataset: DatasetLayout, std_floor: float, partials: list[VideoPartials] | None = None
+) -> dict[str, object]:
+    """Merge the partials of every video in ``dataset`` (or ``partials``, already read from it)
+    and write the statistics YAML of its track type (that of its videos' partials; 3D for a
+    dataset without any)."""
+    partials = read_partials(dataset) if partials is None else partials
     track_type = partials[0].track_type if partials else "3d"
     stats = normalization_stats(aggregate(partials, track_type), std_floor, track_type)
     write_stats_yaml(dataset.stats_yaml, stats)

@@ -6,12 +6,15 @@ hand keys come in complete sets of four; every value is finite; u, v lie in [0, 
 depths in ``[depth_min_m, depth_max_m]``; step 0 of displacements is exactly zero and of
 poses the identity; the position of every kept point at every step is in the image, and so
 is every kept wrist's (FORMATS.md's in-image rule, unless ``h5.hands_in_image`` is off).
-Per dataset: every H5 has its statistics partials and vice versa, and has the size they
-recorded when it was written (with ``deep=True`` also the sha256; partials of versions
-that recorded neither are not checked for it), and
-``normalization_stats.yaml`` has exactly the keys trackset writes (FORMATS.md's, less the
-mean and std of a statistic without samples) and equals the statistics merged from the
-partials. A 2D dataset (``track_type: 2d``, recorded by the directory itself:
+Each file's provenance attributes are there and agree with the file's name and with its
+partials' fingerprint (:func:`trackset.stages.provenance.attribute_problems`). Per dataset:
+every H5 has its statistics partials and vice versa, and has the size they recorded when it
+was written (with ``deep=True`` also the sha256; partials of versions that recorded neither
+are not checked for it), ``normalization_stats.yaml`` has exactly the keys trackset writes
+(FORMATS.md's, less the mean and std of a statistic without samples) and equals the
+statistics merged from the partials, and ``dataset.json``'s version, video count and
+statistics digest are those of the partials and the YAML (:mod:`trackset.dataset.record`).
+A 2D dataset (``track_type: 2d``, recorded by the directory itself:
 :func:`trackset.dataset.track_type.recorded_track_type`) is checked against its own layout: no
 depth, intrinsics, poses or hands, ``(u, v)`` points, the 2D statistics keys. With
 ``deep=True`` each video's moments are also recomputed from its H5 and compared with its
@@ -36,6 +39,7 @@ Examples:
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -48,6 +52,7 @@ import yaml
 from numpy.typing import ArrayLike, DTypeLike
 
 from trackset.config.settings import H5Settings
+from trackset.dataset.record import RUNS_KEPT, DatasetRecord, dataset_version
 from trackset.dataset.track_type import recorded_track_type
 from trackset.domain import is_video_id, video_id_order
 from trackset.formats import h5_schema as schema
@@ -63,6 +68,7 @@ from trackset.formats.statistics import (
     per_video_moments,
     per_video_moments_2d,
 )
+from trackset.stages.provenance import attribute_problems
 
 STATS_RTOL = 1e-12
 """Relative tolerance between the YAML and the merged partials (DECISIONS.md, "Determinism")."""
@@ -177,7 +183,8 @@ def validate_dataset(dataset_dir: Path, h5: H5Settings, std_floor: float, deep: 
 
     for video_id in video_ids:
         name = layout.h5(video_id).name
-        moments = _check_h5(layout.h5(video_id), name, h5, deep, report, track_type)
+        fingerprint = partials[video_id].fingerprint if video_id in partials else None
+        moments = _check_h5(layout.h5(video_id), name, h5, deep, report, track_type, fingerprint)
         if video_id not in partial_ids:
             report.add(name, "partials", f"no partials/{video_id}.json: the video is missing from the statistics")
             continue
@@ -193,6 +200,7 @@ def validate_dataset(dataset_dir: Path, h5: H5Settings, std_floor: float, deep: 
         )
 
     _check_stats_yaml(layout, partials, unreadable, std_floor, report, track_type)
+    _check_dataset_json(layout, partials, unreadable, report)
     return report
 
 
@@ -222,9 +230,19 @@ def _read_partials(
 
 
 def _check_h5(
-    path: Path, name: str, h5: H5Settings, deep: bool, report: ValidationReport, track_type: str = "3d"
+    path: Path,
+    name: str,
+    h5: H5Settings,
+    deep: bool,
+    report: ValidationReport,
+    track_type: str = "3d",
+    fingerprint: str | None = None,
 ) -> dict[str, Moments] | None:
-    """Check one H5 file into ``report``; return its recomputed moments when ``deep`` and valid."""
+    """Check one H5 file into ``report``; return its recomputed moments when ``deep`` and valid.
+
+    ``fingerprint`` is its partials' (None when they cannot be read): the file's provenance
+    must name the same.
+    """
     checker = _H5Checker(name, h5, deep, track_type)
     try:
         f = h5py.File(path, "r")
@@ -234,6 +252,8 @@ def _check_h5(
         return None
     try:
         with f:
+            for detail in attribute_problems(f.attrs, path.stem, fingerprint):
+                checker.add("provenance", detail)
             checker.run(f)
     except Exception as exc:
         checker.add("read", f"cannot read: {type(exc).__name__}: {_first_line(exc)}")
@@ -744,6 +764,48 @@ def _check_stats_yaml(
         more = f"; {len(mismatches) - 1} more keys differ" if len(mismatches) > 1 else ""
         report.add(name, "stats", f"{mismatches[0]} (merged from {len(partials)} partials){more}")
     report.checked(name, f"matches the statistics merged from {len(partials)} partials")
+
+
+def _check_dataset_json(
+    layout: DatasetLayout, partials: Mapping[str, VideoPartials], unreadable: list[str], report: ValidationReport
+) -> None:
+    """``dataset.json`` against the partials (its version, video count) and the statistics YAML."""
+    name = layout.dataset_json.name
+    if not layout.dataset_json.is_file():
+        report.add(name, "record", "missing: every run writes it at its end (the dataset's version and its runs)")
+        return
+    try:
+        record = DatasetRecord.from_json(layout.dataset_json.read_text(encoding="utf-8"))
+    except (ValueError, OSError, UnicodeDecodeError) as exc:
+        report.add(name, "record", f"cannot read: {_first_line(exc)}")
+        return
+    if unreadable:
+        report.add(name, "record", f"not compared: partials of {', '.join(unreadable)} are unreadable")
+    else:
+        version = dataset_version((video_id, item.fingerprint) for video_id, item in partials.items())
+        if record.dataset_version != version:
+            report.add(
+                name,
+                "record",
+                f"dataset_version {record.dataset_version}, but the {len(partials)} partials give {version}",
+            )
+        if record.videos != len(partials):
+            report.add(name, "record", f"videos: {record.videos}, but there are {len(partials)} partials")
+    if layout.stats_yaml.is_file():
+        digest = hashlib.sha256(layout.stats_yaml.read_bytes()).hexdigest()
+        if record.statistics_sha256 != digest:
+            report.add(
+                name,
+                "record",
+                f"statistics_sha256 {record.statistics_sha256}, but {layout.stats_yaml.name} is {digest}",
+            )
+    if len(record.runs) > RUNS_KEPT or record.runs_total < len(record.runs):
+        report.add(
+            name,
+            "record",
+            f"{len(record.runs)} runs listed of {record.runs_total}: at most {RUNS_KEPT}, and no more than the total",
+        )
+    report.checked(name, f"version {record.dataset_version[:12]}, {record.videos} videos, {record.runs_total} runs")
 
 
 def compare_value(key: str, got: Any, want: Any, rtol: float = STATS_RTOL) -> str | None:

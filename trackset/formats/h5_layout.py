@@ -6,11 +6,14 @@ The statistics' per-video moments are computed from the very float32 values writ
 the merged statistics describe the dataset exactly.
 
 Files are byte-reproducible: no timestamps (``track_times=False``), a fixed creation
-order, and no run metadata inside (DECISIONS.md "Determinism").
+order, and no run metadata inside (DECISIONS.md "Determinism"). What made a file (trackset's
+version, the stages' models and settings) goes into attributes of its root
+(:func:`write_attributes`), which the training code never reads.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -318,8 +321,23 @@ def write_text(f: h5py.File, text: str | None) -> None:
         f.create_dataset(schema.root_path(schema.TEXT), data=text, dtype=h5py.string_dtype(), track_times=False)
 
 
-def write_h5(path: Path, arrays: VideoArrays, compression: str = "none", text: str | None = None) -> None:
-    """Write the FORMATS.md layout atomically and byte-reproducibly (``root/text`` when given)."""
+def write_attributes(f: h5py.File, attributes: Mapping[str, str | int]) -> None:
+    """Attributes of the file's root (``/``), in sorted order so the bytes are reproducible:
+    the provenance of :func:`trackset.stages.provenance.file_attributes`. Strings are stored
+    as variable-length UTF-8, as h5py stores ``str``."""
+    for key in sorted(attributes):
+        f.attrs[key] = attributes[key]
+
+
+def write_h5(
+    path: Path,
+    arrays: VideoArrays,
+    compression: str = "none",
+    text: str | None = None,
+    attributes: Mapping[str, str | int] | None = None,
+) -> None:
+    """Write the FORMATS.md layout atomically and byte-reproducibly (``root/text`` and the
+    root's ``attributes`` when given)."""
     big = {} if compression == "none" else {"compression": compression}
     plain = {"track_times": False}
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
@@ -347,3 +365,4 @@ def write_h5(path: Path, arrays: VideoArrays, compression: str = "none", text: s
         f.create_dataset(schema.root_path(schema.NUM_TRACK_TS), data=arrays.num_track_ts, **plain)
         f.create_dataset(schema.root_path(schema.TRACK_TYPE), data=schema.TRACK_TYPE_3D, **plain)
         write_text(f, text)
+        write_attributes(f, attributes or {})

@@ -17,6 +17,7 @@ rule of 3D tracks, so each column stays one point.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import numpy as np
 
 from trackset.config.settings import H5Settings
 from trackset.formats import h5_schema as schema
-from trackset.formats.h5_layout import _SmallDatasetWriter, resize_rgb, write_text
+from trackset.formats.h5_layout import _SmallDatasetWriter, resize_rgb, write_attributes, write_text
 from trackset.formats.intermediates import Tracks2d
 from trackset.formats.layout import atomic_path
 from trackset.formats.statistics import Moments, per_video_moments_2d
@@ -81,8 +82,15 @@ def video_moments_2d(arrays: VideoArrays2d) -> dict[str, Moments]:
     return per_video_moments_2d(arrays.displacements)
 
 
-def write_h5_2d(path: Path, arrays: VideoArrays2d, compression: str = "none", text: str | None = None) -> None:
-    """Write the 2D layout atomically and byte-reproducibly, in the script's dataset order."""
+def write_h5_2d(
+    path: Path,
+    arrays: VideoArrays2d,
+    compression: str = "none",
+    text: str | None = None,
+    attributes: Mapping[str, str | int] | None = None,
+) -> None:
+    """Write the 2D layout atomically and byte-reproducibly, in the script's dataset order
+    (the root's ``attributes`` as the 3D layout writes them)."""
     big = {} if compression == "none" else {"compression": compression}
     plain = {"track_times": False}
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
@@ -99,3 +107,4 @@ def write_h5_2d(path: Path, arrays: VideoArrays2d, compression: str = "none", te
         f.create_dataset(schema.root_path(schema.NUM_TRACK_TS), data=arrays.num_track_ts, **plain)
         f.create_dataset(schema.root_path(schema.TRACK_TYPE), data=schema.TRACK_TYPE_2D, **plain)
         write_text(f, text)
+        write_attributes(f, attributes or {})

@@ -104,6 +104,11 @@ class DatasetLayout:
         return self.root / "normalization_stats.yaml"
 
     @property
+    def dataset_json(self) -> Path:
+        """The dataset's version and the runs that built it (trackset.dataset.record)."""
+        return self.root / "dataset.json"
+
+    @property
     def manifest(self) -> Path:
         return self.root / "manifest.jsonl"
 

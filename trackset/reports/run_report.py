@@ -181,6 +181,7 @@ class RunSummary:
     extra_failures: list[VideoFailure] = field(default_factory=list)
     report_path: str = ""
     skipped: SkippedFiles = field(default_factory=SkippedFiles)
+    dataset_version: str = ""
 
     @property
     def failures(self) -> list[VideoFailure]:
@@ -212,6 +213,8 @@ class RunSummary:
             f"- hand windows dropped, wrist outside the image: **{self.hand_windows_out_of_image()}**",
             f"- output: {markdown.code(self.dataset_dir)}",
         ]
+        if self.dataset_version:
+            lines.append(f"- dataset version: `{self.dataset_version}` (`dataset.json`)")
         if self.report_path:
             read = "`pandas.read_json(path, lines=True)`"
             lines.append(f"- every video of this run: {markdown.code(self.report_path)} (JSON lines: {read})")

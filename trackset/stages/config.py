@@ -72,6 +72,11 @@ class StageConfig(BaseModel):
         verify_checksums: ``run.verify_checksums`` (filled by the registry): whether a video
             is done only when its outputs' checksums, not only their sizes, match its marker.
             Not part of the fingerprint or the cache key either.
+        provenance: what made this stage's outputs, its inputs' included
+            (:mod:`trackset.stages.provenance`, filled by the registry); the H5 build writes it
+            into every file. Not part of the fingerprint: a new trackset version or a
+            re-downloaded checkpoint does not redo a finished dataset. Part of the cache key,
+            so a worker never writes a stale provenance nor keeps a model whose weights changed.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -83,6 +88,7 @@ class StageConfig(BaseModel):
     timeout: StageTimeout = Field(StageTimeout(), exclude=True)
     metadata: MetadataSettings = Field(MetadataSettings(), exclude=True)
     verify_checksums: bool = Field(False, exclude=True)
+    provenance: dict[str, str] = Field(default_factory=dict, exclude=True)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
@@ -123,8 +129,8 @@ class StageConfig(BaseModel):
         return short_hash(base, *(f"{column}={value!r}" for column, value in pairs))
 
     def cache_key(self) -> str:
-        """Key of the worker model cache: everything this config holds."""
-        return short_hash(self.stage, self.model_dump_json())
+        """Key of the worker model cache: everything this config holds, provenance included."""
+        return short_hash(self.stage, self.model_dump_json(), json.dumps(self.provenance, sort_keys=True))
 
     def quarantine_key(self, content_hash: str) -> str:
         """What must change to release a quarantined video: its content or this config
@@ -198,6 +204,14 @@ class DepthCameraConfig(ModelStageConfig):
 
     stage: ClassVar[StageName] = "depth_camera"
     section: DepthCameraSettings
+
+    def output_settings(self) -> dict[str, Any]:
+        """The section, less the field-of-view clamp where the synthetic backend, which does
+        not read it, runs: its datasets keep the fingerprints they had before the clamp existed."""
+        out = super().output_settings()
+        if self.section.backend == "synthetic":
+            out["section"] = {k: v for k, v in out["section"].items() if k not in ("fov_min_deg", "fov_max_deg")}
+        return out
 
 
 class FrameReaderConfig(ModelStageConfig):

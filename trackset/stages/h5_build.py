@@ -13,6 +13,11 @@ is part of its content, so the content hash of an import already covers it.
 ``metadata.csv`` becomes ``root/text``; a clip without one fails with the file and clip
 named (fix the row and rerun: that clip alone is rebuilt, since its text is part of its
 fingerprint), never a file that silently has no text.
+
+Every file carries its provenance as attributes of its root: trackset's version, each
+stage's backend, model and settings, the video's id, content hash and fingerprint
+(:mod:`trackset.stages.provenance`); a file built from the script pipeline's intermediates
+says so instead of naming stages that did not run here.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from trackset.formats.script_conventions import to_trackset_conventions
 from trackset.formats.statistics import Moments, VideoPartials
 from trackset.stages.base import Stage
 from trackset.stages.config import H5BuildConfig
+from trackset.stages.provenance import file_attributes
 
 
 @dataclass
@@ -50,18 +56,21 @@ class H5Content:
     """One video's H5 file before it is written, whichever its track type.
 
     Attributes:
-        write: writes the file atomically, given its path, ``h5.compression`` and ``root/text``.
+        write: writes the file atomically, given its path, ``h5.compression``, ``root/text``
+            and the root attributes (its provenance).
         moments: the statistics' per-video moments of the values it writes.
         num_frames: ``root/num_frames``.
         query_coords: each window's query points (counted in the record).
         info: what the record says besides frames, windows, tracks per frame and text.
+        imported: built from the script pipeline's intermediates (its provenance names them).
     """
 
-    write: Callable[[Path, str, str | None], None]
+    write: Callable[[Path, str, str | None, dict[str, str | int]], None]
     moments: dict[str, Moments]
     num_frames: int
     query_coords: list[np.ndarray]
     info: dict[str, float | int | str] = field(default_factory=dict)
+    imported: bool = False
 
 
 class H5BuildStage(Stage[H5BuildConfig]):
@@ -134,7 +143,8 @@ class H5BuildStage(Stage[H5BuildConfig]):
         build = self.content_2d if self.config.section.track_type == "2d" else self.content_3d
         content = build(vid, frames, meta)
         h5_path, _ = self.outputs(vid)
-        content.write(h5_path, self.config.section.compression, text)
+        attributes = file_attributes(self.config.provenance, video, self.fingerprint(video), content.imported)
+        content.write(h5_path, self.config.section.compression, text, attributes)
         self.write_partials(video, content.moments, FileStamp.of(h5_path))
         windows = len(content.query_coords)
         points = sum(q.shape[0] for q in content.query_coords)
@@ -161,11 +171,12 @@ class H5BuildStage(Stage[H5BuildConfig]):
             "input_conventions": conventions,
         }
         return H5Content(
-            lambda path, compression, text: write_h5(path, arrays, compression, text),
+            lambda path, compression, text, attributes: write_h5(path, arrays, compression, text, attributes),
             video_moments(arrays),
             arrays.num_frames,
             arrays.query_coords,
             info,
+            imported=conventions == "script",
         )
 
     def content_2d(self, vid: str, frames: np.ndarray, meta: FramesMeta) -> H5Content:
@@ -173,7 +184,7 @@ class H5BuildStage(Stage[H5BuildConfig]):
         tracks = read_tracks_2d(self.work.tracks_2d(vid), vid, meta.num_frames)
         arrays = build_arrays_2d(frames, tracks, self.config.section, self.config.window_length)
         return H5Content(
-            lambda path, compression, text: write_h5_2d(path, arrays, compression, text),
+            lambda path, compression, text, attributes: write_h5_2d(path, arrays, compression, text, attributes),
             video_moments_2d(arrays),
             arrays.num_frames,
             arrays.query_coords,

@@ -30,12 +30,14 @@ from typing import TYPE_CHECKING, Any
 from trackset.config.settings import Backend, Settings
 from trackset.domain import STAGE_ORDER, StageName
 from trackset.gpu.sizing import gib_to_bytes
+from trackset.stages import provenance
 from trackset.stages.config import (
     CleanFramesConfig,
     DepthCameraConfig,
     H5BuildConfig,
     HandsConfig,
     HumanMasksConfig,
+    ModelStageConfig,
     ObjectMasksConfig,
     PreprocessConfig,
     StageConfig,
@@ -103,6 +105,9 @@ class StageSpec:
         backends: ``backend`` setting value -> ``"module:Class"`` of the model backend.
         enabled: whether a run with these settings includes the stage.
         replaces: the script pipeline's stage (``dataset_scripts/config.yaml``) it replaces.
+        model_distribution: the installed distribution whose version names the real model
+            in every file's provenance (:mod:`trackset.stages.provenance`); empty for a
+            research checkout, which its weights' sha256 names instead.
     """
 
     name: StageName
@@ -114,6 +119,7 @@ class StageSpec:
     backends: Mapping[Backend, str] = field(default_factory=dict)
     enabled: Callable[[Settings], bool] = lambda settings: True
     replaces: str = ""
+    model_distribution: str = ""
 
 
 def _three_d(settings: Settings) -> bool:
@@ -149,6 +155,7 @@ STAGES: dict[StageName, StageSpec] = {
             backends={"real": SAM3, "synthetic": "trackset.synthetic.masks:SyntheticHumanMasks"},
             enabled=_human_masks_needed,
             replaces="gsam_human",
+            model_distribution="sam3",
         ),
         StageSpec(
             "clean_frames",
@@ -177,6 +184,7 @@ STAGES: dict[StageName, StageSpec] = {
             },
             enabled=_three_d,
             replaces="vipe",
+            model_distribution="nvidia-vipe",
         ),
         StageSpec(
             "object_masks",
@@ -188,6 +196,7 @@ STAGES: dict[StageName, StageSpec] = {
             backends={"real": SAM3, "synthetic": "trackset.synthetic.masks:SyntheticObjectMasks"},
             enabled=lambda settings: settings.object_masks.enabled,
             replaces="gsam",
+            model_distribution="sam3",
         ),
         StageSpec(
             "tracks_3d",
@@ -216,6 +225,7 @@ STAGES: dict[StageName, StageSpec] = {
             },
             enabled=lambda settings: not _three_d(settings),
             replaces="cotracker",
+            model_distribution="cotracker",
         ),
         StageSpec(
             "hands",
@@ -306,14 +316,20 @@ def stage_config(name: str, settings: Settings) -> StageConfig:
     """
     spec = stage_spec(name)
     config = spec.config.from_settings(settings)
-    upstream = [stage_config(input_name, settings) for input_name in stage_inputs(name, settings)]
+    inputs = stage_inputs(name, settings)
+    upstream = [stage_config(input_name, settings) for input_name in inputs]
     columns = {*config.own_clip_columns(), *(column for other in upstream for column in other.clip_columns)}
+    model_section = config.section if isinstance(config, ModelStageConfig) else None
+    own = provenance.stage_entries(
+        spec.name, config.output_settings(), list(inputs), model_section, spec.model_distribution
+    )
     update = {
         "lineage": lineage_of(spec.name, config, [other.lineage for other in upstream]),
         "clip_columns": tuple(sorted(columns)),
         "metadata": settings.metadata,
         "timeout": settings.timeouts.for_stage(name),
         "verify_checksums": settings.run.verify_checksums,
+        "provenance": provenance.chained(spec.name, own, [other.provenance for other in upstream]),
     }
     return config.model_copy(update=update)
 

@@ -1,4 +1,5 @@
-"""Fake of CoTracker3's predictor (github.com/facebookresearch/co-tracker, ``cotracker.predictor``).
+"""Fake of CoTracker3's predictor (github.com/facebookresearch/co-tracker @ 82e02e8, ``cotracker/predictor.py``,
+``CoTrackerPredictor``; ``hubconf.py: cotracker3_offline`` builds the same predictor).
 
 Mirrors ``CoTrackerPredictor(checkpoint=..., offline=True, v2=False, window_len=60)`` (an
 ``nn.Module``: ``.to``, ``.eval``) and its ``forward(video (B, T, 3, H, W) float in

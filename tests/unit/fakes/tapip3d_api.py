@@ -6,6 +6,9 @@ query_point (N,4) = (t, x, y, z) in world, num_iters, grid_size, bidrectional, v
 -> (coords.squeeze(), visibs.squeeze())`` with coords ``(T, N, 3)`` in world coordinates and
 ``visibs = sigmoid(logits) >= vis_threshold``, as TAPIP3D's ``inference`` computes it.
 
+Failure mode: fewer than four valid (positive) depth values in the window make TAPIP3D's
+``torch.kthvalue(k=int(0.25 n))`` fail, as the real one does.
+
 The scene is static, so every point stays at its world position. Every point is seen with
 visibility ``VISIBLE``, except that points whose world x is below ``hide_below_x`` are
 occluded at the last step (visibility ``OCCLUDED``): a threshold between the two drops them,
@@ -79,9 +82,12 @@ def install(monkeypatch: pytest.MonkeyPatch, hide_below_x: float = float("-inf")
         bidrectional: bool = True,
         vis_threshold: float = 0.9,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        valid = depths[depths > 0].reshape(-1)  # TAPIP3D's depth range: kthvalue of the 25th percentile
+        if int(0.25 * len(valid)) < 1:
+            raise RuntimeError("kthvalue(): selected number k out of range for dimension 0")
         T, C, H, W = video.shape
         assert depths.shape == (T, H, W) and C == 3
-        model.set_image_size((H, W))
+        model.set_image_size((H, W))  # the real inference() sets the input's size itself
         model.calls.append(
             {
                 "video": video.cpu().numpy(),

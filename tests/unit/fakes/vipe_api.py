@@ -1,27 +1,48 @@
-"""Fake of the parts of ``nvidia-vipe`` (github.com/nv-tlabs/vipe, v1.1.0) the adapter uses.
+"""Fake of NVIDIA ViPE as the adapter drives it: upstream (github.com/nv-tlabs/vipe @ 157494a,
+v1.1.0) or y2r's vendored copy (hgupt3/vipe @ 1249a0c, ViPE 0.1.1 with local changes).
 
-Mirrors: ``vipe.make_pipeline(config) -> Pipeline`` with ``return_output_streams`` and
-``run(stream) -> AnnotationPipelineOutput(output_streams=[...])``;
-``vipe.config.parse_typed_config(config_name, hydra_args)``; ``vipe.streams.base``'s
-``FrameAttribute``, ``VideoFrame`` (kw-only dataclass), ``VideoStream`` and
-``ProcessedVideoStream(stream, processors).cache(desc, online)``. Output frames carry ``pose``
-as an SE3 (camera->world, ``.matrix()``), ``intrinsics`` as ``[fx, fy, cx, cy]`` and
-``metric_depth`` as ``(H, W)``, all torch tensors.
+Both: ``vipe.make_pipeline(config) -> Pipeline`` with ``return_output_streams`` and
+``run(stream) -> AnnotationPipelineOutput(output_streams=[...])`` (``vipe/pipeline/__init__.py``);
+``vipe.get_config_path()``; ``vipe.streams.base``'s ``FrameAttribute``, ``VideoFrame``
+(kw-only dataclass), ``VideoStream`` and ``ProcessedVideoStream(stream, processors).cache(desc,
+online)``. Output frames carry ``pose`` as an SE3 (camera->world, ``.matrix()``),
+``intrinsics`` as ``[fx, fy, cx, cy]`` and ``metric_depth`` as ``(H, W)``, all torch tensors.
+
+Upstream only: ``vipe.config.parse_typed_config(config_name, hydra_args)``
+(``vipe/config/parse.py``): Hydra overrides on a struct config (an unknown key cannot be
+overridden, ``+`` adds, ``++`` adds or overrides), then pydantic validation with
+``extra="forbid"``, so the field-of-view keys are refused either way.
+
+y2r's copy only: no ``vipe.config``; the config is composed with ``hydra.initialize_config_dir``
+and ``hydra.compose`` (a fake ``hydra``) from a pipeline config that declares
+``init.fixed_fov_degrees/fov_min_degrees/fov_max_degrees``; ``make_pipeline(config,
+model_cache=None)``; ``vipe.model_cache.VipeModelCache.create(slam_cfg, init_cfg, post_cfg,
+device, use_fp16=False)``. Its pipeline clamps the "GeoCalib" estimate of the vertical field of
+view to ``[fov_min_degrees, fov_max_degrees]`` (``GeoCalibIntrinsicsProcessor``) and sets
+``fx = fy = H / (2 tan(fov / 2))``, principal point at the centre.
+
+Both copies' config files are abridged in ``vipe_configs/``. The scene's ``intrinsics`` are
+returned as they are unless it has a ``fov_estimate_deg``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.machinery
 import sys
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+import yaml
+
+CONFIGS = Path(__file__).parent / "vipe_configs"
 
 
 def _module(name: str) -> types.ModuleType:
@@ -108,8 +129,11 @@ class Scene:
     camera_to_world: Callable[[int], np.ndarray]
     depth: Callable[[int, tuple[int, int]], np.ndarray]
     intrinsics: tuple[float, float, float, float]
+    fov_estimate_deg: float | None = None
     runs: list[dict[str, Any]] = field(default_factory=list)
     configs: list[list[str]] = field(default_factory=list)
+    pipeline_configs: list[Node] = field(default_factory=list)
+    model_caches: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -118,10 +142,59 @@ class AnnotationPipelineOutput:
     output_streams: list[Any] | None = None
 
 
+class Node(dict):
+    """An OmegaConf-like config node: keys as attributes."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _node(value: Any) -> Any:
+    return Node({k: _node(v) for k, v in value.items()}) if isinstance(value, dict) else value
+
+
+def compose(flavour: str, overrides: list[str]) -> Node:
+    """Hydra's composition of ``default`` with ``overrides`` on a struct config."""
+    pipeline = _node(yaml.safe_load((CONFIGS / flavour / "pipeline" / "default.yaml").read_text()))
+    root = Node(pipeline=pipeline)
+    for override in overrides:
+        key, _, text = override.partition("=")
+        if key == "pipeline":
+            pipeline["name"] = text
+            continue
+        mode, key = ("++", key[2:]) if key.startswith("++") else ("+", key[1:]) if key.startswith("+") else ("", key)
+        *parents, leaf = key.split(".")
+        node = root
+        for part in parents:
+            node = node[part]
+        if mode == "" and leaf not in node:
+            raise ValueError(f"Could not override '{key}'. Key '{leaf}' is not in struct")
+        if mode == "+" and leaf in node:
+            raise ValueError(f"Could not append to config. An item is already at '{key}'")
+        node[leaf] = yaml.safe_load(text)
+    return root
+
+
 class Pipeline:
-    def __init__(self, scene: Scene) -> None:
-        self.scene = scene
+    def __init__(self, scene: Scene, config: Node) -> None:
+        self.scene, self.config = scene, config
         self.return_output_streams = False
+        scene.pipeline_configs.append(config)
+
+    def _intrinsics(self, height: int, width: int) -> torch.Tensor:
+        if self.scene.fov_estimate_deg is None:
+            return torch.tensor(self.scene.intrinsics)
+        fov = self.scene.fov_estimate_deg
+        low, high = self.config.init.get("fov_min_degrees"), self.config.init.get("fov_max_degrees")
+        if low is not None and fov < low:
+            fov = low
+        elif high is not None and fov > high:
+            fov = high
+        focal = height / (2 * np.tan(np.radians(fov) / 2))
+        return torch.tensor([focal, focal, width / 2, height / 2], dtype=torch.float32)
 
     def run(self, video_data: VideoStream) -> AnnotationPipelineOutput:
         assert isinstance(video_data, VideoStream)
@@ -134,7 +207,7 @@ class Pipeline:
                 raw_frame_idx=f.raw_frame_idx,
                 rgb=f.rgb,
                 pose=SE3(self.scene.camera_to_world(f.raw_frame_idx)),
-                intrinsics=torch.tensor(self.scene.intrinsics),
+                intrinsics=self._intrinsics(*f.rgb.shape[:2]),
                 metric_depth=torch.as_tensor(self.scene.depth(f.raw_frame_idx, tuple(f.rgb.shape[:2]))),
             )
             for f in frames
@@ -142,20 +215,71 @@ class Pipeline:
         return AnnotationPipelineOutput(output_streams=[out] if self.return_output_streams else None)
 
 
-def install(monkeypatch: pytest.MonkeyPatch, scene: Scene) -> Scene:
-    """Install fake ``vipe``, ``vipe.config``, ``vipe.streams`` and ``vipe.streams.base``."""
+def install(monkeypatch: pytest.MonkeyPatch, scene: Scene, flavour: str = "upstream") -> Scene:
+    """Install fake ``vipe`` modules, upstream's (with ``vipe.config``) or y2r's copy (with a fake
+    ``hydra`` and ``vipe.model_cache``)."""
     vipe = _module("vipe")
-    config = _module("vipe.config")
     streams = _module("vipe.streams")
     base = _module("vipe.streams.base")
+    vipe.__file__ = f"/site-packages/{flavour}/vipe/__init__.py"
+    vipe.get_config_path = lambda: CONFIGS / flavour
+    modules = [vipe, streams, base]
+    if flavour == "upstream":
+        vipe.__version__ = "1.1.0"
+        config = _module("vipe.config")
 
-    def parse_typed_config(config_name: str = "default", hydra_args: tuple[str, ...] = (), config_dir: Any = None):
-        scene.configs.append(list(hydra_args))
-        return types.SimpleNamespace(pipeline=types.SimpleNamespace(overrides=list(hydra_args)))
+        def parse_typed_config(config_name: str = "default", hydra_args: Any = (), config_dir: Any = None) -> Node:
+            scene.configs.append(list(hydra_args))
+            composed = compose(flavour, list(hydra_args))
+            allowed = yaml.safe_load((CONFIGS / flavour / "pipeline" / "default.yaml").read_text())
+            for section in ("init", "slam"):
+                extra = set(composed.pipeline[section]) - set(allowed[section])
+                if extra:
+                    raise ValueError(f"pipeline.{section}.{sorted(extra)[0]}: Extra inputs are not permitted")
+            return composed
 
-    vipe.make_pipeline = lambda cfg: Pipeline(scene)
-    vipe.get_config_path = lambda: "configs"
-    config.parse_typed_config = parse_typed_config
+        vipe.make_pipeline = lambda config: Pipeline(scene, config)
+        config.parse_typed_config = parse_typed_config
+        vipe.config = config
+        modules.append(config)
+    else:
+        vipe.__version__ = "0.1.1"
+        hydra = _module("hydra")
+        model_cache = _module("vipe.model_cache")
+
+        @contextlib.contextmanager
+        def initialize_config_dir(config_dir: str, version_base: Any = None) -> Iterator[None]:
+            assert Path(config_dir) == CONFIGS / flavour
+            yield
+
+        def hydra_compose(config_name: str = "default", overrides: Any = ()) -> Node:
+            scene.configs.append(list(overrides))
+            return compose(flavour, list(overrides))
+
+        class VipeModelCache:
+            @classmethod
+            def create(
+                cls,
+                slam_cfg: Any = None,
+                init_cfg: Any = None,
+                post_cfg: Any = None,
+                device: Any = None,
+                use_fp16: bool = False,
+            ) -> dict[str, Any]:
+                cache = {"slam": slam_cfg, "init": init_cfg, "post": post_cfg, "device": str(device)}
+                scene.model_caches.append(cache)
+                return cache
+
+        def make_pipeline(config: Node, model_cache: Any = None) -> Pipeline:
+            pipeline = Pipeline(scene, config)
+            pipeline.model_cache = model_cache
+            return pipeline
+
+        hydra.initialize_config_dir, hydra.compose = initialize_config_dir, hydra_compose
+        model_cache.VipeModelCache = VipeModelCache
+        vipe.make_pipeline, vipe.model_cache = make_pipeline, model_cache
+        modules += [hydra, model_cache]
+        monkeypatch.delitem(sys.modules, "vipe.config", raising=False)
     for name, value in {
         "FrameAttribute": FrameAttribute,
         "VideoFrame": VideoFrame,
@@ -163,7 +287,7 @@ def install(monkeypatch: pytest.MonkeyPatch, scene: Scene) -> Scene:
         "ProcessedVideoStream": ProcessedVideoStream,
     }.items():
         setattr(base, name, value)
-    vipe.config, vipe.streams, streams.base = config, streams, base
-    for module in (vipe, config, streams, base):
+    vipe.streams, streams.base = streams, base
+    for module in modules:
         monkeypatch.setitem(sys.modules, module.__name__, module)
     return scene
