@@ -54,7 +54,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -424,7 +424,7 @@ def main() -> None:
         os.environ.setdefault(key, value)
     from trackset.flows.build_dataset import build_dataset
 
-    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     machine = machine_line()
     lengths = [int(n) for n in args.lengths.split(",")]
     out: Path = args.out

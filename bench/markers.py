@@ -32,7 +32,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from trackset.config.settings import Settings
@@ -113,7 +113,7 @@ def main() -> None:
         big = root / "frames.npy"
         big.write_bytes(os.urandom(BIG_BYTES))
         timed("sha256 of a 112 MB frames.npy (FileStamp.of)", lambda: FileStamp.of(big), rows)
-    when = datetime.now(UTC).strftime("%Y-%m-%d")
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     print(
         f"`bench/markers.py --videos {args.videos}`, {when}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, warm page cache\n"

@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 import urllib.request
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -324,7 +324,7 @@ def main() -> None:
     if args.child:
         child(args.child)
         return
-    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     blocks = []
     for db in args.db:
         root = args.out / db

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +102,7 @@ def main() -> None:
     if args.child:
         child(args.child)
         return
-    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     dataset = args.out / "dataset"
     write_partials(dataset, args.videos, seed=3)
     size = sum(p.stat().st_size for p in (dataset / "partials").glob("*.json"))

@@ -39,7 +39,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -245,7 +245,7 @@ def main() -> None:
         return
     from trackset.synthetic.corpus import make_corpus
 
-    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sizes = [args.videos, 2 * args.videos] if args.scale else [args.videos]
     width, height = (int(x) for x in args.source.split("x"))
     corpora = {}

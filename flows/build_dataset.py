@@ -34,7 +34,7 @@ or Python::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any, cast
 
 from prefect import flow, get_run_logger
@@ -216,7 +216,7 @@ def build_dataset(
 
 def run_name() -> str:
     """This run's name for its report: UTC start time and flow run name, sortable by time."""
-    started = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    started = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return f"{started}-{flow_run.name or 'run'}"
 
 

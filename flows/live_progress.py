@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from typing import Any, TextIO
 
@@ -189,5 +189,5 @@ def live_progress(console: Console, stdout: TextIO, stderr: TextIO) -> LiveProgr
     """The display for a run starting now, or None where it is not wanted (:func:`wanted`)."""
     if not wanted(stdout, stderr):
         return None
-    started = datetime.now(UTC) - timedelta(seconds=CLOCK_SKEW_S)
+    started = datetime.now(timezone.utc) - timedelta(seconds=CLOCK_SKEW_S)
     return LiveProgress(api_fetch(started), console)

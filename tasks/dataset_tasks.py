@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -34,4 +34,4 @@ def aggregate_statistics_task(settings: Settings, run: RunInfo) -> DatasetUpdate
     """Sequential final task: statistics over every video of the dataset, old and new, and
     ``dataset.json`` with the dataset's version (trackset.dataset.record)."""
     dataset = DatasetLayout(settings.paths.dataset_dir)
-    return write_dataset_files(dataset, settings.statistics.std_floor, run, datetime.now(UTC))
+    return write_dataset_files(dataset, settings.statistics.std_floor, run, datetime.now(timezone.utc))

@@ -5,7 +5,7 @@ and exit codes before any video is touched (every other error path:
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 
 import pytest
 
@@ -106,6 +106,6 @@ def test_the_live_display_reads_the_progress_of_runs_started_after_it():
 
     earlier()
     time.sleep(0.05)
-    fetch = api_fetch(datetime.now(UTC))
+    fetch = api_fetch(datetime.now(timezone.utc))
     staged()
     assert fetch() == {"preprocess": 100.0, "depth-camera": 40.0}

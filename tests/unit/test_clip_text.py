@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import h5py
@@ -72,7 +72,7 @@ def test_the_description_becomes_root_text_and_y2r_text_mode_reads_it(with_text)
         assert text.shape == () and h5py.check_string_dtype(text.dtype).encoding == "utf-8"
         assert text[()].decode() == "stack the boxes"
     write_dataset_files(
-        DatasetLayout(settings.paths.dataset_dir), settings.statistics.std_floor, RunInfo(), datetime.now(UTC)
+        DatasetLayout(settings.paths.dataset_dir), settings.statistics.std_floor, RunInfo(), datetime.now(timezone.utc)
     )
     loaded = load_y2r(settings.paths.dataset_dir, text_mode=True, track_type="3d")
     assert loaded.texts == {0: "stack the boxes"} and loaded.samples

@@ -11,7 +11,7 @@ those parameters, never with the implementation's helpers.
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import cv2
@@ -320,7 +320,7 @@ def test_every_key_written_is_declared_by_the_schema_and_validates(tmp_path, arr
     layout = DatasetLayout(tmp_path)
     write_h5(layout.h5("00000"), arrays, attributes=provenance_attributes())
     VideoPartials(video_id="00000", fingerprint="test", **video_moments(arrays)).write(layout.partials("00000"))
-    write_dataset_files(layout, 1e-6, RunInfo(), datetime.now(UTC))
+    write_dataset_files(layout, 1e-6, RunInfo(), datetime.now(timezone.utc))
     written: list[str] = []
     with h5py.File(layout.h5("00000")) as f:
         f.visit(written.append)

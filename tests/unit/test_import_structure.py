@@ -16,10 +16,14 @@ import ast
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pytest brings tomli on Python 3.10
+    import tomli as tomllib
 
 PACKAGE = Path(__file__).resolve().parents[2] / "trackset"
 PREFECT_SIDE = ("trackset.tasks", "trackset.engine", "trackset.flows")

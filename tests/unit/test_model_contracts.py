@@ -1,7 +1,7 @@
 """The adapters' calls checked against the real model packages, where they install on CPU.
 
 Each test imports the real package and is skipped, with the reason, where it is absent:
-``smplx`` (``pip install -e '.[models-cpu]'``, 0.3 MB), ``ultralytics`` and ``sam3`` (both pull a
+``smplx`` (in the test extra, 0.3 MB), ``ultralytics`` and ``sam3`` (both pull a
 CUDA torch and torchvision, several GB), co-tracker (not on the package index: a checkout).
 The fakes in ``tests/unit/fakes`` stand for these calls everywhere else.
 """
@@ -22,7 +22,7 @@ from trackset.adapters import mano
 def test_smplx_builds_mano_from_the_file_trackset_writes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """smplx 0.1.28's ``MANOLayer`` (what WiLoR's ``MANO`` extends) cannot read the MANO file as
     downloaded without chumpy, and reads trackset's numpy-only copy, running a forward pass."""
-    smplx = pytest.importorskip("smplx", reason="smplx is not installed (pip install -e '.[models-cpu]')")
+    smplx = pytest.importorskip("smplx", reason="smplx is not installed (in the test extra)")
     torch = pytest.importorskip("torch")
     monkeypatch.setitem(sys.modules, "chumpy", None)  # as on Python 3.11
     source = wilor_api.write_chumpy_pickle(tmp_path / "download" / "MANO_RIGHT.pkl", wilor_api.mano_fields())

@@ -58,6 +58,8 @@ def encode(
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         stream.bit_rate = 4_000_000  # lossy codecs keep each frame's grey level
         if rotation is not None:
+            if not hasattr(stream, "set_display_rotation"):  # trackset reads one from PyAV 14 on
+                pytest.skip(f"PyAV {av.__version__} cannot write a display matrix (PyAV 18 can)")
             stream.set_display_rotation(rotation[0], hflip=rotation[1])
         for index, image in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
@@ -12,7 +12,7 @@ from trackset.dataset.record import RUNS_KEPT, DatasetRecord, RunInfo, write_dat
 from trackset.formats.layout import DatasetLayout
 from trackset.formats.statistics import Moments, VideoPartials
 
-START = datetime(2027, 1, 5, 2, 0, tzinfo=UTC)
+START = datetime(2027, 1, 5, 2, 0, tzinfo=timezone.utc)
 
 
 def add_video(layout: DatasetLayout, video_id: str, fingerprint: str) -> None:

@@ -8,7 +8,7 @@ in the 96x96 centre crop of the 128x96 frame.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 
 import h5py
 import numpy as np
@@ -48,7 +48,7 @@ def built(tmp_path_factory, scene):
     (settings.paths.videos_dir / "metadata.csv").write_text("clip_id,text,noun\nclip_000,push the box,box\n")
     infos = run(settings, ["object_masks", "tracks_2d", "h5_build"], video)
     write_dataset_files(
-        DatasetLayout(settings.paths.dataset_dir), settings.statistics.std_floor, RunInfo(), datetime.now(UTC)
+        DatasetLayout(settings.paths.dataset_dir), settings.statistics.std_floor, RunInfo(), datetime.now(timezone.utc)
     )
     return settings, infos
 

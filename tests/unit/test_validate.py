@@ -13,7 +13,7 @@ import json
 import re
 import shutil
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import h5py
@@ -94,7 +94,7 @@ def build_dataset(root: Path) -> None:
         write_h5(layout.h5(video_id), arrays, attributes=attributes)
         partials = VideoPartials(video_id=video_id, fingerprint=fingerprint, **video_moments(arrays))
         partials.write(layout.partials(video_id))
-    write_dataset_files(layout, STD_FLOOR, RunInfo("run-1", "a-run", len(VIDEOS)), datetime.now(UTC))
+    write_dataset_files(layout, STD_FLOOR, RunInfo("run-1", "a-run", len(VIDEOS)), datetime.now(timezone.utc))
 
 
 @pytest.fixture(scope="module")

@@ -44,6 +44,7 @@ import importlib
 import inspect
 import logging
 import math
+import os
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -260,7 +261,7 @@ class DiffuEraserBackend:
         eraser = importlib.import_module("diffueraser.diffueraser")
         self.copy = installed_copy(eraser.DiffuEraser)
         logger.info("%s: %s at %s", STAGE, COPIES[self.copy], checkout)
-        with contextlib.chdir(checkout):  # upstream reads weights/PCM_Weights relative to the working directory
+        with _working_directory(checkout):  # upstream reads weights/PCM_Weights relative to the working directory
             self._eraser = eraser.DiffuEraser(
                 device,
                 str(weights / "stable-diffusion-v1-5"),
@@ -377,3 +378,14 @@ def _fit(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     if rgb.shape[:2] != (height, width):
         rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_LANCZOS4)
     return np.asarray(rgb, dtype=np.uint8)
+
+
+@contextlib.contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    """``contextlib.chdir`` of Python 3.11, for the models' Python 3.10 environments."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)

@@ -197,7 +197,7 @@ def _certificates() -> tuple[bytes, bytes, bytes]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    now = datetime.datetime.now(datetime.UTC)
+    now = datetime.datetime.now(datetime.timezone.utc)
     until = now + datetime.timedelta(days=CERT_DAYS)
 
     def name(common: str) -> x509.Name:

@@ -123,7 +123,8 @@ def overrides_model(section: type[BaseModel], name: str) -> type[_Overrides]:
             fields[field_name] = (nested, Field(default_factory=nested, description=info.description))
             continue
         if info.metadata:
-            annotation = Annotated[annotation, *info.metadata]
+            parameters = (annotation, *info.metadata)  # Annotated[x, *rest] is Python 3.11+ syntax
+            annotation = Annotated[parameters]
         if _takes_none(info.annotation):
             nullable.add(field_name)
             extra = _no_default

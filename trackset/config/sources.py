@@ -91,8 +91,9 @@ def _node_lines(node: yaml.Node, key: Key, lines: dict[Key, int]) -> None:
             _node_lines(value, child, lines)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            lines[(*key, index)] = item.start_mark.line + 1
-            _node_lines(item, (*key, index), lines)
+            child = (*key, index)
+            lines[child] = item.start_mark.line + 1
+            _node_lines(item, child, lines)
 
 
 def read_settings_file(path: Path) -> tuple[dict[str, Any], dict[Key, int]]:

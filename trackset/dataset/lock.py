@@ -46,7 +46,7 @@ import logging
 import os
 import socket
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -172,9 +172,8 @@ class DatasetLock:
             WorkDirBusyError: another run holds the work directory (the dataset's lock is
                 given back).
         """
-        me = LockHolder(
-            socket.gethostname(), os.getpid(), self.flow_run_id, datetime.now(UTC).isoformat(), str(self.dataset_dir)
-        )
+        started = datetime.now(timezone.utc).isoformat()
+        me = LockHolder(socket.gethostname(), os.getpid(), self.flow_run_id, started, str(self.dataset_dir))
         try:
             self.previous = self._take(self.dataset_dir, LOCK_NAME, me)
         except _Held as held:

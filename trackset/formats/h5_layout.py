@@ -195,13 +195,13 @@ def _hand_windows(
     in-image rule of point tracks).
     """
     detected = hand_valid[frames].all(axis=1) if frames.size else np.zeros(0, dtype=bool)
-    w0 = rel_poses[detected] @ wrist[frames[detected]]
+    w0 = geometry.matmul(rel_poses[detected], wrist[frames[detected]])
     uvd = _project(w0[:, :, None, :3, 3], k[detected], size)[:, :, 0]
     inside = geometry.in_image(uvd).all(axis=1) if in_image_only else np.ones(len(uvd), dtype=bool)
     valid = detected.copy()
     valid[detected] = inside
     uvd, rot = uvd[inside], w0[inside, :, :3, :3]
-    rel = rot @ np.swapaxes(rot[:, :1], -1, -2)
+    rel = geometry.matmul(rot, np.swapaxes(rot[:, :1], -1, -2))
     return HandWindows(
         valid=valid,
         query_uvd=uvd[:, 0].astype(np.float32),

@@ -12,6 +12,28 @@ from __future__ import annotations
 import numpy as np
 
 
+def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` (matrices in the last two axes, leading axes broadcast) with the same bits
+    under every numpy.
+
+    ``@`` hands float products to the BLAS numpy bundles, whose kernels fuse multiplies and
+    adds differently from build to build (numpy 1.26 and 2.4 differ in the last bit of a
+    quarter of the elements of a stack of 4x4 products, here), and a last bit is enough to
+    move a float32 value of the dataset. Here every element is ``a_i0 b_0k + a_i1 b_1k + ...``
+    added left to right, in elementwise operations that round the same way everywhere.
+
+    Examples:
+        >>> a = np.arange(8.0).reshape(2, 2, 2)
+        >>> bool(np.array_equal(matmul(a, a[:1]), a @ a[:1]))
+        True
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    out = a[..., :, :1] * b[..., :1, :]
+    for j in range(1, a.shape[-1]):
+        out = out + a[..., :, j : j + 1] * b[..., j : j + 1, :]
+    return out
+
+
 def invert_rigid(transforms: np.ndarray) -> np.ndarray:
     """Invert rigid 4x4 transforms (any leading shape) exactly as ``[R^T, -R^T t]``.
 
@@ -67,7 +89,7 @@ def window_relative_poses(extrinsics: np.ndarray, starts: np.ndarray, window_len
     """
     extrinsics = extrinsics.astype(np.float64)
     frames = window_frame_indices(starts, window_length)
-    return extrinsics[starts][:, None] @ invert_rigid(extrinsics)[frames]
+    return matmul(extrinsics[starts][:, None], invert_rigid(extrinsics)[frames])
 
 
 def rotation_to_6d(rotations: np.ndarray) -> np.ndarray:

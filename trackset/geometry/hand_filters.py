@@ -186,8 +186,9 @@ def slerp_rotations(start: np.ndarray, end: np.ndarray, weight: np.ndarray) -> n
         True
     """
     shape = np.broadcast_shapes(start.shape[:-2], end.shape[:-2], np.shape(weight))
-    r0 = Rotation.from_matrix(np.broadcast_to(start, (*shape, 3, 3)).reshape(-1, 3, 3))
-    r1 = Rotation.from_matrix(np.broadcast_to(end, (*shape, 3, 3)).reshape(-1, 3, 3))
+    # Copies: scipy < 1.15 refuses the read-only views np.broadcast_to returns.
+    r0 = Rotation.from_matrix(np.broadcast_to(start, (*shape, 3, 3)).reshape(-1, 3, 3).copy())
+    r1 = Rotation.from_matrix(np.broadcast_to(end, (*shape, 3, 3)).reshape(-1, 3, 3).copy())
     step = (r0.inv() * r1).as_rotvec() * np.broadcast_to(weight, shape).reshape(-1, 1)
     return (r0 * Rotation.from_rotvec(step)).as_matrix().reshape(*shape, 3, 3)
 

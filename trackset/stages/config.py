@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,6 +41,9 @@ from trackset.config.settings import (
 )
 from trackset.domain import StageName, VideoRef
 from trackset.formats.clip_metadata import ClipColumn, MetadataError, find_row, metadata_path
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is Python 3.11+; only mypy reads these annotations
 
 
 def short_hash(*parts: str) -> str:

@@ -246,13 +246,13 @@ class SyntheticTracks3d(_SyntheticBackend):
                     hit = depth_s[rows, cols] > 0  # a ray that hits nothing has no point to track
                     rows, cols = rows[hit], cols[hit]
                 cam = geometry.backproject(cols, rows, depth_s[rows, cols].astype(np.float64), k)
-                world = cam @ cameras[start, :3, :3].T + cameras[start, :3, 3]
+                world = geometry.matmul(cam, cameras[start, :3, :3].T) + cameras[start, :3, 3]
                 body = np.searchsorted(body_ids, ids_s[rows, cols])
                 to_body = geometry.invert_rigid(poses[body, start])  # (n, 4, 4)
                 local = np.einsum("nij,nj->ni", to_body[:, :3, :3], world) + to_body[:, :3, 3]
                 steps = poses[body[:, None], start + np.arange(length)[None, :]]  # (n, L, 4, 4)
                 world_k = np.einsum("nkij,nj->kni", steps[..., :3, :3], local) + np.swapaxes(steps[..., :3, 3], 0, 1)
-                points = world_k @ extrinsics[start, :3, :3].T + extrinsics[start, :3, 3]  # (L, n, 3)
+                points = geometry.matmul(world_k, extrinsics[start, :3, :3].T) + extrinsics[start, :3, 3]  # (L, n, 3)
                 if self.noise_std > 0:
                     points = points + rng.normal(0.0, self.noise_std, points.shape)
                 tracks.append(points.astype(np.float32))
@@ -302,7 +302,7 @@ def _hand_in_camera(
             betas=np.full(10, np.nan),
         )
     valid = scene.hand_valid(side, times, width, height)
-    wrist = extrinsics @ scene.wrist_poses_world(side, times)
+    wrist = geometry.matmul(extrinsics, scene.wrist_poses_world(side, times))
     joints = np.einsum("tij,nj->tni", wrist[:, :3, :3], scene.joint_offsets(side)) + wrist[:, None, :3, 3]
     hand_pose = scene.finger_rotations(side, times)
     for array in (wrist, joints, hand_pose):

@@ -29,6 +29,9 @@ import numpy as np
 from pydantic import TypeAdapter
 from scipy.spatial.transform import Rotation
 
+from trackset.geometry.camera import matmul
+from trackset.synthetic.products import column_dots, dot3, matrix_times, transpose_times, vector_times
+
 Vec3 = tuple[float, float, float]
 HandSide = Literal["left", "right"]
 Motion = Literal["gentle", "turning"]
@@ -144,7 +147,7 @@ class Texture:
         q = np.asarray(points, dtype=np.float32)
         cells = np.floor(q / np.float32(self.checker_m)).astype(np.int32)
         checker = ((cells[0] + cells[1] + cells[2]) & 1).astype(np.float32)
-        waves = np.asarray(self.wave_vectors, np.float32) @ q
+        waves = matrix_times(np.asarray(self.wave_vectors, np.float32), q)
         waves += np.asarray(self.wave_phases, np.float32)[:, None]
         np.sin(waves, out=waves)
         count = waves.shape[0]
@@ -272,7 +275,7 @@ class SceneSpec:
         t = np.asarray(times, dtype=np.float64).reshape(-1)
         if self.hand(side) is None:
             return np.zeros(t.size, dtype=bool)
-        wrist_cam = (self.extrinsics(t) @ self.wrist_poses_world(side, t))[:, :3, 3]
+        wrist_cam = matmul(self.extrinsics(t), self.wrist_poses_world(side, t))[:, :3, 3]
         k = self.intrinsics_for(width, height)
         z = wrist_cam[:, 2]
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -337,10 +340,10 @@ class SceneSpec:
             pixels = slice(bounds[index + 1], bounds[index + 2])
             if pixels.start == pixels.stop:
                 continue
-            local_dirs = body.rotation.T @ dirs[:, pixels]
+            local_dirs = matrix_times(body.rotation.T, dirs[:, pixels])
             local_points = body.local_origin[:, None] + depth[pixels] * local_dirs
             normals = body.normals(local_points)
-            cosine = np.einsum("ij,ij->j", normals, local_dirs) / np.sqrt(np.einsum("ij,ij->j", local_dirs, local_dirs))
+            cosine = column_dots(normals, local_dirs) / np.sqrt(column_dots(local_dirs, local_dirs))
             # Headlight shading: faces seen obliquely are darker, so box edges stay visible.
             rgb[:, pixels] = body.texture.colors(local_points, 0.55 + 0.45 * np.abs(cosine))
         unsorted = np.empty_like(rgb)
@@ -381,7 +384,8 @@ class SceneSpec:
             if rows.start >= rows.stop or cols.start >= cols.stop:
                 continue
             window_dirs = dirs[:, rows, cols]
-            hits = body.intersect(body.rotation.T @ window_dirs.reshape(3, -1)).reshape(window_dirs.shape[1:])
+            local_dirs = matrix_times(body.rotation.T, window_dirs.reshape(3, -1))
+            hits = body.intersect(local_dirs).reshape(window_dirs.shape[1:])
             closer = hits < depth[rows, cols]
             depth[rows, cols][closer] = hits[closer]
             winner[rows, cols][closer] = index
@@ -396,13 +400,13 @@ class SceneSpec:
         ]
         for index, box in enumerate(self.objects):
             pose = box.motion.matrices(t)[0]
-            local_origin = pose[:3, :3].T @ (origin - pose[:3, 3])
+            local_origin = transpose_times(pose[:3, :3], origin - pose[:3, 3])
             bodies.append(
                 _Body(index + 1, pose, _f32(local_origin), box.texture, "box", _f32(box.half_extents), _f32((0, 0, 0)))
             )
         for hand in self.hands:
             pose = hand.motion.matrices(t)[0]
-            local_origin = pose[:3, :3].T @ (origin - pose[:3, 3])
+            local_origin = transpose_times(pose[:3, :3], origin - pose[:3, 3])
             bodies.append(
                 _Body(
                     HAND_IDS[hand.side],
@@ -598,7 +602,7 @@ class _Body:
             normals[face, columns] = np.sign(offsets[face, columns])
             return normals
         gradient = offsets / (self.size**2)[:, None]
-        return gradient / np.sqrt(np.einsum("ij,ij->j", gradient, gradient))
+        return gradient / np.sqrt(column_dots(gradient, gradient))
 
     def screen_box(self, camera: np.ndarray, k: np.ndarray, width: int, height: int) -> tuple[slice, slice]:
         """Rows and columns that can see this body: the whole image for a plane, else the
@@ -647,7 +651,7 @@ def _ray_plane(origin: np.ndarray, dirs: np.ndarray, point: np.ndarray, normal: 
         [2.0, inf]
     """
     with np.errstate(divide="ignore", invalid="ignore"):
-        t = ((point - origin) @ normal) / (normal @ dirs)
+        t = dot3(point - origin, normal) / vector_times(normal, dirs)
     return np.where(np.isfinite(t) & (t > _EPS), t, np.inf)
 
 
@@ -681,9 +685,9 @@ def _ray_ellipsoid(origin: np.ndarray, dirs: np.ndarray, radii: np.ndarray) -> n
         [1.5, inf]
     """
     o, d = origin / radii, dirs / radii[:, None]
-    a = np.einsum("ij,ij->j", d, d)
-    b = o @ d
-    c = o @ o - 1.0
+    a = column_dots(d, d)
+    b = vector_times(o, d)
+    c = dot3(o, o) - np.float32(1.0)
     disc = b * b - a * c
     root = np.sqrt(np.maximum(disc, 0.0))
     near, far = (-b - root) / a, (-b + root) / a

@@ -58,7 +58,7 @@ class SyntheticTracks2d(_SyntheticBackend):
                 hit = depth_s[rows, cols] > 0
                 cols, rows = cols[hit], rows[hit]
                 cam = geometry.backproject(cols, rows, depth_s[rows, cols].astype(np.float64), k)
-                world = cam @ cameras[start, :3, :3].T + cameras[start, :3, 3]
+                world = geometry.matmul(cam, cameras[start, :3, :3].T) + cameras[start, :3, 3]
                 body_index = np.searchsorted(body_ids, ids_s[rows, cols])
                 to_body = geometry.invert_rigid(poses[body_index, start])
                 local = np.einsum("nij,nj->ni", to_body[:, :3, :3], world) + to_body[:, :3, 3]
@@ -66,7 +66,7 @@ class SyntheticTracks2d(_SyntheticBackend):
                 for frame in range(start, end):
                     step = poses[body_index, frame]
                     world_k = np.einsum("nij,nj->ni", step[:, :3, :3], local) + step[:, :3, 3]
-                    cam_k = world_k @ extrinsics[frame, :3, :3].T + extrinsics[frame, :3, 3]
+                    cam_k = geometry.matmul(world_k, extrinsics[frame, :3, :3].T) + extrinsics[frame, :3, 3]
                     z = cam_k[:, 2]
                     with np.errstate(divide="ignore", invalid="ignore"):
                         x = k[0, 0] * cam_k[:, 0] / z + k[0, 1] * cam_k[:, 1] / z + k[0, 2]
