@@ -24,8 +24,10 @@ idle share = 1 - (time at least one GPU-stage task ran, from the task runs in th
 API) / (first task start to last task end of the run); peak bytes of intermediates under
 the work directory (sampled every 0.2 s). With ``--scale`` the waves mode also runs on a
 corpus twice as large, to show the peak stays flat. Prints a markdown block for
-BENCHMARKS.md. Each run's task runs (name, start, end) are left in ``<out>/<mode>-<videos>/task-runs.json``;
-``--gaps`` that file lists every stretch without a GPU-stage task and the tasks around it.
+BENCHMARKS.md. Each run's task runs (name, start, end) are left in ``<out>/<mode>-<videos>/task-runs.json``
+and what was measured in ``result.json`` beside it (``bench/simulate.py --small`` compares its
+prediction with it); ``--gaps`` on a ``task-runs.json`` lists every stretch without a GPU-stage
+task and the tasks around it.
 """
 
 from __future__ import annotations
@@ -269,6 +271,7 @@ def main() -> None:
             text=True,
         )
         results.append({"mode": mode, "videos": size, "wave": wave, **json.loads(done.stdout.strip().splitlines()[-1])})
+        (out / "result.json").write_text(json.dumps(results[-1]))  # for bench/simulate.py --small
     print(report(results, started, args))
 
 

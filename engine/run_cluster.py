@@ -127,7 +127,17 @@ def run_dask_config() -> dict[str, Any]:
 
 
 class RunCluster:
-    """The run's cluster (or none, for threads), open from ``__enter__`` to ``__exit__``."""
+    """The run's cluster (or none, for threads), open from ``__enter__`` to ``__exit__``.
+
+    ``build-dataset`` opens one and hands it down to ``process-waves`` as a parameter, which
+    has two consequences. A flow run's parameters are stored in the API as JSON, and an
+    object without a ``__dict__`` is stored as Prefect's placeholder ``<RunCluster>``, not as
+    its settings and client: hence ``__slots__``. And Prefect pickles a flow run's parameters
+    into the context of every task it submits: a pickled cluster is detached (its settings
+    and address, no client, nothing to close), which is all a worker could use of it.
+    """
+
+    __slots__ = ("_cluster", "_context", "_facts", "address", "client", "gpu_workers", "settings", "threads")
 
     def __init__(self, settings: Settings, gpu_workers: bool = True) -> None:
         """``gpu_workers=False``: a run without a GPU stage (an import) starts only the CPU
@@ -143,6 +153,13 @@ class RunCluster:
         # What each worker said of itself (host, GPU), by address: asked once per worker,
         # since a stage transition that asks every busy CPU worker again waits on the slowest.
         self._facts: dict[str, dict[str, Any]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"settings": self.settings, "gpu_workers": self.gpu_workers, "address": self.address}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        RunCluster.__init__(self, state["settings"], state["gpu_workers"])
+        self.address = state["address"]
 
     def __enter__(self) -> RunCluster:
         cluster = self.settings.cluster
@@ -210,14 +227,6 @@ class RunCluster:
             return [gpu.index for gpu in inventory.gpus()]
         finally:
             inventory.close()
-
-    def attached(self, settings: Settings) -> Settings:
-        """``settings`` pointing at this cluster, for subflows that connect to it by address."""
-        if self.address is None:
-            return settings
-        return settings.model_copy(
-            update={"cluster": settings.cluster.model_copy(update={"scheduler_address": self.address})}
-        )
 
     def task_runner(self) -> TaskRunner[Any]:
         """A runner of this cluster for a flow or subflow of the run."""

@@ -1,16 +1,19 @@
-"""Submitting a stage's tasks to the current flow's runner, and collecting what they did.
+"""Submitting a stage's tasks to the current flow's runner, and reporting how each one ended.
 
-Submitting and collecting are separate so ``process-waves`` can keep CPU tasks running on
-the run's cluster while it waits for a GPU stage. Tasks ask for the Dask resources the
-caller gives (:mod:`trackset.cluster.plan`: which GPU workers a GPU stage may use, or the
-CPU workers). Progress is published as videos finish, into the stage's ``progress-<stage>``
-artifact; the count of videos finished before is the caller's (:class:`ProgressReport`
-only reports).
+Submitting and reporting are separate so ``process-waves`` can keep CPU tasks running on the
+run's cluster while it waits for a GPU stage, and queue a stage's tasks behind the stage
+before (:func:`submit_after`). Tasks ask for the Dask resources the caller gives
+(:mod:`trackset.cluster.plan`: which GPU workers a GPU stage may use, or the CPU workers).
+Each finished task becomes a :class:`~trackset.scheduling.outcomes.TaskReport`, plain data
+for the planner, which decides what it means (:func:`~trackset.scheduling.outcomes.settle`).
+Progress goes to the stage's ``progress-<stage>`` artifact (:class:`ProgressBoard`), from the
+planner's count.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,84 +21,70 @@ from uuid import UUID
 
 import dask
 from prefect import get_run_logger
-from prefect.artifacts import update_progress_artifact
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import PrefectFuture, as_completed
+from prefect.states import State
 
 from trackset.config.settings import RetrySettings
-from trackset.domain import StageOutcome, VideoFailure, VideoRef
+from trackset.domain import StageOutcome, VideoRef, stage_slug
 from trackset.errors import TracksetError
+from trackset.scheduling.outcomes import TaskFailure, TaskReport
 from trackset.stages.config import StageConfig
 from trackset.tasks.retry import is_out_of_memory
 from trackset.tasks.stage_tasks import configured, process_after, process_shard, process_video
 
 
-@dataclass(frozen=True)
-class ProgressReport:
-    """Where progress goes: the ``progress-<stage>`` artifact, the stage's total and how many
-    of its videos were finished before these tasks started.
+class ProgressBoard:
+    """The ``progress-<stage>`` artifacts of a run, showing the planner's counts.
 
-    An update costs an API call (~26 ms on a local server): at one per video a 50,000-video
-    build would spend over an hour on them. Updates are therefore sent at most once per
-    :data:`PROGRESS_INTERVAL_S` per artifact, except the last of a wave (``final``).
+    An artifact is created when its stage first publishes, so a stage with nothing to do
+    shows none. An update costs an API call (~26 ms on a local server): at one per task a
+    50,000-video build would spend an hour on them, so updates go at most once per
+    :data:`PROGRESS_INTERVAL_S` per stage, except the last of a wave (``final``).
     """
 
-    artifact_id: UUID
-    total: int
-    done_before: int = 0
+    def __init__(self) -> None:
+        self._artifacts: dict[str, UUID] = {}
+        self._sent: dict[str, float] = {}  # when each stage's artifact was last updated
 
-    def report(self, finished_now: int, *, final: bool = False) -> None:
-        """Publish ``done_before + finished_now`` of ``total`` (rate-limited unless ``final``)."""
+    def publish(self, stage: str, done: int, total: int, *, final: bool = False) -> None:
+        """Show ``done`` of ``total`` for ``stage`` (rate-limited unless ``final``; a final
+        update of a stage that never published is not sent)."""
+        percent = 100.0 * min(done, total) / max(total, 1)
         now = time.monotonic()
-        if not final and now - _last_progress.get(self.artifact_id, float("-inf")) < PROGRESS_INTERVAL_S:
+        if stage not in self._artifacts:
+            if final:
+                return
+            self._artifacts[stage] = create_progress_artifact(
+                percent, key=f"progress-{stage_slug(stage)}", description=f"Percent of {total} videos through {stage}"
+            )
+        elif not final and now - self._sent.get(stage, float("-inf")) < PROGRESS_INTERVAL_S:
             return
-        _last_progress[self.artifact_id] = now
-        done = min(self.done_before + finished_now, self.total)
-        update_progress_artifact(self.artifact_id, 100.0 * done / max(self.total, 1))
+        else:
+            update_progress_artifact(self._artifacts[stage], percent)
+        self._sent[stage] = now
 
 
 PROGRESS_INTERVAL_S = 1.0
-_last_progress: dict[UUID, float] = {}  # when each progress artifact of this process was last updated
 
 
 def _shards(videos: list[VideoRef], size: int) -> list[list[VideoRef]]:
     return [videos[i : i + size] for i in range(0, len(videos), size)]
 
 
-def _failure(stage: str, video: VideoRef, exc: object, message: str | None, retries: int) -> VideoFailure:
-    """A failed task as a failure record; out-of-memory is marked so the caller can shrink."""
-    if isinstance(exc, BaseException):
-        kind = "out_of_memory" if is_out_of_memory(exc) else "error"
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-    else:
-        kind, reason = "error", message or "task failed"
-    # Typed errors and out-of-memory are never retried in place (tasks/retry.py): one attempt.
-    final_at_once = kind == "out_of_memory" or isinstance(exc, TracksetError)
-    return VideoFailure(video.video_id, stage, reason, kind, 1 if final_at_once else retries + 1)
-
-
 @dataclass
 class SubmittedStage:
-    """Tasks of one stage submitted to the current flow's runner, not yet collected.
-
-    Submitting and collecting are separate so a flow can keep CPU tasks running on its own
-    runner while it runs a GPU stage in a subflow (``flows/waves.py``).
-    """
+    """Tasks of one stage submitted to the current flow's runner, not yet reported."""
 
     stage: str
     config: StageConfig
     retry: RetrySettings
     futures: dict[PrefectFuture[Any], list[VideoRef]]
     resources: dict[str, float] | None = None
-    after: set[PrefectFuture[Any]] = field(default_factory=set)  # of ``submit_after``: see collect_stage_tasks
+    after: set[PrefectFuture[Any]] = field(default_factory=set)  # of ``submit_after``: queued tasks
 
-    @property
-    def videos(self) -> int:
-        return sum(len(batch) for batch in self.futures.values())
-
-    def joined(self, other: SubmittedStage | None) -> SubmittedStage:
-        """These tasks and ``other``'s (of the same stage and round), collected as one."""
-        if other is None:
-            return self
+    def joined(self, other: SubmittedStage) -> SubmittedStage:
+        """These tasks and ``other``'s (of the same stage), reported as one."""
         futures = {**self.futures, **other.futures}
         return SubmittedStage(self.stage, self.config, self.retry, futures, self.resources, self.after | other.after)
 
@@ -130,7 +119,7 @@ def submit_stage_tasks(
 def submit_after(
     stage: str,
     upstream: SubmittedStage,
-    videos: set[str],
+    videos: set[str] | frozenset[str],
     config: StageConfig,
     retry: RetrySettings,
     resources: dict[str, float] | None = None,
@@ -155,6 +144,36 @@ def submit_after(
     return SubmittedStage(stage, config, retry, futures, resources, after=set(futures))
 
 
+def task_reports(submitted: SubmittedStage) -> Iterator[TaskReport]:
+    """Each task of ``submitted`` as it ends, as a report (its results, or why it has none)."""
+    for future in as_completed(list(submitted.futures)):
+        future.wait()  # the future's own final state; the API's copy may still say RUNNING
+        yield report_of(future.state, submitted.futures[future], queued=future in submitted.after)
+
+
+def report_of(state: State[Any], videos: list[VideoRef], *, queued: bool = False) -> TaskReport:
+    """What a task's final ``state`` says of its ``videos``."""
+    if state.is_completed():
+        results = state.result()
+        return TaskReport(tuple(videos), tuple(results if isinstance(results, list) else [results]), queued=queued)
+    if queued:
+        # Its upstream task failed (NotReady, still pending), or it failed itself.
+        message = state.message or ""
+        return TaskReport(tuple(videos), failure=TaskFailure(message, message, ran=not state.is_pending()), queued=True)
+    exc = state.result(raise_on_failure=False)
+    if isinstance(exc, BaseException):
+        failure = TaskFailure(
+            f"{type(exc).__name__}: {exc}".splitlines()[0],
+            str(exc),
+            out_of_memory=is_out_of_memory(exc),
+            typed=isinstance(exc, TracksetError),  # typed errors are never retried in place (tasks/retry.py)
+        )
+    else:
+        reason = state.message or "task failed"
+        failure = TaskFailure(reason, reason)
+    return TaskReport(tuple(videos), failure=failure)
+
+
 def log_failures(outcome: StageOutcome) -> None:
     """One warning per failed video of ``outcome``, in the flow's log."""
     logger = get_run_logger()
@@ -162,70 +181,12 @@ def log_failures(outcome: StageOutcome) -> None:
         logger.warning("%s failed for video %s (%s): %s", outcome.stage, failure.video_id, failure.kind, failure.reason)
 
 
-def collect_stage_tasks(submitted: SubmittedStage, progress: ProgressReport | None = None) -> StageOutcome:
-    """Wait for submitted tasks and gather their records and failures.
-
-    A shard that still fails after its retries, other than by a typed error, is split into
-    one task per video, so a transient fault of one video (a full disk, say) fails that
-    video alone.
-    """
-    logger = get_run_logger()
-    stage, retry = submitted.stage, submitted.retry
-    outcome = StageOutcome(stage)
-    finished = 0
-    isolate: list[VideoRef] = []
-    for future in as_completed(list(submitted.futures)):
-        future.wait()  # the future's own final state; the API's copy may still say RUNNING
-        state = future.state
-        batch = submitted.futures[future]
-        if state.is_completed():
-            results = state.result()
-            for result in results if isinstance(results, list) else [results]:
-                outcome.add(result)
-        elif future in submitted.after:
-            # Its upstream task failed (NotReady), or it failed itself: which of its videos
-            # reached this stage is the caller's to tell, and it runs those (StageRun).
-            if not state.is_pending():
-                logger.warning(
-                    "%s: a task of %d videos failed (%s); those that reached it run again",
-                    stage,
-                    len(batch),
-                    state.message,
-                )
-        else:
-            exc = state.result(raise_on_failure=False)
-            if len(batch) > 1 and not isinstance(exc, TracksetError):
-                # One video's transient error (a full disk, an I/O error) failed the whole
-                # shard after its retries; rerun its videos one per task so it fails alone.
-                logger.warning(
-                    "%s: a shard of %d videos failed (%s); rerunning them one per task", stage, len(batch), exc
-                )
-                isolate += batch
-            else:
-                outcome.failures += [_failure(stage, v, exc, state.message, retry.retries) for v in batch]
-        finished += len(batch)
-        if progress is not None:
-            progress.report(finished)
-
-    log_failures(outcome)
-    if isolate:
-        # Videos the shard finished before failing are current now and come back as skipped.
-        single = collect_stage_tasks(
-            submit_stage_tasks(stage, isolate, submitted.config, retry, None, submitted.resources)
-        )
-        outcome.records += single.records
-        outcome.failures += single.failures
-    return outcome
-
-
-def run_stage_tasks(
+def run_and_report(
     stage: str,
     videos: list[VideoRef],
     config: StageConfig,
     retry: RetrySettings,
-    shard_size: int | None = None,
-    progress: ProgressReport | None = None,
     resources: dict[str, float] | None = None,
-) -> StageOutcome:
-    """Submit ``stage`` for ``videos`` to the current flow's runner and collect the outcome."""
-    return collect_stage_tasks(submit_stage_tasks(stage, videos, config, retry, shard_size, resources), progress)
+) -> list[TaskReport]:
+    """Run ``stage`` on ``videos``, one task per video, on the current flow's runner; report each task."""
+    return list(task_reports(submit_stage_tasks(stage, videos, config, retry, None, resources)))

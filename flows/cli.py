@@ -219,7 +219,9 @@ def _run(settings_path: str | None, overrides: dict[str, Any], import_dir: str |
     server = EarlyServer.start_if_needed()  # boots while the flow's modules import
     try:
         from trackset.adapters import check_real_backends
-        from trackset.flows.build_dataset import VideosFailedError, build_dataset, resolve_settings
+        from trackset.config.overrides import resolve_settings
+        from trackset.engine.run_outcome import VideosFailedError
+        from trackset.flows.build_dataset import build_dataset
         from trackset.flows.live_progress import live_progress
 
         settings = resolve_settings(settings_path, overrides)

@@ -1,6 +1,6 @@
 """A live display of each stage's progress while ``trackset run`` or ``demo`` runs the flow.
 
-The flow already publishes a ``progress-<stage>`` artifact per stage (``engine/stage_runs.py``),
+The flow already publishes a ``progress-<stage>`` artifact per stage (``engine/submission.py``),
 updated at most once a second; this display reads those back from the Prefect API in a
 thread, every :data:`POLL_S` seconds, and draws a bar per stage with rich. Reading the API
 rather than hooking into the flow keeps the flow unaware of any terminal, and shows exactly

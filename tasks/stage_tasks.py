@@ -28,6 +28,7 @@ from prefect.utilities.timeout import timeout
 from trackset.cluster.worker_cache import get_stage
 from trackset.config.settings import RetrySettings
 from trackset.domain import StageRecord, VideoFailure, VideoRef, stage_slug
+from trackset.scheduling.outcomes import reached
 from trackset.stages.base import Stage
 from trackset.stages.config import StageConfig
 from trackset.stages.registry import GPU_STAGES
@@ -109,7 +110,7 @@ def process_shard(
 ) -> list[StageRecord | VideoFailure]:
     """Run ``stage`` on a batch of videos: a bad or out-of-memory video fails alone, transient
     errors and timeouts retry the shard (its finished videos are then skipped; one that still
-    fails is then run alone, ``engine/submission.py``)."""
+    fails is then run alone, :func:`trackset.scheduling.outcomes.settle`)."""
     return _run_each(stage, videos, config)
 
 
@@ -130,14 +131,13 @@ def process_after(
 
     ``upstream`` is that task's future when submitted, so Dask starts this task on a free
     GPU worker as soon as the earlier one ends, while the flow still waits for the rest of
-    the earlier stage (``engine/stage_runs.py``). A video the earlier task failed is left
-    out, as the flow leaves out a video an earlier stage failed; when the earlier task
-    failed as a whole, Prefect does not run this one at all (``NotReady``).
+    the earlier stage (:mod:`trackset.scheduling.planner`). A video the earlier task failed
+    is left out (:func:`~trackset.scheduling.outcomes.reached`), as the flow leaves out a
+    video an earlier stage failed; when the earlier task failed as a whole, Prefect does not
+    run this one at all (``NotReady``).
     """
-    results = upstream if isinstance(upstream, list) else [upstream]
-    finished = {result.video_id for result in results if isinstance(result, StageRecord)}
-    reached = [video for video in videos if video.video_id in finished]
-    return _run_each(stage, reached, config) if reached else []  # no model loaded for nothing
+    ready = reached(videos, upstream)
+    return _run_each(stage, ready, config) if ready else []  # no model loaded for nothing
 
 
 def _run_each(stage: str, videos: list[VideoRef], config: StageConfig) -> list[StageRecord | VideoFailure]:

@@ -26,7 +26,7 @@ StageName = Literal[
 #: The full pipeline, in order (the order of :data:`StageName`, the one list of the names);
 #: which of these a run includes depends on its settings
 #: (:func:`trackset.stages.registry.enabled_stages`). The GPU stages are contiguous, between
-#: the CPU stages preprocess and h5_build, which ``flows/waves.py`` relies on.
+#: the CPU stages preprocess and h5_build, which the wave planner relies on.
 STAGE_ORDER: tuple[StageName, ...] = get_args(StageName)
 TrackType = Literal["3d", "2d"]
 

@@ -34,7 +34,8 @@ import torch
 import yaml
 
 from tests.flows.helpers import SMALL_H, SMALL_S, SMALL_W, digests, merge_sections, small_build, vid
-from trackset.flows.build_dataset import VideosFailedError, build_dataset
+from trackset.engine.run_outcome import VideosFailedError
+from trackset.flows.build_dataset import build_dataset
 from trackset.flows.cli import main
 from trackset.formats.layout import WorkLayout
 from trackset.formats.markers import Marker
@@ -52,7 +53,6 @@ SHORT_ID = f"{NUM_CLIPS:05d}"
 
 def overrides(root: Path, **extra) -> dict:
     return merge_sections(small_build(root, points_per_window=48), extra)
-
 
 
 def sha(path: Path) -> str:
@@ -145,7 +145,9 @@ def truncate(path: Path, fraction: float) -> None:
 
 def encoded(tmp: Path, container: str, codec: str) -> bytes:
     """Bytes of a 30-frame synthetic clip in another container."""
-    [path] = make_corpus(tmp / container, 1, seed=SEED + 7, num_frames=30, width=W, height=H, codec=codec, container=container)
+    [path] = make_corpus(
+        tmp / container, 1, seed=SEED + 7, num_frames=30, width=W, height=H, codec=codec, container=container
+    )
     return path.read_bytes()
 
 

@@ -65,16 +65,16 @@ def test_a_bad_and_an_out_of_memory_video_fail_alone_inside_their_chunk(corpus, 
 def test_cpu_stages_split_a_small_wave_so_every_worker_gets_work(corpus, tmp_path, monkeypatch):
     """4 videos on 2 CPU workers: shards of one video each, not one shard of 4 (``cpu_task_videos``)
     leaving the other worker idle."""
-    import trackset.engine.stage_runs as stage_runs
+    import trackset.engine.executor as executor
 
     shards: dict[str, list[int | None]] = {}
-    real = stage_runs.submit_stage_tasks
+    real = executor.submit_stage_tasks
 
     def recording(stage, videos, config, retry, shard_size=None, resources=None):
         shards.setdefault(stage, []).append(shard_size)
         return real(stage, videos, config, retry, shard_size, resources)
 
-    monkeypatch.setattr(stage_runs, "submit_stage_tasks", recording)
+    monkeypatch.setattr(executor, "submit_stage_tasks", recording)
     root = fresh(corpus, tmp_path)
     summary = build_dataset(overrides=overrides(root, cluster={"cpu_workers": 2, "cpu_task_videos": 4}))
     assert not summary.failures

@@ -38,16 +38,16 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def test_masked_3d_tracks_with_text_then_a_2d_dataset_beside_it(corpus: Path, monkeypatch):
-    import trackset.engine.stage_runs as stage_runs
+    import trackset.engine.executor as executor
 
     tasked: dict[str, list[str]] = {}  # the videos each stage gave tasks
-    real = stage_runs.submit_stage_tasks
+    real = executor.submit_stage_tasks
 
     def recording(stage, videos, *args, **kwargs):
         tasked.setdefault(stage, []).extend(v.video_id for v in videos)
         return real(stage, videos, *args, **kwargs)
 
-    monkeypatch.setattr(stage_runs, "submit_stage_tasks", recording)
+    monkeypatch.setattr(executor, "submit_stage_tasks", recording)
     three_d = merge_sections(small_build(corpus, points_per_window=24), {"h5": {"include_text": True}})
     summary = build_dataset(overrides=three_d)
     assert not summary.failures
@@ -86,12 +86,12 @@ def test_an_unprompted_clip_whose_masks_cannot_be_written_in_the_flow_goes_to_a_
     the clip gets a task, which writes them."""
     import shutil
 
-    import trackset.engine.stage_runs as stage_runs
+    import trackset.engine.executor as executor
     import trackset.stages.mask_stage as mask_stage
 
     shutil.copytree(corpus / "videos", tmp_path / "videos")
     tasked: list[str] = []
-    real_submit, real_write = stage_runs.submit_stage_tasks, mask_stage.write_masks
+    real_submit, real_write = executor.submit_stage_tasks, mask_stage.write_masks
     calls: list[str] = []
 
     def recording(stage, videos, *args, **kwargs):
@@ -105,7 +105,7 @@ def test_an_unprompted_clip_whose_masks_cannot_be_written_in_the_flow_goes_to_a_
             raise OSError(28, "No space left on device")
         return real_write(path, *args, **kwargs)
 
-    monkeypatch.setattr(stage_runs, "submit_stage_tasks", recording)
+    monkeypatch.setattr(executor, "submit_stage_tasks", recording)
     monkeypatch.setattr(mask_stage, "write_masks", full_once)
     summary = build_dataset(overrides=small_build(tmp_path, points_per_window=24))
     assert not summary.failures

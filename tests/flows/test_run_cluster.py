@@ -163,14 +163,15 @@ def test_the_dask_config_file_for_hand_started_clusters_says_what_the_run_sets()
 
 def test_the_cluster_a_run_starts_talks_tls_and_its_subflows_join_it():
     """Another account on the machine reaches 127.0.0.1 too: without the run's certificate,
-    no comm; a subflow's runner (``attached`` settings, same process) gets in."""
+    no comm; a subflow's runner (a client of the run's address in the same process, as the
+    runner ``task_runner`` gives ``process-waves``) gets in."""
     from distributed import Client
 
     settings = Settings(cluster={"cpu_workers": 1, "cpu_worker_nice": 0})
     with RunCluster(settings, gpu_workers=False) as cluster:
         assert cluster.address is not None and cluster.address.startswith("tls://127.0.0.1:")
-        with RunCluster(cluster.attached(settings)) as subflow:
-            assert subflow.client is not None and len(subflow.client.scheduler_info()["workers"]) == 1
+        with Client(cluster.address, timeout=30) as subflow:
+            assert len(subflow.scheduler_info()["workers"]) == 1
         address = cluster.address
         import dask
 
@@ -185,3 +186,18 @@ def test_tls_settings_that_cannot_work_fail_at_once_naming_the_setting(tmp_path)
     with pytest.raises(ClusterShapeError, match=r"tls://10\.0\.0\.7:8786 needs the cluster's certificates: set cluster\.tls_dir"):
         with RunCluster(Settings(cluster={"scheduler_address": "tls://10.0.0.7:8786"})):
             pass
+
+
+def test_the_run_cluster_is_handed_down_as_a_placeholder_and_pickles_detached():
+    """build-dataset hands its cluster to process-waves as a parameter: the API stores a
+    placeholder, not its settings and client, and the context Prefect pickles into every task
+    carries only its settings and address."""
+    import pickle
+
+    from trackset.flows.waves import process_waves
+
+    cluster = RunCluster(Settings(cluster={"scheduler_address": "tls://scheduler:8786"}))
+    cluster.address = "tls://scheduler:8786"
+    assert process_waves.serialize_parameters({"cluster": cluster}) == {"cluster": "<RunCluster>"}
+    shipped = pickle.loads(pickle.dumps(cluster))
+    assert (shipped.address, shipped.client, shipped.settings) == (cluster.address, None, cluster.settings)

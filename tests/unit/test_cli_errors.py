@@ -282,7 +282,7 @@ def test_failed_videos_exit_1_and_are_listed_on_stderr(capsys, paths, no_flow, t
             "error: no worker of the cluster at tcp://x:8786 offers a GPU",
         ),
         (
-            trackset.flows.build_dataset.VideosFailedError("2 video(s) failed (run.fail_on_video_error is set)"),
+            trackset.engine.run_outcome.VideosFailedError("2 video(s) failed (run.fail_on_video_error is set)"),
             EXIT_FAILED,
             "error: 2 video(s) failed (run.fail_on_video_error is set)",
         ),

@@ -6,6 +6,10 @@
 - ``trackset/stages/`` never imports ``trackset/synthetic/`` (backends are named by string
   in the stage table).
 - ``trackset/domain.py`` is the bottom layer: it imports nothing of trackset.
+- Above the core, flows -> engine -> tasks: ``trackset.engine`` (the repository's
+  ``engine/``) never imports ``trackset.flows``, and ``trackset.tasks`` imports neither.
+- The wave planner (``trackset.scheduling.planner``) loads neither Prefect nor Dask: a
+  simulator runs it at 50,000 videos where neither is installed.
 
 Imports inside functions count too: a lazy import is still a dependency.
 """
@@ -84,6 +88,41 @@ def test_importing_the_core_loads_neither_prefect_nor_a_synthetic_backend(module
         f"import sys, {module}; "
         f"bad = sorted(m for m in sys.modules if m.split('.')[0] == 'prefect' or m.startswith({PREFECT_SIDE}) "
         "or m.startswith('trackset.synthetic')); print(bad); sys.exit(1 if bad else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def side_offenders(folder: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]:
+    """Files of the repository folder ``folder`` (``engine``, ``tasks``) importing ``forbidden``."""
+    root = PACKAGE.parent / folder
+    bad: dict[str, list[str]] = {}
+    for path in modules_under(root):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        names |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and not node.level}
+        hits = sorted(m for m in names if any(m == f or m.startswith(f + ".") for f in forbidden))
+        if hits:
+            bad[str(path.relative_to(PACKAGE.parent))] = hits
+    return bad
+
+
+@pytest.mark.parametrize(
+    ("folder", "forbidden"),
+    [("engine", ("trackset.flows",)), ("tasks", ("trackset.engine", "trackset.flows"))],
+)
+def test_the_prefect_side_imports_only_downwards(folder, forbidden):
+    """flows -> engine -> tasks -> core: the engine is handed what it needs of the flows
+    (the ``profile-memory`` subflow), and the tasks know neither."""
+    assert side_offenders(folder, forbidden) == {}
+
+
+def test_the_wave_planner_loads_neither_prefect_nor_dask():
+    code = (
+        "import sys, trackset.scheduling.planner; "
+        "engines = ('prefect', 'prefect_dask', 'dask', 'distributed'); "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in engines); "
+        "print(bad); sys.exit(1 if bad else 0)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -14,7 +14,8 @@ from pydantic import BaseModel
 
 from trackset.config.overrides import NO_OVERRIDES, SettingsOverrides
 from trackset.config.settings import Settings, settings_reference
-from trackset.flows.build_dataset import build_dataset, resolve_settings
+from trackset.config.overrides import resolve_settings
+from trackset.flows.build_dataset import build_dataset
 
 REPO_SETTINGS = Path(__file__).resolve().parents[2] / "settings.yaml"
 _LINE = re.compile(r"^( *)([A-Za-z0-9_]+):(.*?)(?:\s+#\s(.*))?$")

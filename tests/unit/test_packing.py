@@ -1,4 +1,4 @@
-"""The GPU packing policy, every branch, with a fake ``run`` (no Prefect, no Dask)."""
+"""The GPU packing policy, every branch, driven round by round with a fake GPU (no Prefect, no Dask)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from trackset.domain import StageOutcome, StageRecord, VideoFailure, VideoRef
 from trackset.gpu.inventory import GpuInfo
-from trackset.scheduling.packing import PackingSettings, Round, pack_gpu_stage
+from trackset.scheduling.packing import PackingResult, PackingSettings, Round, pack_rounds
 
 GIB = 1024**3
 SETTINGS = PackingSettings(profiling_videos=2, headroom=0.9, max_workers_per_gpu=4)
@@ -49,6 +49,18 @@ class FakeGpuRun:
                 peak = int(size * GIB) if self.measured else None
                 outcome.records.append(StageRecord(video.video_id, "depth_camera", "done", peak_bytes=peak))
         return outcome
+
+
+def pack_gpu_stage(stage: str, given: list[VideoRef], run: FakeGpuRun, gpus: list[GpuInfo], settings, **options):
+    """Drive the policy to its end, each round it asks for run at once by ``run``."""
+    steps = pack_rounds(stage, given, gpus, settings, **options)
+    try:
+        request = next(steps)
+        while True:
+            request = steps.send(run(request.videos, request.workers_per_gpu, profiling=request.profiling))
+    except StopIteration as done:
+        result: PackingResult = done.value
+        return result
 
 
 def every_video_once(result, given: list[VideoRef]) -> None:

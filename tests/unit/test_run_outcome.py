@@ -7,7 +7,7 @@ from prefect.states import State
 
 from trackset.config.settings import RunSettings
 from trackset.domain import FailureKind, StageOutcome, StageRecord, VideoFailure
-from trackset.flows.build_dataset import COMPLETED_WITH_FAILURES, StageFailedError, VideosFailedError, final_state
+from trackset.engine.run_outcome import COMPLETED_WITH_FAILURES, StageFailedError, VideosFailedError, final_state
 from trackset.reports.run_report import RunSummary, StageTally
 
 

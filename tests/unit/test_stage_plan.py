@@ -45,7 +45,7 @@ def test_enabled_stages_follow_the_settings_and_keep_gpu_stages_contiguous(overr
     assert stages == expected
     gpu = [STAGES[name].resources.uses_gpu for name in stages]
     first, last = gpu.index(True), len(gpu) - 1 - gpu[::-1].index(True)
-    assert all(gpu[first : last + 1])  # flows/waves.py's split_lanes needs one block of GPU stages
+    assert all(gpu[first : last + 1])  # the planner's split_lanes needs one block of GPU stages
 
 
 def test_every_stage_names_the_script_stage_it_replaces():

@@ -30,7 +30,7 @@ def test_a_stage_is_set_up_once_per_process(settings):
 
 def test_setting_up_a_gpu_stage_tears_down_the_other_gpu_stages_but_not_the_cpu_ones(settings):
     """A worker may take the next stage's first task before the flow releases the stage
-    before (engine/stage_runs.py): it must not hold both models on the GPU."""
+    before (trackset/scheduling/planner.py): it must not hold both models on the GPU."""
     torn: list[str] = []
     depth = get_stage("depth_camera", stage_config("depth_camera", settings))
     h5 = get_stage("h5_build", stage_config("h5_build", settings))

@@ -9,7 +9,7 @@ stage computes gets a fresh one.
 
 A process holds one GPU stage at a time: setting up a GPU stage tears down the others
 first. A worker may take the next stage's first task while the flow still waits for the
-current stage's last ones elsewhere (``engine/stage_runs.py``), and the memory sizing
+current stage's last ones elsewhere (:mod:`trackset.scheduling.planner`), and the memory sizing
 (:func:`trackset.gpu.sizing.stages_fit_together`) counts one model per worker, not two.
 """
 

@@ -27,11 +27,12 @@ Examples:
 from __future__ import annotations
 
 import types
+from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, create_model, model_serializer
 
-from trackset.config.settings import Settings
+from trackset.config.settings import Settings, load_settings
 
 
 class _Overrides(BaseModel):
@@ -142,3 +143,26 @@ SettingsOverrides = overrides_model(Settings, "SettingsOverrides")
 
 NO_OVERRIDES = SettingsOverrides()
 """The default of ``overrides``: the settings file and the environment as they are."""
+
+
+def resolve_settings(
+    settings_path: str | None,
+    overrides: Mapping[str, Any] | _Overrides | None,
+    videos_dir: str | None = None,
+    work_dir: str | None = None,
+    dataset_dir: str | None = None,
+) -> Settings:
+    """Settings with a run's parameters on top (they win over env and file), paths made absolute.
+
+    ``overrides`` is the flow's :data:`SettingsOverrides` or a plain mapping of sections.
+    Paths are resolved once, here, against this process's working directory: every worker,
+    on whatever host and in whatever directory it runs, is handed the same absolute paths
+    (they must be on storage the workers share, README "Several machines").
+    """
+    merged: dict[str, Any] = overrides.as_dict() if isinstance(overrides, _Overrides) else dict(overrides or {})
+    paths = {k: v for k, v in (("videos_dir", videos_dir), ("work_dir", work_dir), ("dataset_dir", dataset_dir)) if v}
+    if paths:
+        merged["paths"] = {**merged.get("paths", {}), **paths}
+    settings = load_settings(settings_path, merged)
+    folders = {name: getattr(settings.paths, name).resolve() for name in ("videos_dir", "work_dir", "dataset_dir")}
+    return settings.model_copy(update={"paths": settings.paths.model_copy(update=folders)})

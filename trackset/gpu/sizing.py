@@ -157,6 +157,29 @@ def stages_fit_together(first: tuple[int, int], second: tuple[int, int], total_b
     return held <= Fraction(str(headroom)) * total_bytes
 
 
+def workers_beside(
+    earlier: tuple[int, int], peak_bytes: int, most: int, total_bytes: int, headroom: float
+) -> int | None:
+    """The most workers of a stage of ``peak_bytes``, up to ``most``, that fit on a GPU beside
+    the ``earlier`` stage's (peak, workers per GPU) (:func:`stages_fit_together`); None when
+    not even one does.
+
+    Queued at that size, the next stage starts on each worker as it frees instead of every
+    GPU idling through the earlier stage's last tasks; a stage bound by its GPU loses little
+    to a worker fewer.
+
+    Examples:
+        >>> workers_beside((8 * GIB, 3), 6 * GIB, 4, 31 * GIB, 0.9)  # 4 x 8 > 27.9; 3 x 8 fits
+        3
+        >>> workers_beside((10 * GIB, 2), 12 * GIB, 2, 24 * GIB, 0.9) is None  # 12 + 10 > 21.6
+        True
+    """
+    for workers in range(most, 0, -1):
+        if stages_fit_together(earlier, (peak_bytes, workers), total_bytes, headroom):
+            return workers
+    return None
+
+
 def shrink(workers_per_gpu: int) -> int | None:
     """One fewer worker per GPU after out-of-memory failures, or None when already at one.
 
