@@ -415,4 +415,6 @@ def test_validate_cli_clean_then_one_corrupted_file(built, tmp_path, capsys):
     capsys.readouterr()
     assert main(["validate", str(copy)]) == 1
     failing = [line for line in capsys.readouterr().out.splitlines() if "FAIL" in line]
-    assert len(failing) == 1 and "00001.hdf5" in failing[0]
+    assert len(failing) == 2 and all("00001.hdf5" in line for line in failing)
+    assert any("open:" in line for line in failing)
+    assert any("stamp:" in line for line in failing)  # why: it is half the size its partials recorded
