@@ -262,3 +262,21 @@ def test_two_gres_types_of_different_memory_get_different_workers_per_gpu(corpus
     assert small.most_holders() == 1  # never two depth models at once on 8 GiB
     assert big.most_holders() == 2
     wait_for_no_job()
+
+
+def test_a_run_that_fails_with_its_jobs_running_gives_them_back(tmp_path):
+    """The run's cluster closes whatever ends the run: an error raised while its jobs run
+    leaves no job behind (a cancelled flow run leaves through the same exit)."""
+    from trackset.config.settings import Settings
+    from trackset.engine.run_cluster import RunCluster
+
+    settings = Settings(**overrides(tmp_path, max_jobs=2))
+    with pytest.raises(RuntimeError, match="the run failed"), RunCluster(settings) as cluster:
+        assert cluster.elastic and not squeue()  # no job before GPU work is announced
+        cluster.want(20)
+        deadline = time.monotonic() + 120
+        while [state for _, state in squeue()].count("RUNNING") < 2:
+            assert time.monotonic() < deadline, f"the jobs did not start: {squeue()}"
+            time.sleep(0.5)
+        raise RuntimeError("the run failed")
+    wait_for_no_job(timeout_s=15)
