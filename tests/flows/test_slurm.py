@@ -280,3 +280,22 @@ def test_a_run_that_fails_with_its_jobs_running_gives_them_back(tmp_path):
             time.sleep(0.5)
         raise RuntimeError("the run failed")
     wait_for_no_job(timeout_s=15)
+
+
+def test_jobs_that_cannot_start_their_workers_fail_the_run_naming_their_error_files(tmp_path):
+    """A job whose workers never join (here its prologue fails, as a node without the run's
+    Python would) is replaced, but not forever: the third fails the run, naming the files."""
+    from trackset.config.settings import Settings
+    from trackset.engine.run_cluster import RunCluster
+    from trackset.errors import ClusterShapeError
+
+    settings = Settings(**overrides(tmp_path, max_jobs=1, job_prologue=["echo no trackset here >&2; exit 3"]))
+    started = time.monotonic()
+    never = r"3 SLURM jobs ended before any of their workers joined"
+    with pytest.raises(ClusterShapeError, match=never) as error, RunCluster(settings) as cluster:
+        cluster.want(5)
+        cluster.wait_for_gpus()
+    assert time.monotonic() - started < 120
+    files = [Path(name.rstrip(",")) for name in str(error.value).split("say why: ")[1].split()]
+    assert len(files) == 3 and all("no trackset here" in file.read_text() for file in files)
+    wait_for_no_job(timeout_s=15)
