@@ -19,9 +19,10 @@ def test_a_worker_that_joins_mid_run_takes_a_waiting_gpu_task_at_once(tmp_path, 
     ranking it, and offers the share its 24 GiB fake GPU gives a first worker."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
     argv = ["--job-workers", "2", "--work-dir", str(tmp_path), "--fake-gpu-gb", "16", "--fake-gpu-gb", "24"]
 
-    async def scenario() -> tuple[str, dict[str, float], str]:
+    async def scenario() -> tuple[str, dict[str, float], tuple[str, str]]:
         async with (
             Scheduler(host="127.0.0.1", port=0, dashboard_address=None) as scheduler,
             Client(scheduler.address, asynchronous=True) as client,
@@ -41,11 +42,12 @@ def test_a_worker_that_joins_mid_run_takes_a_waiting_gpu_task_at_once(tmp_path, 
                 dashboard=False,
             ) as worker:
                 result = await asyncio.wait_for(future, 30)
-                return result, dict(worker.state.total_resources), os.environ["CUDA_VISIBLE_DEVICES"]
+                pinned = os.environ["CUDA_VISIBLE_DEVICES"], os.environ["CUDA_DEVICE_ORDER"]
+                return result, dict(worker.state.total_resources), pinned
 
     result, resources, pinned = asyncio.run(scenario())
     assert result == "ran"
-    assert pinned == "1"
+    assert pinned == ("1", "PCI_BUS_ID")  # the GPU NVML sizes is the one CUDA runs on
     assert resources == {"GPU": 1, GPU_RANK: gpu_rank(0), GPU_SHARE: 24 * GIB}
 
 

@@ -8,7 +8,8 @@ scheduler, so it joins already able to take GPU work, whenever it joins:
 
 - **Pin.** The ``p``-th process of the job (its name ends in ``-p``) takes the job's GPU
   ``p mod G`` alone (``CUDA_VISIBLE_DEVICES`` before anything touches CUDA), so the job's
-  GPUs get their workers in turn.
+  GPUs get their workers in turn; CUDA numbers them in PCI bus order, as NVML does and as
+  SLURM's GRES do, so the GPU CUDA runs on is the one NVML sizes (``CUDA_DEVICE_ORDER``).
 - **Rank.** Its place on that GPU is ``p div G``, its ``GPU_RANK`` (:mod:`trackset.cluster.plan`).
   No other job shares a SLURM GPU, so a job's workers rank their GPU alone; a worker of a job
   that starts mid-run needs nobody's ranking and takes GPU tasks as soon as it registers
@@ -49,6 +50,8 @@ from trackset.gpu.sizing import DEFAULT_HEADROOM, worker_share
 
 PRELOAD = "trackset.cluster.gpu_worker"
 """The module name to give ``dask worker --preload``."""
+
+PCI_BUS_ID = "PCI_BUS_ID"
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +157,7 @@ async def dask_setup(
     """Pin, rank and size this worker, and schedule its retirement (module docstring)."""
     gpu, place = pin(place_in_job(str(worker.name), job_workers), os.environ.get("CUDA_VISIBLE_DEVICES", ""))
     os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    os.environ["CUDA_DEVICE_ORDER"] = PCI_BUS_ID
     cluster = ClusterSettings(fake_gpus=[FakeGpu(memory_gb=gb) for gb in fake_gpu_gb] or ClusterSettings().fake_gpus)
     available = current_gpu(cluster, work_dir).available_bytes
     offer(worker, {GPU: 1, GPU_RANK: gpu_rank(place), GPU_SHARE: worker_share(available, place, headroom)})
