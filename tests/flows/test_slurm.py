@@ -299,3 +299,21 @@ def test_jobs_that_cannot_start_their_workers_fail_the_run_naming_their_error_fi
     files = [Path(name.rstrip(",")) for name in str(error.value).split("say why: ")[1].split()]
     assert len(files) == 3 and all("no trackset here" in file.read_text() for file in files)
     wait_for_no_job(timeout_s=15)
+
+
+def test_workers_retire_before_the_walltime_between_tasks_and_their_jobs_are_replaced(corpus, mark_dir, tmp_path):
+    """Jobs of a one-minute walltime whose workers retire 15 s after they start (45 s before it),
+    mid-build: each finishes the video it runs and leaves, its job ends, a new one is submitted
+    while work is left, and no video is started twice (nothing ran inside a retirement)."""
+    root = fresh(corpus, tmp_path / "walltime")
+    retiring = {"walltime": "1", "retire_before_walltime_s": 45, "retire_stagger_s": 0, "max_jobs": 2}
+    settings = merge_sections(
+        overrides(root, **retiring), {"cluster": {"worker_preload": PRELOAD}, "synthetic": SLOW_DEPTH}
+    )
+    summary = build_dataset(overrides=settings)
+    assert not summary.failures
+    started = marks(mark_dir)
+    videos = [video for _, _, video in started]
+    assert sorted(videos) == sorted(set(videos)) and len(videos) == VIDEOS  # each depth video once
+    assert len({job for job, _, _ in started}) > 2  # the first two jobs left and others took over
+    wait_for_no_job()
