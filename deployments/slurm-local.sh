@@ -7,6 +7,8 @@
 # (cluster.fake_gpus, by index) give them their memory. No systemd or cgroups (proctrack/linuxproc,
 # task/none). Every listener is on 127.0.0.1: NoCtldInAddrAny matters, without it slurmctld binds
 # 0.0.0.0. Two CPUs: the tests ask one per job (cluster.slurm.cpus_per_job), so both GPUs get a job.
+# It writes /etc/slurm/slurm.conf and gres.conf: it refuses to replace a slurm.conf of another
+# cluster than its own (ClusterName=localci).
 # From ../shared/recipes/slurm-local-up.sh (PLATFORM-NOTES.md, "A real SLURM on this machine class").
 set -euo pipefail
 
@@ -17,6 +19,10 @@ up() {
   }
   if [ -s /run/slurmctld.pid ] && kill -0 "$(cat /run/slurmctld.pid)" 2>/dev/null; then
     echo "slurmctld runs already (pid $(cat /run/slurmctld.pid)): deployments/slurm-local.sh down first" >&2
+    exit 1
+  fi
+  if [ -e /etc/slurm/slurm.conf ] && ! grep -qx 'ClusterName=localci' /etc/slurm/slurm.conf; then
+    echo "/etc/slurm/slurm.conf is another SLURM's (no ClusterName=localci): not overwriting it" >&2
     exit 1
   fi
   local node fake mem_mb
