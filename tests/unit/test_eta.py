@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from trackset.scheduling.eta import Estimator, StageEstimate, describe_run, describe_stage
+from trackset.scheduling.eta import Estimator, StageEstimate, describe_run, describe_stage, run_metadata
 from trackset.scheduling.progress import Spent
 
 Event = tuple[float, str, int, Spent]
@@ -112,15 +112,27 @@ def test_gpu_hours_so_far_and_projected():
     assert depth.videos_per_hour == pytest.approx(3600 * 4 / 50)
 
 
-def test_a_stage_with_no_cost_yet_keeps_the_run_estimating():
+def test_while_a_stage_has_no_cost_yet_the_eta_is_a_lower_bound_that_says_so():
     clock = estimator()
     clock.observe(10.0, "depth", 5, Spent(5, 15.0, 15.0))
     run = clock.estimate(10.0)
-    assert run.eta_s is None and run.gpu_hours_projected is None
-    assert "ETA estimating" in describe_run(run) and "? projected" in describe_run(run)
+    # depth's 395 videos left at 3 GPU-seconds each, at the 1.5 GPU-seconds per second of the
+    # window (the run's start to now); hands, not started, would come on top.
+    assert run.eta_s == pytest.approx(395 * 3 / 1.5) and run.waiting_for == ("hands",)
+    assert run.gpu_hours_projected is None
+    assert "ETA over 13 min (hands: no video yet)" in describe_run(run) and "? projected" in describe_run(run)
+    assert "eta_s" not in run_metadata(run) and run_metadata(run)["eta_at_least_s"] == "790.0"
     # hands finished some videos without processing any (all current): they cost nothing.
     clock.observe(11.0, "hands", 5, Spent())
-    assert clock.estimate(11.0).eta_s is not None
+    run = clock.estimate(11.0)
+    assert run.waiting_for == () and "eta_s" in run_metadata(run)
+
+
+def test_no_eta_before_any_work_was_done():
+    clock = estimator()
+    clock.observe(10.0, "h5", 0, Spent())
+    run = clock.estimate(10.0)
+    assert run.eta_s is None and "ETA estimating" in describe_run(run)
 
 
 def test_when_only_the_last_h5_files_are_left_the_eta_is_their_own():

@@ -100,7 +100,10 @@ class RunEstimate:
             is unknown.
         videos_per_hour: whole videos (through every stage) per hour at the recent rate
             of work; None while unknown.
-        eta_s: seconds until the run is done; None while unknown.
+        eta_s: seconds until the run is done; None while unknown. While ``waiting_for`` is
+            not empty, a lower bound: the work of the stages whose cost is known.
+        waiting_for: the stages with videos left whose cost is not known yet (no video
+            processed): their work is not in ``eta_s``.
         gpu_hours: GPU-hours held so far, every stage.
         gpu_hours_projected: so far + every stage's projection; None while one is unknown.
         elapsed_s: seconds since the run started.
@@ -112,6 +115,7 @@ class RunEstimate:
     percent: float
     videos_per_hour: float | None
     eta_s: float | None
+    waiting_for: tuple[str, ...]
     gpu_hours: float
     gpu_hours_projected: float | None
     elapsed_s: float
@@ -204,12 +208,14 @@ class Estimator:
         work = [row for row in rows if not gpu or row.stage in self.gpu_stages]  # the stages the work counts
         rate = sum(row.work_rate for row in work)  # work-seconds per second over the window
         costs = [row.work_per_video for row in work]
+        waiting = tuple(row.stage for row in work if row.left and row.work_per_video is None)
         eta: float | None = None
         if not any(row.left for row in rows):
             eta = 0.0
         elif any(row.left for row in work):
-            if rate > 0 and all(row.work_per_video is not None for row in work if row.left):
-                eta = sum(row.left * (row.work_per_video or 0.0) for row in work) / rate
+            known = sum(row.left * (row.work_per_video or 0.0) for row in work)
+            if rate > 0 and (known or not waiting):
+                eta = known / rate  # at least that, while a stage's cost is still unknown
         else:  # only stages beside the work are left (the last wave's H5 files): at their own rates
             tails = [row.left / row.rate if row.rate else None for row in rows if row.left]
             eta = None if None in tails else max(t for t in tails if t is not None)
@@ -219,7 +225,7 @@ class Estimator:
             percent = 100.0 * done / (per_video * max(self.total, 1))
         else:  # a stage's cost is not known yet: every stage weighs the same
             percent = sum(100.0 * min(row.done, self.total) for row in rows) / max(len(rows) * self.total, 1)
-        stages = tuple(row.estimate(eta) for row in rows)
+        stages = tuple(row.estimate(None if waiting else eta) for row in rows)
         projected = [stage.gpu_hours_projected for stage in stages]
         return RunEstimate(
             done=min((row.done for row in rows), default=0),
@@ -227,6 +233,7 @@ class Estimator:
             percent=min(percent, 100.0),
             videos_per_hour=3600.0 * rate / per_video if per_video and span > 0 else None,
             eta_s=eta,
+            waiting_for=waiting,
             gpu_hours=sum(stage.gpu_hours for stage in stages),
             gpu_hours_projected=None if None in projected else sum(p or 0.0 for p in projected),
             elapsed_s=max(now - self.started, 0.0),
@@ -350,12 +357,19 @@ def describe_run(run: RunEstimate) -> str:
     """One line for the run's progress artifact and the live display.
 
     Examples:
-        >>> print(describe_run(RunEstimate(3, 24, 40.0, 20.0, 3900.0, 0.5, None, 600.0, ())))
-        3 of 24 videos through every stage · 20 videos/h · ETA 65 min · 0.50 GPU-h so far, ? projected
+        >>> print(describe_run(RunEstimate(3, 24, 40.0, 20.0, 3900.0, (), 0.5, 0.9, 600.0, ())))
+        3 of 24 videos through every stage · 20 videos/h · ETA 65 min · 0.50 GPU-h so far, 0.90 projected
+        >>> print(describe_run(RunEstimate(0, 24, 20.0, None, 300.0, ("hands",), 0.5, None, 600.0, ())))
+        ... # doctest: +NORMALIZE_WHITESPACE
+        0 of 24 videos through every stage · ? videos/h · ETA over 5 min (hands: no video yet)
+        · 0.50 GPU-h so far, ? projected
     """
+    eta = _eta(run.eta_s)
+    if run.waiting_for and run.eta_s is not None:
+        eta = f"ETA over {format_duration(run.eta_s)} ({', '.join(run.waiting_for)}: no video yet)"
     return (
         f"{run.done:,} of {run.total:,} videos through every stage · {_rate(run.videos_per_hour)} · "
-        f"{_eta(run.eta_s)} · {_gpu(run.gpu_hours, run.gpu_hours_projected)}"
+        f"{eta} · {_gpu(run.gpu_hours, run.gpu_hours_projected)}"
     )
 
 
@@ -363,10 +377,13 @@ def run_metadata(run: RunEstimate) -> dict[str, str]:
     """The run's numbers for programs reading its progress artifact (Prefect artifact
     metadata holds strings); a number still unknown is left out.
 
+    ``eta_s`` is there only once every stage's cost is known; before, ``eta_at_least_s``.
+
     Examples:
-        >>> run_metadata(RunEstimate(3, 24, 40.0, 20.0, None, 0.5, None, 600.0, ()))  # doctest: +NORMALIZE_WHITESPACE
+        >>> run_metadata(RunEstimate(3, 24, 40.0, 20.0, 30.0, ("hands",), 0.5, None, 600.0, ()))
+        ... # doctest: +NORMALIZE_WHITESPACE
         {'done': '3', 'total': '24', 'percent': '40.0', 'elapsed_s': '600.0', 'gpu_hours': '0.5',
-         'videos_per_hour': '20.0'}
+         'videos_per_hour': '20.0', 'eta_at_least_s': '30.0'}
     """
     numbers: dict[str, float | int | None] = {
         "done": run.done,
@@ -375,7 +392,8 @@ def run_metadata(run: RunEstimate) -> dict[str, str]:
         "elapsed_s": round(run.elapsed_s, 3),
         "gpu_hours": round(run.gpu_hours, 6),
         "videos_per_hour": None if run.videos_per_hour is None else round(run.videos_per_hour, 3),
-        "eta_s": None if run.eta_s is None else round(run.eta_s, 3),
+        "eta_s": None if run.eta_s is None or run.waiting_for else round(run.eta_s, 3),
+        "eta_at_least_s": None if run.eta_s is None or not run.waiting_for else round(run.eta_s, 3),
         "gpu_hours_projected": None if run.gpu_hours_projected is None else round(run.gpu_hours_projected, 6),
     }
     return {key: str(value) for key, value in numbers.items() if value is not None}
