@@ -188,3 +188,26 @@ def test_a_stage_line_leaves_out_the_gpu_for_a_cpu_stage():
     assert line == "3 of 24 videos · 120 videos/h · ETA 10 min"
     line = describe_stage(StageEstimate("depth_camera", 3, 24, None, None, 0.25, None))
     assert line == "3 of 24 videos · ? videos/h · ETA estimating · 0.25 GPU-h so far, ? projected"
+
+
+def test_the_profiling_videos_cost_stands_for_a_stage_only_until_its_sized_rounds_ran():
+    # depth profiles 2 videos alone on the GPU (10 GPU-seconds each), then runs 4 on 2 workers
+    # per GPU (4 GPU-seconds each): the 4 videos left cost what the sized ones did.
+    clock = Estimator(["depth"], 10, 0.0, ["depth"])
+    clock.observe(12.0, "depth", 2, Spent(2, 20.0, 20.0, profiled=2, profiled_seconds=20.0, profiled_gpu_seconds=20.0))
+    only_profiled = clock.estimate(12.0)  # nothing else to go by yet
+    assert only_profiled.stages[0].gpu_hours_projected == pytest.approx((20 + 8 * 10) / 3600)
+    clock.observe(20.0, "depth", 6, Spent(6, 36.0, 36.0, profiled=2, profiled_seconds=20.0, profiled_gpu_seconds=20.0))
+    run = clock.estimate(20.0)  # the window (10..20 s) starts at the run's start, before the profiling
+    assert run.stages[0].gpu_hours_projected == pytest.approx((36 + 4 * 4) / 3600)
+    assert run.eta_s == pytest.approx(4 * 4 / (36 / 20))  # the work rate counts every GPU-second held
+    assert run.percent == pytest.approx(60.0)
+
+
+def test_a_window_without_sized_videos_takes_the_runs_sized_cost_not_the_profiling():
+    clock = Estimator(["depth", "hands"], 10, 0.0, ["depth", "hands"])
+    profiled = {"profiled": 1, "profiled_seconds": 10.0, "profiled_gpu_seconds": 10.0}
+    clock.observe(10.0, "depth", 5, Spent(5, 26.0, 26.0, **profiled))  # 4 sized videos at 4 GPU-s
+    clock.observe(100.0, "hands", 5, Spent(5, 30.0, 30.0))  # depth idle while hands runs
+    run = clock.estimate(100.0)  # the window (50..100 s) holds no depth video
+    assert run.stages[0].gpu_hours_projected == pytest.approx((26 + 5 * 4) / 3600)

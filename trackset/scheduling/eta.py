@@ -21,7 +21,9 @@ in GPU-seconds: a video of a GPU task holds ``1/k`` of its GPU for its seconds (
 ``k`` per GPU). While the GPUs are busy, GPU-seconds accrue at the same pace whichever GPU
 stage runs, so the rate holds steady through a wave's stages; the CPU lanes run beside the
 GPUs, and if they fall behind, the GPUs wait and the rate shows it. Work left = each GPU
-stage's videos left x its recent GPU-seconds per processed video. A GPU stage that has
+stage's videos left x its recent GPU-seconds per processed video of its sized rounds (a
+profiling video runs alone on its GPU, dearer than one of the rounds after it, so it stands
+for the stage's cost only until one of those ran). A GPU stage that has
 processed no video yet has no cost to go by: the ETA says "estimating" until each has one.
 Not counted: the last wave's CPU lane after the last GPU task (its H5 files: a minute of a
 build of days), which has the ETA of its own rate once only it is left. A run without GPU
@@ -124,12 +126,10 @@ class RunEstimate:
 
 class _Count(NamedTuple):
     done: int
-    videos: int
-    seconds: float
-    gpu_seconds: float
+    spent: Spent
 
 
-_NONE = _Count(0, 0, 0.0, 0.0)
+_NONE = _Count(0, Spent())
 
 
 class _Sample(NamedTuple):
@@ -184,7 +184,7 @@ class Estimator:
         """``stage`` is finished with ``done`` videos and spent ``spent``, at ``now``."""
         if stage not in self.stages:
             self.stages.append(stage)
-        self._now[stage] = _Count(done, spent.videos, spent.seconds, spent.gpu_seconds)
+        self._now[stage] = _Count(done, spent)
         if now - self._samples[-1].time >= self._spacing:
             self._samples.append(_Sample(now, dict(self._now)))
             if len(self._samples) > self.max_samples:
@@ -261,29 +261,19 @@ class _StageRow:
 
     @classmethod
     def of(cls, stage: str, now: _Count, base: _Count, total: int, span: float, gpu: bool) -> _StageRow:
-        measure = (lambda count: count.gpu_seconds) if gpu else (lambda count: count.seconds)
-        videos = max(now.videos - base.videos, 0)
-        cost: float | None
-        held: float | None
-        if videos:  # recent: the window's own videos
-            cost = max(measure(now) - measure(base), 0.0) / videos
-            held = max(now.gpu_seconds - base.gpu_seconds, 0.0) / videos
-        elif now.videos:  # none in the window: the run's so far
-            cost, held = measure(now) / now.videos, now.gpu_seconds / now.videos
-        elif now.done:  # finished with some, processed none (current, or dropped before it): they cost nothing
+        cost, held = _per_video(now.spent, base.spent, gpu)
+        if cost is None and now.done:  # finished with some, processed none (current, or dropped before): free
             cost, held = 0.0, 0.0
-        else:
-            cost, held = None, None
         return cls(
             stage,
             now.done,
             total,
             max(total - now.done, 0),
             max(now.done - base.done, 0) / span if span > 0 else None,
-            max(measure(now) - measure(base), 0.0) / span if span > 0 else 0.0,
+            max(_work(now.spent, gpu) - _work(base.spent, gpu), 0.0) / span if span > 0 else 0.0,
             cost,
             held,
-            now.gpu_seconds,
+            now.spent.gpu_seconds,
         )
 
     def estimate(self, run_eta: float | None) -> StageEstimate:
@@ -301,6 +291,35 @@ class _StageRow:
             gpu_hours=self.gpu_seconds / 3600,
             gpu_hours_projected=projected,
         )
+
+
+def _work(spent: Spent, gpu: bool) -> float:
+    return spent.gpu_seconds if gpu else spent.seconds
+
+
+def _per_video(now: Spent, base: Spent, gpu: bool) -> tuple[float | None, float | None]:
+    """Work-seconds and GPU-seconds per video a stage's sized rounds took: in the window if
+    it has any, else over the run; while only profiling videos ran, theirs (one worker per
+    GPU, dearer than the sized rounds to come); None before any video."""
+
+    def sized(spent: Spent) -> tuple[int, float, float]:
+        profiled = spent.profiled_gpu_seconds if gpu else spent.profiled_seconds
+        return (
+            spent.videos - spent.profiled,
+            _work(spent, gpu) - profiled,
+            spent.gpu_seconds - spent.profiled_gpu_seconds,
+        )
+
+    (videos, work, held), (before, work_before, held_before) = sized(now), sized(base)
+    every = (now.videos, _work(now, gpu), now.gpu_seconds)
+    for count, seconds, gpu_seconds in (
+        (videos - before, work - work_before, held - held_before),
+        (videos, work, held),
+        every,
+    ):
+        if count > 0:
+            return max(seconds, 0.0) / count, max(gpu_seconds, 0.0) / count
+    return None, None
 
 
 def format_duration(seconds: float) -> str:

@@ -343,10 +343,18 @@ class WavePlanner:
         return outcome
 
     def _take(
-        self, book: _Book, report: TaskReport, outcome: StageOutcome, isolate: list[VideoRef], workers: int | None
+        self,
+        book: _Book,
+        report: TaskReport,
+        outcome: StageOutcome,
+        isolate: list[VideoRef],
+        workers: int | None,
+        *,
+        profiling: bool = False,
     ) -> Steps[None]:
         """Fold one task's report into ``outcome`` (:func:`~trackset.scheduling.outcomes.settle`),
-        its records' GPU-seconds noted where it ran on ``workers`` per GPU."""
+        its records' GPU-seconds noted where it ran on ``workers`` per GPU (``profiling``: a
+        task of the profiling round)."""
         settled = settle(book.name, report, self.knobs.retries)
         if settled.warning:
             yield Log("warning", settled.warning)
@@ -358,7 +366,7 @@ class WavePlanner:
         outcome.failures += settled.outcome.failures
         isolate += settled.isolate
         counted = book.progress.finished(final_ids(settled.outcome))
-        if book.progress.spend(settled.outcome.records) or counted:
+        if book.progress.spend(settled.outcome.records, profiling=profiling) or counted:
             yield from self._publish(book)
 
     def _publish(self, book: _Book, *, final: bool = False) -> Steps[None]:
@@ -522,7 +530,7 @@ class WavePlanner:
         reports: tuple[TaskReport, ...] = yield Profile(book.name, tuple(videos))
         outcome: StageOutcome = StageOutcome(book.name)
         for report in reports:
-            yield from self._take(book, report, outcome, [], 1)
+            yield from self._take(book, report, outcome, [], 1, profiling=True)
         yield from self._log_failures(outcome)
         return outcome
 

@@ -28,7 +28,7 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 from trackset.domain import GPU_SECONDS, StageRecord
 
@@ -42,11 +42,21 @@ class Spent:
         seconds: their cost: GPU-seconds for those that held a GPU share, else their seconds
             (of a CPU worker, or of the flow).
         gpu_seconds: the part of ``seconds`` that held GPUs.
+        profiled: of ``videos``, those of profiling rounds (one worker per GPU, to measure
+            the stage's peak): what they cost does not say what the sized rounds will.
+        profiled_seconds: their part of ``seconds``.
+        profiled_gpu_seconds: their part of ``gpu_seconds``.
     """
 
     videos: int = 0
     seconds: float = 0.0
     gpu_seconds: float = 0.0
+    profiled: int = 0
+    profiled_seconds: float = 0.0
+    profiled_gpu_seconds: float = 0.0
+
+    def __add__(self, other: Spent) -> Spent:
+        return Spent(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
 
 class StageProgress:
@@ -84,8 +94,9 @@ class StageProgress:
         self._closed += size
         self._wave.clear()
 
-    def spend(self, records: Iterable[StageRecord]) -> bool:
-        """Add the cost of the ``done`` ones of ``records``; whether there was any.
+    def spend(self, records: Iterable[StageRecord], *, profiling: bool = False) -> bool:
+        """Add the cost of the ``done`` ones of ``records`` (of a profiling round if
+        ``profiling``); whether there was any.
 
         A record's cost is its ``info["gpu_seconds"]`` where it held a GPU share (the
         planner notes it, :data:`~trackset.domain.GPU_SECONDS`), else its seconds.
@@ -97,7 +108,7 @@ class StageProgress:
             >>> progress.spend([held, cpu, current])
             True
             >>> progress.spent
-            Spent(videos=2, seconds=5.0, gpu_seconds=2.0)
+            Spent(videos=2, seconds=5.0, gpu_seconds=2.0, profiled=0, profiled_seconds=0.0, profiled_gpu_seconds=0.0)
         """
         videos, seconds, gpu = 0, 0.0, 0.0
         for record in records:
@@ -110,6 +121,5 @@ class StageProgress:
             gpu += share or 0.0
         if not videos:
             return False
-        spent = self.spent
-        self.spent = Spent(spent.videos + videos, spent.seconds + seconds, spent.gpu_seconds + gpu)
+        self.spent += Spent(videos, seconds, gpu, *((videos, seconds, gpu) if profiling else (0, 0.0, 0.0)))
         return True
