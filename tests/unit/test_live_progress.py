@@ -7,8 +7,10 @@ The display's reading of a real server is checked in ``tests/flows/test_cli.py``
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import threading
+import time
 
 import pytest
 from prefect.logging.handlers import PrefectConsoleHandler
@@ -117,3 +119,23 @@ def test_prefect_log_lines_print_through_the_display_and_get_their_console_back(
         assert "a log line during the run" in console.file.getvalue()
     finally:
         logger.removeHandler(handler)
+
+
+def test_the_display_reads_at_most_once_an_interval_and_keeps_a_bar_per_stage():
+    # A run of days polls the API for days: each read is one request, spaced by the interval,
+    # and however many reads, the display holds one bar per stage and the run's.
+    reads: list[float] = []
+
+    def fetch() -> dict[str, Line]:
+        reads.append(time.monotonic())
+        n = len(reads)
+        return {"preprocess": Line(100.0, "done"), "hands": Line(n % 100, f"{n} of 10,000 videos"), "run": Line(1.0)}
+
+    display = LiveProgress(fetch, screen(), interval_s=0.05)
+    with display:
+        time.sleep(0.5)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(reads[:-1])]  # the last: the read at exit
+    assert 3 <= len(reads) <= 0.5 / 0.05 + 2 and min(gaps) >= 0.045
+    for _ in range(1000):
+        display.poll()
+    assert [task.description for task in display.progress.tasks] == ["preprocess", "hands", "run"]
