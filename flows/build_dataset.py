@@ -5,9 +5,10 @@ those whose outputs are missing or stale through preprocess -> depth & camera ->
 -> hands -> H5 build in waves of ``run.wave_size`` (the ``process-waves`` subflow,
 ``flows/waves.py``), then aggregates statistics over *every* video of the dataset in one
 sequential final task. A video that fails a stage is reported with its reason and skips
-the later stages; every other video still lands. The run holds the dataset's lock
-(:mod:`trackset.dataset.lock`) from start to end, so a second run on the same dataset fails
-at once, naming the run that holds it.
+the later stages; every other video still lands. The run holds the dataset's lock and its
+work directory's (:mod:`trackset.dataset.lock`) from start to end, so a second run on the
+same dataset, or of another dataset with the same work directory, fails at once, naming the
+run that holds it; it then removes what a killed run left half-written.
 
 How a run ends says what happened (*Completed*, ``CompletedWithFailures``, *Failed*,
 *Crashed*): :mod:`trackset.engine.run_outcome`. A crashed nightly refresh is rerun once by
@@ -41,6 +42,7 @@ from trackset.config.overrides import NO_OVERRIDES, SettingsOverrides, resolve_s
 from trackset.config.settings import Settings
 from trackset.dataset.lock import DatasetLock, LockHolder
 from trackset.dataset.record import RunInfo
+from trackset.dataset.retention import remove_stale_temporaries
 from trackset.domain import StageOutcome
 from trackset.engine.run_cluster import RunCluster
 from trackset.engine.run_outcome import RunTimeoutError, final_state
@@ -85,7 +87,11 @@ def build_dataset(
     try:
         with (
             timeout(hours * 3600 if hours else None, timeout_exc_type=RunTimeoutError),
-            DatasetLock(settings.paths.dataset_dir, flow_run_id=str(flow_run.id or "")) as lock,
+            DatasetLock(
+                settings.paths.dataset_dir,
+                flow_run_id=str(flow_run.id or ""),
+                work_dir=None if import_dir else settings.paths.work_dir,  # an import only reads it
+            ) as lock,
         ):
             summary = _build(settings, import_dir is not None, lock.previous)
     except RunTimeoutError:
@@ -125,6 +131,11 @@ def _build(settings: Settings, importing: bool, unfinished: LockHolder | None = 
         registration = register_videos_task(settings)
         stages = list(enabled_stages(settings))
     get_run_logger().info(registration.resume_line(unfinished))
+    removed = remove_stale_temporaries(settings, registration.pending, importing)
+    if removed:
+        get_run_logger().warning(
+            "removed %d temporary file(s) a killed run left, e.g. %s", len(removed), ", ".join(map(str, removed[:3]))
+        )
     report = DatasetLayout(settings.paths.dataset_dir).run_report(run_name())
     summary = RunSummary(
         dataset_dir=str(settings.paths.dataset_dir),
@@ -132,6 +143,7 @@ def _build(settings: Settings, importing: bool, unfinished: LockHolder | None = 
         videos_pending=len(registration.pending),
         extra_failures=list(registration.excluded),
         report_path=str(report),
+        skipped=registration.skipped,
     )
     RunReport(report).write(StageOutcome("register", failures=list(registration.excluded)))
     if registration.pending:

@@ -6,7 +6,7 @@ Commands::
     trackset run --settings settings.yaml [--set h5.target_size=128 ...]
     trackset make-corpus OUT [--videos 6 --frames 40 --seed 0]
     trackset import-intermediates DIR [--dataset-dir D]   # the script pipeline's outputs
-    trackset validate DATASET_DIR [--deep]     # layout, ranges, statistics vs partials
+    trackset validate DATASET_DIR [--deep]     # layout, ranges, sizes, statistics vs partials
     trackset show VIDEO_ID [--dataset-dir D --out DIR]   # an MP4 and a PNG with the tracks drawn in
     trackset settings [PREFIX]                  # every setting, its default and description
     trackset check-models [--settings S --fake-gpus]   # load and run each real model on a synthetic clip
@@ -35,7 +35,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from trackset import __version__
-from trackset.dataset.lock import DatasetBusyError, DatasetLock
+from trackset.dataset.lock import DatasetLock, DirectoryBusyError
 from trackset.domain import is_video_id
 from trackset.errors import ClusterShapeError, ModelUnavailableError, SettingsError
 from trackset.reports.run_report import RunSummary
@@ -56,7 +56,7 @@ EXIT_CODES = f"""exit status:
      settings file and line, the TRACKSET_* variable, or the --set assignment), a missing
      real-model package, or a cluster that cannot run the build; nothing was processed
      (check-models: a package, weight file or GPU is missing, one line each)
-  {EXIT_BUSY}  the dataset is being built by another run (named); nothing was processed"""
+  {EXIT_BUSY}  the dataset, or its work directory, is in use by another run (named); nothing was processed"""
 
 
 class UsageError(Exception):
@@ -199,7 +199,13 @@ def print_summary(summary: RunSummary) -> None:
             )
     console.print(statistics)
     for failure in summary.failures:
-        console.print(f"[red]failed[/red] {failure.video_id} {failure.stage} ({failure.kind}): {failure.reason}")
+        console.print(
+            f"[red]failed[/red] {escape(failure.video_id)} {failure.stage} ({failure.kind}): {escape(failure.reason)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    for line in summary.skipped.lines():
+        console.print(f"not registered: {escape(line)}", highlight=False, soft_wrap=True)
     dataset = Path(summary.dataset_dir)
     console.print(f"dataset: {dataset.resolve()}  ({summary.videos_total} videos)")
     console.print(f"statistics: {(dataset / 'normalization_stats.yaml').resolve()}")
@@ -221,9 +227,9 @@ def _run(settings_path: str | None, overrides: dict[str, Any], import_dir: str |
         settings = resolve_settings(settings_path, overrides)
         if import_dir is None:
             check_real_backends(settings)
-        # The flow takes the dataset's lock itself; probing it here first turns a dataset held by
-        # another run into one line, without a doomed flow run and its traceback.
-        DatasetLock.probe(settings.paths.dataset_dir)
+        # The flow takes the locks itself; probing them here first turns a dataset or work
+        # directory held by another run into one line, without a doomed flow run and its traceback.
+        DatasetLock.probe(settings.paths.dataset_dir, work_dir=None if import_dir else settings.paths.work_dir)
     finally:
         server.wait()
     try:
@@ -234,6 +240,8 @@ def _run(settings_path: str | None, overrides: dict[str, Any], import_dir: str |
         return EXIT_FAILED
     print_summary(summary)
     print_pictures(summary)
+    if not summary.videos_total:
+        warning(f"the dataset has no videos: nothing was registered{_skipped_hint(summary)}")
     if summary.failures:
         report_failures(summary)
         return EXIT_FAILED
@@ -249,6 +257,18 @@ def print_pictures(summary: RunSummary) -> None:
         console.print(
             f"pictures of {pictures.video_id}: {pictures.mp4}  {pictures.png}", highlight=False, soft_wrap=True
         )
+
+
+def warning(message: str) -> None:
+    """One warning line on stderr: the run did what it was asked, but probably not what was meant."""
+    err_console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _skipped_hint(summary: RunSummary) -> str:
+    """What the empty dataset's folder held instead of videos, if anything."""
+    if not summary.skipped.total:
+        return ""
+    return f" (the videos folder holds {summary.skipped.total} other file(s), listed above; see paths.video_extensions)"
 
 
 def report_failures(summary: RunSummary, shown: int = 10) -> None:
@@ -588,7 +608,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check every H5, the partials and normalization_stats.yaml")
     validate.add_argument("dataset_dir", help="the dataset directory")
     validate.add_argument("--settings", default=None, help="settings YAML the dataset was built with")
-    validate.add_argument("--deep", action="store_true", help="also recompute each video's moments from its H5 (slow)")
+    validate.add_argument(
+        "--deep",
+        action="store_true",
+        help="also recompute each video's moments from its H5 and compare its sha256 with its partials' (slow)",
+    )
     validate.set_defaults(func=cmd_validate)
 
     corpus = sub.add_parser("make-corpus", help="write synthetic videos with ground truth")
@@ -683,7 +707,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelUnavailableError, ClusterShapeError, UsageError) as exc:
         error(str(exc))
         return EXIT_USAGE
-    except DatasetBusyError as exc:
+    except DirectoryBusyError as exc:
         error(str(exc))
         return EXIT_BUSY
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 StageName = Literal[
     "preprocess",
@@ -23,20 +23,11 @@ StageName = Literal[
     "hands",
     "h5_build",
 ]
-#: The full pipeline, in order; which of these a run includes depends on its settings
+#: The full pipeline, in order (the order of :data:`StageName`, the one list of the names);
+#: which of these a run includes depends on its settings
 #: (:func:`trackset.stages.registry.enabled_stages`). The GPU stages are contiguous, between
 #: the CPU stages preprocess and h5_build, which the wave planner relies on.
-STAGE_ORDER: tuple[StageName, ...] = (
-    "preprocess",
-    "human_masks",
-    "clean_frames",
-    "depth_camera",
-    "object_masks",
-    "tracks_3d",
-    "tracks_2d",
-    "hands",
-    "h5_build",
-)
+STAGE_ORDER: tuple[StageName, ...] = get_args(StageName)
 TrackType = Literal["3d", "2d"]
 
 FailureKind = Literal["error", "out_of_memory", "quarantined"]
@@ -168,3 +159,52 @@ class StageOutcome:
             self.records.append(result)
         else:
             self.failures.append(result)
+
+
+SkipReason = Literal["extension", "link", "not a regular file"]
+
+SKIP_REASONS: dict[str, str] = {
+    "extension": "name not ending in one of paths.video_extensions",
+    "link": "symbolic link: only regular files are registered, as a link may lead outside paths.videos_dir",
+    "not a regular file": "not a regular file: a device, pipe or socket",
+}
+"""What each reason a file is passed over means, as the run summary and the CLI say it."""
+
+
+@dataclass
+class SkippedFiles:
+    """Files under ``paths.videos_dir`` that registration passed over: every one counted, by
+    reason, and the first :attr:`shown` of each named (paths relative to the videos folder).
+
+    Examples:
+        >>> skipped = SkippedFiles(shown=2)
+        >>> for name in ("a.m4v", "b.m4v", "c.m4v"):
+        ...     skipped.add("extension", name)
+        >>> skipped.total, skipped.lines()
+        (3, ['3 files (name not ending in one of paths.video_extensions): a.m4v, b.m4v and 1 more'])
+    """
+
+    counts: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    shown: int = 10
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def add(self, reason: SkipReason, source: str) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        names = self.examples.setdefault(reason, [])
+        if len(names) < self.shown:
+            names.append(source)
+
+    def line(self, reason: str) -> str:
+        """How many files were passed over for ``reason``, what that means, and the first names."""
+        count, names = self.counts.get(reason, 0), self.examples.get(reason, [])
+        files = "file" if count == 1 else "files"
+        more = f" and {count - len(names)} more" if count > len(names) else ""
+        return f"{count} {files} ({SKIP_REASONS.get(reason, reason)}): {', '.join(names)}{more}"
+
+    def lines(self) -> list[str]:
+        """One :meth:`line` per reason."""
+        return [self.line(reason) for reason in self.counts]

@@ -37,6 +37,8 @@ from tests.flows.helpers import SMALL_H, SMALL_S, SMALL_W, digests, merge_sectio
 from trackset.engine.run_outcome import VideosFailedError
 from trackset.flows.build_dataset import build_dataset
 from trackset.flows.cli import main
+from trackset.formats.layout import WorkLayout
+from trackset.formats.markers import Marker
 from trackset.synthetic.backends import SyntheticDepthCamera
 from trackset.synthetic.corpus import make_corpus, sidecar_path
 
@@ -366,6 +368,7 @@ BAD_INTERMEDIATES: dict[int, tuple[str, str, str]] = {
     8: ("hand_poses", "hands", "refused to unpickle"),
     9: ("vipe", "depth_camera", "unreadable"),
 }
+TRUNCATED_LATER = 10  # its depth file cut short after its marker was written: recomputed, not failed
 
 
 def break_intermediates(root: Path, sentinel: Path) -> None:
@@ -386,9 +389,22 @@ def break_intermediates(root: Path, sentinel: Path) -> None:
     hands["left_valid"] = np.array([RunsCode(sentinel)], dtype=object)
     torch.save(hands, _hands(root, vid(8)))
     truncate(root / "work" / "vipe" / f"{vid(9)}.npz", 0.5)
-    for index in BAD_INTERMEDIATES:
+    for index, (folder, stage, _) in BAD_INTERMEDIATES.items():
+        # Each as its stage wrote it (a broken model, the script pipeline's file), not damaged
+        # after its marker: that would be recomputed (TRUNCATED_LATER).
+        suffix = "npz" if folder == "vipe" else "pt"
+        restamp(root, stage, root / "work" / folder / f"{vid(index)}.{suffix}")
+    truncate(root / "work" / "vipe" / f"{vid(TRUNCATED_LATER)}.npz", 0.5)
+    for index in [*BAD_INTERMEDIATES, TRUNCATED_LATER]:
         # Only the partials: the H5 stage re-runs, as after a crash between the H5 and them.
         (root / "dataset" / "partials" / f"{vid(index)}.json").unlink()
+
+
+def restamp(root: Path, stage: str, output: Path) -> None:
+    """Make ``stage``'s marker record ``output`` as it is now: a file its stage wrote."""
+    work = WorkLayout(root / "work")
+    marker = work.marker(stage, output.stem)
+    Marker.of(Marker.read(marker).fingerprint, work.root, [output]).write(marker)
 
 
 @pytest.fixture(scope="module")
@@ -440,6 +456,14 @@ def test_bad_intermediates_fail_nothing_else_and_change_no_other_byte(bad_interm
     # The untouched video was skipped and keeps its bytes.
     assert sha(dataset / f"{SHORT_ID}.hdf5") == baseline[1][f"{SHORT_ID}.hdf5"]
     assert stray_temporaries(root / "work", dataset) == []
+
+
+def test_an_intermediate_cut_short_after_its_marker_is_recomputed(bad_intermediates, baseline):
+    _, root, summary, _, _ = bad_intermediates
+    video_id = vid(TRUNCATED_LATER)
+    assert video_id not in failures_by_id(summary)
+    assert video_id in {r.video_id for r in summary.records("depth_camera") if r.status == "done"}
+    assert sha(root / "dataset" / f"{video_id}.hdf5") == baseline[1][f"{video_id}.hdf5"]
 
 
 def test_unpickling_a_hostile_intermediate_runs_no_code(bad_intermediates):

@@ -349,11 +349,16 @@ def test_a_run_that_takes_over_a_crashed_runs_lock_says_what_it_resumes(built, t
     ) in caplog.text
 
 
-def test_crash_and_resume_matches_a_clean_run(built, corpus, tmp_path):
+def copy_of_built(built, root: Path) -> Path:
+    """``root`` holding a copy of the clean build's videos, work and dataset directories."""
+    for name in ("videos", "work", "dataset"):
+        shutil.copytree(built[0] / name, root / name)
+    return root
+
+
+def test_crash_and_resume_matches_a_clean_run(built, tmp_path):
     clean_root, _ = built
-    root = tmp_path
-    shutil.copytree(corpus, root / "videos")
-    build_dataset(overrides=overrides(root))
+    root = copy_of_built(built, tmp_path)
     dataset = root / "dataset"
     # What a crash mid-run leaves: one video without partials and with a truncated H5, a stray
     # temporary file, and a tracks intermediate whose marker was never written.
@@ -369,11 +374,8 @@ def test_crash_and_resume_matches_a_clean_run(built, corpus, tmp_path):
     assert digests(dataset) == digests(clean_root / "dataset")
 
 
-def test_changed_window_length_reruns_only_affected_stages(built, corpus, tmp_path):
-    root = tmp_path
-    shutil.copytree(built[0] / "videos", root / "videos")
-    shutil.copytree(built[0] / "work", root / "work")
-    shutil.copytree(built[0] / "dataset", root / "dataset")
+def test_changed_window_length_reruns_only_affected_stages(built, tmp_path):
+    root = copy_of_built(built, tmp_path)
     summary = build_dataset(overrides=overrides(root, tracks_3d={"window_length": 8}))
     status = {o.stage: {r.status for r in summary.records(o.stage)} for o in summary.stages}
     assert status["preprocess"] == status["depth_camera"] == status["hands"] == {"skipped"}
@@ -413,4 +415,6 @@ def test_validate_cli_clean_then_one_corrupted_file(built, tmp_path, capsys):
     capsys.readouterr()
     assert main(["validate", str(copy)]) == 1
     failing = [line for line in capsys.readouterr().out.splitlines() if "FAIL" in line]
-    assert len(failing) == 1 and "00001.hdf5" in failing[0]
+    assert len(failing) == 2 and all("00001.hdf5" in line for line in failing)
+    assert any("open:" in line for line in failing)
+    assert any("stamp:" in line for line in failing)  # why: it is half the size its partials recorded

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import pytest
 
 from trackset.dataset.lock import DatasetLock
-from trackset.flows.cli import EXIT_BUSY, EXIT_USAGE, main
+from trackset.flows.cli import EXIT_BUSY, EXIT_OK, EXIT_USAGE, main
 from trackset.flows.live_progress import Line, api_fetch
 
 
@@ -62,6 +62,32 @@ def test_a_dataset_held_by_another_run_exits_3_naming_the_holder(tmp_path, capsy
     assert f"error: dataset {tmp_path / 'dataset'} is being built by another run" in error_lines[0]
     assert "flow run the-nightly-build" in error_lines[0]
     assert not (tmp_path / "work").exists()
+
+
+def test_a_work_directory_held_by_another_dataset_exits_3_naming_the_holder(tmp_path, capsys):
+    (tmp_path / "videos").mkdir()
+    with DatasetLock(tmp_path / "nightly", flow_run_id="the-nightly-build", work_dir=tmp_path / "work"):
+        code = main(run_args(tmp_path, "--set", "cluster.runner=threads"))
+    captured = capsys.readouterr()
+    assert code == EXIT_BUSY
+    [line] = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert line.startswith(f"error: work directory {tmp_path / 'work'} is in use by another run")
+    assert "flow run the-nightly-build" in line and f"building dataset {tmp_path / 'nightly'}" in line
+    assert not (tmp_path / "dataset").exists()  # the CLI's probe creates nothing
+
+
+@pytest.mark.slow  # a whole (empty) flow run: ~7 s
+def test_a_folder_of_files_that_are_not_videos_is_said_so_not_taken_for_an_empty_corpus(tmp_path, capsys):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("a.m4v", "b.M4V", "metadata.csv"):
+        (videos / name).write_bytes(b"x")
+    code = main(run_args(tmp_path, "--set", "cluster.runner=threads"))
+    captured = capsys.readouterr()
+    assert code == EXIT_OK  # nothing failed: the folder holds no video
+    assert "not registered: 2 files (name not ending in one of paths.video_extensions): a.m4v, b.M4V" in captured.out
+    [warning] = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert warning.startswith("warning: the dataset has no videos: nothing was registered (the videos folder holds 2")
 
 
 def test_the_live_display_reads_the_progress_of_runs_started_after_it():

@@ -87,7 +87,9 @@ def test_import_of_script_intermediates_equals_a_native_build(pipeline_run, tmp_
         to_script_format(pipeline_run, scripts, index)
     before = {p: p.stat().st_mtime_ns for p in scripts.rglob("*") if p.is_file()}
 
-    summary = build_dataset(import_dir=str(scripts), overrides={"paths": {"dataset_dir": str(tmp_path / "dataset")}})
+    # The thread runner: the import on Dask's CPU workers is the next test's.
+    dataset = {"paths": {"dataset_dir": str(tmp_path / "dataset")}, "cluster": {"runner": "threads"}}
+    summary = build_dataset(import_dir=str(scripts), overrides=dataset)
 
     assert not summary.failures
     assert {p: p.stat().st_mtime_ns for p in scripts.rglob("*") if p.is_file()} == before  # read only

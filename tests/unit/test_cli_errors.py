@@ -111,7 +111,7 @@ def test_help_documents_the_exit_codes(capsys, argv):
     assert "exit status:" in out
     for status, words in ((0, "every video landed"), (1, "some videos failed"), (2, "bad arguments or settings")):
         assert f"  {status}  " in out and words in out
-    assert "  3  the dataset is being built by another run" in out
+    assert "  3  the dataset, or its work directory, is in use by another run" in out
 
 
 # --- settings: every problem, one line each, with where the value came from -------------

@@ -6,6 +6,8 @@ import multiprocessing
 import os
 import pickle
 import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -205,6 +207,33 @@ def test_materialize_makes_the_process_really_hold_the_memory(tmp_path):
     assert vm_rss_bytes() - before >= 60 * MIB
     device.release_all()
     assert vm_rss_bytes() - before < grown - 60 * MIB
+
+
+HEAP_WITH_RESIDENT_FREE_MEMORY = """
+import re, sys
+from pathlib import Path
+import numpy as np
+from trackset.gpu.fake_device import FakeDevice
+MIB = 1 << 20
+def rss():
+    return int(re.search(r"^VmRSS:\\s+(\\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1)) * 1024
+big = np.ones(30 * MIB, np.uint8)
+del big  # malloc's mmap threshold follows a freed mapping up: 1 MiB blocks now come from the heap
+blocks = [np.ones(MIB, np.uint8) for _ in range(160)]
+pin = np.ones(MIB, np.uint8)  # above them, so their 160 MiB stay resident in the heap once freed
+del blocks
+device = FakeDevice(Path(sys.argv[1]), 0, 1024 * MIB, materialize=True)
+before = rss()
+device.allocate(96 * MIB)
+print(rss() - before)
+"""
+
+
+def test_materialize_grows_rss_even_where_malloc_holds_resident_free_memory(tmp_path):
+    """A long test session or worker has such a heap: a 96 MiB block from it grew RSS by 0."""
+    command = [sys.executable, "-c", HEAP_WITH_RESIDENT_FREE_MEMORY, str(tmp_path)]
+    run = subprocess.run(command, capture_output=True, text=True, check=True)
+    assert int(run.stdout) >= 90 * MIB
 
 
 def test_materialize_off_holds_no_host_memory(tmp_path):

@@ -12,15 +12,18 @@ from trackset.formats.intermediates import (
     FramesMeta,
     Hand,
     HandPoses,
+    Tracks2d,
     Tracks3d,
     load_pt,
     read_depth_camera,
     read_frames,
     read_hand_poses,
+    read_tracks_2d,
     read_tracks_3d,
     write_depth_camera,
     write_frames,
     write_hand_poses,
+    write_tracks_2d,
     write_tracks_3d,
 )
 from trackset.formats.layout import WorkLayout
@@ -71,6 +74,32 @@ def test_tracks_round_trip_and_frame_mismatch(tmp_path):
     assert len(read_tracks_3d(path, "00000", T).tracks) == 2
     with pytest.raises(BadInputError, match="from another video"):
         read_tracks_3d(path, "00000", T + 1)
+
+
+def write_tracks(path, dim: int, points: np.ndarray) -> None:
+    """A 3D (``dim`` 3) or 2D track file of two windows, the second holding ``points``."""
+    windows, tracks = [(0, L), (1, 1 + L)], [np.zeros((L, N, dim)), points]
+    if dim == 3:
+        write_tracks_3d(
+            path, "00000", Tracks3d(windows, tracks, np.eye(3), T, L, 1), [np.tile(np.eye(4), (L, 1, 1))] * 2
+        )
+    else:
+        write_tracks_2d(path, "00000", Tracks2d(windows, tracks, T, L, 1))
+
+
+@pytest.mark.parametrize("dim", [3, 2])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_3d_and_2d_tracks_refuse_non_finite_points_naming_the_window(tmp_path, dim, bad):
+    """One check for both readers: a NaN point would silently leave the in-image test of either."""
+    path = tmp_path / "00000.pt"
+    points = np.zeros((L, N, dim))
+    points[1, 2, 0] = bad
+    write_tracks(path, dim, points)
+    read = read_tracks_3d if dim == 3 else read_tracks_2d
+    with pytest.raises(BadInputError, match=r"00000\.pt\): 'tracks\[1\]' has non-finite values"):
+        read(path, "00000", T)
+    write_tracks(path, dim, np.ones((L, N, dim)))
+    assert [w.shape for w in read(path, "00000", T).tracks] == [(L, N, dim)] * 2
 
 
 def test_tracks_missing_key(tmp_path):
@@ -129,6 +158,14 @@ def test_truncated_pt_is_reported(tmp_path):
     path.write_bytes(path.read_bytes()[:60])
     with pytest.raises(BadInputError, match="unreadable"):
         load_pt(path, "00000", "hands")
+
+
+def test_an_empty_frames_npy_names_the_file(tmp_path):
+    work = WorkLayout(tmp_path)
+    write_frames(work, FramesMeta("00000", T, 10.0, 4, 3), np.zeros((T, 3, 4, 3), np.uint8))
+    work.frames_npy("00000").write_bytes(b"")
+    with pytest.raises(BadInputError, match=r"stage preprocess \(.*frames\.npy\): unreadable: No data left in file"):
+        read_frames(work, "00000")
 
 
 def test_frames_npy_and_png_fallback(tmp_path):

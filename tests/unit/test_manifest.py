@@ -58,8 +58,11 @@ def test_discover_is_recursive_sorted_and_skips_hidden_and_other_files(videos, t
     (videos / "linked_dir").symlink_to(tmp_path, target_is_directory=True)
     with caplog.at_level(logging.WARNING, logger="trackset.dataset.manifest"):
         found = discover_videos(videos, ["MP4", ".mov"])
-    assert [p.relative_to(videos).as_posix() for p in found] == ["a/b/c.Mp4", "a/z.MOV", "b.mp4"]
-    assert sum("symlink" in r.getMessage() for r in caplog.records) == 2
+    assert [p.relative_to(videos).as_posix() for p in found.videos] == ["a/b/c.Mp4", "a/z.MOV", "b.mp4"]
+    assert found.skipped.counts == {"extension": 1, "link": 2}
+    assert found.skipped.examples == {"extension": ["notes.txt"], "link": ["link.mp4", "linked_dir"]}
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "2 files (symbolic link:" in warning and "link.mp4, linked_dir" in warning
 
 
 def test_discover_refuses_a_missing_folder(tmp_path):

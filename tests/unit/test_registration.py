@@ -57,3 +57,17 @@ def test_unchanged_videos_are_known_current_without_reading_their_partials(tmp_p
     reads.clear()
     assert len(register_videos(changed).pending) == 4  # another fingerprint: the index cannot say current
     assert len(reads) == 4
+
+
+def test_files_that_are_not_videos_are_counted_and_named_but_metadata_csv_is_not(tmp_path):
+    videos = tmp_path / "videos"
+    (videos / "takes").mkdir(parents=True)
+    for name in ("clip.mp4", "takes/a.m4v", "takes/b.M4V", "metadata.csv", ".DS_Store"):
+        (videos / name).write_bytes(b"x")
+    (videos / "elsewhere.mp4").symlink_to(videos / "clip.mp4")
+    settings = Settings(paths={"videos_dir": videos, "work_dir": tmp_path / "work", "dataset_dir": tmp_path / "data"})
+    registration = register_videos(settings)
+    assert [video.source.name for video in registration.videos] == ["clip.mp4"]
+    assert registration.skipped.counts == {"link": 1, "extension": 2}
+    assert registration.skipped.examples == {"link": ["elsewhere.mp4"], "extension": ["takes/a.m4v", "takes/b.M4V"]}
+    assert "3 other files skipped" in registration.describe()

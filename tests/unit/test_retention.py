@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from trackset.config.settings import Settings
-from trackset.dataset.retention import release_intermediates
+from trackset.dataset.retention import release_intermediates, remove_stale_temporaries
 from trackset.domain import VideoRef
 from trackset.formats.layout import DatasetLayout, WorkLayout
 from trackset.formats.statistics import STATISTIC_DIMS, Moments, VideoPartials
@@ -84,3 +84,33 @@ def test_a_deleted_output_with_a_current_marker_is_told_apart_from_a_missing_one
     assert not depth.is_done(video) and depth.was_deleted(video)
     other = Settings(**{**settings.model_dump(), "preprocess": {"fps": 5.0}})
     assert not build_stage("depth_camera", other).was_deleted(video)  # stale marker: not "deleted"
+
+
+def test_a_run_removes_the_temporaries_of_this_dataset_and_work_directory_only(tmp_path):
+    settings = settings_for(tmp_path, "all")
+    work, dataset = WorkLayout(settings.paths.work_dir), DatasetLayout(settings.paths.dataset_dir)
+    name = ".{}.0a1b2c3d.trackset.tmp"
+    left = [
+        dataset.root / name.format("00001.hdf5"),
+        dataset.partials("00001").with_name(name.format("00001.json")),
+        work.vipe("00001").with_name(name.format("00001.npz")),
+        work.marker("tracks_3d", "00001").with_name(name.format("00001.json")),
+        work.frames_dir("00001") / name.format("frames.npy"),  # a pending video's own folder
+    ]
+    kept = [
+        work.frames_dir("00002") / name.format("frames.npy"),  # not pending: its folder is not listed
+        dataset.root / "pictures" / name.format("00001.png"),  # trackset show may be writing it
+        tmp_path / "elsewhere" / name.format("00001.hdf5"),  # not ours
+        dataset.root / "00001.hdf5",
+    ]
+    for path in left + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+    pending = [VideoRef("00001", Path("v.mp4"), "h")]
+    assert sorted(remove_stale_temporaries(settings, pending, importing=False)) == sorted(left)
+    assert all(path.exists() for path in kept)
+
+    for path in left:
+        path.write_bytes(b"half")
+    removed = remove_stale_temporaries(settings, pending, importing=True)  # the work dir is read only
+    assert sorted(removed) == sorted(left[:2])

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from html import escape as html_escape
 
 import pandas as pd
 import pytest
+from markdown_it import MarkdownIt
 
-from trackset.domain import StageOutcome, StageRecord, VideoFailure
+from trackset.domain import SkippedFiles, StageOutcome, StageRecord, VideoFailure
 from trackset.reports.run_report import MAX_FAILURE_ROWS, RunReport, RunSummary, StageTally
 
 WORKERS = 8
@@ -100,3 +102,42 @@ def test_a_run_without_failures_projects_nothing():
     tally = StageTally("hands")
     tally.add(StageOutcome("hands", [StageRecord("00000", "hands", "done", 2.0)]))
     assert "projection" not in RunSummary("dataset", 1, 1, [tally]).to_markdown()
+
+
+HOSTILE = "clip_[a](http://x)*b*|`c`<img src=x onerror=alert(1)>\n# d ~~e~~ &amp; \\f"
+
+
+def rendered(markdown_text: str) -> str:
+    """HTML of the markdown as a CommonMark renderer with GitHub's tables sees it."""
+    return MarkdownIt("commonmark").enable("table").render(markdown_text)
+
+
+def test_user_text_in_the_summary_is_shown_as_written(tmp_path):
+    """File names, reasons and paths can neither format, link, inject HTML nor cut their table row."""
+    folder = tmp_path / "run `1` | [x]"
+    failure = VideoFailure(HOSTILE, "register", f"unreadable: {HOSTILE}")
+    skipped = SkippedFiles()
+    skipped.add("extension", HOSTILE)
+    summary = RunSummary(
+        str(folder), 1, 1, extra_failures=[failure], report_path=str(folder / "r.jsonl"), skipped=skipped
+    )
+    html = rendered(summary.to_markdown())
+    for tag in ("<a ", "<em>", "<img", "<s>", "<h1>d", "<code>c</code>"):
+        assert tag not in html, tag
+    flat = html_escape(" ".join(HOSTILE.splitlines()), quote=False)
+    [row] = [line for line in html.split("<tr>") if "<td>register</td>" in line]
+    assert row.count("<td>") == 4 and f"<td>{flat}</td>" in row and f"<td>unreadable: {flat}</td>" in row
+    assert f"<li>1 file (name not ending in one of paths.video_extensions): {flat}</li>" in html
+    assert f"<code>{html_escape(str(folder), quote=False)}</code>" in html
+
+
+def test_files_not_registered_are_counted_and_the_first_named(tmp_path):
+    skipped = SkippedFiles(shown=3)
+    for index in range(5):
+        skipped.add("extension", f"clip_{index}.m4v")
+    skipped.add("link", "elsewhere.mp4")
+    text = RunSummary("d", 0, 0, skipped=skipped).to_markdown()
+    assert "- files not registered (not videos): **6**" in text
+    html = rendered(text)
+    assert "<li>5 files (name not ending in one of paths.video_extensions): clip_0.m4v, clip_1.m4v, clip_2.m4v and 2 more</li>" in html
+    assert "<li>1 file (symbolic link: only regular files are registered" in html

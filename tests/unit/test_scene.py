@@ -217,3 +217,25 @@ def test_turning_motion_turns_the_camera_and_the_hands_about_every_axis():
         wrist = Rotation.from_matrix(expected_pose(hand.motion, times)[:, :3, :3])
         spread = np.ptp((wrist * wrist[0].inv()).as_rotvec(), axis=0)
         assert (spread > 0.3).all(), (hand.side, spread)
+
+
+def test_a_frame_is_cast_once_per_scene_time_and_size_and_shared_read_only(monkeypatch):
+    """The depth, mask and track stages of a build ask for the same frames: cast once, and
+    the shared arrays cannot be changed by one caller under another."""
+    scene = SceneSpec.from_seed(101, num_frames=3)  # a scene no other test renders: none cached
+    casts: list[tuple[float, int, int]] = []
+    real = SceneSpec._cast
+
+    def counting(self, time, width, height):
+        casts.append((time, width, height))
+        return real(self, time, width, height)
+
+    monkeypatch.setattr(SceneSpec, "_cast", counting)
+    depth, ids = scene.render_depth(0.1)
+    again = SceneSpec.from_json(scene.to_json()).render_depth(0.1)  # an equal scene, as each stage loads it
+    assert again[0] is depth and again[1] is ids and casts == [(0.1, scene.width, scene.height)]
+    with pytest.raises(ValueError, match="read-only"):
+        depth[0, 0] = 1.0
+    scene.render_depth(0.1, 256, 192)
+    scene.render_depth(0.2)
+    assert casts[1:] == [(0.1, 256, 192), (0.2, scene.width, scene.height)]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from trackset.flows.temporary_server import EarlyServer
 
 
+@pytest.mark.slow  # starts a real temporary server (~8 s of CPU)
 def test_the_early_server_is_the_one_the_flows_client_finds_running():
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
         early = EarlyServer.start_if_needed()

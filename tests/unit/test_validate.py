@@ -8,6 +8,7 @@ It is built once per module; each corruption test works on a copy.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -28,6 +29,7 @@ from trackset.domain import VideoRef
 from trackset.formats.h5_layout import build_arrays, video_moments, write_h5
 from trackset.formats.intermediates import DepthCamera, Hand, HandPoses, Tracks3d
 from trackset.formats.layout import DatasetLayout
+from trackset.formats.markers import FileStamp
 from trackset.formats.statistics import VideoPartials
 from trackset.stages.provenance import file_attributes
 from trackset.stages.registry import stage_config
@@ -386,6 +388,44 @@ def test_malformed_partials_name_the_partials_file(dataset):
         ("normalization_stats.yaml", "stats"),  # not comparable without every partials file
         ("dataset.json", "record"),  # nor is the dataset's version
     }
+
+
+def stamp_partials(root: Path) -> None:
+    """Give every partials file the stamp of its H5, as the H5 stage writes them now."""
+    layout = DatasetLayout(root)
+    for video_id in VIDEOS:
+        partials = VideoPartials.read(layout.partials(video_id))
+        dataclasses.replace(partials, h5=FileStamp.of(layout.h5(video_id))).write(layout.partials(video_id))
+
+
+def test_an_h5_that_is_not_the_size_its_partials_recorded_is_named(dataset):
+    stamp_partials(dataset)
+    assert validate(dataset).ok
+    h5 = dataset / "00001.hdf5"
+    size = h5.stat().st_size
+    with open(h5, "ab") as out:
+        out.write(b"\0" * 10)  # still opens: HDF5 ignores trailing bytes
+    report = validate(dataset)
+    assert report.problems == [
+        Problem("00001.hdf5", "stamp", f"the file has {size + 10:,} bytes, its marker recorded {size:,}")
+    ]
+
+
+def test_only_deep_compares_the_checksum_of_each_h5(dataset):
+    stamp_partials(dataset)
+    h5 = dataset / "00002.hdf5"
+    with h5py.File(h5, "r+") as f:  # same size, other bytes
+        f["root/video"][0, 0, 0, 0] ^= 0xFF
+    assert validate(dataset).ok
+    problems = validate(dataset, deep=True).problems
+    assert (
+        Problem(
+            "00002.hdf5",
+            "stamp",
+            "the file does not have the sha256 its marker recorded (checked under run.verify_checksums)",
+        )
+        in problems
+    )
 
 
 def test_deep_recomputes_moments_from_the_h5(dataset):

@@ -1,4 +1,5 @@
-"""Worker specs pin Nanny workers to GPUs round-robin, checked as data and inside real workers."""
+"""Worker specs pin Nanny workers to GPUs round-robin, checked as data (inside real workers:
+test_run_cluster_workers.py)."""
 
 from __future__ import annotations
 
@@ -127,52 +128,7 @@ def test_visible_gpu_index_default_and_errors():
             visible_gpu_index()
 
 
-# -- one real cluster ------------------------------------------------------------------------
-
-
-def where_am_i() -> tuple[str, str, str, int]:
-    """Run inside a worker: its name, the GPU it was pinned to, its device order, its GPU index."""
-    from distributed import get_worker
-
-    return (
-        str(get_worker().name),
-        os.environ["CUDA_VISIBLE_DEVICES"],
-        os.environ["CUDA_DEVICE_ORDER"],
-        visible_gpu_index(),
-    )
-
-
-@pytest.mark.timeout(120)
-def test_spec_cluster_pins_workers_round_robin():
-    import dask
-    from distributed import Client, SpecCluster
-
-    spec = gpu_worker_spec([0, 1], 2)
-    with SpecCluster(workers=spec, scheduler=scheduler_spec()) as cluster, Client(cluster) as client:
-        client.wait_for_workers(len(spec), timeout=90)
-        info = client.scheduler_info(n_workers=-1)
-        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
-        by_name = {worker["name"]: address for address, worker in info["workers"].items()}
-        assert set(by_name) == set(spec)
-        assert all(address.startswith("tcp://127.0.0.1:") for address in by_name.values())
-        assert {worker["name"]: worker["resources"]["GPU_RANK"] for worker in info["workers"].values()} == {
-            "gpu0-w0": 1000,
-            "gpu1-w0": 1000,
-            "gpu0-w1": 999,
-            "gpu1-w1": 999,
-        }
-
-        # One task per worker, placed the way GPU stages submit: annotated with the resource.
-        with dask.annotate(resources={"GPU": 1}):
-            futures = [client.submit(where_am_i, workers=[by_name[name]], pure=False) for name in spec]
-        seen = client.gather(futures)
-
-    assert seen == [
-        ("gpu0-w0", "0", "PCI_BUS_ID", 0),
-        ("gpu1-w0", "1", "PCI_BUS_ID", 1),
-        ("gpu0-w1", "0", "PCI_BUS_ID", 0),
-        ("gpu1-w1", "1", "PCI_BUS_ID", 1),
-    ]
+# -- one real cluster, over TLS (plain TCP: test_run_cluster_workers.py) ---------------------
 
 
 def listening(pids: list[int]) -> set[tuple[int, str, int]]:

@@ -465,6 +465,13 @@ class RunSettings(_Section):
             "a video's H5 is durable"
         ),
     )
+    verify_checksums: bool = Field(
+        False,
+        description=(
+            "true: a finished output counts as done only when its sha256 still matches its marker's (reads every "
+            "byte of every output a run checks); false: when its size does"
+        ),
+    )
     pictures_videos: int = Field(
         0,
         ge=0,

@@ -34,7 +34,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from trackset.formats.layout import write_text_atomic
+from trackset.formats.layout import ensure_file, write_text_atomic
 
 COMPACT_FACTOR = 2
 """Rewrite the index when it has more than this many lines per video it describes."""
@@ -112,7 +112,7 @@ class DoneIndex:
             write_text_atomic(self.path, compact)
             self.lines = len(self.entries)
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            ensure_file(self.path)
             with open(self.path, "a", encoding="utf-8") as out:
                 out.write("".join(lines))
                 out.flush()

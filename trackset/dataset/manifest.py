@@ -24,35 +24,47 @@ Ids, never file names, name the outputs, so an odd or hostile file name only eve
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO
 
-from trackset.domain import check_video_id, format_video_id, video_id_order
+from trackset.domain import SkippedFiles, SkipReason, check_video_id, format_video_id, video_id_order
+from trackset.formats.layout import ensure_file
+from trackset.formats.markers import file_sha256
 
 logger = logging.getLogger(__name__)
 
-_CHUNK_BYTES = 1 << 20
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-def discover_videos(videos_dir: Path, extensions: Iterable[str]) -> list[Path]:
+@dataclass
+class Discovery:
+    """What :func:`discover_videos` found: the videos, and every other file it passed over."""
+
+    videos: list[Path] = field(default_factory=list)
+    skipped: SkippedFiles = field(default_factory=SkippedFiles)
+
+
+def discover_videos(videos_dir: Path, extensions: Iterable[str], ignore: Collection[Path] = ()) -> Discovery:
     """Every video file under ``videos_dir``, recursively, sorted by relative POSIX path.
 
-    Only regular files count: symlinks are skipped (with a warning when their name matches),
-    since a link could lead outside ``videos_dir``; so are hidden files and directories
-    (names starting with ``.``: editor swap files, ``.git``, partial downloads).
+    Only regular files count: symlinks (to files or folders) are skipped, since a link could
+    lead outside ``videos_dir``, and so are other files whose name does not end with one of
+    ``extensions``, and devices or pipes that do; each of these is counted in
+    :attr:`Discovery.skipped`, so a folder of ``.m4v`` files does not look like an empty corpus.
+    Hidden files and directories (names starting with ``.``: editor swap files, ``.git``,
+    partial downloads) are not looked at at all, nor the files of ``ignore`` (``metadata.csv``).
 
     Args:
         videos_dir: the root of the source videos.
         extensions: file name endings to accept, case-insensitive, with or without the dot.
+        ignore: files that belong in ``videos_dir`` without being videos.
 
     Raises:
         FileNotFoundError: when ``videos_dir`` is not a directory; a mistyped path must not
@@ -62,38 +74,34 @@ def discover_videos(videos_dir: Path, extensions: Iterable[str]) -> list[Path]:
     if not root.is_dir():
         raise FileNotFoundError(f"videos directory not found: {root}")
     suffixes = tuple(_normalise_extension(ext) for ext in extensions)
+    ignored = {Path(path).absolute() for path in ignore}
     found: list[tuple[str, Path]] = []
+    skipped: list[tuple[str, SkipReason]] = []
     for folder, dirnames, filenames in os.walk(root, onerror=_raise):
         dirnames[:] = [name for name in dirnames if not name.startswith(".")]
         for name in dirnames:
             if Path(folder, name).is_symlink():  # os.walk does not follow it
-                logger.warning("skipping symlinked folder %s: only regular files are registered", Path(folder, name))
+                skipped.append((Path(folder, name).relative_to(root).as_posix(), "link"))
         for name in filenames:
-            if name.startswith(".") or not name.lower().endswith(suffixes):
-                continue
             path = Path(folder, name)
+            if name.startswith(".") or path.absolute() in ignored:
+                continue
+            source = path.relative_to(root).as_posix()
             if path.is_symlink():
-                logger.warning("skipping symlink %s: only regular files are registered", path)
+                skipped.append((source, "link"))
+            elif not name.lower().endswith(suffixes):
+                skipped.append((source, "extension"))
             elif path.is_file():
-                found.append((path.relative_to(root).as_posix(), path))
-    return [path for _, path in sorted(found)]
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks so memory stays flat on huge videos.
-
-    Examples:
-        >>> import tempfile
-        >>> with tempfile.TemporaryDirectory() as tmp:
-        ...     _ = (Path(tmp) / "a").write_bytes(b"abc")
-        ...     file_sha256(Path(tmp) / "a")[:16]
-        'ba7816bf8f01cfea'
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
+                found.append((source, path))
+            else:
+                skipped.append((source, "not a regular file"))
+    discovery = Discovery(videos=[path for _, path in sorted(found)])
+    for source, reason in sorted(skipped):
+        discovery.skipped.add(reason, source)
+    for why in discovery.skipped.counts:
+        if why != "extension":  # a link or a device named like a video was probably meant as one
+            logger.warning("registration skipped under %s %s", root, discovery.skipped.line(why))
+    return discovery
 
 
 @dataclass(frozen=True)
@@ -195,6 +203,7 @@ class RegisterResult:
     missing: list[ManifestEntry] = field(default_factory=list)
     unreadable: list[UnreadableSource] = field(default_factory=list)
     moved: list[ManifestEntry] = field(default_factory=list)
+    skipped: SkippedFiles = field(default_factory=SkippedFiles)
 
 
 class Manifest:
@@ -237,7 +246,7 @@ class Manifest:
         """The current entry of every source ever registered (missing ones too), by id."""
         return sorted(self._by_source.values(), key=lambda entry: video_id_order(entry.video_id))
 
-    def register(self, videos_dir: Path, extensions: Iterable[str]) -> RegisterResult:
+    def register(self, videos_dir: Path, extensions: Iterable[str], ignore: Collection[Path] = ()) -> RegisterResult:
         """Give every video under ``videos_dir`` an id and record new or changed content.
 
         A file whose ``(size, mtime_ns)`` match its entry keeps its recorded hash without
@@ -250,9 +259,11 @@ class Manifest:
 
         Returns:
             The entries found new, changed, unchanged (same content), and missing (recorded
-            but gone; their ids stay reserved), and the unreadable files.
+            but gone; their ids stay reserved), the unreadable files, and the files that are
+            not videos (:func:`discover_videos`; ``ignore`` names files that belong there).
         """
-        files = discover_videos(videos_dir, extensions)
+        discovery = discover_videos(videos_dir, extensions, ignore)
+        files = discovery.videos
         root = Path(videos_dir)
         with self._append_lock() as handle:
             new: list[ManifestEntry] = []
@@ -313,6 +324,7 @@ class Manifest:
             _sorted_by_id(missing),
             unreadable,
             _sorted_by_id(moved),
+            discovery.skipped,
         )
 
     def register_import(self, video_id: str, source: str, sha256: str) -> ManifestEntry:
@@ -365,7 +377,7 @@ class Manifest:
         Reloading under the lock picks up lines another run appended since :meth:`load`, so
         ids handed out here cannot collide with theirs. The lock is released on close.
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_file(self.path)
         with open(self.path, "ab") as handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             self._reload()

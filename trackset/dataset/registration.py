@@ -18,8 +18,9 @@ from trackset.dataset.importer import register_imports, scan_intermediates
 from trackset.dataset.lock import LockHolder
 from trackset.dataset.manifest import Manifest
 from trackset.dataset.track_type import check_track_type
-from trackset.domain import VideoFailure, VideoRef, video_id_order
+from trackset.domain import SkippedFiles, VideoFailure, VideoRef, video_id_order
 from trackset.errors import BadInputError
+from trackset.formats.clip_metadata import metadata_path
 from trackset.formats.layout import DatasetLayout
 from trackset.stages.config import StageConfig, short_hash
 from trackset.stages.registry import build_stage, stage_config
@@ -36,16 +37,21 @@ def quarantine_key(config: StageConfig, cluster: ClusterSettings, content_hash: 
 
 class CurrentH5:
     """Whether a video's H5 is current, from the done index where it can tell (a ``stat`` of
-    two files), else from its partials, which the index then remembers (trackset.dataset.done_index)."""
+    two files), else from its partials, which the index then remembers (trackset.dataset.done_index).
+
+    Under ``run.verify_checksums`` the index is not asked: it knows sizes and times, and the
+    setting asks for every H5's checksum.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.stage = build_stage("h5_build", settings)
         self.done = DoneIndex.load(DatasetLayout(settings.paths.dataset_dir).done_index)
+        self.verify = settings.run.verify_checksums
 
     def is_current(self, video: VideoRef) -> bool:
         h5_path, partials_path = self.stage.outputs(video.video_id)
         fingerprint = self.stage.fingerprint(video)  # with the clip's text when h5.include_text
-        if self.done.is_current(video.video_id, fingerprint, h5_path, partials_path):
+        if not self.verify and self.done.is_current(video.video_id, fingerprint, h5_path, partials_path):
             return True
         if not self.stage.is_done(video):
             return False
@@ -60,6 +66,7 @@ class Registration:
     videos: list[VideoRef] = field(default_factory=list)
     pending: list[VideoRef] = field(default_factory=list)
     excluded: list[VideoFailure] = field(default_factory=list)  # quarantined, unreadable, incomplete imports
+    skipped: SkippedFiles = field(default_factory=SkippedFiles)  # files of videos_dir that are not videos
     new: int = 0
     changed: int = 0
     missing: int = 0
@@ -69,7 +76,7 @@ class Registration:
         return (
             f"{len(self.videos)} videos ({self.new} new, {self.changed} changed, {self.moved} moved, "
             f"{self.missing} missing); "
-            f"{len(self.pending)} to process, {len(self.excluded)} excluded"
+            f"{len(self.pending)} to process, {len(self.excluded)} excluded, {self.skipped.total} other files skipped"
         )
 
     def resume_line(self, unfinished: LockHolder | None) -> str:
@@ -101,13 +108,18 @@ def register_videos(settings: Settings) -> Registration:
     dataset = DatasetLayout(settings.paths.dataset_dir)
     check_track_type(dataset, settings.h5.track_type)  # before the manifest records anything
     manifest = Manifest.load(dataset.manifest)
-    result = manifest.register(settings.paths.videos_dir, settings.paths.video_extensions)
+    metadata = metadata_path(settings.metadata.csv, settings.paths.videos_dir)
+    result = manifest.register(settings.paths.videos_dir, settings.paths.video_extensions, ignore=[metadata])
     entries = sorted(
         result.new + result.changed + result.unchanged + result.moved, key=lambda e: video_id_order(e.video_id)
     )
     h5 = CurrentH5(settings)
     registration = Registration(
-        new=len(result.new), changed=len(result.changed), missing=len(result.missing), moved=len(result.moved)
+        skipped=result.skipped,
+        new=len(result.new),
+        changed=len(result.changed),
+        missing=len(result.missing),
+        moved=len(result.moved),
     )
     config_of = cache(partial(stage_config, settings=settings))
 

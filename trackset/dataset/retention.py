@@ -14,11 +14,15 @@ The stages' completion markers stay (a few hundred bytes each): a marker whose o
 gone tells a later run that those outputs were deleted on purpose, which it reports when a
 settings change makes it recompute them from the source video
 (:meth:`trackset.stages.base.Stage.was_deleted`).
+
+What a killed run left half-written goes too, at the start of the next run
+(:func:`remove_stale_temporaries`): the temporary files of
+:func:`trackset.formats.layout.atomic_path` in the folders of this dataset and its work
+directory, which no other run can be writing to while this one holds their locks.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,6 +30,7 @@ from typing import Literal, get_args
 
 from trackset.config.settings import IntermediateStage, Settings
 from trackset.domain import VideoRef
+from trackset.formats.layout import DatasetLayout, WorkLayout, fsync_path, remove_temporaries
 from trackset.stages.registry import build_stage
 
 INTERMEDIATE_STAGES: tuple[IntermediateStage, ...] = get_args(IntermediateStage)
@@ -44,15 +49,6 @@ def stages_to_delete(keep: Literal["all", "none"] | list[IntermediateStage]) -> 
         return []
     kept = set() if keep == "none" else set(keep)
     return [stage for stage in INTERMEDIATE_STAGES if stage not in kept]
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file's contents, or a directory's entries, to the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def release_intermediates(videos: Iterable[VideoRef], settings: Settings) -> int:
@@ -92,3 +88,20 @@ def _remove(path: Path) -> int:
         return 0
     path.unlink(missing_ok=True)
     return size
+
+
+def remove_stale_temporaries(settings: Settings, pending: Iterable[VideoRef], importing: bool) -> list[Path]:
+    """Remove the temporary files a killed run left in this run's folders; return them.
+
+    Looked for in the dataset directory and ``partials/``, the work directory's per-stage
+    folders (one ``scandir`` each, however many videos), and the folders of ``pending``
+    videos' own (``frames/<vid>/``): a video not pending has its H5, so no run left it
+    half-written since the last that did. An import leaves the work directory alone (it is
+    the script pipeline's, read only). The caller holds the dataset's and the work
+    directory's locks (:class:`trackset.dataset.lock.DatasetLock`).
+    """
+    folders = DatasetLayout(settings.paths.dataset_dir).own_dirs()
+    if not importing:
+        work = WorkLayout(settings.paths.work_dir)
+        folders += work.shared_dirs() + [folder for video in pending for folder in work.video_dirs(video.video_id)]
+    return remove_temporaries(folders)

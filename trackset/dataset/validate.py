@@ -8,11 +8,13 @@ poses the identity; the position of every kept point at every step is in the ima
 is every kept wrist's (FORMATS.md's in-image rule, unless ``h5.hands_in_image`` is off).
 Each file's provenance attributes are there and agree with the file's name and with its
 partials' fingerprint (:func:`trackset.stages.provenance.attribute_problems`). Per dataset:
-every H5 has its statistics partials and vice versa, ``normalization_stats.yaml`` has
-exactly the keys trackset writes (FORMATS.md's, less the mean and std of a statistic without
-samples) and equals the statistics merged from the partials, and ``dataset.json``'s version,
-video count and statistics digest are those of the partials and the YAML
-(:mod:`trackset.dataset.record`). A 2D dataset (``track_type: 2d``, recorded by the directory itself:
+every H5 has its statistics partials and vice versa, and has the size they recorded when it
+was written (with ``deep=True`` also the sha256; partials of versions that recorded neither
+are not checked for it), ``normalization_stats.yaml`` has exactly the keys trackset writes
+(FORMATS.md's, less the mean and std of a statistic without samples) and equals the
+statistics merged from the partials, and ``dataset.json``'s version, video count and
+statistics digest are those of the partials and the YAML (:mod:`trackset.dataset.record`).
+A 2D dataset (``track_type: 2d``, recorded by the directory itself:
 :func:`trackset.dataset.track_type.recorded_track_type`) is checked against its own layout: no
 depth, intrinsics, poses or hands, ``(u, v)`` points, the 2D statistics keys. With
 ``deep=True`` each video's moments are also recomputed from its H5 and compared with its
@@ -56,6 +58,7 @@ from trackset.domain import is_video_id, video_id_order
 from trackset.formats import h5_schema as schema
 from trackset.formats.h5_schema import HAND_SIDES, root_path
 from trackset.formats.layout import DatasetLayout
+from trackset.formats.markers import file_damage
 from trackset.formats.statistics import (
     STATISTIC_DIMS,
     Moments,
@@ -184,7 +187,12 @@ def validate_dataset(dataset_dir: Path, h5: H5Settings, std_floor: float, deep: 
         moments = _check_h5(layout.h5(video_id), name, h5, deep, report, track_type, fingerprint)
         if video_id not in partial_ids:
             report.add(name, "partials", f"no partials/{video_id}.json: the video is missing from the statistics")
-        elif deep and moments is not None and video_id in partials:
+            continue
+        if video_id in partials and partials[video_id].h5 is not None:
+            damage = file_damage(layout.h5(video_id), partials[video_id].h5, verify=deep)
+            if damage is not None:
+                report.add(name, "stamp", damage.replace(str(layout.h5(video_id)), "the file"))
+        if deep and moments is not None and video_id in partials:
             _compare_moments(name, moments, partials[video_id], report)
     for video_id in sorted(set(partial_ids) - set(video_ids), key=video_id_order):
         report.add(

@@ -237,8 +237,8 @@ def read_frames(work: WorkLayout, video_id: str) -> tuple[np.ndarray, FramesMeta
     if npy.is_file():
         try:
             frames = np.load(npy, mmap_mode="r")
-        except (ValueError, OSError) as exc:
-            raise BadInputError(video_id, "preprocess", npy, f"unreadable: {exc}") from None
+        except (ValueError, OSError, EOFError) as exc:  # EOFError: an empty file
+            raise BadInputError(video_id, "preprocess", npy, f"unreadable: {exc or type(exc).__name__}") from None
         meta_path = work.frames_meta(video_id)
         if meta_path.is_file():
             meta = FramesMeta.from_json(meta_path.read_text())
@@ -342,13 +342,12 @@ def read_depth_camera(
     return DepthCamera(depths, intrinsics.astype(np.float64), extrinsics.astype(np.float64))
 
 
-def write_tracks_3d(path: Path, video_name: str, tracks: Tracks3d, window_poses: list[np.ndarray]) -> None:
-    """``tracks_3d/<vid>.pt`` with torch tensors and plain containers (FORMATS.md)."""
-    payload = {
+def _track_payload(video_name: str, tracks: Tracks3d | Tracks2d) -> dict[str, Any]:
+    """What the 3D and 2D track files share (the script's keys, ``tracks`` as ``(1, T, N, D)``
+    torch tensors, one per window)."""
+    return {
         "tracks": [torch.from_numpy(np.asarray(t, dtype=np.float32)[None]) for t in tracks.tracks],
         "windows": [(int(s), int(e)) for s, e in tracks.windows],
-        "window_poses": [torch.from_numpy(np.asarray(p, dtype=np.float32)) for p in window_poses],
-        "intrinsics": torch.from_numpy(np.asarray(tracks.intrinsics, dtype=np.float32)),
         "video_name": video_name,
         "window_length": int(tracks.window_length),
         "stride": int(tracks.stride),
@@ -356,19 +355,39 @@ def write_tracks_3d(path: Path, video_name: str, tracks: Tracks3d, window_poses:
         "num_frames": int(tracks.num_frames),
         "resolution": tuple(int(x) for x in tracks.resolution),
     }
+
+
+def write_tracks_3d(path: Path, video_name: str, tracks: Tracks3d, window_poses: list[np.ndarray]) -> None:
+    """``tracks_3d/<vid>.pt`` with torch tensors and plain containers (FORMATS.md)."""
+    payload = {
+        **_track_payload(video_name, tracks),
+        "window_poses": [torch.from_numpy(np.asarray(p, dtype=np.float32)) for p in window_poses],
+        "intrinsics": torch.from_numpy(np.asarray(tracks.intrinsics, dtype=np.float32)),
+    }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
-def read_tracks_3d(path: Path, video_id: str, num_frames: int) -> Tracks3d:
-    """Read and validate ``tracks_3d/<vid>.pt`` written by trackset or the script pipeline.
+@dataclass
+class _TrackWindows:
+    """What :func:`_read_track_windows` checked of a 3D or 2D track file."""
 
-    Stored ``window_poses`` are deliberately not returned: camera motion is always recomputed
-    from the depth stage's extrinsics with the FORMATS.md convention.
+    windows: list[tuple[int, int]]
+    tracks: list[np.ndarray]  # per window (T_win, N, dim), as stored
+    window_length: int
+    stride: int
+    grid_size: int
+    resolution: tuple[int, int]
+
+
+def _read_track_windows(check: _Checker, video_id: str, num_frames: int, dim: int) -> _TrackWindows:
+    """The windows of a loaded 3D (``dim`` 3) or 2D (``dim`` 2) track file, checked alike.
+
+    The file must be this video's (``video_name``, ``num_frames``), each window inside the
+    video and its tracks ``(1, T_win, N, dim)`` floats, all finite: a NaN would pass the
+    in-image test of neither layout and silently drop its point, so it fails the file instead.
     """
-    stage = "tracks_3d"
-    data = load_pt(path, video_id, stage)
-    check = _Checker(video_id, stage, path, data)
+    data = check.data
     raw_tracks, raw_windows = check.get("tracks"), check.get("windows")
     if not isinstance(raw_tracks, (list, tuple)) or not isinstance(raw_windows, (list, tuple)):
         raise check.fail("'tracks' and 'windows' must be lists")
@@ -388,26 +407,47 @@ def read_tracks_3d(path: Path, video_id: str, num_frames: int) -> Tracks3d:
         start, end = (int(x) for x in window)
         if not 0 <= start < end <= num_frames:
             raise check.fail(f"window {index} = ({start}, {end}) outside the video's {num_frames} frames")
-        arr = check.array(f"tracks[{index}]", (1, end - start, None, 3), "f", value=raw)
+        arr = check.array(f"tracks[{index}]", (1, end - start, None, dim), "f", value=raw)
+        if not np.isfinite(arr).all():
+            raise check.fail(f"'tracks[{index}]' has non-finite values")
         windows.append((start, end))
         tracks.append(arr[0])
-    intrinsics = check.array("intrinsics", (3, 3), "f")
-    window_length = int(data.get("window_length", windows[0][1] - windows[0][0] if windows else 0))
     resolution = [int(x) for x in data.get("resolution", (0, 0))]
     if len(resolution) != 2:
         raise check.fail(f"'resolution' is {resolution}, expected (height, width)")
-    conventions = conventions_of(data)
-    return Tracks3d(
+    return _TrackWindows(
         windows=windows,
         tracks=tracks,
-        intrinsics=intrinsics.astype(np.float64),
-        num_frames=num_frames,
-        window_length=window_length,
+        window_length=int(data.get("window_length", windows[0][1] - windows[0][0] if windows else 0)),
         stride=int(data.get("stride", 1)),
         grid_size=int(data.get("grid_size", 0)),
         resolution=(resolution[0], resolution[1]),
+    )
+
+
+def read_tracks_3d(path: Path, video_id: str, num_frames: int) -> Tracks3d:
+    """Read and validate ``tracks_3d/<vid>.pt`` written by trackset or the script pipeline.
+
+    Stored ``window_poses`` are deliberately not returned: camera motion is always recomputed
+    from the depth stage's extrinsics with the FORMATS.md convention.
+    """
+    stage = "tracks_3d"
+    data = load_pt(path, video_id, stage)
+    check = _Checker(video_id, stage, path, data)
+    read = _read_track_windows(check, video_id, num_frames, 3)
+    intrinsics = check.array("intrinsics", (3, 3), "f")
+    conventions = conventions_of(data)
+    return Tracks3d(
+        windows=read.windows,
+        tracks=read.tracks,
+        intrinsics=intrinsics.astype(np.float64),
+        num_frames=num_frames,
+        window_length=read.window_length,
+        stride=read.stride,
+        grid_size=read.grid_size,
+        resolution=read.resolution,
         conventions=conventions,
-        tracker_extrinsics=_tracker_extrinsics(check, windows) if conventions == "script" else [],
+        tracker_extrinsics=_tracker_extrinsics(check, read.windows) if conventions == "script" else [],
     )
 
 
@@ -533,8 +573,8 @@ def read_clean_frames(work: WorkLayout, video_id: str, shape: tuple[int, ...]) -
         raise BadInputError(video_id, "clean_frames", path, "file is missing")
     try:
         frames = np.load(path, mmap_mode="r")
-    except (ValueError, OSError) as exc:
-        raise BadInputError(video_id, "clean_frames", path, f"unreadable: {exc}") from None
+    except (ValueError, OSError, EOFError) as exc:  # EOFError: an empty file
+        raise BadInputError(video_id, "clean_frames", path, f"unreadable: {exc or type(exc).__name__}") from None
     check = _Checker(video_id, "clean_frames", path, {"frames": frames})
     check.array("frames", tuple(shape), "u")
     return np.asarray(frames)
@@ -564,56 +604,21 @@ class Tracks2d:
 
 def write_tracks_2d(path: Path, video_name: str, tracks: Tracks2d) -> None:
     """``tracks_2d/<vid>.pt`` with the script's keys (``tracks`` as ``(1, T, N, 2)``), torch tensors."""
-    payload = {
-        "tracks": [torch.from_numpy(np.asarray(t, dtype=np.float32)[None]) for t in tracks.tracks],
-        "windows": [(int(s), int(e)) for s, e in tracks.windows],
-        "video_name": video_name,
-        "window_length": int(tracks.window_length),
-        "stride": int(tracks.stride),
-        "grid_size": int(tracks.grid_size),
-        "num_frames": int(tracks.num_frames),
-        "resolution": tuple(int(x) for x in tracks.resolution),
-    }
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        torch.save(_track_payload(video_name, tracks), tmp)
 
 
 def read_tracks_2d(path: Path, video_id: str, num_frames: int) -> Tracks2d:
     """Read and validate ``tracks_2d/<vid>.pt``."""
     stage = "tracks_2d"
-    data = load_pt(path, video_id, stage)
-    check = _Checker(video_id, stage, path, data)
-    raw_tracks, raw_windows = check.get("tracks"), check.get("windows")
-    if not isinstance(raw_tracks, (list, tuple)) or not isinstance(raw_windows, (list, tuple)):
-        raise check.fail("'tracks' and 'windows' must be lists")
-    if len(raw_tracks) != len(raw_windows):
-        raise check.fail(f"{len(raw_tracks)} track windows but {len(raw_windows)} window ranges")
-    name = data.get("video_name", video_id)
-    if not isinstance(name, str) or name != video_id:
-        raise check.fail(f"video_name is {name!r}, not {video_id!r} (a file from another video?)")
-    stored_frames = int(data.get("num_frames", num_frames))
-    if stored_frames != num_frames:
-        raise check.fail(f"num_frames is {stored_frames} but the video has {num_frames} frames (from another video?)")
-    windows: list[tuple[int, int]] = []
-    tracks: list[np.ndarray] = []
-    for index, (window, raw) in enumerate(zip(raw_windows, raw_tracks, strict=True)):
-        start, end = (int(x) for x in window)
-        if not 0 <= start < end <= num_frames:
-            raise check.fail(f"window {index} = ({start}, {end}) outside the video's {num_frames} frames")
-        arr = check.array(f"tracks[{index}]", (1, end - start, None, 2), "f", value=raw)
-        if not np.isfinite(arr).all():
-            raise check.fail(f"'tracks[{index}]' has non-finite values")
-        windows.append((start, end))
-        tracks.append(arr[0].astype(np.float64))
-    resolution = [int(x) for x in data.get("resolution", (0, 0))]
-    if len(resolution) != 2:
-        raise check.fail(f"'resolution' is {resolution}, expected (height, width)")
+    check = _Checker(video_id, stage, path, load_pt(path, video_id, stage))
+    read = _read_track_windows(check, video_id, num_frames, 2)
     return Tracks2d(
-        windows=windows,
-        tracks=tracks,
+        windows=read.windows,
+        tracks=[points.astype(np.float64) for points in read.tracks],
         num_frames=num_frames,
-        window_length=int(data.get("window_length", windows[0][1] - windows[0][0] if windows else 0)),
-        stride=int(data.get("stride", 1)),
-        grid_size=int(data.get("grid_size", 0)),
-        resolution=(resolution[0], resolution[1]),
+        window_length=read.window_length,
+        stride=read.stride,
+        grid_size=read.grid_size,
+        resolution=read.resolution,
     )

@@ -32,6 +32,7 @@ import yaml
 from trackset.domain import check_video_id, video_id_order
 from trackset.formats.h5_schema import TRACK_DIMS, TRACK_TYPE_2D, TRACK_TYPE_3D
 from trackset.formats.layout import write_text_atomic
+from trackset.formats.markers import FileStamp
 
 logger = logging.getLogger(__name__)
 
@@ -328,10 +329,12 @@ class Moments:
 
 @dataclass(frozen=True)
 class VideoPartials:
-    """One video's moments of every statistic, plus the fingerprint of the H5 they came from.
+    """One video's moments of every statistic, plus the fingerprint and stamp of the H5 they came from.
 
-    Written after the H5 and read by resume: when ``fingerprint`` matches, the video is done
-    and its moments are reused instead of re-reading the H5.
+    Written after the H5 and read by resume: when ``fingerprint`` matches and the H5 still
+    has the size ``h5`` recorded, the video is done and its moments are reused instead of
+    re-reading the H5 (:mod:`trackset.formats.markers`). Partials written before stamps were
+    recorded have ``h5`` None.
     """
 
     video_id: str
@@ -341,6 +344,7 @@ class VideoPartials:
     pose: Moments
     hand_uvd: Moments
     hand_rot: Moments
+    h5: FileStamp | None = None
 
     def __post_init__(self) -> None:
         check_video_id(self.video_id)
@@ -369,19 +373,22 @@ class VideoPartials:
 
     def to_json_text(self) -> str:
         """Deterministic JSON: sorted keys, fixed separators, float repr, trailing newline."""
-        obj = {
+        obj: dict[str, Any] = {
             "video_id": self.video_id,
             "fingerprint": self.fingerprint,
             "moments": {name: m.to_json() for name, m in self.moments().items()},
         }
+        if self.h5 is not None:
+            obj["h5"] = self.h5.to_json()
         return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n"
 
     @classmethod
     def from_json_text(cls, text: str) -> VideoPartials:
-        """Inverse of :meth:`to_json_text`; raises ``ValueError`` on anything malformed."""
+        """Inverse of :meth:`to_json_text` (``h5`` optional: earlier partials have none);
+        raises ``ValueError`` on anything malformed."""
         obj = json.loads(text)
-        if not isinstance(obj, dict) or set(obj) != {"video_id", "fingerprint", "moments"}:
-            raise ValueError(f"expected keys fingerprint, moments, video_id, got {_brief(obj)}")
+        if not isinstance(obj, dict) or set(obj) - {"h5"} != {"video_id", "fingerprint", "moments"}:
+            raise ValueError(f"expected keys fingerprint, moments, video_id (and h5), got {_brief(obj)}")
         moments = obj["moments"]
         if not isinstance(moments, dict) or set(moments) != set(STATISTIC_DIMS):
             raise ValueError(f"moments must have keys {sorted(STATISTIC_DIMS)}, got {_brief(moments)}")
@@ -391,7 +398,8 @@ class VideoPartials:
                 parsed[name] = Moments.from_json(moments[name])
             except ValueError as exc:
                 raise ValueError(f"{name}: {exc}") from None
-        return cls(video_id=obj["video_id"], fingerprint=obj["fingerprint"], **parsed)
+        h5 = FileStamp.from_json(obj["h5"]) if "h5" in obj else None
+        return cls(video_id=obj["video_id"], fingerprint=obj["fingerprint"], **parsed, h5=h5)
 
     def write(self, path: Path) -> None:
         """Write atomically, so a crash never leaves partials that look complete."""

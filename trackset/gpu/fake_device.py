@@ -164,7 +164,7 @@ class FakeDevice:
         self.ledger_path = self.ledger_dir / f"gpu{gpu_index}.json"
         self._lock_path = self.ledger_dir / f"gpu{gpu_index}.lock"
         self._phase_lock_path = self.ledger_dir / f"gpu{gpu_index}.phase.lock"
-        self._buffers: list[np.ndarray] = []
+        self._buffers: list[mmap.mmap] = []
         self._buffers_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -228,7 +228,7 @@ class FakeDevice:
         if self.materialize and nbytes:
             try:
                 buffer = _touched_buffer(nbytes)
-            except MemoryError:
+            except (MemoryError, OSError):
                 self._uncharge(nbytes)
                 raise
             with self._buffers_lock:
@@ -354,19 +354,28 @@ class FakeDevice:
         with self._buffers_lock:
             while nbytes > 0 and self._buffers:
                 last = self._buffers.pop()
-                if last.nbytes > nbytes:
-                    keep = last.nbytes - nbytes
+                if len(last) > nbytes:
+                    keep = len(last) - nbytes
                     # Free before re-allocating the remainder, so the release cannot raise VmHWM.
-                    del last
+                    last.close()
                     self._buffers.append(_touched_buffer(keep))
                     return
-                nbytes -= last.nbytes
+                nbytes -= len(last)
+                last.close()
 
 
-def _touched_buffer(nbytes: int) -> np.ndarray:
-    """Host memory that really counts in RSS: untouched pages of a fresh mapping do not."""
-    buffer = np.empty(nbytes, dtype=np.uint8)
-    buffer[:: mmap.PAGESIZE] = 1
+def _touched_buffer(nbytes: int) -> mmap.mmap:
+    """Host memory that really counts in RSS, as a fresh anonymous mapping.
+
+    Not ``np.empty``: malloc serves a large block from a free region of its heap when it has
+    one, whose pages are already resident, so RSS and VmHWM would not grow (seen after a
+    test session had grown the heap past 1 GiB). Each page is written once, since untouched
+    pages of a mapping do not count either. Closing the mapping gives the pages back.
+    """
+    buffer = mmap.mmap(-1, nbytes)
+    pages = np.frombuffer(buffer, dtype=np.uint8)
+    pages[:: mmap.PAGESIZE] = 1
+    del pages  # no export left, so the mapping can be closed
     return buffer
 
 

@@ -42,6 +42,7 @@ import numpy as np
 from trackset.config.settings import H5Settings
 from trackset.formats import h5_schema as schema
 from trackset.formats.layout import DatasetLayout, atomic_path
+from trackset.reports import markdown
 
 logger = logging.getLogger(__name__)
 
@@ -422,8 +423,9 @@ def run_pictures(dataset_dir: Path, video_ids: Iterable[str]) -> list[VideoPictu
 def pictures_markdown(pictures: Sequence[VideoPictures]) -> list[str]:
     """The ``## Pictures`` section of the run summary: a line per video; none without pictures.
 
-    The link text is the path itself: a browser does not open ``file://`` links from the
-    Prefect UI's page, so the path must be there to copy.
+    The link text is the path itself, escaped (:mod:`trackset.reports.markdown`): a browser
+    does not open ``file://`` links from the Prefect UI's page, so the path must be there to
+    copy.
 
     Examples:
         >>> three = VideoPictures("00003", Path("/d/p/00003.mp4"), Path("/d/p/00003.png"))
@@ -431,12 +433,13 @@ def pictures_markdown(pictures: Sequence[VideoPictures]) -> list[str]:
         <BLANKLINE>
         ## Pictures
         <BLANKLINE>
-        - 00003: MP4 [/d/p/00003.mp4](file:///d/p/00003.mp4), contact sheet [/d/p/00003.png](file:///d/p/00003.png)
+        - 00003: MP4 [\\/d\\/p\\/00003\\.mp4](<file:///d/p/00003.mp4>), contact sheet [\\/d\\/p\\/00003\\.png](<file:///d/p/00003.png>)
     """
     if not pictures:
         return []
     lines = ["", "## Pictures", ""]
     for p in pictures:
         mp4, png = (path.resolve() for path in p.paths)
-        lines.append(f"- {p.video_id}: MP4 [{mp4}]({mp4.as_uri()}), contact sheet [{png}]({png.as_uri()})")
+        mp4_link, png_link = (f"[{markdown.text(path)}](<{path.as_uri()}>)" for path in (mp4, png))
+        lines.append(f"- {p.video_id}: MP4 {mp4_link}, contact sheet {png_link}")
     return lines

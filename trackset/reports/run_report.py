@@ -23,7 +23,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trackset.domain import GPU_SECONDS, StageOutcome, StageRecord, VideoFailure, is_video_id, video_id_order
+from trackset.domain import (
+    GPU_SECONDS,
+    SkippedFiles,
+    StageOutcome,
+    StageRecord,
+    VideoFailure,
+    is_video_id,
+    video_id_order,
+)
+from trackset.formats.layout import ensure_file
+from trackset.reports import markdown
 
 MAX_FAILURE_ROWS = 200
 """Failures listed in a stage table or the run summary; the report holds every one."""
@@ -164,7 +174,7 @@ class RunReport:
         lines += [json.dumps({"row": "failure", **asdict(f)}, sort_keys=True) for f in part.failures]
         if not lines:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_file(self.path)
         with open(self.path, "a", encoding="utf-8") as out:
             out.write("\n".join(lines) + "\n")
             out.flush()
@@ -200,6 +210,7 @@ class RunSummary:
     statistics: dict[str, object] = field(default_factory=dict)
     extra_failures: list[VideoFailure] = field(default_factory=list)
     report_path: str = ""
+    skipped: SkippedFiles = field(default_factory=SkippedFiles)
     dataset_version: str = ""
     seconds: float = 0.0  # the stages' wall time: process-waves, start to end
 
@@ -220,21 +231,24 @@ class RunSummary:
         return int(self.stage("h5_build").info_totals.get("hand_windows_out_of_image", 0))
 
     def to_markdown(self) -> str:
-        """The ``run-summary`` artifact: counts, failures with reasons, statistics, output."""
+        """The ``run-summary`` artifact: counts, failures with reasons, files not registered,
+        statistics, output. Every file name, path and reason is escaped
+        (:mod:`trackset.reports.markdown`): they come from users' files."""
         lines = [
             "# trackset run summary",
             "",
             f"- videos in dataset: **{self.videos_total}**",
             f"- videos processed this run: **{self.videos_pending}**",
             f"- failures: **{len(self.failures)}**",
+            f"- files not registered (not videos): **{self.skipped.total}**",
             f"- hand windows dropped, wrist outside the image: **{self.hand_windows_out_of_image()}**",
-            f"- output: `{self.dataset_dir}`",
+            f"- output: {markdown.code(self.dataset_dir)}",
         ]
         if self.dataset_version:
             lines.append(f"- dataset version: `{self.dataset_version}` (`dataset.json`)")
         if self.report_path:
             read = "`pandas.read_json(path, lines=True)`"
-            lines.append(f"- every video of this run: `{self.report_path}` (JSON lines: {read})")
+            lines.append(f"- every video of this run: {markdown.code(self.report_path)} (JSON lines: {read})")
         lines += [
             "",
             "## Stages",
@@ -252,11 +266,14 @@ class RunSummary:
         if failures:
             lines += ["", "## Failures", "", "| video | stage | kind | reason |", "|---|---|---|---|"]
             lines += [
-                f"| {f.video_id} | {f.stage} | {f.kind} | {f.reason.replace('|', '/')} |"
+                f"| {markdown.text(f.video_id)} | {f.stage} | {f.kind} | {markdown.text(f.reason)} |"
                 for f in failures[:MAX_FAILURE_ROWS]
             ]
             if len(failures) > MAX_FAILURE_ROWS:
                 lines.append(f"\n... and {len(failures) - MAX_FAILURE_ROWS} more in the run report.")
+        if self.skipped.total:
+            lines += ["", "## Files not registered", ""]
+            lines += [f"- {markdown.text(line)}" for line in self.skipped.lines()]
         built = [record.video_id for record in self.stage("h5_build").sample]  # pictures go to the first ones
         if built and self.dataset_dir:
             from trackset.reports.pictures import (  # lazy: cv2, PyAV and h5py are slow to import

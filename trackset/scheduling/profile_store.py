@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from trackset.formats.layout import write_text_atomic
+from trackset.formats.layout import WorkLayout, write_text_atomic
 from trackset.gpu.inventory import GpuInfo
 from trackset.stages.config import short_hash
 
@@ -52,7 +52,7 @@ class ProfileStore:
     """The ``profiles/`` folder of a work directory."""
 
     def __init__(self, work_dir: Path) -> None:
-        self.folder = Path(work_dir) / "profiles"
+        self.folder = WorkLayout(Path(work_dir)).profiles
 
     def path(self, stage: str) -> Path:
         return self.folder / f"{stage}.json"

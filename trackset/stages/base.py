@@ -8,13 +8,14 @@ schedules them.
 
 Completion is recorded by a marker written after the outputs have been renamed into place.
 It holds the stage's *fingerprint* (a hash of the source content and of every setting that
-changes the output, chained through the upstream stages), so a resumed run skips exactly
-the videos whose outputs are complete and still valid.
+changes the output, chained through the upstream stages) and the size and checksum of each
+output (:mod:`trackset.formats.markers`), so a resumed run skips exactly the videos whose
+outputs are complete, whole and still valid.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import socket
 import time
@@ -28,10 +29,13 @@ import torch
 
 from trackset.domain import StageName, StageRecord, VideoFailure, VideoRef
 from trackset.errors import VideoError
-from trackset.formats.layout import DatasetLayout, WorkLayout, write_text_atomic
+from trackset.formats.layout import DatasetLayout, WorkLayout
+from trackset.formats.markers import Marker
 from trackset.stages.config import StageConfig
 
 ConfigT = TypeVar("ConfigT", bound=StageConfig)
+
+logger = logging.getLogger(__name__)
 
 
 def worker_name() -> str:
@@ -83,7 +87,7 @@ class Stage(ABC, Generic[ConfigT]):
         """
         try:
             return int(np.load(self.work.frames_npy(video.video_id), mmap_mode="r").shape[0])
-        except (OSError, ValueError, IndexError):
+        except (OSError, ValueError, IndexError, EOFError):  # EOFError: an empty file
             return None
 
     def needs_gpu(self, video: VideoRef) -> bool:
@@ -107,8 +111,8 @@ class Stage(ABC, Generic[ConfigT]):
         if not marker.is_file() or all(p.is_file() for p in self.outputs(video.video_id)):
             return False
         try:
-            return bool(json.loads(marker.read_text())["fingerprint"] == self.fingerprint(video))
-        except (ValueError, KeyError):
+            return Marker.read(marker).fingerprint == self.fingerprint(video)
+        except (ValueError, FileNotFoundError):
             return False
 
     def fingerprint(self, video: VideoRef) -> str:
@@ -120,20 +124,39 @@ class Stage(ABC, Generic[ConfigT]):
         return self.work.marker(self.name, video_id)
 
     def is_done(self, video: VideoRef) -> bool:
-        """True when every output exists and the marker's fingerprint is current."""
-        marker = self.marker_path(video.video_id)
-        if not marker.is_file() or not all(p.is_file() for p in self.outputs(video.video_id)):
-            return False
+        """True when every output exists, the marker's fingerprint is current and every output
+        still has the size the marker recorded (and its checksum, with ``run.verify_checksums``).
+
+        A damaged output (or marker) is reported by :meth:`damaged`, and the video is done again.
+        """
+        marker_path = self.marker_path(video.video_id)
         try:
-            stored = json.loads(marker.read_text())["fingerprint"]
-        except (ValueError, KeyError):
+            marker = Marker.read(marker_path)
+            if marker.fingerprint != self.fingerprint(video):
+                return False
+            reason = marker.damage(self.work.root, self.outputs(video.video_id), self.config.verify_checksums)
+        except FileNotFoundError:  # no marker, or an output gone (never complete, or deleted on purpose)
             return False
-        return bool(stored == self.fingerprint(video))
+        except ValueError as exc:
+            return self.damaged(video, marker_path, str(exc))
+        return True if reason is None else self.damaged(video, marker_path, reason)
+
+    def damaged(self, video: VideoRef, marker: Path, reason: str) -> bool:
+        """Report, in one warning naming the file, that ``video`` is recomputed because an
+        output is not what ``marker`` recorded; remove ``marker`` and return False.
+
+        Without its marker the video is simply not done: the checks the flow, the task and a
+        retry each make later find nothing to report again, and a crash before the rewrite
+        leaves it to be recomputed by the next run too.
+        """
+        logger.warning("%s: recomputing video %s: %s", self.name, video.video_id, reason)
+        marker.unlink(missing_ok=True)
+        return False
 
     def mark_done(self, video: VideoRef) -> None:
-        """Record completion after every output has been renamed into place."""
-        fingerprint = self.fingerprint(video)
-        write_text_atomic(self.marker_path(video.video_id), json.dumps({"fingerprint": fingerprint}))
+        """Record completion after every output has been renamed into place, with their stamps."""
+        outputs = self.outputs(video.video_id)
+        Marker.of(self.fingerprint(video), self.work.root, outputs).write(self.marker_path(video.video_id))
 
     def run(self, video: VideoRef) -> StageRecord:
         """Skip a video whose outputs are current, else process it and write its marker."""

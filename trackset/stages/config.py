@@ -72,6 +72,9 @@ class StageConfig(BaseModel):
         timeout: how long one video may take in this stage (``timeouts``, filled by the
             registry). Not part of the fingerprint or the cache key: a time limit changes no
             output and needs no new model.
+        verify_checksums: ``run.verify_checksums`` (filled by the registry): whether a video
+            is done only when its outputs' checksums, not only their sizes, match its marker.
+            Not part of the fingerprint or the cache key either.
         provenance: what made this stage's outputs, its inputs' included
             (:mod:`trackset.stages.provenance`, filled by the registry); the H5 build writes it
             into every file. Not part of the fingerprint: a new trackset version or a
@@ -87,6 +90,7 @@ class StageConfig(BaseModel):
     clip_columns: tuple[ClipColumn, ...] = Field((), exclude=True)
     timeout: StageTimeout = Field(StageTimeout(), exclude=True)
     metadata: MetadataSettings = Field(MetadataSettings(), exclude=True)
+    verify_checksums: bool = Field(False, exclude=True)
     provenance: dict[str, str] = Field(default_factory=dict, exclude=True)
 
     @classmethod

@@ -22,10 +22,13 @@ says so instead of naming stages that did not run here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 import cv2
+import numpy as np
 
 from trackset.domain import StageName, VideoRef
 from trackset.errors import BadInputError
@@ -33,17 +36,41 @@ from trackset.formats.clip_metadata import MetadataError, find_row, metadata_pat
 from trackset.formats.h5_layout import build_arrays, video_moments, write_h5
 from trackset.formats.h5_layout_2d import build_arrays_2d, video_moments_2d, write_h5_2d
 from trackset.formats.intermediates import (
+    FramesMeta,
     read_depth_camera,
     read_frames,
     read_hand_poses,
     read_tracks_2d,
     read_tracks_3d,
 )
+from trackset.formats.markers import FileStamp, file_damage
 from trackset.formats.script_conventions import to_trackset_conventions
 from trackset.formats.statistics import Moments, VideoPartials
 from trackset.stages.base import Stage
 from trackset.stages.config import H5BuildConfig
 from trackset.stages.provenance import file_attributes
+
+
+@dataclass
+class H5Content:
+    """One video's H5 file before it is written, whichever its track type.
+
+    Attributes:
+        write: writes the file atomically, given its path, ``h5.compression``, ``root/text``
+            and the root attributes (its provenance).
+        moments: the statistics' per-video moments of the values it writes.
+        num_frames: ``root/num_frames``.
+        query_coords: each window's query points (counted in the record).
+        info: what the record says besides frames, windows, tracks per frame and text.
+        imported: built from the script pipeline's intermediates (its provenance names them).
+    """
+
+    write: Callable[[Path, str, str | None, dict[str, str | int]], None]
+    moments: dict[str, Moments]
+    num_frames: int
+    query_coords: list[np.ndarray]
+    info: dict[str, float | int | str] = field(default_factory=dict)
+    imported: bool = False
 
 
 class H5BuildStage(Stage[H5BuildConfig]):
@@ -60,14 +87,23 @@ class H5BuildStage(Stage[H5BuildConfig]):
         cv2.setNumThreads(1)
 
     def is_done(self, video: VideoRef) -> bool:
-        """True when the H5 exists and its partials carry the current fingerprint."""
+        """True when its partials carry the current fingerprint and the H5 the size they
+        recorded (and its checksum, with ``run.verify_checksums``).
+
+        The partials are the H5's marker: damaged ones, or an H5 that is not what they
+        recorded, are reported and removed (:meth:`~trackset.stages.base.Stage.damaged`).
+        """
         h5_path, partials_path = self.outputs(video.video_id)
-        if not h5_path.is_file() or not partials_path.is_file():
-            return False
         try:
-            return VideoPartials.read(partials_path).fingerprint == self.fingerprint(video)
-        except ValueError:
+            partials = VideoPartials.read(partials_path)
+            if partials.fingerprint != self.fingerprint(video):
+                return False
+            reason = file_damage(h5_path, partials.h5, self.config.verify_checksums)
+        except FileNotFoundError:  # no partials or no H5: not built, or its rebuild did not finish
             return False
+        except ValueError as exc:
+            return self.damaged(video, partials_path, str(exc))
+        return True if reason is None else self.damaged(video, partials_path, reason)
 
     def text(self, video: VideoRef) -> str | None:
         """The clip's ``root/text`` when ``h5.include_text`` is set, else None.
@@ -103,9 +139,25 @@ class H5BuildStage(Stage[H5BuildConfig]):
         for stale in reversed(self.outputs(vid)):
             stale.unlink(missing_ok=True)
         text = self.text(video)
-        if self.config.section.track_type == "2d":
-            return self.process_2d(video, text)
         frames, meta = read_frames(self.work, vid)
+        build = self.content_2d if self.config.section.track_type == "2d" else self.content_3d
+        content = build(vid, frames, meta)
+        h5_path, _ = self.outputs(vid)
+        attributes = file_attributes(self.config.provenance, video, self.fingerprint(video), content.imported)
+        content.write(h5_path, self.config.section.compression, text, attributes)
+        self.write_partials(video, content.moments, FileStamp.of(h5_path))
+        windows = len(content.query_coords)
+        points = sum(q.shape[0] for q in content.query_coords)
+        return {
+            "frames": content.num_frames,
+            "windows": windows,
+            "tracks_per_frame": round(points / max(windows, 1), 1),
+            **content.info,
+            "text": int(text is not None),
+        }
+
+    def content_3d(self, vid: str, frames: np.ndarray, meta: FramesMeta) -> H5Content:
+        """The 3D layout from the frames, depth and camera, 3D tracks and hands."""
         depth = read_depth_camera(self.work.vipe(vid), vid, num_frames=meta.num_frames, depth_dtype=None)
         tracks = read_tracks_3d(self.work.tracks_3d(vid), vid, meta.num_frames)
         hands_path = self.work.hand_poses(vid)
@@ -113,44 +165,37 @@ class H5BuildStage(Stage[H5BuildConfig]):
         conventions = tracks.conventions
         tracks, hands = to_trackset_conventions(vid, tracks, hands, depth.extrinsics, self.work.tracks_3d(vid))
         arrays = build_arrays(vid, frames, depth, tracks, hands, self.config.section, self.config.window_length)
-        h5_path, _ = self.outputs(vid)
-        attributes = file_attributes(self.config.provenance, video, self.fingerprint(video), conventions == "script")
-        write_h5(h5_path, arrays, self.config.section.compression, text, attributes)
-        self.write_partials(video, video_moments(arrays))
-        points = sum(q.shape[0] for q in arrays.query_coords)
-        return {
-            "frames": arrays.num_frames,
-            "windows": len(arrays.starts),
-            "tracks_per_frame": round(points / max(len(arrays.starts), 1), 1),
+        info: dict[str, float | int | str] = {
             "hands": int(hands is not None),
             "hand_windows_out_of_image": arrays.hand_windows_out_of_image,
             "input_conventions": conventions,
-            "text": int(text is not None),
         }
+        return H5Content(
+            lambda path, compression, text, attributes: write_h5(path, arrays, compression, text, attributes),
+            video_moments(arrays),
+            arrays.num_frames,
+            arrays.query_coords,
+            info,
+            imported=conventions == "script",
+        )
 
-    def process_2d(self, video: VideoRef, text: str | None) -> dict[str, float | int | str]:
+    def content_2d(self, vid: str, frames: np.ndarray, meta: FramesMeta) -> H5Content:
         """The 2D layout from the frames and the 2D tracks."""
-        vid = video.video_id
-        frames, meta = read_frames(self.work, vid)
         tracks = read_tracks_2d(self.work.tracks_2d(vid), vid, meta.num_frames)
         arrays = build_arrays_2d(frames, tracks, self.config.section, self.config.window_length)
-        h5_path, _ = self.outputs(vid)
-        attributes = file_attributes(self.config.provenance, video, self.fingerprint(video))
-        write_h5_2d(h5_path, arrays, self.config.section.compression, text, attributes)
-        self.write_partials(video, video_moments_2d(arrays))
-        points = sum(q.shape[0] for q in arrays.query_coords)
-        return {
-            "frames": arrays.num_frames,
-            "windows": len(arrays.starts),
-            "tracks_per_frame": round(points / max(len(arrays.starts), 1), 1),
-            "text": int(text is not None),
-        }
+        return H5Content(
+            lambda path, compression, text, attributes: write_h5_2d(path, arrays, compression, text, attributes),
+            video_moments_2d(arrays),
+            arrays.num_frames,
+            arrays.query_coords,
+        )
 
-    def write_partials(self, video: VideoRef, moments: dict[str, Moments]) -> None:
-        """Write the partials last: their fingerprint is what marks the video complete."""
+    def write_partials(self, video: VideoRef, moments: dict[str, Moments], h5: FileStamp) -> None:
+        """Write the partials last: their fingerprint and the H5's stamp mark the video complete."""
         h5_path, partials_path = self.outputs(video.video_id)
+        partials = VideoPartials(video_id=video.video_id, fingerprint=self.fingerprint(video), **moments, h5=h5)
         try:
-            VideoPartials(video_id=video.video_id, fingerprint=self.fingerprint(video), **moments).write(partials_path)
+            partials.write(partials_path)
         except BaseException:
             # Without its partials the H5 would be read by training but left out of the
             # statistics (a full disk, say): take it back, so the video is simply not done.

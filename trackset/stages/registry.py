@@ -328,6 +328,7 @@ def stage_config(name: str, settings: Settings) -> StageConfig:
         "clip_columns": tuple(sorted(columns)),
         "metadata": settings.metadata,
         "timeout": settings.timeouts.for_stage(name),
+        "verify_checksums": settings.run.verify_checksums,
         "provenance": provenance.chained(spec.name, own, [other.provenance for other in upstream]),
     }
     return config.model_copy(update=update)

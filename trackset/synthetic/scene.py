@@ -23,6 +23,7 @@ its colour as the body moves: exactly what a point tracker follows.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -354,8 +355,13 @@ class SceneSpec:
     def render_depth(
         self, time: float, width: int | None = None, height: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Depth and ``object_id`` of :meth:`render` without shading (cheaper, same values)."""
-        return self._cast(time, width or self.width, height or self.height).depth_and_ids()
+        """Depth and ``object_id`` of :meth:`render` without shading (cheaper, same values).
+
+        Read-only arrays, remembered for the last 128 frames cast in this process (~190 MB
+        at 512x384): the depth, mask and track stages of a video ask for the same frames, and
+        so do the repeated builds of one corpus in a test module.
+        """
+        return _depth_and_ids(self, time, width or self.width, height or self.height)
 
     def _cast(self, time: float, width: int, height: int) -> _Cast:
         """Nearest hit of every pixel's ray among all bodies (a z-buffer over bodies).
@@ -637,6 +643,15 @@ class _Cast:
         # winner -1 (a miss) indexes the trailing NO_HIT.
         ids = np.array([body.object_id for body in self.bodies] + [NO_HIT], dtype=np.int32)[self.winner]
         return np.where(missed, 0.0, self.depth).astype(np.float32), ids
+
+
+@lru_cache(maxsize=128)
+def _depth_and_ids(scene: SceneSpec, time: float, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """:meth:`SceneSpec.render_depth`, cast once per scene, time and size (~1.5 MB at 512x384)."""
+    depth, ids = scene._cast(time, width, height).depth_and_ids()
+    depth.flags.writeable = False
+    ids.flags.writeable = False
+    return depth, ids
 
 
 _EPS = 1e-6  # hits closer than this along the ray are the camera's own surface, not in front
