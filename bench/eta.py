@@ -18,7 +18,9 @@ otherwise the user's ``~/.prefect/prefect.db``, where an earlier run's (or anoth
 ``progress-run`` would be read as this one's.
 
 Printed: a markdown block for BENCHMARKS.md, the ETA at 10, 30 and 50 % done (the percent
-the run published) and at each tenth of the run's time, against the time then left.
+the run published) and at each tenth of the run's time, against the time then left; while
+a GPU stage had processed no video yet, the lower bound the run published (">= ...", its
+error in brackets).
 Each read is left in ``<out>/etas.json``.
 """
 
@@ -106,25 +108,32 @@ def child(out: Path, wave_size: int, gpu_s_per_frame: float) -> dict[str, Any]:
     return {"wall_s": wall, "points": points}
 
 
-def errors(points: list[EtaPoint], end: float) -> list[str]:
-    """Table rows: the ETA at 10, 30 and 50 % done, then at each tenth of the run's time."""
+def errors(points: list[EtaPoint], end: float, at_least: dict[float, float]) -> list[str]:
+    """Table rows: the ETA at 10, 30 and 50 % done, then at each tenth of the run's time;
+    where the run published only a lower bound (``at_least``, by elapsed time), that."""
     rows = []
     for share in ETA_SHARES:
         found = eta_at(points, end, share)
-        rows.append(_row(f"{round(100 * share)} % done", found))
+        rows.append(_row(f"{round(100 * share)} % done", found, at_least))
     for tenth in range(1, 10):
         point = next((p for p in points if p.elapsed_s >= tenth * end / 10), None)
-        rows.append(_row(f"{tenth * 10} % of the time", None if point is None else (point, end - point.elapsed_s)))
+        found = None if point is None else (point, end - point.elapsed_s)
+        rows.append(_row(f"{tenth * 10} % of the time", found, at_least))
     return rows
 
 
-def _row(when: str, found: tuple[EtaPoint, float] | None) -> str:
+def _row(when: str, found: tuple[EtaPoint, float] | None, at_least: dict[float, float]) -> str:
     if found is None:
         return f"| {when} | - | - | - | - | - |"
     point, left = found
-    eta = "-" if point.eta_s is None else f"{point.eta_s:.1f}"
-    error = "-" if point.eta_s is None or left <= 0 else f"{point.eta_s / left - 1:+.1%}"
-    return f"| {when} | {point.elapsed_s:.1f} | {point.percent:.1f} | {eta} | {left:.1f} | {error} |"
+    eta, mark = point.eta_s, ""
+    if eta is None and point.elapsed_s in at_least:
+        eta, mark = at_least[point.elapsed_s], ">= "
+    shown = "-" if eta is None else f"{mark}{eta:.1f}"
+    error = "-" if eta is None or left <= 0 else f"{eta / left - 1:+.1%}"
+    if mark and error != "-":
+        error = f"({error})"
+    return f"| {when} | {point.elapsed_s:.1f} | {point.percent:.1f} | {shown} | {left:.1f} | {error} |"
 
 
 def main() -> None:
@@ -177,6 +186,7 @@ def report(result: dict[str, Any], started: str, args: argparse.Namespace) -> st
     points = [
         EtaPoint(float(p["elapsed_s"]), float(p["percent"]), float(p["eta_s"]) if "eta_s" in p else None) for p in reads
     ]
+    at_least = {float(p["elapsed_s"]): float(p["eta_at_least_s"]) for p in reads if "eta_at_least_s" in p}
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return "\n".join(
         [
@@ -191,7 +201,7 @@ def report(result: dict[str, Any], started: str, args: argparse.Namespace) -> st
             "",
             "| when | elapsed s | % done (published) | ETA s | time left s | error |",
             "|---|---|---|---|---|---|",
-            *errors(points, end),
+            *errors(points, end, at_least),
         ]
     )
 
