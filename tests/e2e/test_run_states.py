@@ -159,11 +159,14 @@ def test_a_run_with_failed_videos_is_notified_through_the_webhook_block(
     with deployed.client() as client:
         [ended] = read_events(client, "prefect.flow-run.CompletedWithFailures", f"prefect.flow-run.{flow_run_id}")
         executed = read_events(client, "prefect.automation.action.executed", f"prefect.automation.{notify}")
-    [action] = [
-        event for event in executed if f"prefect.event.{ended.id}" in {r.id for r in event.related}
-    ]  # the automation's action on this run's event, once
-    assert action.payload["action_type"] == "send-notification"
-    assert "prefect.block-type.custom-webhook" in {r.id for r in action.related}
+    # The automation's action on this run's event: at least once, since the server's in-memory
+    # broker redelivers an event whose evaluation raised (SQLite busy under load), and the
+    # action then runs again (seen: two notifications of one run).
+    actions = [event for event in executed if f"prefect.event.{ended.id}" in {r.id for r in event.related}]
+    assert actions, f"no action of the automation on {ended.id}: {executed}"
+    for action in actions:
+        assert action.payload["action_type"] == "send-notification"
+        assert "prefect.block-type.custom-webhook" in {r.id for r in action.related}
 
 
 def flow_run_pids(flow_run_id: UUID) -> list[int]:

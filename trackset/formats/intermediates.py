@@ -32,6 +32,7 @@ import torch
 from trackset.errors import BadInputError
 from trackset.formats.h5_schema import HAND_SIDES
 from trackset.formats.layout import WorkLayout, atomic_path, write_text_atomic
+from trackset.formats.npy import open_npy, read_npz
 
 #: Who wrote a ``.pt`` intermediate, and so what its arrays mean (module docstring).
 Conventions = Literal["trackset", "script"]
@@ -236,7 +237,7 @@ def read_frames(work: WorkLayout, video_id: str) -> tuple[np.ndarray, FramesMeta
     npy = work.frames_npy(video_id)
     if npy.is_file():
         try:
-            frames = np.load(npy, mmap_mode="r")
+            frames = open_npy(npy)
         except (ValueError, OSError, EOFError) as exc:  # EOFError: an empty file
             raise BadInputError(video_id, "preprocess", npy, f"unreadable: {exc or type(exc).__name__}") from None
         meta_path = work.frames_meta(video_id)
@@ -326,8 +327,7 @@ def read_depth_camera(
     if not path.is_file():
         raise BadInputError(video_id, stage, path, "file is missing")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
+        arrays = read_npz(path)
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise BadInputError(video_id, stage, path, f"unreadable: {exc}".splitlines()[0]) from None
     check = _Checker(video_id, stage, path, arrays)
@@ -547,8 +547,7 @@ def read_masks(path: Path, video_id: str, stage: str, num_frames: int, height: i
     if not path.is_file():
         raise BadInputError(video_id, stage, path, "file is missing")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
+        arrays = read_npz(path)
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise BadInputError(video_id, stage, path, f"unreadable: {exc}".splitlines()[0]) from None
     check = _Checker(video_id, stage, path, arrays)
@@ -572,7 +571,7 @@ def read_clean_frames(work: WorkLayout, video_id: str, shape: tuple[int, ...]) -
     if not path.is_file():
         raise BadInputError(video_id, "clean_frames", path, "file is missing")
     try:
-        frames = np.load(path, mmap_mode="r")
+        frames = open_npy(path)
     except (ValueError, OSError, EOFError) as exc:  # EOFError: an empty file
         raise BadInputError(video_id, "clean_frames", path, f"unreadable: {exc or type(exc).__name__}") from None
     check = _Checker(video_id, "clean_frames", path, {"frames": frames})

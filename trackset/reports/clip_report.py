@@ -17,6 +17,7 @@ import numpy as np
 from trackset.domain import is_video_id, video_id_order
 from trackset.formats import h5_schema as schema
 from trackset.formats.layout import WorkLayout
+from trackset.formats.npy import read_npz
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,8 @@ def clip_rows(work_dir: Path, dataset_dir: Path) -> list[ClipRow]:
         prompt, percent = "", 0.0
         masks_path = work.object_masks(video_id)
         if masks_path.is_file():
-            with np.load(masks_path, allow_pickle=False) as data:
-                prompt = str(data["prompt"])
-                percent = 100.0 * float(data["masks"].mean()) if data["masks"].size else 0.0
+            data = read_npz(masks_path, ("prompt", "masks"))
+            prompt = str(data["prompt"])
+            percent = 100.0 * float(data["masks"].mean()) if data["masks"].size else 0.0
         rows.append(ClipRow(video_id, text, prompt, round(percent, 1), round(points, 1)))
     return rows

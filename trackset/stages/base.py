@@ -24,13 +24,13 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
-import numpy as np
 import torch
 
 from trackset.domain import StageName, StageRecord, VideoFailure, VideoRef
 from trackset.errors import VideoError
 from trackset.formats.layout import DatasetLayout, WorkLayout
 from trackset.formats.markers import Marker
+from trackset.formats.npy import open_npy
 from trackset.stages.config import StageConfig
 
 ConfigT = TypeVar("ConfigT", bound=StageConfig)
@@ -86,7 +86,7 @@ class Stage(ABC, Generic[ConfigT]):
         Read from the header of the preprocessed ``frames.npy`` (no pixels are loaded).
         """
         try:
-            return int(np.load(self.work.frames_npy(video.video_id), mmap_mode="r").shape[0])
+            return int(open_npy(self.work.frames_npy(video.video_id)).shape[0])
         except (OSError, ValueError, IndexError, EOFError):  # EOFError: an empty file
             return None
 
