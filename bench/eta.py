@@ -19,8 +19,8 @@ otherwise the user's ``~/.prefect/prefect.db``, where an earlier run's (or anoth
 
 Printed: a markdown block for BENCHMARKS.md, the ETA at 10, 30 and 50 % done (the percent
 the run published) and at each tenth of the run's time, against the time then left; while
-a GPU stage had processed no video yet, the lower bound the run published (">= ...", its
-error in brackets).
+a GPU stage had processed no video yet, the time left of the stages timed so far that the
+run published instead ("+ ...", its error in brackets).
 Each read is left in ``<out>/etas.json``.
 """
 
@@ -108,27 +108,28 @@ def child(out: Path, wave_size: int, gpu_s_per_frame: float) -> dict[str, Any]:
     return {"wall_s": wall, "points": points}
 
 
-def errors(points: list[EtaPoint], end: float, at_least: dict[float, float]) -> list[str]:
+def errors(points: list[EtaPoint], end: float, partial: dict[float, float]) -> list[str]:
     """Table rows: the ETA at 10, 30 and 50 % done, then at each tenth of the run's time;
-    where the run published only a lower bound (``at_least``, by elapsed time), that."""
+    where the run published only the time left of the stages timed so far (``partial``, by
+    elapsed time), that."""
     rows = []
     for share in ETA_SHARES:
         found = eta_at(points, end, share)
-        rows.append(_row(f"{round(100 * share)} % done", found, at_least))
+        rows.append(_row(f"{round(100 * share)} % done", found, partial))
     for tenth in range(1, 10):
         point = next((p for p in points if p.elapsed_s >= tenth * end / 10), None)
         found = None if point is None else (point, end - point.elapsed_s)
-        rows.append(_row(f"{tenth * 10} % of the time", found, at_least))
+        rows.append(_row(f"{tenth * 10} % of the time", found, partial))
     return rows
 
 
-def _row(when: str, found: tuple[EtaPoint, float] | None, at_least: dict[float, float]) -> str:
+def _row(when: str, found: tuple[EtaPoint, float] | None, partial: dict[float, float]) -> str:
     if found is None:
         return f"| {when} | - | - | - | - | - |"
     point, left = found
     eta, mark = point.eta_s, ""
-    if eta is None and point.elapsed_s in at_least:
-        eta, mark = at_least[point.elapsed_s], ">= "
+    if eta is None and point.elapsed_s in partial:
+        eta, mark = partial[point.elapsed_s], "+ "
     shown = "-" if eta is None else f"{mark}{eta:.1f}"
     error = "-" if eta is None or left <= 0 else f"{eta / left - 1:+.1%}"
     if mark and error != "-":
@@ -186,7 +187,7 @@ def report(result: dict[str, Any], started: str, args: argparse.Namespace) -> st
     points = [
         EtaPoint(float(p["elapsed_s"]), float(p["percent"]), float(p["eta_s"]) if "eta_s" in p else None) for p in reads
     ]
-    at_least = {float(p["elapsed_s"]): float(p["eta_at_least_s"]) for p in reads if "eta_at_least_s" in p}
+    partial = {float(p["elapsed_s"]): float(p["eta_known_stages_s"]) for p in reads if "eta_known_stages_s" in p}
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return "\n".join(
         [
@@ -201,7 +202,7 @@ def report(result: dict[str, Any], started: str, args: argparse.Namespace) -> st
             "",
             "| when | elapsed s | % done (published) | ETA s | time left s | error |",
             "|---|---|---|---|---|---|",
-            *errors(points, end, at_least),
+            *errors(points, end, partial),
         ]
     )
 

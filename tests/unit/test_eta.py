@@ -120,8 +120,8 @@ def test_while_a_stage_has_no_cost_yet_the_eta_is_a_lower_bound_that_says_so():
     # window (the run's start to now); hands, not started, would come on top.
     assert run.eta_s == pytest.approx(395 * 3 / 1.5) and run.waiting_for == ("hands",)
     assert run.gpu_hours_projected is None
-    assert "ETA over 13 min (hands: no video yet)" in describe_run(run) and "? projected" in describe_run(run)
-    assert "eta_s" not in run_metadata(run) and run_metadata(run)["eta_at_least_s"] == "790.0"
+    assert "ETA 13 min + hands (no video yet)" in describe_run(run) and "? projected" in describe_run(run)
+    assert "eta_s" not in run_metadata(run) and run_metadata(run)["eta_known_stages_s"] == "790.0"
     # hands finished some videos without processing any (all current): they cost nothing.
     clock.observe(11.0, "hands", 5, Spent())
     run = clock.estimate(11.0)

@@ -103,7 +103,8 @@ class RunEstimate:
         videos_per_hour: whole videos (through every stage) per hour at the recent rate
             of work; None while unknown.
         eta_s: seconds until the run is done; None while unknown. While ``waiting_for`` is
-            not empty, a lower bound: the work of the stages whose cost is known.
+            not empty, only the work of the stages whose cost is known, at the window's
+            rate: not a bound (the rate of the first seconds can be low), a part.
         waiting_for: the stages with videos left whose cost is not known yet (no video
             processed): their work is not in ``eta_s``.
         gpu_hours: GPU-hours held so far, every stage.
@@ -380,12 +381,12 @@ def describe_run(run: RunEstimate) -> str:
         3 of 24 videos through every stage · 20 videos/h · ETA 65 min · 0.50 GPU-h so far, 0.90 projected
         >>> print(describe_run(RunEstimate(0, 24, 20.0, None, 300.0, ("hands",), 0.5, None, 600.0, ())))
         ... # doctest: +NORMALIZE_WHITESPACE
-        0 of 24 videos through every stage · ? videos/h · ETA over 5 min (hands: no video yet)
+        0 of 24 videos through every stage · ? videos/h · ETA 5 min + hands (no video yet)
         · 0.50 GPU-h so far, ? projected
     """
     eta = _eta(run.eta_s)
     if run.waiting_for and run.eta_s is not None:
-        eta = f"ETA over {format_duration(run.eta_s)} ({', '.join(run.waiting_for)}: no video yet)"
+        eta = f"ETA {format_duration(run.eta_s)} + {', '.join(run.waiting_for)} (no video yet)"
     return (
         f"{run.done:,} of {run.total:,} videos through every stage · {_rate(run.videos_per_hour)} · "
         f"{eta} · {_gpu(run.gpu_hours, run.gpu_hours_projected)}"
@@ -396,13 +397,14 @@ def run_metadata(run: RunEstimate) -> dict[str, str]:
     """The run's numbers for programs reading its progress artifact (Prefect artifact
     metadata holds strings); a number still unknown is left out.
 
-    ``eta_s`` is there only once every stage's cost is known; before, ``eta_at_least_s``.
+    ``eta_s`` is there only once every stage's cost is known; before, ``eta_known_stages_s``:
+    the time left of the stages whose cost is known, without the others.
 
     Examples:
         >>> run_metadata(RunEstimate(3, 24, 40.0, 20.0, 30.0, ("hands",), 0.5, None, 600.0, ()))
         ... # doctest: +NORMALIZE_WHITESPACE
         {'done': '3', 'total': '24', 'percent': '40.0', 'elapsed_s': '600.0', 'gpu_hours': '0.5',
-         'videos_per_hour': '20.0', 'eta_at_least_s': '30.0'}
+         'videos_per_hour': '20.0', 'eta_known_stages_s': '30.0'}
     """
     numbers: dict[str, float | int | None] = {
         "done": run.done,
@@ -412,7 +414,7 @@ def run_metadata(run: RunEstimate) -> dict[str, str]:
         "gpu_hours": round(run.gpu_hours, 6),
         "videos_per_hour": None if run.videos_per_hour is None else round(run.videos_per_hour, 3),
         "eta_s": None if run.eta_s is None or run.waiting_for else round(run.eta_s, 3),
-        "eta_at_least_s": None if run.eta_s is None or not run.waiting_for else round(run.eta_s, 3),
+        "eta_known_stages_s": None if run.eta_s is None or not run.waiting_for else round(run.eta_s, 3),
         "gpu_hours_projected": None if run.gpu_hours_projected is None else round(run.gpu_hours_projected, 6),
     }
     return {key: str(value) for key, value in numbers.items() if value is not None}
