@@ -35,9 +35,12 @@ hands 0.35 MB), freed once a wave's H5 files land (``keep_intermediates: none``)
 Measured per run: GPU idle share (the share of GPU-seconds, from the first task to the
 last, in which a GPU has no GPU-stage task running; and, as ``bench/waves.py`` counts it,
 the share of time no GPU anywhere has one), the time to the first H5 file, the peak bytes
-of intermediates, and the orchestration per video (task runs, and the engine's calls to
-Dask or the Prefect API). ``--small`` sets the model to ``bench/waves.py``'s corpus and
-machine from a measured run of it (its run report's seconds per stage) and compares.
+of intermediates, the orchestration per video (task runs, and the engine's calls to
+Dask or the Prefect API), and the run's ETA (:mod:`trackset.scheduling.eta`, fed each
+``Publish`` as the engine feeds it) at 10, 30 and 50 % done against the time actually
+left: the engine's, and one whose rates are taken from the run's start. ``--small`` sets
+the model to ``bench/waves.py``'s corpus and machine from a measured run of it (its run
+report's seconds per stage) and compares.
 """
 
 from __future__ import annotations
@@ -56,12 +59,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from trackset.config.settings import Settings
 from trackset.domain import StageOutcome, StageRecord, VideoFailure, VideoRef
 from trackset.gpu.inventory import GpuInfo
 from trackset.scheduling import commands as c
+from trackset.scheduling.eta import Estimator
 from trackset.scheduling.facts import Knobs, RunShape, stage_facts
 from trackset.scheduling.outcomes import TaskFailure, TaskReport, reached
 from trackset.scheduling.planner import WavePlanner
@@ -148,6 +152,43 @@ class Task:
     ended: float | None = None
 
 
+class EtaPoint(NamedTuple):
+    """The run's estimate at one time: seconds since it started, percent done, ETA (None:
+    unknown, or only a lower bound while a stage's cost is unknown)."""
+
+    elapsed_s: float
+    percent: float
+    eta_s: float | None
+
+
+ETA_SHARES = (0.1, 0.3, 0.5)
+
+
+def eta_at(points: list[EtaPoint], end_s: float, share: float) -> tuple[EtaPoint, float] | None:
+    """The first estimate published once ``share`` of the work was done (its percent), and
+    the time that was actually left then; None if none was.
+
+    Examples:
+        >>> eta_at([EtaPoint(10, 5.0, None), EtaPoint(30, 31.0, 80.0), EtaPoint(50, 52.0, 45.0)], 100, 0.3)
+        (EtaPoint(elapsed_s=30, percent=31.0, eta_s=80.0), 70)
+    """
+    point = next((point for point in points if point.percent >= 100 * share), None)
+    return None if point is None else (point, end_s - point.elapsed_s)
+
+
+def eta_errors(
+    points: list[EtaPoint], end_s: float, shares: tuple[float, ...] = ETA_SHARES
+) -> dict[float, float | None]:
+    """The ETA's error, (ETA - time left) / time left, at each share of the work done."""
+    errors: dict[float, float | None] = {}
+    for share in shares:
+        found = eta_at(points, end_s, share)
+        errors[share] = None
+        if found is not None and found[0].eta_s is not None and found[1] > 0:
+            errors[share] = found[0].eta_s / found[1] - 1
+    return errors
+
+
 @dataclass
 class Metrics:
     videos: int
@@ -165,6 +206,8 @@ class Metrics:
     engine_calls: int = 0
     out_of_memory: int = 0
     landed: int = 0  # videos whose H5 file was built
+    etas: dict[str, list[EtaPoint]] = field(default_factory=dict)  # by estimator: the run's estimate over time
+    end_s: float = 0.0  # when the planner was done (the flow's last command)
 
     @property
     def idle_share(self) -> float:
@@ -192,6 +235,11 @@ class Metrics:
             "task_runs_per_video": self.task_runs / self.videos,
             "calls_per_video": self.engine_calls / self.videos,
             "out_of_memory": self.out_of_memory,
+            **{
+                f"eta_error_{name}_{round(100 * share)}": error
+                for name, points in self.etas.items()
+                for share, error in eta_errors(points, self.end_s).items()
+            },
         }
 
 
@@ -274,6 +322,8 @@ class SimulatedCluster:
         self.out_of_memory = 0
         self.landed = 0
         self._published: dict[str, float] = {}
+        self.estimators: dict[str, Estimator] = {}  # ETAs, fed as the engine feeds its own
+        self.etas: dict[str, list[EtaPoint]] = {}
 
     # -- the clock -----------------------------------------------------------------------------
 
@@ -476,9 +526,12 @@ class SimulatedCluster:
                 self.engine_calls += 1 if measure else 0
                 self._spend(costs.cluster_call_s if measure else 0.0)
                 return c.GpuView(self.slots_per_gpu, self.infos if measure else ())
-            case c.Publish(stage, _, _, final):
+            case c.Publish(stage, done, _, final, spent):
+                for estimator in self.estimators.values():
+                    estimator.observe(self.now, stage, done, spent)
                 if final or self.now - self._published.get(stage, float("-inf")) >= 1.0:
                     self._published[stage] = self.now
+                    self._note_eta()
                     self.engine_calls += 1
                     self._spend(costs.api_call_s)
             case c.Packed(_, result):
@@ -511,6 +564,16 @@ class SimulatedCluster:
         assert report is not None
         return report
 
+    def _note_eta(self) -> None:
+        """Keep the run's estimates as the engine would publish them now, a point per 0.1 % of
+        the time so far at most (a few thousand points over a run of any length)."""
+        for name, estimator in self.estimators.items():
+            points = self.etas.setdefault(name, [])
+            elapsed = self.now - estimator.started
+            if not points or elapsed - points[-1].elapsed_s >= max(1.0, 0.001 * elapsed):
+                run = estimator.estimate(self.now)
+                points.append(EtaPoint(elapsed, run.percent, None if run.waiting_for else run.eta_s))
+
     def _forget(self, task_id: int) -> None:
         """Drop a collected task, unless a queued task still waits on it."""
         if task_id not in self._waiting:
@@ -538,7 +601,13 @@ def simulate(
     cluster = SimulatedCluster(stages, gpus, gpu_gib, workers_per_gpu, cpu_workers or gpus, costs, seed)
     refs = [VideoRef(f"{i:05d}", Path(f"v{i}.mp4"), "") for i in range(videos)]
     planner = WavePlanner(refs, facts, knobs, RunShape(cpu_slots=cpu_workers or gpus, here="flow"))
+    gpu_stages = [f.name for f in facts if f.uses_gpu]
+    cluster.estimators = {  # the engine's, and one that takes its rates from the run's start
+        "recent": Estimator(names, videos, cluster.now, gpu_stages),
+        "start": Estimator(names, videos, cluster.now, gpu_stages, window_share=1.0),
+    }
     c.drive(planner.run(), cluster.execute)
+    end = cluster.now - cluster.estimators["recent"].started
     cluster._until(lambda: not cluster._events)
     busy = [intervals.union() for intervals in cluster.busy_gpu]
     span = (cluster.first_task or 0.0, cluster.last_task)
@@ -549,6 +618,8 @@ def simulate(
         gpus,
         wave_size,
         wall_s=cluster.now,
+        etas=cluster.etas,
+        end_s=end,
         first_h5_s=cluster.first_h5,
         span=span,
         gpu_busy_s=busy,
@@ -688,17 +759,25 @@ def report(rows: list[dict[str, Any]], started: str, seconds: float) -> str:
         f"- date: {started}",
         "",
         "| GPUs | mode | wave | gpu_task_videos | wall h | first H5 h | GPU idle share | idle h per GPU: before "
-        "/ between / after | idle, any GPU | peak intermediates TB | task runs / video | engine calls / video |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "/ between / after | idle, any GPU | peak intermediates TB | task runs / video | engine calls / video "
+        "| ETA error at 10 / 30 / 50 % done | same, rates from the run's start |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['gpus']} | {r['mode']} | {r['wave']} | {r['gpu_task_videos']} | {r['wall_h']:.1f} "
             f"| {r['first_h5_h']:.2f} | {r['idle']:.2%} "
             f"| {r['idle_head_h']:.2f} / {r['idle_between_h']:.2f} / {r['idle_tail_h']:.2f} | {r['any_idle']:.2%} "
-            f"| {r['peak_tb']:.2f} | {r['task_runs_per_video']:.3f} | {r['calls_per_video']:.3f} |"
+            f"| {r['peak_tb']:.2f} | {r['task_runs_per_video']:.3f} | {r['calls_per_video']:.3f} "
+            f"| {_errors(r, 'recent')} | {_errors(r, 'start')} |"
         )
     return "\n".join(lines)
+
+
+def _errors(row: dict[str, Any], name: str) -> str:
+    """An estimator's ETA errors at 10, 30 and 50 % done, signed (+: too late)."""
+    errors = (row.get(f"eta_error_{name}_{round(100 * share)}") for share in ETA_SHARES)
+    return " / ".join("-" if error is None else f"{error:+.1%}" for error in errors)
 
 
 if __name__ == "__main__":

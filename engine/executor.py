@@ -6,14 +6,16 @@ it asks the stages whether a video is current, submits tasks to the run's cluste
 (:mod:`trackset.engine.submission`), reports each task as it ends, runs the profiling
 videos in their ``profile-memory`` subflow, frees a stage's models on the GPU workers,
 reads the GPUs, keeps the memory profiles, and publishes what the planner decided:
-``progress-<stage>``, ``memory-profile-<stage>``, the run report, quarantines in the
-manifest, and ``stage-<stage>`` when the run ends.
+``progress-<stage>`` and ``progress-run`` (with the run's rate, ETA and GPU-hours),
+``memory-profile-<stage>``, the run report, quarantines in the manifest, and
+``stage-<stage>`` when the run ends.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -42,6 +44,7 @@ from trackset.gpu.sizing import format_gib
 from trackset.reports.pictures import pictures_dir, write_run_pictures
 from trackset.reports.run_report import RunReport, StageTally
 from trackset.scheduling import commands as c
+from trackset.scheduling.eta import Estimator
 from trackset.scheduling.facts import Knobs, RunShape, stage_facts
 from trackset.scheduling.outcomes import TaskReport
 from trackset.scheduling.packing import Round
@@ -87,7 +90,7 @@ def stream(
     Raises:
         ClusterShapeError: a GPU stage is to run and no worker of the cluster offers a GPU.
     """
-    engine = Engine(settings, stages, report, cluster, plan, profile)
+    engine = Engine(settings, stages, report, cluster, plan, profile, len(videos))
     uses_gpu = any(stage_spec(stage).resources.uses_gpu for stage in stages)
     if uses_gpu and plan is not None and not plan.gpus and not cluster.elastic:
         raise ClusterShapeError(
@@ -116,6 +119,7 @@ class Engine:
         cluster: RunCluster,
         plan: ClusterPlan | None,
         profile: ProfileSubflow,
+        videos: int,
     ) -> None:
         self.settings = settings
         self.report = report
@@ -124,7 +128,9 @@ class Engine:
         self.profile_subflow = profile
         self.stages: dict[str, Stage[Any]] = {stage: build_stage(stage, settings) for stage in stages}
         self.tallies = {stage: StageTally(stage) for stage in stages}
-        self.progress = ProgressBoard()
+        # On threads no task holds a GPU share of its own: the ETA then counts every stage's seconds.
+        gpu_stages = [stage for stage in stages if stage_spec(stage).resources.uses_gpu] if plan is not None else []
+        self.progress = ProgressBoard(Estimator(stages, videos, time.monotonic(), gpu_stages))
         self.profiles = ProfileStore(settings.paths.work_dir)
         self.logger = get_run_logger()
         self._rounds: dict[int, SubmittedStage] = {}  # submitted and not yet reported, by the planner's id
@@ -145,7 +151,7 @@ class Engine:
             c.GpuWork: lambda command: self.cluster.want(command.videos),
             c.Log: self.log,
             c.Publish: lambda command: self.progress.publish(
-                command.stage, command.done, command.total, final=command.final
+                command.stage, command.done, command.total, final=command.final, spent=command.spent
             ),
             c.Packed: self.record_packing,
             c.CloseWave: self.close_wave,
@@ -158,7 +164,9 @@ class Engine:
         return self._handlers[type(command)](command)
 
     def finish(self) -> list[StageTally]:
-        """Publish ``stage-<stage>`` for the whole run; return every stage's tally."""
+        """Publish ``stage-<stage>`` for the whole run and the run's progress as it ended;
+        return every stage's tally."""
+        self.progress.finish()
         for tally in self.tallies.values():
             create_table_artifact(
                 tally.table(),

@@ -6,14 +6,14 @@ before (:func:`submit_after`). Tasks ask for the Dask resources the caller gives
 (:mod:`trackset.cluster.plan`: which GPU workers a GPU stage may use, or the CPU workers).
 Each finished task becomes a :class:`~trackset.scheduling.outcomes.TaskReport`, plain data
 for the planner, which decides what it means (:func:`~trackset.scheduling.outcomes.settle`).
-Progress goes to the stage's ``progress-<stage>`` artifact (:class:`ProgressBoard`), from the
-planner's count.
+Progress goes to the stage's ``progress-<stage>`` artifact and the run's ``progress-run``
+(:class:`ProgressBoard`), from the planner's counts and the run's estimator.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,50 +22,91 @@ from uuid import UUID
 import dask
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import ArtifactUpdate
 from prefect.futures import PrefectFuture, as_completed
 from prefect.states import State
 
 from trackset.config.settings import RetrySettings
 from trackset.domain import StageOutcome, VideoRef, stage_slug
 from trackset.errors import TracksetError
+from trackset.scheduling.eta import Estimator, RunEstimate, describe_run, describe_stage, run_metadata
 from trackset.scheduling.outcomes import TaskFailure, TaskReport
+from trackset.scheduling.progress import Spent
 from trackset.stages.config import StageConfig
 from trackset.tasks.retry import is_out_of_memory
 from trackset.tasks.stage_tasks import configured, process_after, process_shard, process_video
 
 
 class ProgressBoard:
-    """The ``progress-<stage>`` artifacts of a run, showing the planner's counts.
+    """The run's progress artifacts: ``progress-<stage>`` per stage and ``progress-run``.
 
-    An artifact is created when its stage first publishes, so a stage with nothing to do
+    Each holds a percentage (all a Prefect progress artifact holds) and, in its description,
+    one line from the run's :class:`~trackset.scheduling.eta.Estimator`: done of total,
+    videos per hour, ETA, GPU-hours so far and projected. The run's also carries those
+    numbers as metadata, for programs (``bench/eta.py``). Each artifact is created once and
+    updated in place: a run of any length has one per stage and one for the run.
+
+    A stage's artifact is created when it first publishes, so a stage with nothing to do
     shows none. An update costs an API call (~26 ms on a local server): at one per task a
     50,000-video build would spend an hour on them, so updates go at most once per
-    :data:`PROGRESS_INTERVAL_S` per stage, except the last of a wave (``final``).
+    :data:`PROGRESS_INTERVAL_S` per artifact, except the last of a wave (``final``) and the
+    run's at its end (:meth:`finish`). The estimator hears every count, sent or not.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, estimator: Estimator, clock: Callable[[], float] = time.monotonic) -> None:
+        self.estimator = estimator
+        self.clock = clock
         self._artifacts: dict[str, UUID] = {}
-        self._sent: dict[str, float] = {}  # when each stage's artifact was last updated
+        self._sent: dict[str, float] = {}  # when each artifact was last updated
 
-    def publish(self, stage: str, done: int, total: int, *, final: bool = False) -> None:
-        """Show ``done`` of ``total`` for ``stage`` (rate-limited unless ``final``; a final
-        update of a stage that never published is not sent)."""
-        percent = 100.0 * min(done, total) / max(total, 1)
-        now = time.monotonic()
-        if stage not in self._artifacts:
-            if final:
-                return
-            self._artifacts[stage] = create_progress_artifact(
-                percent, key=f"progress-{stage_slug(stage)}", description=f"Percent of {total} videos through {stage}"
-            )
-        elif not final and now - self._sent.get(stage, float("-inf")) < PROGRESS_INTERVAL_S:
+    def publish(self, stage: str, done: int, total: int, *, final: bool = False, spent: Spent | None = None) -> None:
+        """Count ``done`` of ``total`` for ``stage``, which ``spent`` so far, and show it
+        (rate-limited unless ``final``; a final update of a stage that never published is
+        not sent)."""
+        now = self.clock()
+        self.estimator.observe(now, stage, done, spent or Spent())
+        due = now - self._sent.get(stage, float("-inf")) >= PROGRESS_INTERVAL_S
+        if (stage not in self._artifacts and final) or (stage in self._artifacts and not final and not due):
             return
+        estimate = self.estimator.estimate(now)
+        row = next(row for row in estimate.stages if row.stage == stage)
+        self._show(stage, f"progress-{stage_slug(stage)}", row.percent, describe_stage(row), now)
+        if final or now - self._sent.get(RUN, float("-inf")) >= PROGRESS_INTERVAL_S:
+            self._show_run(estimate, now)
+
+    def finish(self) -> None:
+        """Show the run as it ended (if it showed anything)."""
+        if RUN in self._artifacts:
+            now = self.clock()
+            self._show_run(self.estimator.estimate(now), now)
+
+    def _show(self, name: str, key: str, percent: float, line: str, now: float) -> None:
+        if name in self._artifacts:
+            update_progress_artifact(self._artifacts[name], percent, description=line)
         else:
-            update_progress_artifact(self._artifacts[stage], percent)
-        self._sent[stage] = now
+            self._artifacts[name] = create_progress_artifact(percent, key=key, description=line)
+        self._sent[name] = now
+
+    def _show_run(self, estimate: RunEstimate, now: float) -> None:
+        line = describe_run(estimate)
+        if RUN not in self._artifacts:
+            self._artifacts[RUN] = create_progress_artifact(estimate.percent, key=RUN_KEY, description=line)
+        update_artifact(self._artifacts[RUN], estimate.percent, line, run_metadata(estimate))
+        self._sent[RUN] = now
 
 
 PROGRESS_INTERVAL_S = 1.0
+RUN = "run"
+RUN_KEY = "progress-run"
+"""The run's progress artifact (its stages' are ``progress-<stage>``; no stage is named "run")."""
+
+
+def update_artifact(artifact_id: UUID, percent: float, description: str, metadata: dict[str, str]) -> None:
+    """Update a progress artifact in place with metadata too (Prefect's
+    ``update_progress_artifact`` takes none)."""
+    with get_client(sync_client=True) as client:
+        client.update_artifact(artifact_id, ArtifactUpdate(data=percent, description=description, metadata_=metadata))
 
 
 def _shards(videos: list[VideoRef], size: int) -> list[list[VideoRef]]:

@@ -29,6 +29,7 @@ or Python::
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger
@@ -164,7 +165,9 @@ def _build(settings: Settings, importing: bool, unfinished: LockHolder | None = 
                     description="Dask dashboard of this run's cluster (live while the run is)",
                 )
             waves = process_waves.with_options(task_runner=cluster.task_runner())
+            started = time.monotonic()
             summary.stages = waves(work, settings, stages, str(report), cluster, importing=importing)
+            summary.seconds = time.monotonic() - started
     else:
         summary.stages = [StageTally(stage) for stage in stages]
     run = RunInfo(

@@ -1,10 +1,12 @@
 """A live display of each stage's progress while ``trackset run`` or ``demo`` runs the flow.
 
-The flow already publishes a ``progress-<stage>`` artifact per stage (``engine/submission.py``),
-updated at most once a second; this display reads those back from the Prefect API in a
-thread, every :data:`POLL_S` seconds, and draws a bar per stage with rich. Reading the API
-rather than hooking into the flow keeps the flow unaware of any terminal, and shows exactly
-what the UI shows.
+The flow already publishes a ``progress-<stage>`` artifact per stage and a ``progress-run``
+for the whole run (``engine/submission.py``), updated at most once a second, each with a
+line saying done of total, videos per hour, the ETA and GPU-hours so far and projected;
+this display reads those back from the Prefect API in a thread, every :data:`POLL_S`
+seconds, and draws a bar per stage with its line, the run's last. Reading the API rather
+than hooking into the flow keeps the flow unaware of any terminal, and shows exactly what
+the UI shows.
 
 Which run's artifacts: those of flow runs that started after the display did (the CLI's
 temporary server holds only this run; on a shared server a run started by someone else at
@@ -14,8 +16,8 @@ tearing them. It is on only when both stdout and stderr are terminals, so tests,
 CI logs get none of it, and it stops (thread joined, terminal restored) however the run ends.
 
 Examples:
-    >>> stage_label("progress-depth-camera")
-    'depth-camera'
+    >>> stage_label("progress-depth-camera"), stage_label("progress-run")
+    ('depth-camera', 'run')
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import threading
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn
@@ -34,9 +36,18 @@ from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextC
 POLL_S = 1.0
 CLOCK_SKEW_S = 2.0  # runs started this long before the display count too (the server's clock)
 PROGRESS_PREFIX = "progress-"
+RUN_LABEL = "run"  # ``progress-run``: the whole run (engine/submission.py)
 
-#: Reads ``{stage: percent}`` once; raises when the API cannot be read (the poll tries again).
-Fetch = Callable[[], dict[str, float]]
+
+class Line(NamedTuple):
+    """A progress artifact as the display draws it: its percentage and its description."""
+
+    percent: float
+    text: str = ""
+
+
+#: Reads ``{stage: line}`` once; raises when the API cannot be read (the poll tries again).
+Fetch = Callable[[], dict[str, Line]]
 
 
 def stage_label(key: str) -> str:
@@ -50,16 +61,20 @@ def wanted(stdout: TextIO, stderr: TextIO) -> bool:
     return terminal and os.environ.get("TERM") != "dumb" and not os.environ.get("CI")
 
 
-def latest_progress(artifacts: Iterable[Any]) -> dict[str, float]:
-    """``{stage: percent}`` from progress artifacts, in the order the stages first appear.
+def latest_progress(artifacts: Iterable[Any]) -> dict[str, Line]:
+    """``{stage: line}`` from progress artifacts, in the order the stages first appear, the
+    run's last.
 
     A key seen more than once (a stage of two runs) keeps its newest artifact.
 
     Examples:
         >>> from types import SimpleNamespace as A
-        >>> latest_progress([A(key="progress-hands", data=50.0, created=2), A(key="progress-preprocess", data=100.0,
-        ...     created=1), A(key="progress-hands", data=10.0, created=0), A(key="stage-hands", data="x", created=3)])
-        {'preprocess': 100.0, 'hands': 50.0}
+        >>> lines = latest_progress([A(key="progress-run", data=60.0, created=0, description="ETA 2 min"),
+        ...     A(key="progress-hands", data=50.0, created=2, description=None), A(key="progress-preprocess",
+        ...     data=100.0, created=1, description="done"), A(key="progress-hands", data=10.0, created=0,
+        ...     description=None), A(key="stage-hands", data="x", created=3, description=None)])
+        >>> list(lines), lines["hands"], lines["run"]
+        (['preprocess', 'hands', 'run'], Line(percent=50.0, text=''), Line(percent=60.0, text='ETA 2 min'))
     """
     newest: dict[str, Any] = {}
     for artifact in artifacts:
@@ -68,8 +83,8 @@ def latest_progress(artifacts: Iterable[Any]) -> dict[str, float]:
             continue
         if key not in newest or artifact.created > newest[key].created:
             newest[key] = artifact
-    ordered = sorted(newest.values(), key=lambda a: a.created)
-    return {stage_label(a.key): float(a.data) for a in ordered}
+    ordered = sorted(newest.values(), key=lambda a: (stage_label(a.key) == RUN_LABEL, a.created))
+    return {stage_label(a.key): Line(float(a.data), a.description or "") for a in ordered}
 
 
 def _api_url(configured: str | None) -> str | None:
@@ -102,7 +117,7 @@ def api_fetch(since: datetime) -> Fetch:
     configured = PREFECT_API_URL.value() or None
     auth = {"api_key": PREFECT_API_KEY.value(), "auth_string": PREFECT_API_AUTH_STRING.value()}
 
-    def fetch() -> dict[str, float]:
+    def fetch() -> dict[str, Line]:
         url = _api_url(configured)
         if url is None:
             raise ConnectionError("the flow's Prefect server has not started yet")
@@ -126,8 +141,15 @@ def _prefect_console_handlers() -> list[Any]:
     return list({id(h): h for lg in loggers for h in lg.handlers if isinstance(h, PrefectConsoleHandler)}.values())
 
 
+class _StagesThenRun(Progress):
+    """Rich's progress display with the run's row under the stages', whenever it appeared."""
+
+    def get_renderables(self) -> Iterable[Any]:
+        yield self.make_tasks_table(sorted(self.tasks, key=lambda task: task.description == RUN_LABEL))
+
+
 class LiveProgress:
-    """A bar per stage, redrawn from :data:`Fetch` every ``interval_s`` in a thread.
+    """A bar per stage with its line, redrawn from :data:`Fetch` every ``interval_s`` in a thread.
 
     Use as a context manager around the flow call; on exit, however the body ends, the
     thread is stopped and joined, the bars are drawn once more and the terminal restored.
@@ -137,10 +159,11 @@ class LiveProgress:
         self.fetch = fetch
         self.console = console
         self.interval_s = interval_s
-        self.progress = Progress(
+        self.progress = _StagesThenRun(
             TextColumn("{task.description:>14}"),
-            BarColumn(),
+            BarColumn(bar_width=24),
             TaskProgressColumn(),
+            TextColumn("{task.fields[line]}"),
             console=console,
             transient=False,
         )
@@ -155,10 +178,10 @@ class LiveProgress:
             stages = self.fetch()
         except Exception:  # the server may be starting, busy or gone: the next poll retries
             return
-        for stage, percent in stages.items():
+        for stage, line in stages.items():
             if stage not in self._tasks:
-                self._tasks[stage] = self.progress.add_task(stage, total=100.0)
-            self.progress.update(self._tasks[stage], completed=percent)
+                self._tasks[stage] = self.progress.add_task(stage, total=100.0, line="")
+            self.progress.update(self._tasks[stage], completed=line.percent, line=line.text)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):

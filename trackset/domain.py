@@ -110,6 +110,11 @@ class VideoRef:
     content_hash: str
 
 
+GPU_SECONDS = "gpu_seconds"
+"""The ``info`` key of a record whose video held a share of a GPU: its seconds x that share
+(``1/k`` on a worker of ``k`` per GPU; noted by the wave planner)."""
+
+
 @dataclass
 class StageRecord:
     """What a stage did to one video: small, picklable, never arrays."""

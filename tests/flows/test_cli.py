@@ -11,7 +11,7 @@ import pytest
 
 from trackset.dataset.lock import DatasetLock
 from trackset.flows.cli import EXIT_BUSY, EXIT_OK, EXIT_USAGE, main
-from trackset.flows.live_progress import api_fetch
+from trackset.flows.live_progress import Line, api_fetch
 
 
 def run_args(tmp_path, *args: str) -> list[str]:
@@ -101,11 +101,17 @@ def test_the_live_display_reads_the_progress_of_runs_started_after_it():
     @flow
     def staged():
         create_progress_artifact(100.0, key="progress-preprocess")
+        run = create_progress_artifact(20.0, key="progress-run", description="ETA estimating")
         depth = create_progress_artifact(10.0, key="progress-depth-camera")
-        update_progress_artifact(depth, 40.0)
+        update_progress_artifact(depth, 40.0, description="4 of 10 videos")
+        update_progress_artifact(run, 30.0, description="ETA 2 min")
 
     earlier()
     time.sleep(0.05)
     fetch = api_fetch(datetime.now(timezone.utc))
     staged()
-    assert fetch() == {"preprocess": 100.0, "depth-camera": 40.0}
+    assert fetch() == {
+        "preprocess": Line(100.0, ""),
+        "depth-camera": Line(40.0, "4 of 10 videos"),
+        "run": Line(30.0, "ETA 2 min"),
+    }

@@ -7,14 +7,16 @@ The display's reading of a real server is checked in ``tests/flows/test_cli.py``
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import threading
+import time
 
 import pytest
 from prefect.logging.handlers import PrefectConsoleHandler
 from rich.console import Console
 
-from trackset.flows.live_progress import LiveProgress, live_progress, wanted
+from trackset.flows.live_progress import Line, LiveProgress, live_progress, wanted
 
 
 class Terminal(io.StringIO):
@@ -51,13 +53,18 @@ class Script:
         self.calls = 0
         self.enough = threading.Event()
 
-    def __call__(self) -> dict[str, float]:
+    def __call__(self) -> dict[str, Line]:
         self.calls += 1
         if self.calls <= 2:
             raise ConnectionError("not up yet")
         if self.calls >= 6:
             self.enough.set()
-        return {"preprocess": 100.0, "depth-camera": min(100.0, 20.0 * (self.calls - 2))}
+        depth = min(100.0, 20.0 * (self.calls - 2))
+        return {
+            "run": Line(depth / 2, f"ETA {100 - depth:.0f} s"),  # the run's artifact can come first
+            "preprocess": Line(100.0, "24 of 24 videos · 2,880 videos/h · done"),
+            "depth-camera": Line(depth, f"{depth / 100 * 24:.0f} of 24 videos"),
+        }
 
 
 def test_bars_follow_the_fetched_progress_and_stop_with_the_run():
@@ -67,9 +74,25 @@ def test_bars_follow_the_fetched_progress_and_stop_with_the_run():
         assert fetch.enough.wait(10)
     assert not display._thread.is_alive()
     tasks = {task.description: task.completed for task in display.progress.tasks}
-    assert tasks == {"preprocess": 100.0, "depth-camera": 100.0}
+    assert tasks == {"run": 50.0, "preprocess": 100.0, "depth-camera": 100.0}
     text = console.file.getvalue()
     assert "preprocess" in text and "depth-camera" in text and "100%" in text
+
+
+def test_each_bar_shows_its_line_and_the_run_comes_under_the_stages():
+    lines = {
+        "run": Line(40.0, "10 of 24 videos through every stage · 80 videos/h · ETA 11 min"),
+        "preprocess": Line(100.0, "24 of 24 videos · 2,880 videos/h · done"),
+        "hands": Line(25.0, "6 of 24 videos · 90 videos/h · ETA 11 min · 0.02 GPU-h so far, 0.06 projected"),
+    }
+    console = Console(file=io.StringIO(), force_terminal=False, width=160)
+    display = LiveProgress(lambda: lines, console, interval_s=60)
+    display.poll()
+    console.print(*display.progress.get_renderables())
+    rows = [row for row in console.file.getvalue().splitlines() if row.strip()]
+    assert [row.split()[0] for row in rows] == ["preprocess", "hands", "run"]
+    for row, line in zip(rows, (lines["preprocess"], lines["hands"], lines["run"]), strict=True):
+        assert row.rstrip().endswith(line.text)
 
 
 def test_an_error_in_the_run_stops_the_display_and_propagates():
@@ -96,3 +119,23 @@ def test_prefect_log_lines_print_through_the_display_and_get_their_console_back(
         assert "a log line during the run" in console.file.getvalue()
     finally:
         logger.removeHandler(handler)
+
+
+def test_the_display_reads_at_most_once_an_interval_and_keeps_a_bar_per_stage():
+    # A run of days polls the API for days: each read is one request, spaced by the interval,
+    # and however many reads, the display holds one bar per stage and the run's.
+    reads: list[float] = []
+
+    def fetch() -> dict[str, Line]:
+        reads.append(time.monotonic())
+        n = len(reads)
+        return {"preprocess": Line(100.0, "done"), "hands": Line(n % 100, f"{n} of 10,000 videos"), "run": Line(1.0)}
+
+    display = LiveProgress(fetch, screen(), interval_s=0.05)
+    with display:
+        time.sleep(0.5)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(reads[:-1])]  # the last: the read at exit
+    assert 3 <= len(reads) <= 0.5 / 0.05 + 2 and min(gaps) >= 0.045
+    for _ in range(1000):
+        display.poll()
+    assert [task.description for task in display.progress.tasks] == ["preprocess", "hands", "run"]

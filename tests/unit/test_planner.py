@@ -16,7 +16,7 @@ from trackset.scheduling import commands as c
 from trackset.scheduling.facts import Knobs, RunShape, stage_facts
 from trackset.scheduling.outcomes import TaskFailure, TaskReport, reached
 from trackset.scheduling.planner import WavePlanner
-from trackset.scheduling.progress import StageProgress
+from trackset.scheduling.progress import Spent, StageProgress
 from trackset.stages.registry import enabled_stages
 
 GIB = 1024**3
@@ -57,6 +57,7 @@ class FakeCluster:
         no_gpu: stage -> videos that need no GPU (written in the flow).
         stored: stage -> a peak an earlier run stored.
         flow_write_fails: (stage, video) whose write in the flow fails (it needs no GPU).
+        seconds: seconds a video takes, by stage (0 where absent).
     """
 
     peaks: dict[str, float] = field(default_factory=lambda: dict.fromkeys(GPU_STAGES, PEAK / GIB))
@@ -67,6 +68,7 @@ class FakeCluster:
     no_gpu: dict[str, set[str]] = field(default_factory=dict)
     stored: dict[str, int] = field(default_factory=dict)
     flow_write_fails: set[tuple[str, str]] = field(default_factory=set)
+    seconds: dict[str, float] = field(default_factory=dict)
     gpus: tuple[GpuInfo, ...] = (gpu(0), gpu(1))
     slots_per_gpu: int = 2
     fail_on: type | None = None  # a command type whose execution raises
@@ -152,7 +154,8 @@ class FakeCluster:
             return StageRecord(video.video_id, stage, "skipped")
         self.current[stage].add(video.video_id)
         peak = self.peaks.get(stage)
-        return StageRecord(video.video_id, stage, "done", peak_bytes=int(peak * GIB) if peak else None)
+        seconds = self.seconds.get(stage, 0.0)
+        return StageRecord(video.video_id, stage, "done", seconds, peak_bytes=int(peak * GIB) if peak else None)
 
     # -- what the planner did, read back ---------------------------------------------------
 
@@ -453,6 +456,25 @@ def test_progress_never_steps_back_and_ends_at_every_video(trouble):
         shown = cluster.published[stage]
         assert shown == sorted(shown), (stage, shown)
         assert shown[-1] == 6, stage
+
+
+def test_a_gpu_video_notes_its_gpu_seconds_and_each_publish_says_what_the_stage_spent():
+    seconds = {"preprocess": 2.0, "depth_camera": 8.0, "object_masks": 1.0, "h5_build": 1.0}
+    cluster = plan(FakeCluster(seconds=seconds, no_gpu=unprompted(6)), 6)
+    depth = {r.video_id: r.info for o in cluster.closed["depth_camera"] for r in o.records}
+    # The profiling video ran alone on its GPU; the others on 2 workers per GPU: half of one each.
+    assert {video: info["gpu_seconds"] for video, info in depth.items()} == {vid(0): 8.0} | {
+        vid(i): 4.0 for i in range(1, 6)
+    }
+    cpu = [r for stage in ("preprocess", "object_masks", "h5_build") for o in cluster.closed[stage] for r in o.records]
+    assert len(cpu) == 18 and not any("gpu_seconds" in r.info for r in cpu)  # CPU tasks, and written in the flow
+    last = {command.stage: command for command in cluster.of(c.Publish)}
+    # The profiling video's cost is noted apart too: the estimator does not take it for the sized rounds'.
+    assert last["depth_camera"].spent == Spent(6, 8.0 + 5 * 4.0, 8.0 + 5 * 4.0, 1, 8.0, 8.0)
+    assert last["preprocess"].spent == Spent(6, 12.0, 0.0)
+    assert last["object_masks"].spent == Spent(6, 6.0, 0.0)  # no GPU: their seconds in the flow
+    spent = [command.spent.videos for command in cluster.of(c.Publish) if command.stage == "depth_camera"]
+    assert spent == sorted(spent) and spent[0] < 6
 
 
 def test_stage_progress_counts_a_video_once_and_a_wave_whole():

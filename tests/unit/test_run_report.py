@@ -42,6 +42,7 @@ def test_a_tally_of_2000_videos_makes_a_bounded_table_and_summary(tmp_path):
     summary = RunSummary("dataset", 2400, 2400, [tally], report_path=str(report.path))
     assert len(summary.to_markdown()) < 256 * 1024 and "200 more in the run report" in summary.to_markdown()
     assert len(tally.sample) == 20 and tally.info_totals["frames"] == 20_000
+    assert len(tally.slowest) == 10  # the slowest videos are bounded too
 
 
 def test_the_report_holds_every_video_and_opens_in_pandas(tmp_path):
@@ -66,6 +67,41 @@ def test_skipped_videos_are_counted_not_listed(skipped):
     tally = StageTally("hands")
     tally.add(StageOutcome("hands", [StageRecord(f"{i:05d}", "hands", "skipped") for i in range(skipped)]))
     assert tally.skipped == skipped and tally.done == 0 and len(tally.table()) == (1 if skipped else 0)
+
+
+def test_the_summary_gives_gpu_hours_per_stage_the_slowest_videos_and_what_the_rest_would_cost():
+    depth, h5 = StageTally("depth_camera"), StageTally("h5_build")
+    for i in range(40):  # 40 videos, the i-th taking 10 + i s on workers of 2 per GPU
+        seconds = 10.0 + i
+        record = StageRecord(f"{i:05d}", "depth_camera", "done", seconds, info={"gpu_seconds": seconds / 2})
+        depth.add(StageOutcome("depth_camera", [record]))
+        h5.add(StageOutcome("h5_build", [StageRecord(f"{i:05d}", "h5_build", "done", 1.0)]))
+    depth.add(StageOutcome("depth_camera", failures=[VideoFailure("00040", "depth_camera", "OOM", "quarantined")]))
+    summary = RunSummary(
+        "dataset",
+        43,
+        41,
+        [depth, h5],
+        extra_failures=[VideoFailure("00041", "register", "unreadable"), VideoFailure("00042", "register", "bad")],
+        seconds=3600.0,
+    )
+    text = summary.to_markdown()
+    gpu_seconds = sum(10.0 + i for i in range(40)) / 2  # 590
+    assert f"| depth_camera | 40 | 0 | 1 | {2 * gpu_seconds:.1f} | {gpu_seconds / 3600:.3f} |" in text
+    assert "| h5_build | 40 | 0 | 0 | 40.0 | 0.000 |" in text
+    slowest = [line for line in text.splitlines() if line.startswith("| depth_camera | 000")]
+    assert slowest == [f"| depth_camera | {i:05d} | {10.0 + i:.1f} |" for i in range(39, 29, -1)]
+    assert len([line for line in text.splitlines() if line.startswith("| h5_build | 000")]) == 10
+    # 3 videos without an H5 file, at 590 / 40 GPU-seconds each; 40 built in the hour.
+    assert "without an H5 file after this run (failed, quarantined or excluded): **3**" in text
+    assert f"**{3 * gpu_seconds / 40 / 3600:.2f} GPU-hours**" in text
+    assert "at this run's pace (40.0 videos per hour): **0.07 hours**" in text
+
+
+def test_a_run_without_failures_projects_nothing():
+    tally = StageTally("hands")
+    tally.add(StageOutcome("hands", [StageRecord("00000", "hands", "done", 2.0)]))
+    assert "projection" not in RunSummary("dataset", 1, 1, [tally]).to_markdown()
 
 
 HOSTILE = "clip_[a](http://x)*b*|`c`<img src=x onerror=alert(1)>\n# d ~~e~~ &amp; \\f"

@@ -4,9 +4,10 @@ A build of 50,000 videos has 250,000 per-video stage records: ~250 MB held in th
 process, a 6 MiB table per stage in the UI. So a run keeps per video only what it writes
 to its **report** (``<dataset_dir>/runs/<run>.jsonl``, one JSON line per video and stage:
 ``pandas.read_json(path, lines=True)``), and in memory a :class:`StageTally` per stage:
-counts, seconds, a line per worker, the failures and a small sample. Artifacts and the
-terminal show the tallies, the failures (up to :data:`MAX_FAILURE_ROWS`) and where the
-report is.
+counts, seconds, GPU-hours, a line per worker, the failures, a small sample and the
+:data:`SLOWEST_VIDEOS` slowest videos. Artifacts and the terminal show the tallies, the
+failures (up to :data:`MAX_FAILURE_ROWS`) and where the report is; the run summary also
+what the videos this run did not build would cost at this run's rates.
 
 Nothing is dropped silently: every video ends a run done, skipped (already current),
 failed with its reason, or quarantined with its reason, in the report and in the tallies.
@@ -14,6 +15,7 @@ failed with its reason, or quarantined with its reason, in the report and in the
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 from collections.abc import Iterator
@@ -21,7 +23,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trackset.domain import SkippedFiles, StageOutcome, StageRecord, VideoFailure, is_video_id, video_id_order
+from trackset.domain import (
+    GPU_SECONDS,
+    SkippedFiles,
+    StageOutcome,
+    StageRecord,
+    VideoFailure,
+    is_video_id,
+    video_id_order,
+)
 from trackset.formats.layout import ensure_file
 from trackset.reports import markdown
 
@@ -30,6 +40,9 @@ MAX_FAILURE_ROWS = 200
 
 SAMPLE_RECORDS = 20
 """Done records a tally keeps for the terminal's table of videos built."""
+
+SLOWEST_VIDEOS = 10
+"""Slowest videos a tally keeps per stage, with their seconds, for the run summary."""
 
 
 @dataclass
@@ -53,6 +66,9 @@ class StageTally:
         >>> tally.add(StageOutcome("hands", [record]))
         >>> tally.done, tally.seconds, tally.info_totals, tally.workers["w0"].videos
         (1, 2.0, {'frames': 9.0}, 1)
+        >>> tally.add(StageOutcome("hands", [StageRecord("00002", "hands", "done", 8.0, info={"gpu_seconds": 4.0})]))
+        >>> tally.gpu_seconds, tally.slowest_videos()
+        (4.0, [('00002', 8.0), ('00001', 2.0)])
     """
 
     stage: str
@@ -63,10 +79,20 @@ class StageTally:
     workers: dict[str, WorkerLoad] = field(default_factory=dict)
     info_totals: dict[str, float] = field(default_factory=dict)
     sample: list[StageRecord] = field(default_factory=list)
+    slowest: list[tuple[float, str]] = field(default_factory=list)  # a heap: the fastest of them first
 
     @property
     def failed(self) -> int:
         return len(self.failures)
+
+    @property
+    def gpu_seconds(self) -> float:
+        """GPU-seconds its videos held: seconds x GPU share, summed (:data:`~trackset.domain.GPU_SECONDS`)."""
+        return self.info_totals.get(GPU_SECONDS, 0.0)
+
+    def slowest_videos(self) -> list[tuple[str, float]]:
+        """Up to :data:`SLOWEST_VIDEOS` (video, seconds), slowest first."""
+        return [(video, seconds) for seconds, video in sorted(self.slowest, reverse=True)]
 
     def add(self, part: StageOutcome) -> None:
         """Fold a batch's records and failures in."""
@@ -87,6 +113,10 @@ class StageTally:
                     self.info_totals[key] = self.info_totals.get(key, 0.0) + float(value)
             if len(self.sample) < SAMPLE_RECORDS:
                 self.sample.append(record)
+            if len(self.slowest) < SLOWEST_VIDEOS:
+                heapq.heappush(self.slowest, (record.seconds, record.video_id))
+            else:
+                heapq.heappushpop(self.slowest, (record.seconds, record.video_id))
         self.failures += part.failures
 
     def table(self) -> list[dict[str, object]]:
@@ -182,6 +212,7 @@ class RunSummary:
     report_path: str = ""
     skipped: SkippedFiles = field(default_factory=SkippedFiles)
     dataset_version: str = ""
+    seconds: float = 0.0  # the stages' wall time: process-waves, start to end
 
     @property
     def failures(self) -> list[VideoFailure]:
@@ -218,9 +249,19 @@ class RunSummary:
         if self.report_path:
             read = "`pandas.read_json(path, lines=True)`"
             lines.append(f"- every video of this run: {markdown.code(self.report_path)} (JSON lines: {read})")
-        lines += ["", "## Stages", "", "| stage | done | skipped | failed | seconds |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Stages",
+            "",
+            "| stage | done | skipped | failed | seconds | GPU-hours |",
+            "|---|---|---|---|---|---|",
+        ]
         for tally in self.stages:
-            lines.append(f"| {tally.stage} | {tally.done} | {tally.skipped} | {tally.failed} | {tally.seconds:.1f} |")
+            lines.append(
+                f"| {tally.stage} | {tally.done} | {tally.skipped} | {tally.failed} | {tally.seconds:.1f} "
+                f"| {tally.gpu_seconds / 3600:.3f} |"
+            )
+        lines += self._slowest_markdown() + self._projection_markdown()
         failures = self.failures
         if failures:
             lines += ["", "## Failures", "", "| video | stage | kind | reason |", "|---|---|---|---|"]
@@ -247,6 +288,43 @@ class RunSummary:
                 if key.endswith("num_samples") or key.endswith("_mean") or key.endswith("_std") or key == "std_floored":
                     lines.append(f"| {key} | {_short(value)} |")
         return "\n".join(lines) + "\n"
+
+    def _slowest_markdown(self) -> list[str]:
+        rows = [
+            f"| {tally.stage} | {video} | {seconds:.1f} |"
+            for tally in self.stages
+            for video, seconds in tally.slowest_videos()
+        ]
+        if not rows:
+            return []
+        title = f"## Slowest videos (up to {SLOWEST_VIDEOS} per stage)"
+        return ["", title, "", "| stage | video | seconds |", "|---|---|---|", *rows]
+
+    def _projection_markdown(self) -> list[str]:
+        """What the videos without an H5 file after this run (failed, quarantined, excluded)
+        would cost at this run's GPU-seconds per video, and take at its pace."""
+        left = len({failure.video_id for failure in self.failures})
+        if not left:
+            return []
+        per_stage = [(t.stage, t.gpu_seconds / t.done) for t in self.stages if t.done and t.gpu_seconds]
+        gpu_hours = left * sum(seconds for _, seconds in per_stage) / 3600
+        built = self.stage("h5_build").done
+        lines = [
+            "",
+            "## Videos not built: projection",
+            "",
+            f"- videos without an H5 file after this run (failed, quarantined or excluded): **{left}**",
+        ]
+        if per_stage:
+            each = ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in per_stage)
+            lines.append(
+                f"- at this run's GPU-seconds per video ({each}): **{gpu_hours:.2f} GPU-hours** "
+                "(a quarantined video ran out of memory alone on a GPU: it needs a larger one)"
+            )
+        if built and self.seconds > 0:
+            rate = 3600 * built / self.seconds
+            lines.append(f"- at this run's pace ({rate:.1f} videos per hour): **{left / rate:.2f} hours**")
+        return lines
 
 
 def _short(value: object) -> str:

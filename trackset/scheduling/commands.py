@@ -16,12 +16,13 @@ reported; :class:`Profile` -> a tuple of task reports; :class:`ReadGpus` -> :cla
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from trackset.domain import StageOutcome, VideoRef
 from trackset.gpu.inventory import GpuInfo
 from trackset.scheduling.packing import PackingResult
+from trackset.scheduling.progress import Spent
 
 
 @dataclass(frozen=True)
@@ -187,13 +188,15 @@ class Log:
 
 @dataclass(frozen=True)
 class Publish:
-    """``done`` of ``total`` videos are through ``stage`` (``progress-<stage>``); ``final``
-    at the end of a wave, where a stage that published nothing stays silent."""
+    """``done`` of ``total`` videos are through ``stage`` (``progress-<stage>``), which
+    ``spent`` so far on those it processed; ``final`` at the end of a wave, where a stage
+    that published nothing stays silent."""
 
     stage: str
     done: int
     total: int
     final: bool = False
+    spent: Spent = field(default_factory=Spent)
 
 
 @dataclass(frozen=True)

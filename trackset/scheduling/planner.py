@@ -49,7 +49,11 @@ is preprocessed and are given back while the last one gets its H5 files.
 
 **Progress.** Each stage's count (:class:`~trackset.scheduling.progress.StageProgress`)
 grows as its videos become final and jumps to the wave's end when the wave closes, so it
-never steps back; :class:`~trackset.scheduling.commands.Publish` says when to show it.
+never steps back; :class:`~trackset.scheduling.commands.Publish` says when to show it, with
+what the stage spent so far. A video of a GPU round held ``1/k`` of its GPU (``k`` workers
+per GPU; 1 while profiling) for its seconds: its record notes those GPU-seconds
+(``info["gpu_seconds"]``), which the run report, the tallies and the ETA
+(:mod:`trackset.scheduling.eta`) add up.
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from trackset.domain import StageOutcome, StageRecord, VideoRef
+from trackset.domain import GPU_SECONDS, StageOutcome, StageRecord, VideoRef
 from trackset.gpu.sizing import PeakExceedsGpuError, workers_beside
 from trackset.scheduling.batching import chunk_videos, round_parts, split_lanes, waves_of
 from trackset.scheduling.commands import (
@@ -319,7 +323,7 @@ class WavePlanner:
         progress of every stage ends at 100 %.
         """
         book.progress.close_wave(size)
-        yield Publish(book.name, book.progress.done, book.progress.total, final=True)
+        yield from self._publish(book, final=True)
         yield CloseWave(book.name, book.wave)
         succeeded = {record.video_id for record in book.wave.records}
         book.wave, book.todo = StageOutcome(book.name), set()
@@ -344,8 +348,11 @@ class WavePlanner:
         """Wait for the tasks of ``batch`` and gather their records and failures (and those of
         the videos of a failed shard, run again one per task), counting progress as they end."""
         outcome, isolate = StageOutcome(book.name), list[VideoRef]()
+        # The most workers any GPU runs: on a smaller GPU that runs fewer, a video held more of
+        # it than its GPU-seconds say (which GPU ran it is known only after the round).
+        workers = size.workers_per_gpu if size is not None else None
         while (report := (yield NextReport(batch.rounds))) is not None:
-            yield from self._take(book, report, outcome, isolate)
+            yield from self._take(book, report, outcome, isolate, workers)
         yield from self._log_failures(outcome)
         if isolate:
             single = yield from self._submit(book.name, isolate, 1, size)
@@ -354,16 +361,36 @@ class WavePlanner:
             outcome.failures += part.failures
         return outcome
 
-    def _take(self, book: _Book, report: TaskReport, outcome: StageOutcome, isolate: list[VideoRef]) -> Steps[None]:
-        """Fold one task's report into ``outcome`` (:func:`~trackset.scheduling.outcomes.settle`)."""
+    def _take(
+        self,
+        book: _Book,
+        report: TaskReport,
+        outcome: StageOutcome,
+        isolate: list[VideoRef],
+        workers: int | None,
+        *,
+        profiling: bool = False,
+    ) -> Steps[None]:
+        """Fold one task's report into ``outcome`` (:func:`~trackset.scheduling.outcomes.settle`),
+        its records' GPU-seconds noted where it ran on ``workers`` per GPU (``profiling``: a
+        task of the profiling round)."""
         settled = settle(book.name, report, self.knobs.retries)
         if settled.warning:
             yield Log("warning", settled.warning)
+        if workers is not None:
+            for record in settled.outcome.records:
+                if record.status == "done":
+                    record.info[GPU_SECONDS] = record.seconds / workers
         outcome.records += settled.outcome.records
         outcome.failures += settled.outcome.failures
         isolate += settled.isolate
-        if book.progress.finished(final_ids(settled.outcome)):
-            yield Publish(book.name, book.progress.done, book.progress.total)
+        counted = book.progress.finished(final_ids(settled.outcome))
+        if book.progress.spend(settled.outcome.records, profiling=profiling) or counted:
+            yield from self._publish(book)
+
+    def _publish(self, book: _Book, *, final: bool = False) -> Steps[None]:
+        progress = book.progress
+        yield Publish(book.name, progress.done, progress.total, final, progress.spent)
 
     def _log_failures(self, outcome: StageOutcome) -> Steps[None]:
         for failure in outcome.failures:
@@ -411,6 +438,8 @@ class WavePlanner:
             return videos
         written: StageOutcome = yield WriteHere(book.name, tuple(local))
         self._fold(book, written)
+        if book.progress.spend(written.records):  # counted when the wave closes: it may be the next wave's
+            yield from self._publish(book)
         handled = {r.video_id for r in written.records} | {f.video_id for f in written.failures}
         return [video for video in videos if video.video_id not in handled]
 
@@ -527,7 +556,7 @@ class WavePlanner:
         reports: tuple[TaskReport, ...] = yield Profile(book.name, tuple(videos))
         outcome: StageOutcome = StageOutcome(book.name)
         for report in reports:
-            yield from self._take(book, report, outcome, [])
+            yield from self._take(book, report, outcome, [], 1, profiling=True)
         yield from self._log_failures(outcome)
         return outcome
 
