@@ -47,6 +47,7 @@ from trackset.scheduling import commands as c
 from trackset.scheduling.eta import Estimator
 from trackset.scheduling.facts import Knobs, RunShape, stage_facts
 from trackset.scheduling.outcomes import TaskReport
+from trackset.scheduling.packing import Round
 from trackset.scheduling.planner import WavePlanner
 from trackset.scheduling.profile_store import ProfileStore
 from trackset.scheduling.worklist import WorkList
@@ -55,6 +56,14 @@ from trackset.stages.config import StageConfig
 from trackset.stages.registry import build_stage, stage_spec
 
 LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def _per_gpu(round_: Round) -> str:
+    """``k workers per GPU`` where every GPU ran as many, else each GPU's."""
+    counts = set(round_.per_gpu) or {round_.workers_per_gpu}
+    if len(counts) == 1:
+        return f"{counts.pop()} workers per GPU"
+    return "workers per GPU " + "/".join(str(k) for k in round_.per_gpu)
 
 
 class ProfileSubflow(Protocol):
@@ -82,7 +91,8 @@ def stream(
         ClusterShapeError: a GPU stage is to run and no worker of the cluster offers a GPU.
     """
     engine = Engine(settings, stages, report, cluster, plan, profile, len(videos))
-    if any(stage_spec(stage).resources.uses_gpu for stage in stages) and plan is not None and not plan.gpus:
+    uses_gpu = any(stage_spec(stage).resources.uses_gpu for stage in stages)
+    if uses_gpu and plan is not None and not plan.gpus and not cluster.elastic:
         raise ClusterShapeError(
             f"no worker of the cluster at {cluster.address} offers a GPU "
             "(start GPU workers pinned with CUDA_VISIBLE_DEVICES and --resources GPU=1)"
@@ -138,6 +148,7 @@ class Engine:
             c.LoadProfile: self.load_profile,
             c.SaveProfile: self.save_profile,
             c.ForgetProfile: lambda command: self.profiles.forget(command.stage),
+            c.GpuWork: lambda command: self.cluster.want(command.videos),
             c.Log: self.log,
             c.Publish: lambda command: self.progress.publish(
                 command.stage, command.done, command.total, final=command.final, spent=command.spent
@@ -208,9 +219,9 @@ class Engine:
 
     # -- tasks ---------------------------------------------------------------------------------
 
-    def _resources(self, stage: str, workers_per_gpu: int | None) -> dict[str, float] | None:
+    def _resources(self, stage: str, workers_per_gpu: int | None, need_bytes: int = 0) -> dict[str, float] | None:
         if workers_per_gpu is not None:
-            return dict(gpu_task_resources(workers_per_gpu))
+            return dict(gpu_task_resources(workers_per_gpu, need_bytes))
         if self.plan is not None and not stage_spec(stage).resources.uses_gpu:
             return dict(self.plan.cpu_task_resources)
         return None
@@ -220,7 +231,7 @@ class Engine:
         return tags(f"workers-per-gpu-{workers_per_gpu}") if workers_per_gpu is not None else tags()
 
     def submit(self, command: c.Submit) -> None:
-        resources = self._resources(command.stage, command.workers_per_gpu)
+        resources = self._resources(command.stage, command.workers_per_gpu, command.need_bytes)
         with self._tags(command.workers_per_gpu):
             self._rounds[command.round] = submit_stage_tasks(
                 command.stage,
@@ -233,7 +244,7 @@ class Engine:
 
     def submit_after(self, command: c.SubmitAfter) -> None:
         upstream = self._joined(command.upstream)
-        resources = self._resources(command.stage, command.workers_per_gpu)
+        resources = self._resources(command.stage, command.workers_per_gpu, command.need_bytes)
         with self._tags(command.workers_per_gpu):
             self._rounds[command.round] = submit_after(
                 command.stage, upstream, command.videos, self._config(command.stage), self._retry, resources
@@ -270,17 +281,25 @@ class Engine:
     # -- the cluster's GPUs and the memory profiles ---------------------------------------------
 
     def read_gpus(self, command: c.ReadGpus) -> c.GpuView:
-        plan = self.cluster.plan() or self.plan  # read again: a restarted worker has a new address
+        # Read again: a restarted worker has a new address, a SLURM job's workers come and go.
+        plan = self.cluster.wait_for_gpus() or self.plan
         if plan is None or not plan.gpus:
             raise ClusterShapeError(
                 f"{command.stage}: no worker of the cluster at {self.cluster.address} offers a GPU "
                 "(start GPU workers pinned with CUDA_VISIBLE_DEVICES and --resources GPU=1)"
             )
-        gpus = tuple(self.cluster.gpu_infos(plan)) if command.measure else ()
-        return c.GpuView(plan.slots_per_gpu, gpus)
+        if not command.measure:
+            return c.GpuView(plan.slots_per_gpu)
+        shares, names = plan.shares(), plan.names()
+        return c.GpuView(
+            plan.slots_per_gpu,
+            tuple(self.cluster.gpu_infos(plan)),
+            tuple(shares[gpu] for gpu in plan.gpus),
+            tuple(names[gpu] for gpu in plan.gpus),
+        )
 
     def load_profile(self, command: c.LoadProfile) -> int | None:
-        stored = self.profiles.load(command.stage, self._config(command.stage).cache_key(), command.gpus)
+        stored = self.profiles.load(command.stage, self._config(command.stage).cache_key())
         if stored is None:
             return None
         self.logger.info(
@@ -292,7 +311,7 @@ class Engine:
         return stored.peak_bytes
 
     def save_profile(self, command: c.SaveProfile) -> None:
-        self.profiles.save(command.stage, self._config(command.stage).cache_key(), command.gpus, command.peak_bytes)
+        self.profiles.save(command.stage, self._config(command.stage).cache_key(), command.peak_bytes)
 
     # -- what the run publishes -----------------------------------------------------------------
 
@@ -314,20 +333,22 @@ class Engine:
                 description=f"Peak GPU memory of {stage} ({result.peak_source}) and the workers per GPU it allows",
             )
             logger.info(
-                "%s: peak %s (%s) -> %d workers per GPU (%s)",
+                "%s: peak %s (%s) -> %s",
                 stage,
                 format_gib(result.profiles[0].peak_bytes),
                 result.peak_source,
-                min(p.workers_per_gpu for p in result.profiles),
-                ", ".join(f"GPU {p.gpu_index}: {format_gib(p.total_bytes)} available" for p in result.profiles),
+                ", ".join(
+                    f"GPU {p.gpu_index}: {p.workers_per_gpu} workers of {format_gib(p.total_bytes)} available"
+                    for p in result.profiles
+                ),
             )
         for previous, current in itertools.pairwise(result.rounds):
-            if current.workers_per_gpu < previous.workers_per_gpu:
+            if previous.out_of_memory and not previous.profiling:
                 logger.warning(
-                    "%s: %d videos ran out of memory; retrying them with %d workers per GPU",
+                    "%s: %d videos ran out of memory; retrying them with %s",
                     stage,
                     current.videos,
-                    current.workers_per_gpu,
+                    _per_gpu(current),
                 )
         if not result.quarantined:
             return

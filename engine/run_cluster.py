@@ -10,6 +10,13 @@ every task runner connects to it by address:
   run without a GPU stage, an import). A GPU stage is sized by
   restricting its tasks to some of them (``trackset/cluster/plan.py``); workers it does not
   use never touch CUDA.
+- ``cluster.kind: slurm`` starts dask-jobqueue's ``SLURMCluster``: the scheduler here, the
+  CPU workers here too, and the GPU workers as SLURM jobs, as many as the wave planner's
+  pending GPU work can use (:mod:`trackset.engine.slurm_jobs`), each worker pinned, ranked
+  and sized by itself as it starts (:mod:`trackset.cluster.gpu_worker`). Closing the cluster
+  gives every job back (``scancel``), whether the run ended, failed or was cancelled; a run
+  killed outright leaves jobs whose workers stop 60 s after the scheduler is gone
+  (dask-jobqueue's ``--death-timeout``).
 - ``cluster.scheduler_address`` connects to a cluster someone else started (``dask
   worker`` on several hosts, dask-jobqueue, dask-kubernetes); the same restrictions size it.
 - ``cluster.runner: threads`` runs every task in the flow's own process (tests, laptops).
@@ -29,6 +36,7 @@ loads its model on top of the previous stage's.
 
 from __future__ import annotations
 
+import logging
 from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
@@ -38,17 +46,21 @@ import dask
 import httpx
 from distributed import Client, SpecCluster
 from distributed.comm.core import CommClosedError
+from prefect import get_run_logger
 from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.exceptions import MissingContextError
 from prefect.settings import get_current_settings
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 import trackset
+from trackset.cluster.jobqueue import run_slurm_kwargs
 from trackset.cluster.plan import ClusterPlan, ClusterWorker
 from trackset.cluster.security import TlsFiles, temporary_tls_config, tls_config
 from trackset.cluster.worker_cache import release_stages
 from trackset.cluster.worker_probe import GpuRanks, current_gpu, describe_worker
-from trackset.cluster.worker_spec import run_cluster_spec
+from trackset.cluster.worker_spec import cpu_worker_spec, run_cluster_spec
 from trackset.config.settings import Settings
+from trackset.engine.slurm_jobs import SlurmJobs
 from trackset.engine.task_context import DaskTaskRunnerWithoutSecrets
 from trackset.errors import ClusterShapeError
 from trackset.gpu.fake_device import ledger_dir_for
@@ -107,6 +119,30 @@ def api_credentials_problems(api_url: str) -> list[str]:
 DASK_MESSAGE_LOG_LENGTH = 16
 
 
+def job_environment() -> list[str]:
+    """What a SLURM job of the run exports before its workers start: the run's Prefect API and
+    its Dask settings (:func:`run_dask_config`). No secret: the job script is a readable file,
+    and SLURM hands the jobs the environment of the process that submits them (the Prefect
+    auth string included) without writing it anywhere."""
+    nested: dict[str, Any] = {}
+    for key, value in run_dask_config().items():
+        *path, last = key.split(".")
+        place = nested
+        for part in path:
+            place = place.setdefault(part, {})
+        place[last] = value
+    api_url = worker_env()["PREFECT_API_URL"]
+    return [f"export PREFECT_API_URL={api_url}", f"export DASK_INTERNAL_INHERIT_CONFIG={dask.config.serialize(nested)}"]
+
+
+def _run_logger() -> Any:
+    """The flow run's logger (the jobs' changes show in the run's log), else trackset's."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("trackset.slurm")
+
+
 def run_dask_config() -> dict[str, Any]:
     """Dask settings for the run's clients and the workers it starts.
 
@@ -137,7 +173,18 @@ class RunCluster:
     and address, no client, nothing to close), which is all a worker could use of it.
     """
 
-    __slots__ = ("_cluster", "_context", "_facts", "address", "client", "gpu_workers", "settings", "threads")
+    __slots__ = (
+        "_cluster",
+        "_context",
+        "_facts",
+        "_folders",
+        "address",
+        "client",
+        "gpu_workers",
+        "jobs",
+        "settings",
+        "threads",
+    )
 
     def __init__(self, settings: Settings, gpu_workers: bool = True) -> None:
         """``gpu_workers=False``: a run without a GPU stage (an import) starts only the CPU
@@ -149,10 +196,13 @@ class RunCluster:
         self.address: str | None = None
         self.client: Client | None = None
         self._cluster: SpecCluster | None = None
+        self.jobs: SlurmJobs | None = None
         self._context = ExitStack()
         # What each worker said of itself (host, GPU), by address: asked once per worker,
         # since a stage transition that asks every busy CPU worker again waits on the slowest.
         self._facts: dict[str, dict[str, Any]] = {}
+        # The run's folders every worker must reach, from the first check: asked of a worker that joins later too.
+        self._folders: tuple[list[str], list[str]] = ([], [])
 
     def __getstate__(self) -> dict[str, Any]:
         return {"settings": self.settings, "gpu_workers": self.gpu_workers, "address": self.address}
@@ -171,14 +221,19 @@ class RunCluster:
             self.address = cluster.scheduler_address
             self.client = Client(self.address, timeout=cluster.connect_timeout_s)
             return self
+        if cluster.kind == "slurm":
+            return self._start_slurm()
+        gpus = self._local_gpus() if self.gpu_workers else []
         spec = run_cluster_spec(
-            self._local_gpus() if self.gpu_workers else [],
+            [gpu.index for gpu in gpus],
             cluster.max_workers_per_gpu,
             cluster.cpu_workers,
             env=worker_env(),
             preload=cluster.worker_preload,
             cpu_nice=cluster.cpu_worker_nice,
             protocol="tls",
+            available_bytes={gpu.index: gpu.available_bytes for gpu in gpus},
+            headroom=cluster.headroom,
         )
         self._cluster = SpecCluster(**spec)
         self.address = self._cluster.scheduler_address
@@ -186,14 +241,64 @@ class RunCluster:
         self.client.wait_for_workers(len(spec["workers"]), timeout=cluster.connect_timeout_s)
         return self
 
+    def _start_slurm(self) -> RunCluster:
+        """The scheduler and the CPU workers here, the GPU workers as SLURM jobs (module docstring).
+
+        The jobs come as the planner announces GPU work (:meth:`want`); none is submitted yet.
+
+        Raises:
+            ClusterShapeError: dask-jobqueue is not installed.
+        """
+        try:
+            from dask_jobqueue import SLURMCluster
+        except ImportError as exc:
+            raise ClusterShapeError(
+                "cluster.kind slurm needs dask-jobqueue: pip install 'trackset[slurm]' (or dask-jobqueue)"
+            ) from exc
+        cluster = self.settings.cluster
+        kwargs = run_slurm_kwargs(cluster, Path(self.settings.paths.work_dir).resolve(), job_environment())
+        Path(kwargs["log_directory"]).mkdir(parents=True, exist_ok=True)
+        slurm = SLURMCluster(**kwargs)
+        self._cluster = slurm
+        # The CPU workers beside the jobs, in the same spec; the jobs are managed by name.
+        slurm.worker_spec.update(
+            cpu_worker_spec(
+                cluster.cpu_workers,
+                env=worker_env(),
+                preload=cluster.worker_preload,
+                nice=cluster.cpu_worker_nice,
+                protocol="tls",
+                interface=cluster.slurm.interface,
+            )
+        )
+        slurm.sync(slurm._correct_state)
+        self.address = slurm.scheduler_address
+        self.client = Client(slurm)
+        self.client.wait_for_workers(cluster.cpu_workers, timeout=cluster.connect_timeout_s)
+        self.jobs = SlurmJobs(slurm, self.client, cluster, _run_logger()).start()
+        return self
+
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if self.jobs is not None:
+            self.jobs.close()
         if self.client is not None:
             self.client.close()
         if self._cluster is not None:
             self._cluster.close()
         self._context.close()
+
+    def want(self, videos: int) -> None:
+        """``videos`` of GPU work are pending in this wave and the next: a SLURM run holds as
+        many jobs as they can use (none for none); any other cluster is what it is."""
+        if self.jobs is not None:
+            self.jobs.want(videos)
+
+    @property
+    def elastic(self) -> bool:
+        """Whether GPU workers come and go with the work (SLURM jobs): none at the start is no error."""
+        return self.jobs is not None
 
     def _tls_config(self) -> dict[str, Any]:
         """Dask settings for this run's TLS: ``cluster.tls_dir``'s certificates; for a cluster
@@ -220,11 +325,11 @@ class RunCluster:
             )
         return {}
 
-    def _local_gpus(self) -> list[int]:
+    def _local_gpus(self) -> list[GpuInfo]:
         """The GPUs of this machine the run may use (``cluster.gpus``; fake ones without NVML)."""
         inventory = detect_inventory(self.settings.cluster, ledger_dir_for(Path(self.settings.paths.work_dir)))
         try:
-            return [gpu.index for gpu in inventory.gpus()]
+            return inventory.gpus()
         finally:
             inventory.close()
 
@@ -248,22 +353,35 @@ class RunCluster:
             return None
         plan = self._read_plan(self.client, readable, writable)
         if plan.unranked():
-            self.client.register_plugin(GpuRanks(plan.ranks()))
+            work_dir = str(self.settings.paths.work_dir)
+            self.client.register_plugin(GpuRanks(plan.ranks(), self.settings.cluster, work_dir))
             plan = self._read_plan(self.client, None, None)
         return plan
+
+    def wait_for_gpus(self) -> ClusterPlan | None:
+        """The plan once a GPU worker is in it: at once, except on a SLURM run whose jobs
+        have not started yet, which waits for them (and says so every minute)."""
+        plan = self.plan()
+        if self.jobs is None or plan is None or plan.gpus:
+            return plan
+        self.jobs.wait_for_gpu_workers(lambda: bool((self.plan() or plan).gpus))
+        return self.plan()
 
     def _read_plan(self, client: Client, readable: list[str] | None, writable: list[str] | None) -> ClusterPlan:
         """The plan from the scheduler's worker list, asking only workers not seen before
         what they are (all of them when checking folders and the API)."""
         workers = client.scheduler_info(n_workers=-1)["workers"]
         checking = readable is not None or writable is not None
+        if checking:
+            self._folders = (list(readable or []), list(writable or []))
         asked = list(workers) if checking else [address for address in workers if address not in self._facts]
         if asked:
-            api_url = worker_env()["PREFECT_API_URL"] if checking else ""
-            answers = client.run(
-                describe_run_worker, readable or [], writable or [], api_url, workers=asked, on_error="return"
-            )
-            if checking:
+            # A worker that joined since the first check (a SLURM job started mid-run) is checked as every other.
+            late = not checking and any(self._folders)
+            readable, writable = self._folders
+            api_url = worker_env()["PREFECT_API_URL"] if checking or late else ""
+            answers = client.run(describe_run_worker, readable, writable, api_url, workers=asked, on_error="return")
+            if checking or late:
                 self.check(workers, answers)
             # A worker that died since the scheduler listed it answers with an error: it takes no part.
             self._facts.update({address: answer for address, answer in answers.items() if isinstance(answer, dict)})

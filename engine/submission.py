@@ -208,6 +208,7 @@ def report_of(state: State[Any], videos: list[VideoRef], *, queued: bool = False
             str(exc),
             out_of_memory=is_out_of_memory(exc),
             typed=isinstance(exc, TracksetError),  # typed errors are never retried in place (tasks/retry.py)
+            worker=str(getattr(exc, "worker", "")),  # where it ran out of memory (process-video says)
         )
     else:
         reason = state.message or "task failed"

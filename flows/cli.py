@@ -523,7 +523,8 @@ def cmd_check_models(args: argparse.Namespace) -> int:
         for stage, peak in stored.items():
             console.print(
                 f"memory profile of {stage}: {format_size(peak)} in {checks.profile_path(settings, stage)}; "
-                f"a run with these settings on these GPUs starts from it (a {clip.shape[0]}-frame clip: "
+                f"a run with these settings starts from it, each GPU sized by its own memory "
+                f"(a {clip.shape[0]}-frame clip: "
                 "longer videos need more memory, see --frames)",
                 highlight=False,
                 soft_wrap=True,

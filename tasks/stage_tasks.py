@@ -29,10 +29,10 @@ from trackset.cluster.worker_cache import get_stage
 from trackset.config.settings import RetrySettings
 from trackset.domain import StageRecord, VideoFailure, VideoRef, stage_slug
 from trackset.scheduling.outcomes import reached
-from trackset.stages.base import Stage
+from trackset.stages.base import Stage, worker_name
 from trackset.stages.config import StageConfig
 from trackset.stages.registry import GPU_STAGES
-from trackset.tasks.retry import retry_on_transient
+from trackset.tasks.retry import is_out_of_memory, retry_on_transient
 from trackset.tasks.run_logs import send_trackset_logs_to_prefect
 
 
@@ -90,11 +90,20 @@ def _run_name(kind: str) -> str:
     retry_condition_fn=retry_on_transient,
 )
 def process_video(stage: str, video: VideoRef, config: StageConfig) -> StageRecord:
-    """Run ``stage`` on one video with this worker's cached model, within its time budget."""
+    """Run ``stage`` on one video with this worker's cached model, within its time budget.
+
+    An out-of-memory error is raised (never retried in place) with this worker's name on it,
+    so the packing shrinks the workers of the GPU that ran out (:mod:`trackset.scheduling.packing`).
+    """
     send_trackset_logs_to_prefect()
     runner = get_stage(stage, config)
     with video_budget(runner, video, config):
-        record = runner.run(video)
+        try:
+            record = runner.run(video)
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                exc.worker = worker_name()  # type: ignore[attr-defined]  # pickled with the exception's __dict__
+            raise
     record.info["attempts"] = task_run.run_count
     return record
 

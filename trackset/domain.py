@@ -132,13 +132,15 @@ class StageRecord:
 
 @dataclass(frozen=True)
 class VideoFailure:
-    """A video that did not get through a stage, and why."""
+    """A video that did not get through a stage, and why (and, where known, the worker it
+    failed on: an out-of-memory failure shrinks the workers of that worker's GPU)."""
 
     video_id: str
     stage: str
     reason: str
     kind: FailureKind = "error"
     attempts: int = 1
+    worker: str = ""
 
 
 @dataclass

@@ -9,7 +9,7 @@ import pytest
 from distributed.comm.core import CommClosedError
 
 import trackset
-from trackset.cluster.plan import GPU, GPU_RANK, gpu_rank
+from trackset.cluster.plan import GPU, GPU_RANK, GPU_SHARE, gpu_rank
 from trackset.cluster.worker_probe import current_gpu, describe_worker
 from trackset.config.settings import Settings
 from trackset.engine.run_cluster import RunCluster, describe_run_worker
@@ -79,7 +79,7 @@ class FakeClient:
 def test_stage_transitions_ask_only_the_workers_they_need_once_each():
     """Between two GPU stages a run reads the plan again, the GPUs and releases the models: the
     busy CPU workers are asked nothing, each worker is described once, the GPUs in one call."""
-    gpu = {GPU: 1, GPU_RANK: gpu_rank(0)}
+    gpu = {GPU: 1, GPU_RANK: gpu_rank(0), GPU_SHARE: 16}  # ranked and sized, as the run starts them
     workers = {"tcp://a:1": {"name": "gpu0-w0", "resources": gpu}, "tcp://a:2": {"name": "gpu1-w0", "resources": gpu}}
     workers["tcp://a:3"] = {"name": "cpu-w0", "resources": {"CPU": 1}}
     client = FakeClient(workers, {"tcp://a:1": 0, "tcp://a:2": 1, "tcp://a:3": None})

@@ -314,7 +314,7 @@ def test_the_profile_is_stored_under_the_key_a_run_reads(tmp_path):
     gpus = FakeInventory(settings.cluster).gpus()
     assert checks.save_profiles([result], settings, gpus) == {"depth_camera": 400 * MIB}
     key = build_stage("depth_camera", settings).config.cache_key()  # what the engine looks up (engine/executor.py, LoadProfile)
-    stored = ProfileStore(settings.paths.work_dir).load("depth_camera", key, gpus)
+    stored = ProfileStore(settings.paths.work_dir).load("depth_camera", key)
     assert stored is not None and stored.peak_bytes == 400 * MIB
 
 

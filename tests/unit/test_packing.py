@@ -9,7 +9,8 @@ import pytest
 
 from trackset.domain import StageOutcome, StageRecord, VideoFailure, VideoRef
 from trackset.gpu.inventory import GpuInfo
-from trackset.scheduling.packing import PackingResult, PackingSettings, Round, pack_rounds
+from trackset.scheduling.gpu_layout import GpuLayout
+from trackset.scheduling.packing import PackingResult, PackingSettings, Round, RoundRequest, pack_rounds
 
 GIB = 1024**3
 SETTINGS = PackingSettings(profiling_videos=2, headroom=0.9, max_workers_per_gpu=4)
@@ -51,12 +52,22 @@ class FakeGpuRun:
         return outcome
 
 
-def pack_gpu_stage(stage: str, given: list[VideoRef], run: FakeGpuRun, gpus: list[GpuInfo], settings, **options):
-    """Drive the policy to its end, each round it asks for run at once by ``run``."""
+def pack_gpu_stage(
+    stage: str,
+    given: list[VideoRef],
+    run: FakeGpuRun,
+    gpus: list[GpuInfo],
+    settings,
+    requests: list[RoundRequest] | None = None,
+    **options,
+):
+    """Drive the policy to its end, each round it asks for run at once by ``run`` (and kept in ``requests``)."""
     steps = pack_rounds(stage, given, gpus, settings, **options)
     try:
         request = next(steps)
         while True:
+            if requests is not None:
+                requests.append(request)
             request = steps.send(run(request.videos, request.workers_per_gpu, profiling=request.profiling))
     except StopIteration as done:
         result: PackingResult = done.value
@@ -82,12 +93,99 @@ def test_profiles_on_one_worker_per_gpu_then_runs_the_rest_at_the_planned_size()
     every_video_once(result, given)
 
 
-def test_the_smallest_plan_over_the_gpus_sizes_the_cluster():
+def test_each_gpu_runs_as_many_workers_as_fit_what_it_has():
     given = videos(3)
     run = FakeGpuRun({v.video_id: 4.0 for v in given})
-    result = pack_gpu_stage("depth_camera", given, run, [gpu(0, 16), gpu(1, 16, used_gib=6)], SETTINGS)
+    requests: list[RoundRequest] = []
+    result = pack_gpu_stage(
+        "depth_camera", given, run, [gpu(0, 16), gpu(1, 16, used_gib=6)], SETTINGS, requests=requests
+    )
     assert [p.workers_per_gpu for p in result.profiles] == [3, 2]  # floor(14.4/4), floor(9/4)
-    assert run.calls[-1][1] == 2
+    # One request: the first 3 workers of a GPU, each holding 4 GiB: 3 on GPU 0, 2 on the busier GPU 1.
+    sized = requests[-1]
+    assert (sized.workers_per_gpu, sized.need_bytes, sized.per_gpu) == (3, 4 * GIB, (3, 2))
+
+
+@dataclass
+class MixedGpus:
+    """GPUs of several sizes, whose workers are named: a video runs on the GPU ``placement``
+    says (else GPU 0) and runs out of memory when that GPU's workers in the round, each
+    holding the video's size, exceed the GPU."""
+
+    layout: GpuLayout
+    sizes: dict[str, float]
+    placement: dict[str, int] = field(default_factory=dict)
+    calls: list[tuple[list[str], tuple[int, ...]]] = field(default_factory=list)
+
+    def __call__(self, request: RoundRequest) -> StageOutcome:
+        self.calls.append(([v.video_id for v in request.videos], request.per_gpu))
+        outcome = StageOutcome("hands")
+        for video in request.videos:
+            place = self.placement.get(video.video_id, 0)
+            if not request.per_gpu[place]:
+                place = request.per_gpu.index(max(request.per_gpu))  # no worker there: the largest GPU's
+            worker = self.layout.workers[place][0]
+            size, capacity = self.sizes[video.video_id], self.layout.gpus[place].total_bytes / GIB
+            if size * request.per_gpu[place] > capacity:
+                failure = VideoFailure(video.video_id, "hands", "OutOfMemoryError", "out_of_memory", worker=worker)
+                outcome.failures.append(failure)
+            else:
+                record = StageRecord(video.video_id, "hands", "done", peak_bytes=int(size * GIB), worker=worker)
+                outcome.records.append(record)
+        return outcome
+
+
+def mixed(*gib: float) -> GpuLayout:
+    """GPUs of ``gib`` GiB each, four named workers on each offering their share."""
+    gpus = [gpu(index, size) for index, size in enumerate(gib)]
+    return GpuLayout.of(gpus, 4, workers=[[f"g{index}-w{k}" for k in range(4)] for index in range(len(gib))])
+
+
+def drive(steps, run):
+    try:
+        request = next(steps)
+        while True:
+            request = steps.send(run(request))
+    except StopIteration as done:
+        return done.value
+
+
+def test_a_peak_sizes_gpus_of_different_sizes_each_by_its_own_memory():
+    layout = mixed(16, 40)  # 5 GiB a video: floor(14.4 / 5) = 2 on 16 GiB, floor(36 / 5) = 7, at most 4, on 40
+    run = MixedGpus(layout, {v.video_id: 5.0 for v in videos(6)}, placement={"00001": 1})
+    result = drive(pack_rounds("hands", videos(6), layout, SETTINGS), run)
+    assert run.calls == [(["00000", "00001"], (1, 1)), (["00002", "00003", "00004", "00005"], (2, 4))]
+    assert [(p.gpu_index, p.workers_per_gpu) for p in result.profiles] == [(0, 2), (1, 4)]
+    assert {r.video_id: r.info["workers_per_gpu"] for r in result.outcome.records if r.video_id > "00001"} == {
+        "00002": 2,
+        "00003": 2,
+        "00004": 2,
+        "00005": 2,
+    }
+
+
+def test_out_of_memory_on_one_kind_of_gpu_shrinks_that_kind_only():
+    layout = mixed(16, 40)
+    sizes = {v.video_id: 5.0 for v in videos(4)} | {"00003": 9.0}  # 2 x 9 > 16 on the small GPU
+    run = MixedGpus(layout, sizes, placement={"00003": 0})
+    result = drive(pack_rounds("hands", videos(4), layout, SETTINGS), run)
+    # It ran out where each worker held 7.2 GiB; the 40 GiB GPU's four hold 9 GiB and more each: they stay.
+    assert run.calls[1:] == [(["00002", "00003"], (2, 4)), (["00003"], (1, 4))]
+    assert [(r.per_gpu, r.out_of_memory) for r in result.rounds[1:]] == [((2, 4), 1), ((1, 4), 0)]
+    assert not result.outcome.failures and not result.quarantined
+    every_video_once(result, videos(4))
+
+
+def test_a_gpu_smaller_than_the_peak_takes_none_and_a_video_too_big_for_one_moves_to_a_larger():
+    layout = mixed(8, 32)
+    sizes = {"00000": 10.0, "00001": 10.0, "00002": 10.0, "00003": 20.0}
+    run = MixedGpus(layout, sizes, placement={"00003": 1})
+    result = drive(pack_rounds("hands", videos(4), layout, SETTINGS, known_peak_bytes=10 * GIB), run)
+    assert [p.workers_per_gpu for p in result.profiles] == [0, 2]  # 10 GiB does not fit 8; floor(28.8 / 10)
+    # 20 GiB ran out beside another worker on the 32 GiB GPU, and runs there alone.
+    assert run.calls == [(["00000", "00001", "00002", "00003"], (0, 2)), (["00003"], (0, 1))]
+    assert not result.outcome.failures
+    every_video_once(result, videos(4))
 
 
 def test_out_of_memory_videos_rerun_one_worker_fewer_until_they_fit():

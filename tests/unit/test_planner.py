@@ -491,3 +491,20 @@ def test_rounds_have_ids_of_their_own():
     cluster = plan(FakeCluster(), 6)
     ids = [x.round for x in cluster.of(c.Submit)] + [x.round for x in cluster.of(c.SubmitAfter)]
     assert len(ids) == len(set(ids)) and not list(itertools.chain(cluster.reporting.values()))
+
+
+def test_the_gpu_work_of_this_wave_and_the_next_is_announced_before_each_wave_and_none_after_the_last():
+    """A SLURM run holds as many jobs as the announced GPU work can use: the first wave's and the
+    second's while the first is preprocessed, then each wave's and the next one's as it reaches
+    the GPU stages, and none once the last wave is through them, before its H5 files."""
+    cluster = plan(FakeCluster(), 7)  # waves of 3, 3, 1
+    assert [command.videos for command in cluster.of(c.GpuWork)] == [6, 6, 4, 1, 0]
+    first_gpu = index_of(cluster, lambda x: isinstance(x, c.Submit) and x.stage in GPU_STAGES)
+    first_work = index_of(cluster, lambda x: isinstance(x, c.GpuWork))
+    assert first_work < first_gpu
+    none_left = index_of(cluster, lambda x: isinstance(x, c.GpuWork) and x.videos == 0)
+    gpu_submits = [
+        i for i, x in enumerate(cluster.commands) if isinstance(x, c.Submit | c.SubmitAfter) and x.stage in GPU_STAGES
+    ]
+    last_h5 = max(cluster.commands.index(x) for x in submits(cluster, "h5_build"))
+    assert max(gpu_submits) < none_left < last_h5

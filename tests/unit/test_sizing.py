@@ -15,7 +15,7 @@ from trackset.gpu.sizing import (
     format_gib,
     gib_to_bytes,
     plan_workers_per_gpu,
-    shrink,
+    worker_share,
 )
 
 
@@ -85,22 +85,20 @@ def test_invalid_arguments_are_rejected(kwargs, message):
         plan_workers_per_gpu(**kwargs)
 
 
-@pytest.mark.parametrize(("workers", "expected"), [(4, 3), (2, 1), (1, None)])
-def test_shrink_steps_down_one_worker_until_one(workers, expected):
-    assert shrink(workers) == expected
-
-
-def test_shrink_rejects_zero():
-    with pytest.raises(ValueError):
-        shrink(0)
-
-
-def test_memory_profile_plans_and_renders_a_table_row():
-    profile = MemoryProfile.plan("tracks_3d", 1, total_bytes=24 * GIB, peak_bytes=7 * GIB, max_per_gpu=8)
-    assert profile.workers_per_gpu == 3  # floor(0.9 * 24 / 7) = floor(3.09)
+def test_a_memory_profile_renders_a_table_row():
+    profile = MemoryProfile("tracks_3d", 1, total_bytes=24 * GIB, peak_bytes=7 * GIB, workers_per_gpu=3)
     assert profile.to_row() == {"GPU": 1, "total GiB": 24.0, "peak GiB": 7.0, "workers per GPU": 3}
-    with pytest.raises(PeakExceedsGpuError, match="tracks_3d"):
-        MemoryProfile.plan("tracks_3d", 0, total_bytes=GIB, peak_bytes=2 * GIB)
+
+
+@pytest.mark.parametrize("headroom", [0.9, 0.7, 1.0, 0.55])
+@pytest.mark.parametrize("total", [16 * GIB, 40 * GIB, 80 * GIB, 90, 7 * GIB + 3])
+@pytest.mark.parametrize("peak", [GIB, 3 * GIB, 10 * GIB, 7, 30, 13 * GIB + 1, 41 * GIB])
+def test_the_workers_whose_share_holds_the_peak_are_those_the_formula_allows(total, peak, headroom):
+    """One task request (its stage's peak as GPU_SHARE) sizes every GPU by its own memory
+    exactly as the formula would: the first k workers, none on a GPU smaller than the peak."""
+    expected = plan_workers_per_gpu(total, peak, headroom, max_per_gpu=64) if peak <= total else 0
+    shares = [worker_share(total, place, headroom) for place in range(64)]
+    assert [share >= peak for share in shares] == [place < expected for place in range(64)]
 
 
 def test_units():

@@ -21,8 +21,8 @@
    Then the output is read back and compared (:mod:`trackset.checks.outputs`).
 5. **Profiles.** The highest peak of a stage that ran on every GPU is stored where a run
    looks for it first (:class:`~trackset.scheduling.profile_store.ProfileStore`), under the
-   key that run computes from the same settings and GPUs, so it starts sized instead of
-   profiling.
+   key that run computes from the same settings, so it starts sized instead of profiling
+   (each GPU sized from that peak by its own memory).
 """
 
 from __future__ import annotations
@@ -399,8 +399,8 @@ def _collect(job: CheckJob, future: Future[StageCheck]) -> StageCheck:
 def save_profiles(results: list[StageCheck], settings: Settings, gpus: list[GpuInfo]) -> dict[StageName, int]:
     """Store each stage's highest peak, where it ran and passed on every GPU and measured one.
 
-    The key is the one a run with ``settings`` on these GPUs computes (the stage's config
-    and the GPUs' names and sizes), so that run starts from it.
+    The key is the one a run with ``settings`` computes (the stage's config), so that run
+    starts from it, on these GPUs or others.
 
     Returns:
         The peak stored per stage.
@@ -413,7 +413,7 @@ def save_profiles(results: list[StageCheck], settings: Settings, gpus: list[GpuI
     for stage, checks in by_stage.items():
         peaks = [check.peak_bytes or 0 for check in checks]
         if len(checks) == len(gpus) and all(check.ok for check in checks) and min(peaks) > 0:
-            store.save(stage, stage_config(stage, settings).cache_key(), gpus, max(peaks))
+            store.save(stage, stage_config(stage, settings).cache_key(), max(peaks))
             stored[stage] = max(peaks)
     return stored
 

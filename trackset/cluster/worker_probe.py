@@ -20,10 +20,11 @@ from typing import Any
 from distributed import Worker, WorkerPlugin
 
 import trackset
-from trackset.cluster.plan import GPU_RANK
+from trackset.cluster.plan import GPU_RANK, GPU_SHARE, RANK_TOP
 from trackset.config.settings import ClusterSettings
 from trackset.gpu.fake_device import ledger_dir_for
 from trackset.gpu.inventory import GpuInfo, detect_inventory
+from trackset.gpu.sizing import worker_share
 
 
 def visible_gpu() -> int | None:
@@ -130,19 +131,26 @@ def current_gpu(cluster: ClusterSettings, work_dir: str) -> GpuInfo:
 
 
 class GpuRanks(WorkerPlugin):
-    """Gives each GPU worker of a cluster trackset did not start its ``GPU_RANK`` resource.
+    """Gives each GPU worker of a cluster trackset did not start its ``GPU_RANK`` resource and
+    its ``GPU_SHARE`` (:func:`~trackset.gpu.sizing.worker_share` of its GPU as it is now).
 
     Registered on the scheduler, so a worker that restarts (its Nanny brings it back after
     a crash) gets its rank again; a worker that joins later and is not named here gets none
-    and takes no GPU task until the next run ranks it.
+    and takes no GPU task until the run's next look at its workers (each GPU stage's start)
+    ranks it. The workers of a run's SLURM jobs rank themselves as they start
+    (:mod:`trackset.cluster.gpu_worker`) and need none of this.
     """
 
     name = "trackset-gpu-ranks"
 
-    def __init__(self, ranks: dict[str, int]) -> None:
+    def __init__(self, ranks: dict[str, int], cluster: ClusterSettings, work_dir: str) -> None:
         self.ranks = dict(ranks)
+        self.cluster = cluster
+        self.work_dir = work_dir
 
     async def setup(self, worker: Worker) -> None:
         rank = self.ranks.get(str(worker.name))
         if rank is not None:
-            await worker.set_resources(**{GPU_RANK: rank})
+            available = current_gpu(self.cluster, self.work_dir).available_bytes
+            share = worker_share(available, RANK_TOP - rank, self.cluster.headroom)
+            await worker.set_resources(**{GPU_RANK: rank, GPU_SHARE: share})

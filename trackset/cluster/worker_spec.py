@@ -15,17 +15,20 @@ Everything binds to 127.0.0.1, otherwise scheduler and workers listen on the hos
 the dashboards too (reach them from another machine through an SSH tunnel, README). The
 run's cluster talks TLS (``protocol="tls"``, :mod:`trackset.cluster.security`): another
 account on the machine reaches 127.0.0.1 as well.
-GPU workers supply ``GPU: 1`` and a ``GPU_RANK`` that orders the workers of each GPU, CPU
-workers ``CPU: 1`` (:mod:`trackset.cluster.plan`, which also says what tasks ask for).
+GPU workers supply ``GPU: 1``, a ``GPU_RANK`` that orders the workers of each GPU and their
+``GPU_SHARE`` of it, CPU workers ``CPU: 1`` (:mod:`trackset.cluster.plan`, which also says
+what tasks ask for).
 Resources are only honoured for annotated (or ``resources=``) submissions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from trackset.cluster.plan import CPU, GPU, GPU_RANK, gpu_rank
+from trackset.cluster.plan import CPU, GPU, GPU_RANK, GPU_SHARE, gpu_rank
 from trackset.cluster.worker_priority import PRELOAD as PRIORITY_PRELOAD
+from trackset.gpu.sizing import DEFAULT_HEADROOM, worker_share
 
 HOST = "127.0.0.1"
 """Where scheduler and workers listen: this machine only, never the host's public address."""
@@ -49,13 +52,21 @@ def gpu_worker_name(gpu: int, k: int) -> str:
     return f"gpu{gpu}-w{k}"
 
 
-def _nanny(options: dict[str, Any], preload: list[str] | None, nice: int = 0, protocol: str = "tcp") -> dict[str, Any]:
-    """A spec entry for one ``Nanny`` on 127.0.0.1 with one thread, ``nice`` lower in priority.
+def _nanny(
+    options: dict[str, Any],
+    preload: list[str] | None,
+    nice: int = 0,
+    protocol: str = "tcp",
+    interface: str | None = None,
+) -> dict[str, Any]:
+    """A spec entry for one ``Nanny`` with one thread, ``nice`` lower in priority, on 127.0.0.1
+    or on ``interface`` (a SLURM run's, whose jobs on other nodes reach it there).
 
     One thread per worker: a GPU worker's memory was sized for one video at a time, and
     the fake device accounts memory per process.
     """
-    options = {**options, "host": HOST, "nthreads": 1, "dashboard_address": DASHBOARD, "protocol": protocol}
+    where = {"interface": interface} if interface else {"host": HOST}
+    options = {**options, **where, "nthreads": 1, "dashboard_address": DASHBOARD, "protocol": protocol}
     preloads = list(preload or [])
     if nice:  # the others take no arguments: Dask pairs preload_argv with preload by position
         options["preload_argv"] = [[] for _ in preloads] + [["--nice", str(nice)]]
@@ -81,6 +92,8 @@ def gpu_worker_spec(
     env: dict[str, str] | None = None,
     preload: list[str] | None = None,
     protocol: str = "tcp",
+    available_bytes: Mapping[int, int] | None = None,
+    headroom: float = DEFAULT_HEADROOM,
 ) -> dict[str, dict[str, Any]]:
     """``workers_per_gpu`` Nanny workers on each GPU of ``gpus``, pinned round-robin.
 
@@ -94,6 +107,8 @@ def gpu_worker_spec(
         env: extra environment variables for every worker (not ``CUDA_VISIBLE_DEVICES``).
         preload: modules each worker imports at start (``Nanny(preload=...)``).
         protocol: ``tcp`` or ``tls`` (then Dask's config must hold the certificates).
+        available_bytes: each GPU's memory the run may use, by index: every worker then offers
+            its ``GPU_SHARE`` of it (:func:`~trackset.gpu.sizing.worker_share` with ``headroom``).
 
     Examples:
         >>> spec = gpu_worker_spec([0, 1], 2)
@@ -101,6 +116,8 @@ def gpu_worker_spec(
         ['gpu0-w0', 'gpu1-w0', 'gpu0-w1', 'gpu1-w1']
         >>> spec["gpu1-w1"]["options"]["env"]["CUDA_VISIBLE_DEVICES"], spec["gpu1-w1"]["options"]["resources"]
         ('1', {'GPU': 1, 'GPU_RANK': 999})
+        >>> gpu_worker_spec([0], 2, available_bytes={0: 1000})["gpu0-w1"]["options"]["resources"]
+        {'GPU': 1, 'GPU_RANK': 999, 'GPU_SHARE': 450}
     """
     if not gpus:
         raise ValueError("gpus must name at least one GPU")
@@ -114,6 +131,8 @@ def gpu_worker_spec(
         for gpu in gpus:
             worker_env = {"CUDA_VISIBLE_DEVICES": str(gpu), **_GPU_ORDER, **extra}
             resources = {GPU: 1, GPU_RANK: gpu_rank(k)}
+            if available_bytes is not None:
+                resources[GPU_SHARE] = worker_share(available_bytes[gpu], k, headroom)
             spec[gpu_worker_name(gpu, k)] = _nanny(
                 {"env": worker_env, "resources": resources}, preload, protocol=protocol
             )
@@ -127,9 +146,11 @@ def cpu_worker_spec(
     preload: list[str] | None = None,
     nice: int = 0,
     protocol: str = "tcp",
+    interface: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """``n_workers`` CPU-only Nanny workers named ``cpu-w<k>``, ``nice`` lower in priority
-    than the GPU workers (:mod:`trackset.cluster.worker_priority`).
+    than the GPU workers (:mod:`trackset.cluster.worker_priority`), on 127.0.0.1 or on
+    ``interface``.
 
     They see no GPU (``CUDA_VISIBLE_DEVICES=""``): a CPU stage that touches CUDA by
     accident would otherwise put a context on GPU 0 and eat memory the GPU workers were
@@ -147,7 +168,7 @@ def cpu_worker_spec(
         raise ValueError(f"n_workers must be at least 1, got {n_workers}")
     worker_env = {"CUDA_VISIBLE_DEVICES": "", **_check_env(env)}
     return {
-        f"cpu-w{k}": _nanny({"env": dict(worker_env), "resources": {CPU: 1}}, preload, nice, protocol)
+        f"cpu-w{k}": _nanny({"env": dict(worker_env), "resources": {CPU: 1}}, preload, nice, protocol, interface)
         for k in range(n_workers)
     }
 
@@ -172,6 +193,8 @@ def run_cluster_spec(
     preload: list[str] | None = None,
     cpu_nice: int = 0,
     protocol: str = "tcp",
+    available_bytes: Mapping[int, int] | None = None,
+    headroom: float = DEFAULT_HEADROOM,
 ) -> dict[str, Any]:
     """``SpecCluster`` arguments of the one cluster a run starts on this machine.
 
@@ -188,5 +211,13 @@ def run_cluster_spec(
     """
     workers = cpu_worker_spec(cpu_workers, env=env, preload=preload, nice=cpu_nice, protocol=protocol)
     if gpus:
-        workers |= gpu_worker_spec(gpus, workers_per_gpu, env=env, preload=preload, protocol=protocol)
+        workers |= gpu_worker_spec(
+            gpus,
+            workers_per_gpu,
+            env=env,
+            preload=preload,
+            protocol=protocol,
+            available_bytes=available_bytes,
+            headroom=headroom,
+        )
     return {"workers": workers, "scheduler": scheduler_spec(protocol)}

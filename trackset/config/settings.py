@@ -344,11 +344,117 @@ class FakeGpu(_Section):
     memory_gb: float = Field(32.0, gt=0, description="GiB of memory of the fake GPU")
 
 
+def walltime_seconds(walltime: str) -> int:
+    """Seconds of a SLURM time limit: ``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS``.
+
+    Examples:
+        >>> walltime_seconds("24:00:00"), walltime_seconds("1-12"), walltime_seconds("90"), walltime_seconds("05:30")
+        (86400, 129600, 5400, 330)
+        >>> walltime_seconds("1:2:3:4")
+        Traceback (most recent call last):
+        ...
+        ValueError: not a SLURM time limit (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS): '1:2:3:4'
+    """
+    days, _, clock = walltime.strip().rpartition("-")
+    parts = clock.split(":")
+    if not all(part.isdigit() for part in [*parts, *([days] if days else [])]) or len(parts) > 3:
+        raise ValueError(f"not a SLURM time limit (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS): {walltime!r}")
+    numbers = [int(part) for part in parts]
+    if days:  # D-HH[:MM[:SS]]
+        hours, minutes, seconds = [*numbers, 0, 0][:3]
+        return ((int(days) * 24 + hours) * 60 + minutes) * 60 + seconds
+    hours, minutes, seconds = {1: (0, numbers[0], 0), 2: (0, *numbers), 3: tuple(numbers)}[len(numbers)]
+    return (hours * 60 + minutes) * 60 + seconds
+
+
+class SlurmSettings(_Section):
+    """The SLURM jobs a run of ``cluster.kind: slurm`` submits for its GPU workers (dask-jobqueue)."""
+
+    partition: str | None = Field(None, description="partition the jobs go to (--partition); null: SLURM's default")
+    account: str | None = Field(None, description="account the jobs are charged to (--account); null: your default")
+    gpus_per_job: int = Field(
+        1, ge=1, description="GPUs each job asks for (--gres=gpu:N); each worker is pinned to one"
+    )
+    gpu_type: str | None = Field(
+        None, description="GRES type of the GPUs (--gres=gpu:TYPE:N, e.g. a100); null: any GPU the partition has"
+    )
+    workers_per_gpu: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "worker processes per GPU in each job; null: cluster.max_workers_per_gpu (each stage uses as many "
+            "of them as its memory profile allows on that GPU)"
+        ),
+    )
+    cpus_per_job: int | None = Field(
+        None, ge=1, description="CPUs each job asks for (--cpus-per-task); null: one per worker process"
+    )
+    memory: str = Field("64GB", description="host memory each job asks for (--mem), e.g. 64GB")
+    walltime: str = Field("24:00:00", description="time limit of each job (--time: HH:MM:SS or D-HH:MM:SS)")
+    max_jobs: int = Field(
+        4,
+        ge=1,
+        description="most jobs at once; the run asks for as many as the GPU work of this wave and the next can use",
+    )
+    job_directives: list[str] = Field(
+        [], description="more #SBATCH options for each job, e.g. [--qos=high, --constraint=a100]"
+    )
+    job_prologue: list[str] = Field(
+        [], description="shell lines each job runs before its workers start, e.g. [module load cuda/12.4]"
+    )
+    interface: str = Field(
+        "lo",
+        description=(
+            "network interface the scheduler and every worker listen on (e.g. ib0, eth0); lo keeps everything on "
+            "this machine, so set it where the jobs run on other nodes"
+        ),
+    )
+    retire_before_walltime_s: float = Field(
+        1800.0,
+        gt=0,
+        description=(
+            "a worker stops taking GPU tasks this long before its job's walltime and leaves once its task is done: "
+            "give it more than one task's time (cluster.gpu_task_videos videos)"
+        ),
+    )
+    retire_stagger_s: float = Field(
+        300.0,
+        ge=0,
+        description="each job retires up to this much earlier still, at random, so jobs do not leave at once",
+    )
+    log_dir: Path | None = Field(
+        None, description="folder of the jobs' output and error files (shared storage); null: <work_dir>/slurm"
+    )
+    poll_s: float = Field(
+        5.0,
+        gt=0,
+        description="seconds between looks at the jobs (squeue): one that ended is replaced while work is left",
+    )
+
+    @field_validator("walltime")
+    @classmethod
+    def _walltime(cls, walltime: str) -> str:
+        walltime_seconds(walltime)
+        return walltime
+
+    @property
+    def walltime_s(self) -> int:
+        """The walltime in seconds."""
+        return walltime_seconds(self.walltime)
+
+
 class ClusterSettings(_Section):
     """GPU inventory, Dask cluster shape and profiling."""
 
     runner: Literal["dask", "threads"] = Field(
         "dask", description="dask: GPU-pinned process workers sized by profiling; threads: one process (tests)"
+    )
+    kind: Literal["local", "slurm"] = Field(
+        "local",
+        description=(
+            "local: the GPU workers run on this machine (or are the cluster at scheduler_address); slurm: the run "
+            "submits them as SLURM jobs (cluster.slurm), as many as its work can use"
+        ),
     )
     gpus: Literal["auto"] | list[int] = Field(
         "auto", description="auto (NVML, else the fake GPUs below) or a list of GPU indices"
@@ -399,6 +505,9 @@ class ClusterSettings(_Section):
         [], description="Dask preload modules run in every worker at start (dask_setup(worker))"
     )
     connect_timeout_s: float = Field(120.0, gt=0, description="seconds to wait for the cluster's scheduler and workers")
+    slurm: SlurmSettings = Field(
+        SlurmSettings(), description="the SLURM jobs of cluster.kind slurm (dask-jobqueue's SLURMCluster)"
+    )
 
     @field_validator("scheduler_address")
     @classmethod
@@ -411,6 +520,21 @@ class ClusterSettings(_Section):
                 "or set cluster.trusted_network: true"
             )
         return address
+
+    @model_validator(mode="after")
+    def _slurm_needs(self) -> ClusterSettings:
+        if self.kind != "slurm":
+            return self
+        if self.runner != "dask":
+            raise ValueError("kind slurm runs its tasks on SLURM jobs: runner must be dask")
+        if self.scheduler_address:
+            raise ValueError("kind slurm starts its own scheduler: leave scheduler_address null")
+        if self.tls_dir is None:
+            raise ValueError(
+                "kind slurm needs tls_dir: the jobs run on other machines and talk TLS with the certificates "
+                "there (trackset secrets DIR makes them in DIR/tls)"
+            )
+        return self
 
 
 def unencrypted_remote(address: str) -> bool:

@@ -134,6 +134,34 @@ def plan_workers_per_gpu(
     return max(1, min(fits, max_per_gpu))
 
 
+def worker_share(available_bytes: int, place: int, headroom: float = DEFAULT_HEADROOM) -> int:
+    """GPU memory one worker may hold when it is the ``place``-th (from 0) of its GPU to run:
+    the whole GPU for the first, ``floor(headroom * available / (place + 1))`` for the others.
+
+    Each GPU worker offers its share as the Dask resource ``GPU_SHARE`` and a sized task
+    asks for the stage's peak (:func:`trackset.cluster.plan.gpu_task_resources`). The
+    workers of a GPU whose share is at least the peak are then exactly the first
+    :func:`plan_workers_per_gpu` of them, on every GPU by its own memory: one request sizes
+    a 40 GB and an 80 GB card from the same peak. The first worker's share is the whole GPU
+    because one worker alone may fill it (the headroom keeps *several* apart); a GPU whose
+    memory is below the peak offers no worker for it.
+
+    Examples:
+        >>> [worker_share(80 * GIB, place) // GIB for place in range(4)]  # 72 / 2, 72 / 3, 72 / 4
+        [80, 36, 24, 18]
+        >>> peak = 10 * GIB  # the first 7 of 80 GiB, the first 3 of 40 GiB, as the formula says
+        >>> [sum(worker_share(total * GIB, k) >= peak for k in range(16)) for total in (80, 40)]
+        [7, 3]
+        >>> [plan_workers_per_gpu(total * GIB, peak, max_per_gpu=16) for total in (80, 40)]
+        [7, 3]
+    """
+    if place < 0:
+        raise ValueError(f"place must be at least 0, got {place}")
+    if place == 0:
+        return available_bytes
+    return int(Fraction(str(headroom)) * available_bytes // (place + 1))
+
+
 def stages_fit_together(first: tuple[int, int], second: tuple[int, int], total_bytes: int, headroom: float) -> bool:
     """Whether two GPU stages may have tasks in flight on one GPU at once.
 
@@ -180,51 +208,16 @@ def workers_beside(
     return None
 
 
-def shrink(workers_per_gpu: int) -> int | None:
-    """One fewer worker per GPU after out-of-memory failures, or None when already at one.
-
-    The OOM policy (DECISIONS.md) steps down one worker at a time; ``None`` means the videos
-    that still fail alone on a GPU are quarantined.
-
-    Examples:
-        >>> shrink(3)
-        2
-        >>> shrink(1) is None
-        True
-    """
-    if workers_per_gpu < 1:
-        raise ValueError(f"workers_per_gpu must be at least 1, got {workers_per_gpu}")
-    return workers_per_gpu - 1 if workers_per_gpu > 1 else None
-
-
 @dataclass(frozen=True)
 class MemoryProfile:
-    """Outcome of profiling one stage on one GPU: one row of ``memory-profile-<stage>``."""
+    """Outcome of profiling one stage on one GPU: one row of ``memory-profile-<stage>``
+    (``workers_per_gpu`` 0: the GPU is smaller than the peak and takes none of the stage's tasks)."""
 
     stage: str
     gpu_index: int
     total_bytes: int
     peak_bytes: int
     workers_per_gpu: int
-
-    @classmethod
-    def plan(
-        cls,
-        stage: str,
-        gpu_index: int,
-        total_bytes: int,
-        peak_bytes: int,
-        headroom: float = DEFAULT_HEADROOM,
-        max_per_gpu: int = DEFAULT_MAX_PER_GPU,
-    ) -> MemoryProfile:
-        """Profile with ``workers_per_gpu`` from :func:`plan_workers_per_gpu`.
-
-        Examples:
-            >>> MemoryProfile.plan("hands", 0, 24 * GIB, 5 * GIB).workers_per_gpu
-            4
-        """
-        workers = plan_workers_per_gpu(total_bytes, peak_bytes, headroom, max_per_gpu, stage=stage)
-        return cls(stage, gpu_index, total_bytes, peak_bytes, workers)
 
     def to_row(self) -> dict[str, int | float]:
         """Row for a Prefect table artifact, sizes in GiB rounded to 0.01.

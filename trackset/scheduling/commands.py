@@ -71,6 +71,8 @@ class Submit:
         per_task: videos per task (1: a ``process-video`` task each).
         workers_per_gpu: a GPU round, on the first ``k`` workers of each GPU (task runs
             tagged ``workers-per-gpu-<k>``); None: the CPU workers (any worker on threads).
+        need_bytes: of those, only workers whose share of their GPU is at least this
+            (:mod:`trackset.scheduling.gpu_layout`; 0: any).
     """
 
     round: int
@@ -78,6 +80,7 @@ class Submit:
     videos: tuple[VideoRef, ...]
     per_task: int
     workers_per_gpu: int | None = None
+    need_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ class SubmitAfter:
     upstream: tuple[int, ...]
     videos: frozenset[str]
     workers_per_gpu: int
+    need_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -133,26 +137,28 @@ class ReadGpus:
 
 @dataclass(frozen=True)
 class GpuView:
-    """The reply to :class:`ReadGpus`: workers every GPU has, and the GPUs (if measured)."""
+    """The reply to :class:`ReadGpus`: workers every GPU has, and the GPUs (if measured);
+    per GPU, its workers' ``GPU_SHARE`` and names, first worker first (where known: without
+    shares, ``slots_per_gpu`` workers on each offer their share of what it has available)."""
 
     slots_per_gpu: int
     gpus: tuple[GpuInfo, ...] = ()
+    shares: tuple[tuple[int, ...], ...] = ()
+    workers: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True)
 class LoadProfile:
-    """The peak an earlier run stored for ``stage`` on these ``gpus``, if any."""
+    """The peak an earlier run stored for ``stage``, if any (on whichever GPUs it was measured)."""
 
     stage: str
-    gpus: tuple[GpuInfo, ...]
 
 
 @dataclass(frozen=True)
 class SaveProfile:
-    """Store ``stage``'s measured peak for later waves and runs on these ``gpus``."""
+    """Store ``stage``'s measured peak for later waves and runs."""
 
     stage: str
-    gpus: tuple[GpuInfo, ...]
     peak_bytes: int
 
 
@@ -161,6 +167,15 @@ class ForgetProfile:
     """Drop ``stage``'s stored peak: it under-estimated (a round ran out of memory)."""
 
     stage: str
+
+
+@dataclass(frozen=True)
+class GpuWork:
+    """``videos`` videos of GPU work are pending in the current wave and the next (0: none is
+    left in the run): a cluster whose GPU workers come and go with the work (SLURM jobs)
+    holds as many GPUs as they can use; any other takes no notice."""
+
+    videos: int
 
 
 @dataclass(frozen=True)
@@ -227,6 +242,7 @@ Command = (
     | LoadProfile
     | SaveProfile
     | ForgetProfile
+    | GpuWork
     | Log
     | Publish
     | Packed

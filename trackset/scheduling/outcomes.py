@@ -38,6 +38,7 @@ class TaskFailure:
         out_of_memory: it ran out of GPU memory (never retried in place: DECISIONS.md).
         typed: a trackset error (the video's own input): final at its first attempt.
         ran: False for a queued task Prefect never started (its upstream task failed).
+        worker: the worker it failed on, where known (an out-of-memory failure's).
     """
 
     reason: str
@@ -45,6 +46,7 @@ class TaskFailure:
     out_of_memory: bool = False
     typed: bool = False
     ran: bool = True
+    worker: str = ""
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,9 @@ def settle(stage: str, report: TaskReport, retries: int) -> Settled:
         )
     kind: FailureKind = "out_of_memory" if failure.out_of_memory else "error"
     attempts = 1 if failure.out_of_memory or failure.typed else retries + 1
-    outcome.failures += [VideoFailure(video.video_id, stage, failure.reason, kind, attempts) for video in videos]
+    outcome.failures += [
+        VideoFailure(video.video_id, stage, failure.reason, kind, attempts, failure.worker) for video in videos
+    ]
     return Settled(outcome)
 
 

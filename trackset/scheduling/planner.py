@@ -41,6 +41,12 @@ before finished after all (in a smaller round, or alone) run as "missed" right a
 round. A smaller round after out-of-memory failures first waits for the round it queued
 and frees that stage's models, so it has the GPUs to itself.
 
+**GPUs held.** Before the first wave's GPU stages, and as each wave reaches them, the
+planner says how many videos of GPU work the current and the next wave hold, and that none
+is left once the last wave is through them (:class:`~trackset.scheduling.commands.GpuWork`):
+a run on SLURM holds as many jobs as that work can use, so they queue while the first wave
+is preprocessed and are given back while the last one gets its H5 files.
+
 **Progress.** Each stage's count (:class:`~trackset.scheduling.progress.StageProgress`)
 grows as its videos become final and jumps to the wave's end when the wave closes, so it
 never steps back; :class:`~trackset.scheduling.commands.Publish` says when to show it, with
@@ -57,7 +63,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from trackset.domain import GPU_SECONDS, StageOutcome, StageRecord, VideoRef
-from trackset.gpu.inventory import GpuInfo
 from trackset.gpu.sizing import PeakExceedsGpuError, workers_beside
 from trackset.scheduling.batching import chunk_videos, round_parts, split_lanes, waves_of
 from trackset.scheduling.commands import (
@@ -68,6 +73,7 @@ from trackset.scheduling.commands import (
     ForgetProfile,
     FreeIntermediates,
     GpuView,
+    GpuWork,
     LoadProfile,
     Log,
     NextReport,
@@ -84,6 +90,7 @@ from trackset.scheduling.commands import (
     WriteHere,
 )
 from trackset.scheduling.facts import Knobs, RunShape, StageFacts
+from trackset.scheduling.gpu_layout import GpuLayout, GpuSize
 from trackset.scheduling.outcomes import TaskReport, final_ids, settle
 from trackset.scheduling.packing import (
     PackingResult,
@@ -93,7 +100,6 @@ from trackset.scheduling.packing import (
     measured_peak,
     pack_rounds,
     size_gpus,
-    workers_on_every_gpu,
 )
 from trackset.scheduling.progress import StageProgress
 
@@ -121,13 +127,15 @@ class _Queued:
 
     Attributes:
         batch: its tasks.
-        workers_per_gpu: the size it was queued at, from the stage's known peak.
-        gpus: the GPUs that size was computed from, so the stage's packing sizes alike.
+        size: what its tasks ask for, from the stage's known peak.
+        admitted: the workers that admits on each GPU of ``layout``.
+        layout: the GPUs that size was computed from, so the stage's packing sizes alike.
     """
 
     batch: _Batch
-    workers_per_gpu: int
-    gpus: tuple[GpuInfo, ...]
+    size: GpuSize
+    admitted: tuple[int, ...]
+    layout: GpuLayout
 
 
 @dataclass
@@ -164,7 +172,7 @@ class _Lane:
 class _StageRounds:
     """One GPU stage's rounds of a wave, as the packing asks for them."""
 
-    gpus: tuple[GpuInfo, ...]
+    layout: GpuLayout
     after: tuple[str, ...]  # the GPU stages after it in the wave
     queued: _Queued | None  # its queued first round, taken by its first sized round
     sized: int = 0
@@ -180,7 +188,7 @@ class WavePlanner:
         self.shape = shape
         self.books = {facts.name: _Book(facts, StageProgress(len(self.videos))) for facts in stages}
         self._rounds = itertools.count()
-        self._slots_per_gpu = 0  # workers every GPU has, as last read
+        self._layout: GpuLayout | None = None  # the GPUs as last read
         self._queued: dict[str, _Queued] = {}  # a stage's first round of its next wave, queued
         self._early: dict[str, set[str]] = {}  # a stage's videos of its next wave written before it ran
         self._ahead: dict[str, str] = {}  # the stage a GPU stage queued a round of, this wave
@@ -196,15 +204,22 @@ class WavePlanner:
         yield Log("info", f"{len(self.videos)} videos in {len(waves)} waves of up to {self.knobs.wave_size}")
         if waves:
             self._next = yield from self._start_lane(head, waves[0], len(waves[0]))
+            if gpu:  # GPUs asked for while the first wave is preprocessed
+                yield GpuWork(sum(len(wave) for wave in waves[:2]))
         behind: tuple[list[VideoRef], _Lane] | None = None
         pictures_left = self.knobs.pictures_videos
         for index, wave in enumerate(waves):
             alive = yield from self._next_wave_videos()
             self._next, self._next_alive = None, None
-            if index + 1 < len(waves):  # preprocess the next wave while this one is on the GPUs
-                self._next = yield from self._start_lane(head, waves[index + 1], len(waves[index + 1]))
+            following = waves[index + 1] if index + 1 < len(waves) else []
+            if following:  # preprocess the next wave while this one is on the GPUs
+                self._next = yield from self._start_lane(head, following, len(following))
+            if gpu:
+                yield GpuWork(len(alive) + len(following))
             for position, stage in enumerate(gpu):
                 alive = yield from self._gpu_stage(stage, len(wave), alive, tuple(gpu[position + 1 :]), gpu[0])
+            if gpu and not following:
+                yield GpuWork(0)  # the last H5 files need no GPU
             if behind is not None:  # the previous wave's H5 files were built beside these GPU stages
                 pictures_left -= yield from self._land(*behind, pictures_left)
             behind = (wave, (yield from self._start_lane(tail, alive, len(wave))))
@@ -314,30 +329,34 @@ class WavePlanner:
         book.wave, book.todo = StageOutcome(book.name), set()
         return [video for video in videos if video.video_id in succeeded]
 
-    def _submit(self, stage: str, videos: Sequence[VideoRef], per_task: int, workers: int | None) -> Steps[_Batch]:
+    def _submit(self, stage: str, videos: Sequence[VideoRef], per_task: int, size: GpuSize | None) -> Steps[_Batch]:
         batch = _Batch((next(self._rounds),), tuple(videos))
-        yield Submit(batch.rounds[0], stage, batch.videos, per_task, workers)
+        workers, need = (size.workers_per_gpu, size.need_bytes) if size is not None else (None, 0)
+        yield Submit(batch.rounds[0], stage, batch.videos, per_task, workers, need)
         return batch
 
-    def _submit_round(self, stage: str, videos: Sequence[VideoRef], slots: int, workers: int) -> Steps[_Batch]:
+    def _submit_round(self, stage: str, videos: Sequence[VideoRef], slots: int, size: GpuSize) -> Steps[_Batch]:
         """Submit a GPU round of ``videos`` in the parts of :func:`round_parts`, as one batch."""
         batch, start = None, 0
         for count, per_task in round_parts(len(videos), slots, self.knobs.gpu_task_videos):
-            part = yield from self._submit(stage, videos[start : start + count], per_task, workers)
+            part = yield from self._submit(stage, videos[start : start + count], per_task, size)
             batch, start = batch.joined(part) if batch is not None else part, start + count
         assert batch is not None, "a round of no videos"
         return batch
 
-    def _collect(self, book: _Book, batch: _Batch, workers: int | None) -> Steps[StageOutcome]:
+    def _collect(self, book: _Book, batch: _Batch, size: GpuSize | None) -> Steps[StageOutcome]:
         """Wait for the tasks of ``batch`` and gather their records and failures (and those of
         the videos of a failed shard, run again one per task), counting progress as they end."""
         outcome, isolate = StageOutcome(book.name), list[VideoRef]()
+        # The most workers any GPU runs: on a smaller GPU that runs fewer, a video held more of
+        # it than its GPU-seconds say (which GPU ran it is known only after the round).
+        workers = size.workers_per_gpu if size is not None else None
         while (report := (yield NextReport(batch.rounds))) is not None:
             yield from self._take(book, report, outcome, isolate, workers)
         yield from self._log_failures(outcome)
         if isolate:
-            single = yield from self._submit(book.name, isolate, 1, workers)
-            part = yield from self._collect(book, single, workers)
+            single = yield from self._submit(book.name, isolate, 1, size)
+            part = yield from self._collect(book, single, size)
             outcome.records += part.records
             outcome.failures += part.failures
         return outcome
@@ -401,7 +420,7 @@ class WavePlanner:
         covered = [video for video in videos if video.video_id in held]
         if queued is not None and not covered:
             # Every video of the queued round failed the stage before: its tasks ran nothing.
-            self._fold(book, (yield from self._collect(book, queued.batch, queued.workers_per_gpu)))
+            self._fold(book, (yield from self._collect(book, queued.batch, queued.size)))
             queued = None
         if todo or covered:
             try:
@@ -430,9 +449,9 @@ class WavePlanner:
         """Run the stage's videos through the packing policy, each round as :meth:`_gpu_round` says.
 
         With a ``queued`` round (its tasks already submitted, sized from the known peak on
-        ``queued.gpus``), the first sized round collects those tasks and runs only the videos
-        they do not hold; the cap on workers per GPU is that round's size, so the packing
-        sizes the round exactly as it was queued.
+        ``queued.layout``), the first sized round collects those tasks and runs only the videos
+        they do not hold; each GPU's workers are capped at what the queued round admits there,
+        so the packing sizes the round exactly as it was queued.
         """
         knobs = self.knobs
         if self.shape.threads:
@@ -442,25 +461,32 @@ class WavePlanner:
             result = yield from self._drive(steps, lambda request: self._threads_round(book, request))
         else:
             view: GpuView = yield ReadGpus(book.name, measure=queued is None)
-            self._slots_per_gpu = view.slots_per_gpu
-            gpus = queued.gpus if queued is not None else view.gpus
             if queued is None:
-                yield from self._load_profile(book, gpus)
-            most = queued.workers_per_gpu if queued is not None else min(knobs.max_workers_per_gpu, view.slots_per_gpu)
+                self._layout = self._layout_of(view)
+            layout = queued.layout if queued is not None else self._layout
+            assert layout is not None, "GPUs read"
+            if queued is None:
+                yield from self._load_profile(book, layout)
             steps = pack_rounds(
                 book.name,
                 videos,
-                gpus,
-                PackingSettings(knobs.profiling_videos, knobs.headroom, most),
+                layout,
+                PackingSettings(knobs.profiling_videos, knobs.headroom, knobs.max_workers_per_gpu),
                 prior_peak_bytes=book.facts.prior_peak_bytes,
                 known_peak_bytes=book.known_peak,
                 profile=not book.profiled,
+                caps=queued.admitted if queued is not None else None,
             )
-            rounds = _StageRounds(gpus, after, queued)
+            rounds = _StageRounds(layout, after, queued)
             result = yield from self._drive(steps, lambda request: self._gpu_round(book, request, rounds, first))
-            yield from self._remember_peak(book, result, gpus)
+            yield from self._remember_peak(book, result, layout)
         yield Packed(book.name, result)
         self._fold(book, result.outcome)
+
+    def _layout_of(self, view: GpuView) -> GpuLayout:
+        """The GPUs as the engine read them, with what their workers offer (derived, as a run's
+        own workers offer it, where the view does not say)."""
+        return GpuLayout.of(view.gpus, view.slots_per_gpu, self.knobs.headroom, view.shares, view.workers)
 
     def _drive(self, steps: PackingSteps, run: Callable[[RoundRequest], Steps[StageOutcome]]) -> Steps[PackingResult]:
         """The packing policy to its end, each round it asks for run by ``run``."""
@@ -491,7 +517,7 @@ class WavePlanner:
         waits for what it queued, so it has the GPUs to itself. Videos the queued tasks
         skipped that got through the stage before after all run right after the round.
         """
-        stage, workers, gpus = book.name, request.workers_per_gpu, rounds.gpus
+        stage, size, layout = book.name, request.size, rounds.layout
         if request.profiling:
             part = yield from self._profile(book, request.videos)
             rounds.profiled_peak = measured_peak(part)  # the packing's peak, as it takes it
@@ -499,28 +525,28 @@ class WavePlanner:
         rounds.sized += 1
         if rounds.sized > 1:
             yield from self._settle_ahead(stage)
-        yield Log("info", f"{stage}: {len(request.videos)} videos on {len(gpus)} GPUs x {workers} workers")
-        slots = len(gpus) * workers
+        yield Log("info", f"{stage}: {len(request.videos)} videos on {layout.describe(request.per_gpu)}")
+        slots = sum(request.per_gpu)
         waiting, rounds.queued = rounds.queued, None
         held = _ids(waiting.batch.videos) if waiting is not None else set()
         fresh = [video for video in request.videos if video.video_id not in held]
-        submitted = (yield from self._submit_round(stage, fresh, slots, workers)) if fresh else None
+        submitted = (yield from self._submit_round(stage, fresh, slots, size)) if fresh else None
         if waiting is not None:
             submitted = waiting.batch.joined(submitted)
         if submitted is None:
             return StageOutcome(stage)
         peak = book.known_peak if book.known_peak is not None else rounds.profiled_peak
         if rounds.sized == 1 and peak is not None:
-            yield from self._look_ahead(stage, submitted, rounds.after, first, gpus, (peak, workers))
-        outcome = yield from self._collect(book, submitted, workers)
+            yield from self._look_ahead(stage, submitted, rounds.after, first, layout, (peak, request.per_gpu))
+        outcome = yield from self._collect(book, submitted, size)
         # A queued task skips the videos its upstream task failed; those the stage before
         # finished later (a smaller round, a rerun alone) run here now.
         seen = {r.video_id for r in outcome.records} | {f.video_id for f in outcome.failures}
         missed = [video for video in request.videos if video.video_id in held and video.video_id not in seen]
         if missed:
             per_task = chunk_videos(len(missed), slots, self.knobs.gpu_task_videos)
-            rerun = yield from self._submit(stage, missed, per_task, workers)
-            part = yield from self._collect(book, rerun, workers)
+            rerun = yield from self._submit(stage, missed, per_task, size)
+            part = yield from self._collect(book, rerun, size)
             outcome.records += part.records
             outcome.failures += part.failures
         return outcome
@@ -534,16 +560,16 @@ class WavePlanner:
         yield from self._log_failures(outcome)
         return outcome
 
-    def _load_profile(self, book: _Book, gpus: Sequence[GpuInfo]) -> Steps[None]:
+    def _load_profile(self, book: _Book, layout: GpuLayout) -> Steps[None]:
         """Once per run: start from the peak an earlier run stored for these GPUs, if any."""
         if book.profile_loaded:
             return
         book.profile_loaded = True
-        stored = yield LoadProfile(book.name, tuple(gpus))
+        stored = yield LoadProfile(book.name)
         if stored is not None:
             book.known_peak = stored
 
-    def _remember_peak(self, book: _Book, result: PackingResult, gpus: Sequence[GpuInfo]) -> Steps[None]:
+    def _remember_peak(self, book: _Book, result: PackingResult, layout: GpuLayout) -> Steps[None]:
         """Reuse the profile for the next wave, unless it under-estimated (a round shrank).
 
         A profiling round that measured no peak counts too (``profiled``, no ``known_peak``):
@@ -557,7 +583,7 @@ class WavePlanner:
         book.profiled = book.profiled or any(r.profiling for r in result.rounds)
         if result.peak_source == "profiled" and result.peak_bytes is not None:
             book.known_peak = result.peak_bytes
-            yield SaveProfile(book.name, tuple(gpus), result.peak_bytes)
+            yield SaveProfile(book.name, result.peak_bytes)
 
     # -- the next stage's first round, queued behind this one ---------------------------------
 
@@ -567,11 +593,11 @@ class WavePlanner:
         upstream: _Batch,
         after: tuple[str, ...],
         first: str,
-        gpus: tuple[GpuInfo, ...],
-        sized: tuple[int, int],
+        layout: GpuLayout,
+        sized: tuple[int, tuple[int, ...]],
     ) -> Steps[None]:
         """Queue the next GPU stage's first round behind ``upstream``, this stage ``sized``
-        (peak, workers per GPU).
+        (peak, workers on each GPU of ``layout``).
 
         Between two GPU stages every GPU would otherwise idle while the flow collects the
         last tasks, frees the models and submits the next stage, and while Prefect starts
@@ -588,7 +614,7 @@ class WavePlanner:
         if not after:
             if self._next is not None and first != stage:
                 videos = yield from self._next_wave_videos()
-                yield from self._queue_ready(first, videos, gpus, sized, stage)
+                yield from self._queue_ready(first, videos, layout, sized, stage)
                 self._ahead[stage] = first
             return
         reached = list(upstream.videos)
@@ -597,7 +623,7 @@ class WavePlanner:
             checked: Checked = (yield Check(following, tuple(reached))) if reached else Checked()
             gpu_work = [v for v in reached if v.video_id not in checked.current and v.video_id in checked.needs_gpu]
             if gpu_work:
-                yield from self._queue(following, gpu_work, gpus, sized, stage, upstream)
+                yield from self._queue(following, gpu_work, layout, sized, stage, upstream)
                 self._ahead[stage] = following
                 return
             if stage in book.facts.inputs:
@@ -605,7 +631,12 @@ class WavePlanner:
             reached = yield from self._write_early(book, reached)
 
     def _queue_ready(
-        self, stage: str, videos: list[VideoRef], gpus: tuple[GpuInfo, ...], earlier: tuple[int, int], behind: str
+        self,
+        stage: str,
+        videos: list[VideoRef],
+        layout: GpuLayout,
+        earlier: tuple[int, tuple[int, ...]],
+        behind: str,
     ) -> Steps[None]:
         """Queue ``stage``'s first round of the next wave, whose videos are ready for it."""
         book = self.books[stage]
@@ -613,51 +644,58 @@ class WavePlanner:
         todo = yield from self._without_gpu(book, todo, checked)
         self._early.setdefault(stage, set()).update(_ids(videos) - _ids(todo))
         if todo:
-            yield from self._queue(stage, todo, gpus, earlier, behind)
+            yield from self._queue(stage, todo, layout, earlier, behind)
 
     def _queue(
         self,
         stage: str,
         videos: list[VideoRef],
-        gpus: tuple[GpuInfo, ...],
-        earlier: tuple[int, int],
+        layout: GpuLayout,
+        earlier: tuple[int, tuple[int, ...]],
         behind: str,
         upstream: _Batch | None = None,
     ) -> Steps[None]:
         """Submit ``stage``'s first round of the wave for ``videos`` now, each task behind its
         ``upstream`` task if given, if the stage's known peak fits beside the ``earlier``
-        (peak, workers per GPU) of stage ``behind`` still running."""
+        (peak, workers on each GPU) of stage ``behind`` still running."""
         book = self.books[stage]
-        yield from self._load_profile(book, gpus)
+        yield from self._load_profile(book, layout)
         if self.shape.threads or book.known_peak is None:
             return
         knobs = self.knobs
-        most = min(knobs.max_workers_per_gpu, self._slots_per_gpu)
-        peak = book.known_peak
+        peak, (earlier_peak, earlier_workers) = book.known_peak, earlier
         try:
-            profiles = size_gpus(stage, gpus, peak, PackingSettings(0, knobs.headroom, most))
+            profiles = size_gpus(stage, layout, peak, PackingSettings(0, knobs.headroom, knobs.max_workers_per_gpu))
         except PeakExceedsGpuError:
             return  # its own packing fails the stage with the reason
-        # Each GPU's own size, down to what fits beside the earlier stage there; the smallest runs.
+        # Each GPU's own size, down to what fits beside the earlier stage there.
         beside = [
-            workers_beside(earlier, peak, profile.workers_per_gpu, gpu.available_bytes, knobs.headroom)
-            for profile, gpu in zip(profiles, gpus, strict=True)
+            workers_beside((earlier_peak, workers), peak, profile.workers_per_gpu, gpu.available_bytes, knobs.headroom)
+            if profile.workers_per_gpu
+            else 0
+            for profile, gpu, workers in zip(profiles, layout.gpus, earlier_workers, strict=True)
         ]
         if None in beside:
             yield Log("info", f"{stage}: waits for the GPUs as a whole: it does not fit beside {behind}")
             return
-        workers, own = min(k for k in beside if k is not None), workers_on_every_gpu(profiles)
+        size = layout.request([k or 0 for k in beside], at_least=peak)
+        admitted = layout.admitted(size)
         ids = _ids(videos)
         if upstream is not None:
             batch = _Batch((next(self._rounds),), tuple(v for v in upstream.videos if v.video_id in ids))
-            yield SubmitAfter(batch.rounds[0], stage, upstream.rounds, frozenset(ids), workers)
+            yield SubmitAfter(
+                batch.rounds[0], stage, upstream.rounds, frozenset(ids), size.workers_per_gpu, size.need_bytes
+            )
         else:
-            batch = yield from self._submit_round(stage, videos, len(gpus) * workers, workers)
-        self._queued[stage] = _Queued(batch, workers, gpus)
+            batch = yield from self._submit_round(stage, videos, sum(admitted), size)
+        self._queued[stage] = _Queued(batch, size, admitted, layout)
         book.todo |= ids
-        fewer = f", {own - workers} fewer than its own to fit beside" if workers < own else ""
-        size = f"{workers} workers per GPU{fewer}"
-        yield Log("info", f"{stage}: {len(ids)} videos queued behind {behind}'s tasks ({size})")
+        fewer = max(p.workers_per_gpu - k for p, k in zip(profiles, admitted, strict=True))
+        beside_note = f", {fewer} fewer than its own to fit beside" if fewer > 0 else ""
+        yield Log(
+            "info",
+            f"{stage}: {len(ids)} videos queued behind {behind}'s tasks ({layout.per_gpu(admitted)}{beside_note})",
+        )
 
     def _write_early(self, book: _Book, videos: list[VideoRef]) -> Steps[list[VideoRef]]:
         """Have the flow write ``videos`` of ``book``'s stage now (they need no GPU); return

@@ -195,7 +195,7 @@ class Stage(ABC, Generic[ConfigT]):
         except torch.cuda.OutOfMemoryError as exc:
             self.after_out_of_memory()
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            return VideoFailure(video.video_id, self.name, reason, "out_of_memory")
+            return VideoFailure(video.video_id, self.name, reason, "out_of_memory", worker=worker_name())
 
     def after_out_of_memory(self) -> None:
         """Give back what a video that ran out of memory left allocated (GPU stages)."""
