@@ -165,8 +165,9 @@ def test_a_run_killed_mid_write_leaves_a_temporary_that_the_next_run_removes(cor
     shutil.copytree(corpora["a"], root / "videos")
     run = start_cli_run(root, overrides(root), TRACKSET_TEST_KILL_NPZ=vid(1))
     assert run.wait(timeout=600) == -9  # killed by its own hand, half-way through the depth file
-    [left] = temporaries(root)
-    assert left.parent == root / "work" / "vipe" and left.name.startswith(f".{vid(1)}.npz.")
+    # The half-written depth file, and whatever other threads of the run were writing then.
+    left = temporaries(root)
+    assert any(p.parent == root / "work" / "vipe" and p.name.startswith(f".{vid(1)}.npz.") for p in left), left
 
     summary = build_dataset(overrides=overrides(root))
     assert not summary.failures
