@@ -328,9 +328,11 @@ def test_an_out_of_memory_storm_shrinks_lands_what_fits_and_quarantines_the_rest
     [failure] = summary.failures
     assert (failure.video_id, failure.kind, failure.stage) == (giant, "quarantined", "depth_camera")
     assert "out of memory alone on a GPU" in failure.reason and "OutOfMemoryError" in failure.reason
-    # 3 workers per GPU for the five videos after profiling, then 2 and 1 for what ran out of memory.
+    # 3 workers per GPU for the five videos after profiling, then 2 and 1 for what ran out of
+    # memory: the giant, and any long video that met another on its GPU at 2 (timing decides).
     rounds = depth_rounds(state.state_details.flow_run_id)
-    assert rounds[0] == sorted(longs | {giant}) and rounds[-1] == [giant] and len(rounds) == 3
+    assert rounds[0] == sorted(longs | {giant}) and len(rounds) == 3
+    assert giant in rounds[1] and giant in rounds[2] and set(rounds[2]) <= longs | {giant}
     packing = {r.video_id: r.info["workers_per_gpu"] for r in summary.records("depth_camera")}
     assert packing[ids["a_short"]] == packing[ids["b_short"]] == 1  # profiled alone
     assert {packing[v] for v in longs} <= {1, 2, 3} and 3 in {packing[v] for v in longs}
