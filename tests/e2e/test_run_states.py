@@ -256,6 +256,13 @@ def wait_for_rerun(server: PrefectServer, automation: UUID, timeout_s: float) ->
         executed = read_events(
             client, "prefect.automation.action.executed", f"prefect.automation.{automation}", timeout_s
         )
-    runs = [r.id for event in executed for r in event.related if r.role == "flow-run"]
-    assert len(runs) == 1, f"expected one rerun, got {runs}"
+        runs = [r.id for event in executed for r in event.related if r.role == "flow-run"]
+        if len(runs) != 1:  # what the server did about the automation instead, for whoever reads the failure
+            names = ("triggered", "action.triggered", "action.failed")
+            others = [
+                (event.event, event.occurred.isoformat(), event.payload)
+                for name in names
+                for event in read_events(client, f"prefect.automation.{name}", f"prefect.automation.{automation}", 0)
+            ]
+            raise AssertionError(f"expected one rerun, got {runs}; the automation's other events: {others}")
     return UUID(runs[0].removeprefix("prefect.flow-run."))
