@@ -253,10 +253,13 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
 
 def read_events(client: SyncPrefectClient, event: str, resource_id: str, timeout_s: float = 60) -> list[Event]:
     """Events named ``event`` about ``resource_id``, waiting up to ``timeout_s`` for the first
-    (the server stores events a little after they are sent)."""
-    event_filter = EventFilter(event=EventNameFilter(name=[event]), resource=EventResourceFilter(id=[resource_id]))
+    (the server stores events a little after they are sent).
+
+    The filter is built anew for every poll: its ``occurred.until`` defaults to the moment it
+    is made, so one filter reused would never see an event that occurs while we wait."""
     deadline = time.monotonic() + timeout_s
     while True:
+        event_filter = EventFilter(event=EventNameFilter(name=[event]), resource=EventResourceFilter(id=[resource_id]))
         events = client.read_events(filter=event_filter, limit=50).events
         if events or time.monotonic() > deadline:
             return events

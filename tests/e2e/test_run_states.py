@@ -228,9 +228,7 @@ def test_a_killed_nightly_becomes_crashed_is_notified_and_is_rerun_once_to_compl
         assert "No heartbeat" in (run.state.message or "")
         webhook.wait_for(lambda body: body["subject"].endswith(f"{run.name} ended Crashed"), timeout_s=120)
 
-        # The run-deployment action goes through the server's own API: on the busy SQLite
-        # session server it once had not finished 120 s after it was triggered (CI).
-        rerun_id = wait_for_rerun(deployed, automation_id(deployed, RERUN), timeout_s=300)
+        rerun_id = wait_for_rerun(deployed, automation_id(deployed, RERUN), timeout_s=120)
         deployed.run_worker_once(timeout_s=300)
         with deployed.client() as client:
             rerun = client.read_flow_run(rerun_id)
