@@ -60,7 +60,7 @@ from trackset.cluster.worker_cache import release_stages
 from trackset.cluster.worker_probe import GpuRanks, current_gpu, describe_worker
 from trackset.cluster.worker_spec import cpu_worker_spec, run_cluster_spec
 from trackset.config.settings import Settings
-from trackset.engine.slurm_jobs import SlurmJobs
+from trackset.engine.slurm_jobs import SlurmJobs, settle
 from trackset.engine.task_context import DaskTaskRunnerWithoutSecrets
 from trackset.errors import ClusterShapeError
 from trackset.gpu.fake_device import ledger_dir_for
@@ -271,7 +271,7 @@ class RunCluster:
                 interface=cluster.slurm.interface,
             )
         )
-        slurm.sync(slurm._correct_state)
+        slurm.sync(settle, slurm)
         self.address = slurm.scheduler_address
         self.client = Client(slurm)
         self.client.wait_for_workers(cluster.cpu_workers, timeout=cluster.connect_timeout_s)

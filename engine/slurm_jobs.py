@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from distributed import Client
+from distributed import Client, SpecCluster
 
 from trackset.cluster.jobqueue import Job, JobState, jobs_for, reconcile
 from trackset.config.settings import ClusterSettings
@@ -42,6 +42,17 @@ NEVER_JOINED_LIMIT = 3
 
 _PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING"}
 _RUNNING = {"RUNNING", "SUSPENDED", "STOPPED"}
+
+
+async def settle(cluster: SpecCluster) -> None:
+    """Start and stop workers until ``cluster`` runs what its ``worker_spec`` says.
+
+    Awaiting a SpecCluster is its public way to apply an edited spec (distributed's
+    ``scale_down`` does the same after it removes names): for dask-jobqueue, a new entry
+    is an ``sbatch``, a removed one an ``scancel``. It returns once the jobs are submitted,
+    not when they run.
+    """
+    await cluster
 
 
 def squeue_states(job_ids: list[str]) -> dict[str, JobState]:
@@ -177,7 +188,7 @@ class SlurmJobs:
     def _apply(self) -> None:
         """Submit and cancel what the spec now says (dask-jobqueue runs ``sbatch``, ``scancel``)."""
         try:
-            self.cluster.sync(self.cluster._correct_state)
+            self.cluster.sync(settle, self.cluster)
         except Exception as exc:
             refused = [name for name in self._jobs if name not in self.cluster.workers]
             for name in refused:
