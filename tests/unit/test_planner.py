@@ -58,6 +58,8 @@ class FakeCluster:
         stored: stage -> a peak an earlier run stored.
         flow_write_fails: (stage, video) whose write in the flow fails (it needs no GPU).
         seconds: seconds a video takes, by stage (0 where absent).
+        worker_names: per GPU, its workers' names, as the engine reads them (empty: unknown).
+        runs_on: video -> the worker its GPU tasks run on (none where absent).
     """
 
     peaks: dict[str, float] = field(default_factory=lambda: dict.fromkeys(GPU_STAGES, PEAK / GIB))
@@ -71,6 +73,8 @@ class FakeCluster:
     seconds: dict[str, float] = field(default_factory=dict)
     gpus: tuple[GpuInfo, ...] = (gpu(0), gpu(1))
     slots_per_gpu: int = 2
+    worker_names: tuple[tuple[str, ...], ...] = ()
+    runs_on: dict[str, str] = field(default_factory=dict)
     fail_on: type | None = None  # a command type whose execution raises
     commands: list[c.Command] = field(default_factory=list)
     ran: list[tuple[str, str, int]] = field(default_factory=list)  # (stage, video, workers per GPU) of each run
@@ -119,7 +123,9 @@ class FakeCluster:
             case c.Profile(stage, given):
                 return tuple(self._task(stage, [video], 1, single=True) for video in given)
             case c.ReadGpus(stage, measure):
-                return c.GpuView(self.slots_per_gpu, self.gpus if measure else ())
+                if not measure:
+                    return c.GpuView(self.slots_per_gpu)
+                return c.GpuView(self.slots_per_gpu, self.gpus, workers=self.worker_names)
             case c.LoadProfile(stage):
                 return self.stored.get(stage)
             case c.Publish(stage, done):
@@ -155,7 +161,9 @@ class FakeCluster:
         self.current[stage].add(video.video_id)
         peak = self.peaks.get(stage)
         seconds = self.seconds.get(stage, 0.0)
-        return StageRecord(video.video_id, stage, "done", seconds, peak_bytes=int(peak * GIB) if peak else None)
+        worker = self.runs_on.get(video.video_id, "") if workers else ""
+        peak_bytes = int(peak * GIB) if peak else None
+        return StageRecord(video.video_id, stage, "done", seconds, peak_bytes=peak_bytes, worker=worker)
 
     # -- what the planner did, read back ---------------------------------------------------
 
@@ -475,6 +483,22 @@ def test_a_gpu_video_notes_its_gpu_seconds_and_each_publish_says_what_the_stage_
     assert last["object_masks"].spent == Spent(6, 6.0, 0.0)  # no GPU: their seconds in the flow
     spent = [command.spent.videos for command in cluster.of(c.Publish) if command.stage == "depth_camera"]
     assert spent == sorted(spent) and spent[0] < 6
+
+
+def test_a_video_holds_the_share_of_the_gpu_it_ran_on_when_gpus_differ_in_size():
+    # 8 and 32 GiB at a peak of 6.84 GiB: floor(0.9 x 8 / 6.84) = 1 worker, floor(0.9 x 32 / 6.84) = 4, at most 2.
+    names = (("small-w0", "small-w1"), ("big-w0", "big-w1"))
+    on = {vid(i): names[i % 2][0] for i in range(6)}
+    cluster = FakeCluster(
+        gpus=(gpu(0, 8), gpu(1, 32)), worker_names=names, runs_on=on, seconds={"depth_camera": 8.0}
+    )
+    plan(cluster, 6)
+    depth = {r.video_id: r.info["gpu_seconds"] for o in cluster.closed["depth_camera"] for r in o.records}
+    profiled = {vid(0)}  # alone on its GPU
+    assert depth == {i: 8.0 if i in profiled or on[i].startswith("small") else 4.0 for i in on}
+    # Its GPU's count is what the packing notes too.
+    noted = {r.video_id: r.info["workers_per_gpu"] for o in cluster.closed["depth_camera"] for r in o.records}
+    assert noted == {i: 1 if i in profiled or on[i].startswith("small") else 2 for i in on}
 
 
 def test_stage_progress_counts_a_video_once_and_a_wave_whole():

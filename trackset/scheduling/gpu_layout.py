@@ -102,6 +102,21 @@ class GpuLayout:
                 return place
         return None
 
+    def ran_with(self, worker: str, per_gpu: Sequence[int], most: int) -> int:
+        """The workers the GPU of ``worker`` ran in a round of ``per_gpu[i]`` workers on GPU
+        ``i``; ``most`` (the most any GPU ran) where the worker is not known, as one that
+        joined after the GPUs were read.
+
+        Examples:
+            >>> layout = GpuLayout((), (), (("gpu0-w0",), ("gpu1-w0", "gpu1-w1")))
+            >>> [layout.ran_with(worker, (1, 2), 2) for worker in ("gpu0-w0", "gpu1-w1", "late")]
+            [1, 2, 2]
+        """
+        place = self.gpu_of(worker)
+        if place is None or place >= len(per_gpu) or not per_gpu[place]:
+            return most
+        return per_gpu[place]
+
     def share_held(self, place: int, admitted: Sequence[int]) -> int:
         """What each worker of GPU ``place`` could hold with ``admitted`` workers there: the
         share of the last one admitted."""

@@ -302,11 +302,7 @@ def _note_packing(records: list[StageRecord], request: RoundRequest, layout: Gpu
     """Record on each video the workers its GPU ran (profiled, planned or shrunk): its GPU's
     where the worker is known, else the most any GPU ran."""
     for record in records:
-        place = layout.gpu_of(record.worker)
-        known = place is not None and place < len(request.per_gpu)
-        record.info["workers_per_gpu"] = (
-            request.per_gpu[place] if place is not None and known else request.workers_per_gpu
-        )
+        record.info["workers_per_gpu"] = layout.ran_with(record.worker, request.per_gpu, request.workers_per_gpu)
 
 
 def _take_oom(outcome: StageOutcome) -> list[VideoFailure]:

@@ -51,7 +51,8 @@ is preprocessed and are given back while the last one gets its H5 files.
 grows as its videos become final and jumps to the wave's end when the wave closes, so it
 never steps back; :class:`~trackset.scheduling.commands.Publish` says when to show it, with
 what the stage spent so far. A video of a GPU round held ``1/k`` of its GPU (``k`` workers
-per GPU; 1 while profiling) for its seconds: its record notes those GPU-seconds
+on the GPU it ran on, which differs between GPUs of different sizes; 1 while profiling) for
+its seconds: its record notes those GPU-seconds
 (``info["gpu_seconds"]``), which the run report, the tallies and the ETA
 (:mod:`trackset.scheduling.eta`) add up.
 """
@@ -166,6 +167,26 @@ class _Lane:
     videos: tuple[VideoRef, ...]
     size: int  # the wave's size, videos dropped by earlier stages included (for progress)
     batch: _Batch | None
+
+
+@dataclass(frozen=True)
+class _GpuRound:
+    """How a GPU round was spread: ``per_gpu[i]`` workers on GPU ``i`` of ``layout``, at most
+    ``most`` on any (where the layout does not name the workers: ``most`` on each)."""
+
+    layout: GpuLayout
+    per_gpu: tuple[int, ...]
+    most: int
+
+    @classmethod
+    def uniform(cls, workers: int) -> _GpuRound:
+        """``workers`` on every GPU (the profiling round: 1)."""
+        return cls(GpuLayout((), ()), (), workers)
+
+    def workers_beside(self, worker: str) -> int:
+        """The workers that shared the GPU of ``worker``, itself included: a video it ran
+        held ``1/that`` of the GPU for its seconds."""
+        return self.layout.ran_with(worker, self.per_gpu, self.most)
 
 
 @dataclass
@@ -344,19 +365,21 @@ class WavePlanner:
         assert batch is not None, "a round of no videos"
         return batch
 
-    def _collect(self, book: _Book, batch: _Batch, size: GpuSize | None) -> Steps[StageOutcome]:
+    def _collect(
+        self, book: _Book, batch: _Batch, size: GpuSize | None, gpus: _GpuRound | None = None
+    ) -> Steps[StageOutcome]:
         """Wait for the tasks of ``batch`` and gather their records and failures (and those of
-        the videos of a failed shard, run again one per task), counting progress as they end."""
+        the videos of a failed shard, run again one per task), counting progress as they end;
+        ``gpus``: how the round of a GPU stage was spread, to tell what each video held."""
         outcome, isolate = StageOutcome(book.name), list[VideoRef]()
-        # The most workers any GPU runs: on a smaller GPU that runs fewer, a video held more of
-        # it than its GPU-seconds say (which GPU ran it is known only after the round).
-        workers = size.workers_per_gpu if size is not None else None
+        if size is not None and gpus is None:
+            gpus = _GpuRound.uniform(size.workers_per_gpu)
         while (report := (yield NextReport(batch.rounds))) is not None:
-            yield from self._take(book, report, outcome, isolate, workers)
+            yield from self._take(book, report, outcome, isolate, gpus)
         yield from self._log_failures(outcome)
         if isolate:
             single = yield from self._submit(book.name, isolate, 1, size)
-            part = yield from self._collect(book, single, size)
+            part = yield from self._collect(book, single, size, gpus)
             outcome.records += part.records
             outcome.failures += part.failures
         return outcome
@@ -367,20 +390,20 @@ class WavePlanner:
         report: TaskReport,
         outcome: StageOutcome,
         isolate: list[VideoRef],
-        workers: int | None,
+        gpus: _GpuRound | None,
         *,
         profiling: bool = False,
     ) -> Steps[None]:
         """Fold one task's report into ``outcome`` (:func:`~trackset.scheduling.outcomes.settle`),
-        its records' GPU-seconds noted where it ran on ``workers`` per GPU (``profiling``: a
+        its records' GPU-seconds noted where it ran on the GPUs of ``gpus`` (``profiling``: a
         task of the profiling round)."""
         settled = settle(book.name, report, self.knobs.retries)
         if settled.warning:
             yield Log("warning", settled.warning)
-        if workers is not None:
+        if gpus is not None:
             for record in settled.outcome.records:
                 if record.status == "done":
-                    record.info[GPU_SECONDS] = record.seconds / workers
+                    record.info[GPU_SECONDS] = record.seconds / gpus.workers_beside(record.worker)
         outcome.records += settled.outcome.records
         outcome.failures += settled.outcome.failures
         isolate += settled.isolate
@@ -420,7 +443,8 @@ class WavePlanner:
         covered = [video for video in videos if video.video_id in held]
         if queued is not None and not covered:
             # Every video of the queued round failed the stage before: its tasks ran nothing.
-            self._fold(book, (yield from self._collect(book, queued.batch, queued.size)))
+            gpus = _GpuRound(queued.layout, queued.admitted, queued.size.workers_per_gpu)
+            self._fold(book, (yield from self._collect(book, queued.batch, queued.size, gpus)))
             queued = None
         if todo or covered:
             try:
@@ -538,7 +562,8 @@ class WavePlanner:
         peak = book.known_peak if book.known_peak is not None else rounds.profiled_peak
         if rounds.sized == 1 and peak is not None:
             yield from self._look_ahead(stage, submitted, rounds.after, first, layout, (peak, request.per_gpu))
-        outcome = yield from self._collect(book, submitted, size)
+        gpus = _GpuRound(layout, request.per_gpu, request.workers_per_gpu)
+        outcome = yield from self._collect(book, submitted, size, gpus)
         # A queued task skips the videos its upstream task failed; those the stage before
         # finished later (a smaller round, a rerun alone) run here now.
         seen = {r.video_id for r in outcome.records} | {f.video_id for f in outcome.failures}
@@ -546,7 +571,7 @@ class WavePlanner:
         if missed:
             per_task = chunk_videos(len(missed), slots, self.knobs.gpu_task_videos)
             rerun = yield from self._submit(stage, missed, per_task, size)
-            part = yield from self._collect(book, rerun, size)
+            part = yield from self._collect(book, rerun, size, gpus)
             outcome.records += part.records
             outcome.failures += part.failures
         return outcome
@@ -556,7 +581,7 @@ class WavePlanner:
         reports: tuple[TaskReport, ...] = yield Profile(book.name, tuple(videos))
         outcome: StageOutcome = StageOutcome(book.name)
         for report in reports:
-            yield from self._take(book, report, outcome, [], 1, profiling=True)
+            yield from self._take(book, report, outcome, [], _GpuRound.uniform(1), profiling=True)
         yield from self._log_failures(outcome)
         return outcome
 
