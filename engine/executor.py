@@ -282,7 +282,11 @@ class Engine:
 
     def read_gpus(self, command: c.ReadGpus) -> c.GpuView:
         # Read again: a restarted worker has a new address, a SLURM job's workers come and go.
-        plan = self.cluster.wait_for_gpus() or self.plan
+        if command.measure:
+            read, infos = self.cluster.measure_gpus()
+        else:
+            read, infos = self.cluster.wait_for_gpus(), []
+        plan = read or self.plan
         if plan is None or not plan.gpus:
             raise ClusterShapeError(
                 f"{command.stage}: no worker of the cluster at {self.cluster.address} offers a GPU "
@@ -293,7 +297,7 @@ class Engine:
         shares, names = plan.shares(), plan.names()
         return c.GpuView(
             plan.slots_per_gpu,
-            tuple(self.cluster.gpu_infos(plan)),
+            tuple(infos),
             tuple(shares[gpu] for gpu in plan.gpus),
             tuple(names[gpu] for gpu in plan.gpus),
         )

@@ -162,6 +162,14 @@ def run_dask_config() -> dict[str, Any]:
     }
 
 
+GPU_READ_ATTEMPTS = 3
+"""Reads of the cluster's GPUs before a GPU whose workers keep leaving fails the stage."""
+
+
+class GpuWorkersLeftError(RuntimeError):
+    """Every worker of a GPU left between the reading of the plan and the question asked of them."""
+
+
 class RunCluster:
     """The run's cluster (or none, for threads), open from ``__enter__`` to ``__exit__``.
 
@@ -428,8 +436,35 @@ class RunCluster:
                 + "\n  ".join(problems)
             )
 
+    def measure_gpus(self, attempts: int = GPU_READ_ATTEMPTS) -> tuple[ClusterPlan | None, list[GpuInfo]]:
+        """The plan once a GPU worker is in it (:meth:`wait_for_gpus`) and its GPUs as they are now.
+
+        Every worker of a GPU may leave between the two reads (a SLURM worker retiring before
+        its walltime, a preempted job): the plan is then read again, up to ``attempts`` times.
+
+        Raises:
+            GpuWorkersLeftError: they had still left at the last attempt.
+        """
+        attempt = 1
+        while True:
+            plan = self.wait_for_gpus()
+            if plan is None or not plan.gpus:
+                return plan, []
+            try:
+                return plan, self.gpu_infos(plan)
+            except GpuWorkersLeftError as gone:
+                if attempt >= attempts:
+                    raise
+                attempt += 1
+                _run_logger().info("%s; reading the cluster again", gone)
+
     def gpu_infos(self, plan: ClusterPlan) -> list[GpuInfo]:
-        """Every GPU of ``plan`` as it is now, asked of its workers in one round trip."""
+        """Every GPU of ``plan`` as it is now, asked of its workers in one round trip.
+
+        Raises:
+            GpuWorkersLeftError: every worker of a GPU left since ``plan`` was read.
+            RuntimeError: no worker of a GPU could tell, and one answered with an error.
+        """
         if self.client is None:
             return []
         addresses = [worker.address for group in plan.by_gpu.values() for worker in group]
@@ -442,7 +477,10 @@ class RunCluster:
             found = [reply for reply in replies if isinstance(reply, GpuInfo)]
             if not found:
                 errors = "; ".join(str(reply) for reply in replies)
-                raise RuntimeError(f"no worker of GPU {gpu.index} on {gpu.host} answered: {errors}")
+                where = f"no worker of GPU {gpu.index} on {gpu.host} answered: {errors}"
+                if all(isinstance(reply, OSError | CommClosedError) for reply in replies):
+                    raise GpuWorkersLeftError(where)
+                raise RuntimeError(where)
             info = found[0]
             name = info.name if plan.single_host else f"{info.name} @ {gpu.host}"
             infos.append(GpuInfo(info.index, name, info.total_bytes, info.used_bytes, info.free_bytes))

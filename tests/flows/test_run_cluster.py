@@ -3,6 +3,7 @@ transitions ask the workers only what they must (fast)."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import trackset
 from trackset.cluster.plan import GPU, GPU_RANK, GPU_SHARE, gpu_rank
 from trackset.cluster.worker_probe import current_gpu, describe_worker
 from trackset.config.settings import Settings
-from trackset.engine.run_cluster import RunCluster, describe_run_worker
+from trackset.engine.run_cluster import GPU_READ_ATTEMPTS, GpuWorkersLeftError, RunCluster, describe_run_worker
 from trackset.errors import ClusterShapeError
 from trackset.gpu.inventory import GpuInfo
 
@@ -62,6 +63,8 @@ class FakeClient:
     def __init__(self, workers: dict[str, dict], gpus: dict[str, int | None]) -> None:
         self.workers, self.gpus = workers, gpus
         self.runs: list[tuple[str, list[str]]] = []
+        # address -> what asking it meets, and the worker (address, name) that replaces it then
+        self.leaving: dict[str, tuple[BaseException, tuple[str, str] | None]] = {}
 
     def scheduler_info(self, n_workers: int) -> dict:
         return {"workers": dict(self.workers)}
@@ -72,7 +75,14 @@ class FakeClient:
         if function is describe_run_worker:
             return {address: answer(gpu=self.gpus[address]) for address in asked}
         if function is current_gpu:
-            return {address: GpuInfo(self.gpus[address], "Fake", 16, 0, 16) for address in asked}
+            answers = {address: GpuInfo(self.gpus[address], "Fake", 16, 0, 16) for address in asked}
+            for address in set(asked) & set(self.leaving):
+                answers[address], replacement = self.leaving.pop(address)
+                left = self.workers.pop(address)
+                if replacement is not None:
+                    self.workers[replacement[0]] = {"name": replacement[1], "resources": left["resources"]}
+                    self.gpus[replacement[0]] = self.gpus[address]
+            return answers
         return {address: 0 for address in asked}
 
 
@@ -201,3 +211,45 @@ def test_the_run_cluster_is_handed_down_as_a_placeholder_and_pickles_detached():
     assert process_waves.serialize_parameters({"cluster": cluster}) == {"cluster": "<RunCluster>"}
     shipped = pickle.loads(pickle.dumps(cluster))
     assert (shipped.address, shipped.client, shipped.settings) == (cluster.address, None, cluster.settings)
+
+
+def gpu_cluster(count: int) -> tuple[RunCluster, FakeClient]:
+    """A run's cluster of ``count`` GPUs with one ranked worker each, on a fake client."""
+    gpu = {GPU: 1, GPU_RANK: gpu_rank(0), GPU_SHARE: 16}
+    workers = {f"tcp://a:{i}": {"name": f"gpu{i}-w0", "resources": gpu} for i in range(count)}
+    client = FakeClient(workers, {f"tcp://a:{i}": i for i in range(count)})
+    cluster = RunCluster(Settings(cluster={"scheduler_address": "tls://scheduler:8786"}))
+    cluster.client = client
+    return cluster, client
+
+
+def test_a_gpu_whose_workers_left_while_it_was_measured_is_read_again():
+    """A SLURM worker that retires between the plan and the question, its replacement joining:
+    the GPUs are read again (CI saw a stage fail on it)."""
+    cluster, client = gpu_cluster(2)
+    gone = OSError("Timed out trying to connect to tcp://a:1 after 30 s")
+    client.leaving["tcp://a:1"] = gone, ("tcp://a:9", "gpu1-r")
+    plan, infos = cluster.measure_gpus()
+    assert [info.index for info in infos] == [0, 1]
+    assert plan is not None and [w.address for w in plan.workers] == ["tcp://a:0", "tcp://a:9"]
+    assert [asked for name, asked in client.runs if name == "current_gpu"] == [
+        ["tcp://a:0", "tcp://a:1"],
+        ["tcp://a:0", "tcp://a:9"],
+    ]
+
+
+def test_a_gpu_whose_workers_keep_leaving_or_that_answers_an_error_fails_naming_it():
+    cluster, client = gpu_cluster(2)
+    chain = ["tcp://a:1"] + [f"tcp://b:{n}" for n in range(GPU_READ_ATTEMPTS)]
+    for n, (address, replacement) in enumerate(itertools.pairwise(chain)):
+        client.leaving[address] = CommClosedError("gone"), (replacement, f"gpu1-r{n}")
+    with pytest.raises(GpuWorkersLeftError, match="no worker of GPU 1 on h answered: gone"):
+        cluster.measure_gpus()
+    assert sum(name == "current_gpu" for name, _ in client.runs) == GPU_READ_ATTEMPTS
+
+    cluster, client = gpu_cluster(2)
+    client.leaving["tcp://a:1"] = RuntimeError("NVML: driver not loaded"), None
+    with pytest.raises(RuntimeError, match="NVML: driver not loaded") as caught:
+        cluster.measure_gpus()
+    assert not isinstance(caught.value, GpuWorkersLeftError)
+    assert sum(name == "current_gpu" for name, _ in client.runs) == 1  # an error, not a departure: not read again

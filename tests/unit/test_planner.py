@@ -489,9 +489,7 @@ def test_a_video_holds_the_share_of_the_gpu_it_ran_on_when_gpus_differ_in_size()
     # 8 and 32 GiB at a peak of 6.84 GiB: floor(0.9 x 8 / 6.84) = 1 worker, floor(0.9 x 32 / 6.84) = 4, at most 2.
     names = (("small-w0", "small-w1"), ("big-w0", "big-w1"))
     on = {vid(i): names[i % 2][0] for i in range(6)}
-    cluster = FakeCluster(
-        gpus=(gpu(0, 8), gpu(1, 32)), worker_names=names, runs_on=on, seconds={"depth_camera": 8.0}
-    )
+    cluster = FakeCluster(gpus=(gpu(0, 8), gpu(1, 32)), worker_names=names, runs_on=on, seconds={"depth_camera": 8.0})
     plan(cluster, 6)
     depth = {r.video_id: r.info["gpu_seconds"] for o in cluster.closed["depth_camera"] for r in o.records}
     profiled = {vid(0)}  # alone on its GPU
