@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import ssl
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -179,3 +181,44 @@ def test_the_cli_names_the_api_hosts_and_says_when_a_kept_certificate_lacks_one(
     assert f"kept  {tmp_path / 'api-tls' / 'cert.pem'}" in out
     assert "does not name gpu1" in out and f"delete {tmp_path / 'api-tls'}" in out
     assert main(["secrets", str(tmp_path / "new"), "--api-host", "a b"]) == 2
+
+
+SERVER_SH = Path(__file__).resolve().parents[2] / "deployments" / "server.sh"
+
+
+def server_sh(secrets: Path, host: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``deployments/server.sh HOST 4200`` with ``echo`` standing in for prefect and Python: it
+    prints the server command it would run, and starts nothing."""
+    environ = {"PATH": os.environ["PATH"], "HOME": str(secrets), "TRACKSET_SECRETS": str(secrets)}
+    environ |= {"PREFECT": "echo", "PYTHON": "echo", **env}
+    return subprocess.run([str(SERVER_SH), host, "4200"], env=environ, capture_output=True, text=True, timeout=30)
+
+
+def test_server_sh_serves_https_with_the_api_certificate(tmp_path):
+    write_secrets(tmp_path)
+    for host in ("127.0.0.1", "0.0.0.0"):
+        started = server_sh(tmp_path, host)
+        assert started.returncode == 0, started.stderr
+        command = started.stdout.split()
+        assert command[:4] == ["-m", "uvicorn", "--factory", "prefect.server.api.server:create_app"]
+        assert command[command.index("--host") + 1] == host
+        assert command[command.index("--ssl-certfile") + 1] == str(tmp_path / "api-tls" / "cert.pem")
+        assert command[command.index("--ssl-keyfile") + 1] == str(tmp_path / "api-tls" / "key.pem")
+    (tmp_path / "api-tls" / "key.pem").chmod(0o640)
+    refused = server_sh(tmp_path, "127.0.0.1")
+    assert refused.returncode == 2 and "key.pem is readable by other accounts (mode 640)" in refused.stderr
+
+
+def test_server_sh_without_the_certificate_serves_http_on_loopback_only_unless_the_network_is_trusted(tmp_path):
+    write_secrets(tmp_path)
+    shutil.rmtree(tmp_path / "api-tls")  # secrets made before trackset made the API's certificate
+    for host in ("127.0.0.1", "localhost", "::1"):
+        started = server_sh(tmp_path, host)
+        assert (started.returncode, started.stdout.split()[:4]) == (0, ["server", "start", "--host", host])
+    refused = server_sh(tmp_path, "0.0.0.0")
+    assert refused.returncode == 2 and refused.stdout == ""
+    [line] = refused.stderr.splitlines()
+    assert f"no {tmp_path / 'api-tls' / 'cert.pem'}" in line and "in clear" in line
+    assert "trackset secrets" in line and "TRACKSET_CLUSTER__TRUSTED_NETWORK=true" in line
+    trusted = server_sh(tmp_path, "0.0.0.0", TRACKSET_CLUSTER__TRUSTED_NETWORK="true")
+    assert (trusted.returncode, trusted.stdout.split()[:4]) == (0, ["server", "start", "--host", "0.0.0.0"])
