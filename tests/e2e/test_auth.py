@@ -13,12 +13,16 @@ used to ``export`` the database URL in the shell that then ran the worker).
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import socket
 import ssl
 import sys
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from base64 import b64encode
 from collections.abc import Iterator
@@ -134,9 +138,52 @@ def api_status(
         return exc.code
 
 
+@contextmanager
+def eavesdropper(port: int) -> Iterator[tuple[int, bytearray]]:
+    """A relay on 127.0.0.1 to ``port`` that keeps every byte it passes, both ways: what
+    anyone on the network path reads. Yields its port and the bytes."""
+    seen = bytearray()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := source.recv(65536):
+                seen.extend(chunk)
+                sink.sendall(chunk)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = listener.accept()
+                upstream = socket.create_connection(("127.0.0.1", port))
+                for ends in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=pump, args=ends, daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield listener.getsockname()[1], seen
+    finally:
+        listener.close()
+
+
 def test_the_api_answers_only_over_https_and_only_clients_that_trust_its_certificate(secured: SecuredServer):
     flows = f"{secured.api_url}/flows/filter"
-    assert api_status(flows, secured.auth, secured.trusted) == 200  # the control
+    port = urllib.parse.urlsplit(secured.api_url).port
+    assert port is not None
+    # What crosses the network: neither the auth string nor the answer, in any form.
+    with eavesdropper(port) as (relay, seen):
+        relayed = flows.replace(f":{port}/", f":{relay}/")
+        assert api_status(relayed, secured.auth, secured.trusted) == 200
+    basic = b64encode(secured.auth.encode())
+    assert seen and basic not in seen and secured.auth.encode() not in seen and b"/flows/filter" not in seen
+    # The control: the relay reads what a client sends in clear (as every client did before
+    # server.sh served HTTPS); such a client gets no answer now, but it did send the string.
+    no_answer = pytest.raises((http.client.HTTPException, ConnectionError, urllib.error.URLError))
+    with eavesdropper(port) as (relay, seen), no_answer:
+        api_status(f"http://127.0.0.1:{relay}/api/flows/filter", secured.auth, secured.trusted)
+    assert basic in seen
     # A client without the trust file: the system's CAs, certifi's (Prefect's default).
     with pytest.raises(urllib.error.URLError) as caught:
         api_status(flows, secured.auth, ssl.create_default_context())
