@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Deploy build-dataset/manual and build-dataset/nightly-refresh from this checkout.
 #
-#   export PREFECT_API_URL=http://127.0.0.1:4200/api
+#   export PREFECT_API_URL=https://127.0.0.1:4200/api                       # server.sh's, over HTTPS
+#   export PREFECT_API_SSL_CERT_FILE=~/.config/trackset/api-tls/ca.pem      # what the CLI trusts
 #   export PREFECT_API_AUTH_STRING="$(cat ~/.config/trackset/prefect-auth)"   # the server's (server.sh)
 #   deployments/deploy.sh
+#
+# Everything below talks to the server through Prefect's clients (the CLI, trackset's
+# automations module), which read these three variables.
 #
 # Environment (defaults in brackets):
 #   TRACKSET_NIGHTLY_CRON      cron of the nightly refresh ["0 2 * * *"]

@@ -37,11 +37,13 @@ loads its model on top of the previous stage's.
 from __future__ import annotations
 
 import logging
+import ssl
 from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import certifi
 import dask
 import httpx
 from distributed import Client, SpecCluster
@@ -85,10 +87,24 @@ def describe_run_worker(readable: list[str], writable: list[str], api_url: str) 
     without the server's auth string would fail every task with ``401 Unauthorized``, so the
     run's start-up check names it instead.
     """
-    answer = describe_worker(readable, writable, api_url)
+    answer = describe_worker(readable, writable, api_url, api_ssl_context())
     if api_url and not answer["problems"]:
         answer["problems"] += api_credentials_problems(api_url)
     return answer
+
+
+def api_ssl_context() -> ssl.SSLContext:
+    """What this process's Prefect clients check an ``https://`` API's certificate against, as
+    ``PrefectClient`` and Prefect's websockets build it: the CAs of ``PREFECT_API_SSL_CERT_FILE``
+    (the server's ``api-tls/ca.pem``), else certifi's; nothing with
+    ``PREFECT_API_TLS_INSECURE_SKIP_VERIFY``."""
+    api = get_current_settings().api
+    if api.tls_insecure_skip_verify:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    return ssl.create_default_context(cafile=api.ssl_cert_file or certifi.where())
 
 
 def api_credentials_problems(api_url: str) -> list[str]:

@@ -10,7 +10,7 @@ Commands::
     trackset show VIDEO_ID [--dataset-dir D --out DIR]   # an MP4 and a PNG with the tracks drawn in
     trackset settings [PREFIX]                  # every setting, its default and description
     trackset check-models [--settings S --fake-gpus]   # load and run each real model on a synthetic clip
-    trackset secrets [DIR]                      # Prefect auth string + Dask certificates, made once
+    trackset secrets [DIR] [--api-host NAME]    # Prefect auth string, Dask and API certificates, made once
     trackset serve [--prefect-file F]           # run the deployments on their schedules, no work pool
     trackset --version
 
@@ -353,21 +353,35 @@ def cmd_settings(args: argparse.Namespace) -> int:
 
 def cmd_secrets(args: argparse.Namespace) -> int:
     """Make what a cluster of several machines and an authenticated Prefect server need, once:
-    the Prefect auth string and the Dask cluster's certificates (``trackset.cluster.security``)."""
-    from trackset.cluster.security import AUTH_FILE, TLS_DIR, write_secrets
+    the Prefect auth string, the Dask cluster's certificates and the Prefect API's HTTPS
+    certificate (``trackset.cluster.security``)."""
+    from trackset.cluster.security import API_TLS_DIR, AUTH_FILE, TLS_DIR, api_certificate_hosts, write_secrets
 
     directory = Path(args.dir).expanduser()
     try:
-        written, kept = write_secrets(directory)
-    except FileExistsError as exc:
+        written, kept = write_secrets(directory, api_hosts=args.api_host)
+    except (FileExistsError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     for path in written:
         console.print(f"wrote {path}", highlight=False, soft_wrap=True)
     for path in kept:
         console.print(f"kept  {path}", highlight=False, soft_wrap=True)
+    api_tls = directory / API_TLS_DIR
+    named = api_certificate_hosts(api_tls / "cert.pem")
+    missing = [host for host in args.api_host or [] if host not in named]
+    if missing:
+        console.print(
+            f"{api_tls / 'cert.pem'} (kept) does not name {', '.join(missing)}: delete {api_tls} and run again "
+            "to make one that does (then restart the server; clients read the new ca.pem)",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+        )
     console.print(
-        f"Prefect: server: TRACKSET_SECRETS={directory} deployments/server.sh; CLI, workers and dask workers: "
-        f'export PREFECT_API_AUTH_STRING="$(cat {directory / AUTH_FILE})"\n'
+        f"Prefect: server: TRACKSET_SECRETS={directory} deployments/server.sh (HTTPS for {', '.join(named)}); "
+        f"CLI, workers and dask workers: export PREFECT_API_URL=https://{named[0]}:4200/api "
+        f"PREFECT_API_SSL_CERT_FILE={api_tls / 'ca.pem'} "
+        f'PREFECT_API_AUTH_STRING="$(cat {directory / AUTH_FILE})"\n'
         f"Dask: --set cluster.tls_dir={directory / TLS_DIR}, and dask scheduler / dask worker with "
         f"--tls-ca-file {directory / TLS_DIR}/ca.pem --tls-cert {directory / TLS_DIR}/cert.pem "
         f"--tls-key {directory / TLS_DIR}/key.pem (README, 'Several machines')",
@@ -649,10 +663,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     secrets = sub.add_parser(
         "secrets",
-        help="make the Prefect auth string and the Dask cluster's certificates (0600, kept if there)",
+        help="make the Prefect auth string, the Dask cluster's and the API's certificates (0600, kept if there)",
     )
     secrets.add_argument(
         "dir", nargs="?", default="~/.config/trackset", help="where (default ~/.config/trackset; shared by every host)"
+    )
+    secrets.add_argument(
+        "--api-host",
+        action="append",
+        metavar="NAME_OR_IP",
+        help=(
+            "a name or IP address clients use for the Prefect API (https://NAME:4200/api), repeatable; default: "
+            "this host's name, its FQDN, localhost, 127.0.0.1. Read only when the certificate is made"
+        ),
     )
     secrets.set_defaults(func=cmd_secrets)
 

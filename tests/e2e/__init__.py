@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -105,14 +106,19 @@ def tail(path: Path, lines: int = 80) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def wait_until_healthy(process: subprocess.Popen[bytes], api_url: str, log: Path, timeout_s: float) -> None:
-    """Poll ``<api>/health`` until it answers; fail early with the log if the server exits."""
+def wait_until_healthy(
+    process: subprocess.Popen[bytes], api_url: str, log: Path, timeout_s: float, context: ssl.SSLContext | None = None
+) -> None:
+    """Poll ``<api>/health`` until it answers; fail early with the log if the server exits.
+
+    ``context``: what an ``https://`` API's certificate is checked against (its CA's file).
+    """
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"prefect server exited with {process.returncode}:\n{tail(log)}")
         try:
-            with urllib.request.urlopen(f"{api_url}/health", timeout=5) as response:
+            with urllib.request.urlopen(f"{api_url}/health", timeout=5, context=context) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):

@@ -11,8 +11,10 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import ssl
 import stat
 import subprocess
+import sys
 import tempfile
 import urllib.request
 from base64 import b64encode
@@ -137,25 +139,27 @@ def test_the_prefect_server_runs_on_it(database, tmp_path):
     subprocess.run([str(TRACKSET), "secrets", str(secrets)], check=True, capture_output=True, timeout=60)
     auth = (secrets / "prefect-auth").read_text().strip()
     port = free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
+    api_url = f"https://127.0.0.1:{port}/api"  # server.sh serves the certificate trackset secrets made
+    trusted = ssl.create_default_context(cafile=secrets / "api-tls" / "ca.pem")
     env = clean_environ() | {
         "PREFECT_HOME": str(tmp_path / "home"),
         "PREFECT_UI_STATIC_DIRECTORY": str(tmp_path / "ui"),
         "TRACKSET_SECRETS": str(secrets),
         "TRACKSET_PG_DIR": str(data_dir),
         "PREFECT": str(PREFECT),
+        "PYTHON": sys.executable,
     }
     log = tmp_path / "server.log"
     process = start_in_own_session([str(REPO / "deployments" / "server.sh"), "127.0.0.1", str(port)], env, log)
     try:
-        wait_until_healthy(process, api_url, log, timeout_s=180)
+        wait_until_healthy(process, api_url, log, timeout_s=180, context=trusted)
         request = urllib.request.Request(
             f"{api_url}/flows/",
             data=b'{"name": "stored-in-postgres"}',
             headers={"Content-Type": "application/json", "Authorization": f"Basic {b64encode(auth.encode()).decode()}"},
             method="POST",
         )
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=60, context=trusted) as response:
             assert response.status in (200, 201)
     finally:
         stop_process_group(process)

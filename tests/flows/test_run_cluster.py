@@ -4,13 +4,20 @@ transitions ask the workers only what they must (fast)."""
 from __future__ import annotations
 
 import itertools
+import ssl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from distributed.comm.core import CommClosedError
+from prefect.settings import PREFECT_API_SSL_CERT_FILE, temporary_settings
 
 import trackset
 from trackset.cluster.plan import GPU, GPU_RANK, GPU_SHARE, gpu_rank
+from trackset.cluster.security import TlsFiles, write_secrets
 from trackset.cluster.worker_probe import current_gpu, describe_worker
 from trackset.config.settings import Settings
 from trackset.engine.run_cluster import GPU_READ_ATTEMPTS, GpuWorkersLeftError, RunCluster, describe_run_worker
@@ -54,6 +61,50 @@ def test_a_worker_names_the_folders_and_the_api_it_cannot_reach(tmp_path):
     facts = describe_worker([str(tmp_path / "videos")], [str(tmp_path / "missing")], "http://127.0.0.1:9/api")
     assert facts["problems"][0] == f"cannot see {tmp_path / 'missing'}"
     assert facts["problems"][1].startswith("cannot reach the Prefect API at http://127.0.0.1:9/api")
+
+
+@contextmanager
+def https_api(files: TlsFiles) -> Iterator[str]:
+    """An API on 127.0.0.1 over HTTPS with ``files``' certificate, answering every GET with
+    ``true`` (``/health``, ``/hello``), as ``deployments/server.sh`` serves it; yields its URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "4")
+            self.end_headers()
+            self.wfile.write(b"true")
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Quiet."""
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(files.cert, files.key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}/api"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_a_worker_reaches_an_https_api_with_the_servers_ca_and_is_named_without_it(tmp_path):
+    """A worker checks the API's certificate as its Prefect clients will (README, 'Several
+    machines': PREFECT_API_SSL_CERT_FILE on every host)."""
+    write_secrets(tmp_path / "secrets", api_hosts=["127.0.0.1"])
+    files = TlsFiles.in_dir(tmp_path / "secrets" / "api-tls")
+    with https_api(files) as api_url:
+        with temporary_settings({PREFECT_API_SSL_CERT_FILE: str(files.ca)}):
+            assert describe_run_worker([str(tmp_path)], [], api_url)["problems"] == []
+        with temporary_settings({PREFECT_API_SSL_CERT_FILE: None}):
+            [problem] = describe_run_worker([str(tmp_path)], [], api_url)["problems"]
+    assert problem.startswith(f"does not trust the certificate of the Prefect API at {api_url} (")
+    assert "PREFECT_API_SSL_CERT_FILE" in problem
 
 
 class FakeClient:

@@ -13,27 +13,43 @@ client must show a certificate signed by the cluster's CA). So:
   run and held only in memory (:func:`temporary_tls_config`): another account on a shared
   head node reaches 127.0.0.1 as well as this one.
 
-:func:`write_secrets` also writes the Prefect API's auth string (``prefect-auth``), which the
-server (``PREFECT_SERVER_API_AUTH_STRING``), the CLI and every worker
-(``PREFECT_API_AUTH_STRING``) read from that file, never from a committed file or a command
-line. Every secret file is created 0600 and never overwritten.
+:func:`write_secrets` also writes what the Prefect API needs: its auth string
+(``prefect-auth``), which the server (``PREFECT_SERVER_API_AUTH_STRING``), the CLI and every
+worker (``PREFECT_API_AUTH_STRING``) read from that file, never from a committed file or a
+command line; and its HTTPS certificate (``api-tls/``), which ``deployments/server.sh`` serves
+so that the auth string, parameters and logs never cross the network in clear, and whose CA
+every client trusts (``PREFECT_API_SSL_CERT_FILE``). Every secret file is created 0600 and
+never overwritten.
 """
 
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
+import re
 import secrets
+import socket
 import stat
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 AUTH_FILE = "prefect-auth"
 """The Prefect API's auth string, in the secrets folder (``user:password``, one line)."""
 
 TLS_DIR = "tls"
 """The cluster's certificates, in the secrets folder (:class:`TlsFiles`)."""
+
+API_TLS_DIR = "api-tls"
+"""The Prefect API's HTTPS certificate, in the secrets folder (:class:`TlsFiles`): the server
+shows ``cert.pem`` and ``key.pem``; ``ca.pem`` is the file its clients trust
+(``PREFECT_API_SSL_CERT_FILE``)."""
 
 CERT_DAYS = 3650
 """Validity of the certificates: a certificate that expires ends every comm of a running
@@ -114,20 +130,37 @@ def _config(ca: str, cert: str, key: str) -> dict[str, Any]:
     return config
 
 
-def write_secrets(directory: Path) -> tuple[list[Path], list[Path]]:
-    """Make the secrets of :mod:`this module <trackset.cluster.security>` that ``directory``
-    lacks: the Prefect auth string and the cluster's certificates.
+def default_api_hosts() -> list[str]:
+    """The names clients use for the Prefect API on this host: its host name, its fully
+    qualified name, and loopback (``localhost``, ``127.0.0.1``); without repeats."""
+    return list(
+        dict.fromkeys(name for name in (socket.gethostname(), socket.getfqdn(), "localhost", "127.0.0.1") if name)
+    )
 
-    Existing files are kept (running it again is harmless; delete a file to renew it), so a
-    folder on a shared filesystem is made once and read by every host. The folders are 0700,
-    the auth string and the private key 0600 whatever the umask.
+
+def write_secrets(directory: Path, api_hosts: Sequence[str] | None = None) -> tuple[list[Path], list[Path]]:
+    """Make the secrets of :mod:`this module <trackset.cluster.security>` that ``directory``
+    lacks: the Prefect auth string, the cluster's certificates and the Prefect API's.
+
+    Existing files are kept (running it again is harmless; delete a file or folder to renew
+    it), so a folder on a shared filesystem is made once and read by every host. The folders
+    are 0700, the auth string and the private keys 0600 whatever the umask.
+
+    Args:
+        directory: the secrets folder.
+        api_hosts: the host names and IP addresses clients use to reach the Prefect API
+            (``https://NAME:4200/api``), each a subjectAltName of its certificate; None:
+            :func:`default_api_hosts`. Only read when the API's certificate is made.
 
     Returns:
         The files written, and the files that were there already.
 
     Raises:
-        FileExistsError: some certificate files are there and others not: they would not match.
+        FileExistsError: some files of a certificate folder are there and others not: they
+            would not match.
+        ValueError: an API host is neither an IP address nor a host name (nothing is written).
     """
+    alt_names = _alt_names(default_api_hosts() if api_hosts is None else api_hosts)
     directory = directory.expanduser()
     _private_dir(directory)
     written, kept = [], []
@@ -137,23 +170,67 @@ def write_secrets(directory: Path) -> tuple[list[Path], list[Path]]:
     else:
         _write_private(auth, f"trackset:{secrets.token_urlsafe(32)}\n".encode())
         written.append(auth)
-    files = TlsFiles.in_dir(directory / TLS_DIR)
+    for folder, make in ((TLS_DIR, _cluster_certificates), (API_TLS_DIR, lambda: _api_certificates(alt_names))):
+        made, there = _certificate_folder(directory / folder, make)
+        written += made
+        kept += there
+    return written, kept
+
+
+def api_certificate_hosts(cert: Path) -> list[str]:
+    """The host names and IP addresses a certificate is valid for (its subjectAltNames), to
+    tell a user whose kept certificate lacks a name they now ask for."""
+    from cryptography import x509
+
+    names = x509.load_pem_x509_certificate(cert.read_bytes()).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    )
+    return [*names.value.get_values_for_type(x509.DNSName), *map(str, names.value.get_values_for_type(x509.IPAddress))]
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?")
+
+
+def _alt_names(hosts: Sequence[str]) -> list[x509.GeneralName]:
+    """A subjectAltName per host: an IP address as such (clients match ``https://10.0.0.1``
+    against IP entries only), anything else as a DNS name."""
+    from cryptography import x509
+
+    if not hosts:
+        raise ValueError("the Prefect API's certificate needs at least one host name or IP address")
+    names: list[x509.GeneralName] = []
+    for host in dict.fromkeys(hosts):
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            if not _HOST_NAME.fullmatch(host):
+                raise ValueError(f"API host {host!r} is neither an IP address nor a host name") from None
+            names.append(x509.DNSName(host))
+    return names
+
+
+def _certificate_folder(folder: Path, make: Callable[[], tuple[bytes, bytes, bytes]]) -> tuple[list[Path], list[Path]]:
+    """The CA, certificate and key of :class:`TlsFiles` in ``folder``: kept when all are
+    there, else made with ``make`` (the key first, 0600; the others 0644).
+
+    Returns:
+        The files written, and the files that were there already.
+    """
+    files = TlsFiles.in_dir(folder)
     present = [path for path in files.all() if path.exists()]
     if len(present) == len(files.all()):
-        kept += present
-    elif present:
+        return [], present
+    if present:
         raise FileExistsError(
-            f"{directory / TLS_DIR} holds {', '.join(p.name for p in present)} but not all of ca.pem, cert.pem, "
+            f"{folder} holds {', '.join(p.name for p in present)} but not all of ca.pem, cert.pem, "
             "key.pem: delete the folder to make a new set"
         )
-    else:
-        _private_dir(directory / TLS_DIR)
-        ca, cert, key = _certificates()
-        _write_private(files.key, key)
-        _write_private(files.cert, cert, mode=0o644)
-        _write_private(files.ca, ca, mode=0o644)
-        written += [files.ca, files.cert, files.key]
-    return written, kept
+    _private_dir(folder)
+    ca, cert, key = make()
+    _write_private(files.key, key)
+    _write_private(files.cert, cert, mode=0o644)
+    _write_private(files.ca, ca, mode=0o644)
+    return [files.ca, files.cert, files.key], []
 
 
 def _private_dir(directory: Path) -> None:
@@ -185,65 +262,126 @@ def _write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.close(folder)
 
 
-def _certificates() -> tuple[bytes, bytes, bytes]:
-    """A CA certificate, and a certificate and key it signed, all PEM; the CA's key is dropped.
+def _cluster_certificates() -> tuple[bytes, bytes, bytes]:
+    """The Dask cluster's CA certificate, and a certificate and key it signed, all PEM; the
+    CA's key is dropped.
 
     Nobody can sign another member afterwards: a new set replaces the whole folder. Dask
     checks the chain, not host names (members are reached by IP address), so the names
     are only labels.
     """
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+
+    ca, ca_key = _new_ca("trackset cluster CA")
+    cert, key = _new_leaf(ca, ca_key, "trackset cluster member", [x509.DNSName("trackset-cluster")])
+    return _pem(ca, cert, key)
+
+
+def _api_certificates(alt_names: list[x509.GeneralName]) -> tuple[bytes, bytes, bytes]:
+    """The Prefect API's CA certificate (what clients trust), and the server's certificate
+    for ``alt_names`` and its key, all PEM; the CA's key is dropped.
+
+    A CA of its own, not the cluster's: Dask accepts any certificate its CA signed, so a
+    server key signed by it would let whoever holds that key join the cluster. Clients check
+    the host name they dial against ``alt_names`` (Python's ``ssl``, which httpx and
+    websockets use); the key usages and key identifiers are there for OpenSSL's strict
+    verification (``VERIFY_X509_STRICT``, Python 3.13's default).
+    """
+    ca, ca_key = _new_ca("trackset Prefect API CA")
+    cert, key = _new_leaf(ca, ca_key, "trackset Prefect API", alt_names, server=True)
+    return _pem(ca, cert, key)
+
+
+def _validity() -> tuple[datetime.datetime, datetime.datetime]:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now, now + datetime.timedelta(days=CERT_DAYS)
+
+
+def _name(common: str) -> x509.Name:
+    from cryptography import x509
     from cryptography.x509.oid import NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
-    until = now + datetime.timedelta(days=CERT_DAYS)
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
 
-    def name(common: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
 
+def _new_ca(common: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A self-signed CA that signs end certificates only (``path_length=0``)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    start, until = _validity()
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (
         x509.CertificateBuilder()
-        .subject_name(name("trackset cluster CA"))
-        .issuer_name(name("trackset cluster CA"))
+        .subject_name(_name(common))
+        .issuer_name(_name(common))
         .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
+        .not_valid_before(start)
         .not_valid_after(until)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
+    return ca, ca_key
+
+
+def _new_leaf(
+    ca: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    common: str,
+    alt_names: list[x509.GeneralName],
+    server: bool = False,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A certificate ``ca`` signs for a new key; ``server``: usable for TLS servers only (key
+    usage and extended key usage say so, as strict clients ask)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    start, until = _validity()
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(name("trackset cluster member"))
+        .subject_name(_name(common))
         .issuer_name(ca.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
+        .not_valid_before(start)
         .not_valid_after(until)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("trackset-cluster")]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
     )
+    if server:
+        builder = builder.add_extension(_key_usage(digital_signature=True), critical=True).add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+    return builder.sign(ca_key, hashes.SHA256()), key
+
+
+def _key_usage(digital_signature: bool = False, key_cert_sign: bool = False, crl_sign: bool = False) -> x509.KeyUsage:
+    from cryptography import x509
+
+    return x509.KeyUsage(
+        digital_signature=digital_signature,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=key_cert_sign,
+        crl_sign=crl_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _pem(ca: x509.Certificate, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> tuple[bytes, bytes, bytes]:
+    from cryptography.hazmat.primitives import serialization
+
     pem = serialization.Encoding.PEM
     key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     return ca.public_bytes(pem), cert.public_bytes(pem), key_pem

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -64,21 +66,38 @@ def path_problems(readable: list[str], writable: list[str]) -> list[str]:
     return problems
 
 
-def api_problem(api_url: str, timeout_s: float = 5.0) -> str:
-    """Why this process cannot reach the Prefect API at ``api_url``, or "" when it can."""
+def api_problem(api_url: str, context: ssl.SSLContext | None = None, timeout_s: float = 5.0) -> str:
+    """Why this process cannot reach the Prefect API at ``api_url``, or "" when it can.
+
+    Args:
+        api_url: the API's URL, ``http://`` or ``https://``.
+        context: what an ``https://`` API's certificate is checked against: the one Prefect's
+            own clients in this process use; None: the system's CAs.
+        timeout_s: seconds to wait for an answer.
+    """
     try:
-        with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=timeout_s) as answer:
+        with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=timeout_s, context=context) as answer:
             return "" if answer.status == 200 else f"the Prefect API at {api_url} answered {answer.status}"
     except (OSError, ValueError) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            return (
+                f"does not trust the certificate of the Prefect API at {api_url} ({reason.verify_message}): give it "
+                "the server's CA as PREFECT_API_SSL_CERT_FILE, and dial a name the certificate holds (README, "
+                "'Several machines')"
+            )
         return f"cannot reach the Prefect API at {api_url} ({exc})"
 
 
-def describe_worker(readable: list[str], writable: list[str], api_url: str) -> dict[str, Any]:
+def describe_worker(
+    readable: list[str], writable: list[str], api_url: str, api_context: ssl.SSLContext | None = None
+) -> dict[str, Any]:
     """This worker's host, pid, GPU and trackset version, and what stops it working for the run:
-    folders it cannot see (``readable``, ``writable``) and the flow's Prefect API out of reach."""
+    folders it cannot see (``readable``, ``writable``) and the flow's Prefect API out of reach
+    (``api_context``: see :func:`api_problem`)."""
     problems = path_problems(readable, writable)
     if api_url:
-        problem = api_problem(api_url)
+        problem = api_problem(api_url, api_context)
         if problem:
             problems.append(problem)
     gpu = visible_gpu()
