@@ -37,6 +37,7 @@ loads its model on top of the previous stage's.
 from __future__ import annotations
 
 import logging
+import shlex
 import ssl
 from contextlib import ExitStack
 from pathlib import Path
@@ -136,10 +137,11 @@ DASK_MESSAGE_LOG_LENGTH = 16
 
 
 def job_environment() -> list[str]:
-    """What a SLURM job of the run exports before its workers start: the run's Prefect API and
-    its Dask settings (:func:`run_dask_config`). No secret: the job script is a readable file,
-    and SLURM hands the jobs the environment of the process that submits them (the Prefect
-    auth string included) without writing it anywhere."""
+    """What a SLURM job of the run exports before its workers start: the run's Prefect API (and
+    the CA file its HTTPS certificate is checked against, where one is set) and its Dask
+    settings (:func:`run_dask_config`). No secret: the job script is a readable file, and SLURM
+    hands the jobs the environment of the process that submits them (the Prefect auth string
+    included) without writing it anywhere."""
     nested: dict[str, Any] = {}
     for key, value in run_dask_config().items():
         *path, last = key.split(".")
@@ -147,8 +149,11 @@ def job_environment() -> list[str]:
         for part in path:
             place = place.setdefault(part, {})
         place[last] = value
-    api_url = worker_env()["PREFECT_API_URL"]
-    return [f"export PREFECT_API_URL={api_url}", f"export DASK_INTERNAL_INHERIT_CONFIG={dask.config.serialize(nested)}"]
+    lines = [f"export PREFECT_API_URL={worker_env()['PREFECT_API_URL']}"]
+    ca_file = get_current_settings().api.ssl_cert_file
+    if ca_file:
+        lines.append(f"export PREFECT_API_SSL_CERT_FILE={shlex.quote(ca_file)}")
+    return [*lines, f"export DASK_INTERNAL_INHERIT_CONFIG={dask.config.serialize(nested)}"]
 
 
 def _run_logger() -> Any:

@@ -11,16 +11,23 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import certifi
 import pytest
 from distributed.comm.core import CommClosedError
-from prefect.settings import PREFECT_API_SSL_CERT_FILE, temporary_settings
+from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_URL, temporary_settings
 
 import trackset
 from trackset.cluster.plan import GPU, GPU_RANK, GPU_SHARE, gpu_rank
 from trackset.cluster.security import TlsFiles, write_secrets
 from trackset.cluster.worker_probe import current_gpu, describe_worker
 from trackset.config.settings import Settings
-from trackset.engine.run_cluster import GPU_READ_ATTEMPTS, GpuWorkersLeftError, RunCluster, describe_run_worker
+from trackset.engine.run_cluster import (
+    GPU_READ_ATTEMPTS,
+    GpuWorkersLeftError,
+    RunCluster,
+    describe_run_worker,
+    job_environment,
+)
 from trackset.errors import ClusterShapeError
 from trackset.gpu.inventory import GpuInfo
 
@@ -304,3 +311,15 @@ def test_a_gpu_whose_workers_keep_leaving_or_that_answers_an_error_fails_naming_
         cluster.measure_gpus()
     assert not isinstance(caught.value, GpuWorkersLeftError)
     assert sum(name == "current_gpu" for name, _ in client.runs) == 1  # an error, not a departure: not read again
+
+
+def test_a_slurm_job_exports_the_api_and_the_ca_its_certificate_is_checked_against(tmp_path):
+    ca = tmp_path / "api tls" / "ca.pem"  # any CA file the client can load
+    ca.parent.mkdir()
+    ca.write_bytes(Path(certifi.where()).read_bytes())
+    with temporary_settings({PREFECT_API_URL: "https://head:4200/api", PREFECT_API_SSL_CERT_FILE: str(ca)}):
+        lines = job_environment()
+    assert lines[:2] == ["export PREFECT_API_URL=https://head:4200/api", f"export PREFECT_API_SSL_CERT_FILE='{ca}'"]
+    assert lines[2].startswith("export DASK_INTERNAL_INHERIT_CONFIG=")
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:4200/api", PREFECT_API_SSL_CERT_FILE: ""}):
+        assert not any("SSL_CERT_FILE" in line for line in job_environment())

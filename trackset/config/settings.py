@@ -469,7 +469,8 @@ class ClusterSettings(_Section):
         False,
         description=(
             "true: accept an unencrypted tcp:// scheduler_address on another host (whoever reaches it runs code "
-            "as you); false: only tls://, or tcp:// on this machine"
+            "as you), and let deployments/server.sh serve the Prefect API over plain HTTP beyond loopback; "
+            "false: only tls:// and HTTPS, or tcp:// and HTTP on this machine"
         ),
     )
     scheduler_address: str | None = Field(
