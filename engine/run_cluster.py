@@ -88,8 +88,18 @@ def describe_run_worker(readable: list[str], writable: list[str], api_url: str) 
     without the server's auth string would fail every task with ``401 Unauthorized``, so the
     run's start-up check names it instead.
     """
-    answer = describe_worker(readable, writable, api_url, api_ssl_context())
-    if api_url and not answer["problems"]:
+    context, unreadable = None, ""
+    if api_url.startswith("https://"):
+        try:
+            context = api_ssl_context()
+        except (OSError, ssl.SSLError) as exc:
+            # Raised, it would read as a worker that died meanwhile and be left out unnamed.
+            ca_file = get_current_settings().api.ssl_cert_file
+            unreadable = f"cannot load PREFECT_API_SSL_CERT_FILE {ca_file} to check the API's certificate ({exc})"
+    answer = describe_worker(readable, writable, "" if unreadable else api_url, context)
+    if unreadable:
+        answer["problems"].append(unreadable)
+    elif api_url and not answer["problems"]:
         answer["problems"] += api_credentials_problems(api_url)
     return answer
 

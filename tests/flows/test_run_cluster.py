@@ -114,6 +114,15 @@ def test_a_worker_reaches_an_https_api_with_the_servers_ca_and_is_named_without_
     assert "PREFECT_API_SSL_CERT_FILE" in problem
 
 
+def test_a_worker_whose_api_ca_file_is_missing_is_named_not_left_out(tmp_path):
+    """Raised, the error would read as a worker that died since the scheduler listed it."""
+    missing = tmp_path / "not-shared" / "ca.pem"
+    with temporary_settings({PREFECT_API_SSL_CERT_FILE: str(missing)}):
+        [problem] = describe_run_worker([str(tmp_path)], [], "https://head:4200/api")["problems"]
+        assert describe_run_worker([str(tmp_path)], [], "")["problems"] == []  # no API to check: no CA needed
+    assert problem.startswith(f"cannot load PREFECT_API_SSL_CERT_FILE {missing} to check the API's certificate (")
+
+
 class FakeClient:
     """A Dask client to a cluster of ``workers`` (address -> scheduler info) that records each
     ``run``: which function, on which workers."""
