@@ -301,7 +301,7 @@ class WavePlanner:
     ) -> Steps[list[VideoRef]]:
         """Wait for :meth:`_submit_cpu`'s tasks; return the videos of ``videos`` that got through."""
         if batch is not None:
-            self._fold(book, (yield from self._collect(book, batch, None)))
+            self._fold(book, (yield from self._collect(book, batch, None, None)))
         return (yield from self._close_wave(book, size, videos))
 
     # -- what every stage does with a wave ------------------------------------------------------
@@ -365,15 +365,12 @@ class WavePlanner:
         assert batch is not None, "a round of no videos"
         return batch
 
-    def _collect(
-        self, book: _Book, batch: _Batch, size: GpuSize | None, gpus: _GpuRound | None = None
-    ) -> Steps[StageOutcome]:
+    def _collect(self, book: _Book, batch: _Batch, size: GpuSize | None, gpus: _GpuRound | None) -> Steps[StageOutcome]:
         """Wait for the tasks of ``batch`` and gather their records and failures (and those of
         the videos of a failed shard, run again one per task), counting progress as they end;
-        ``gpus``: how the round of a GPU stage was spread, to tell what each video held."""
+        ``gpus``: how the round of a GPU stage was spread, to tell what each video held (None:
+        no GPU share held)."""
         outcome, isolate = StageOutcome(book.name), list[VideoRef]()
-        if size is not None and gpus is None:
-            gpus = _GpuRound.uniform(size.workers_per_gpu)
         while (report := (yield NextReport(batch.rounds))) is not None:
             yield from self._take(book, report, outcome, isolate, gpus)
         yield from self._log_failures(outcome)
@@ -531,7 +528,7 @@ class WavePlanner:
         """A round on the thread runner: chunks over the flow's threads, no resources."""
         per_task = chunk_videos(len(request.videos), self.shape.cpu_slots, self.knobs.gpu_task_videos)
         batch = yield from self._submit(book.name, request.videos, per_task, None)
-        return (yield from self._collect(book, batch, None))
+        return (yield from self._collect(book, batch, None, None))
 
     def _gpu_round(self, book: _Book, request: RoundRequest, rounds: _StageRounds, first: str) -> Steps[StageOutcome]:
         """One round of the packing on the GPUs: profiling, or a sized round (module docstring).
